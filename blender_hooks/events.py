@@ -1,0 +1,157 @@
+"""The versioned event schema shared by the Blender hooks (producer) and the agent (consumer).
+
+Standard library only: this module runs inside Blender's bundled Python as well as in CPython.
+
+Every event is one JSON object. Common fields (all required):
+
+    v        int    schema version (SCHEMA_VERSION)
+    type     str    one of EVENT_TYPES
+    session  str    random id of one Blender process run (hex, 8-64 chars)
+    seq      int    1, 2, 3... per session, in emission order (dedupe + ordering key)
+    ts       float  unix time the event happened (seconds)
+    job      str    render job id; the healer sets RENDERWATCH_JOB_ID so restarts share it
+    host     str    hostname
+    pid      int    Blender's process id
+
+Per type (see FIELDS): job_start, frame_start, phase, frame_end, job_end.
+
+Usage::
+
+    ev = make_event("frame_start", session="ab12cd34", seq=3, job="j1", host="h", pid=42, frame=7)
+    line = encode(ev)                  # bytes, one JSON line
+    ev = decode(line)                  # -> dict, or raises EventError(reason, detail)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+SCHEMA_VERSION = 1
+MAX_EVENT_BYTES = 16 * 1024
+MAX_STR = 4096
+
+EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end")
+PHASES = ("sync", "bvh", "kernels", "sampling", "denoise", "compositing", "save", "other")
+JOB_END_STATUS = ("complete", "cancel")
+
+# Rejection reasons (the `reason` label of renderwatch_events_rejected_total).
+REASONS = (
+    "invalid_utf8", "malformed_json", "not_object", "too_large", "unsupported_version",
+    "unknown_type", "missing_field", "wrong_type", "out_of_range",
+)
+
+_NUM = (int, float)
+_COMMON: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "v": (int, True), "type": (str, True), "session": (str, True), "seq": (int, True),
+    "ts": (_NUM, True), "job": (str, True), "host": (str, True), "pid": (int, True),
+    # Optional context carried on every event so a consumer that missed job_start
+    # (restarted agent, evicted spool) can still label what it sees.
+    "scene": (str, False), "engine": (str, False), "device_type": (str, False),
+    "attempt": (int, False),
+}
+
+# field -> (type, required)
+FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
+    "job_start": {
+        "blend_file": (str, True), "scene": (str, True), "frame_start": (int, True),
+        "frame_end": (int, True), "frame_step": (int, False), "engine": (str, True),
+        "device_type": (str, True), "samples": (int, False), "resolution_x": (int, False),
+        "resolution_y": (int, False), "resolution_percentage": (int, False),
+        "blender_version": (str, True), "output_path": (str, False),
+    },
+    "frame_start": {"frame": (int, True)},
+    "phase": {"frame": (int, True), "name": (str, True), "detail": (str, False)},
+    "frame_end": {
+        "frame": (int, True), "seconds": (_NUM, True), "saved": (bool, True),
+        "peak_memory_blender_bytes": (_NUM, False), "max_rss_bytes": (_NUM, False),
+        "output_path": (str, False), "samples": (int, False),
+        "resolution_x": (int, False), "resolution_y": (int, False),
+    },
+    "job_end": {"status": (str, True), "frames_done": (int, False), "started_at": (_NUM, False)},
+}
+
+
+class EventError(ValueError):
+    """An event that does not match the schema. `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def make_event(type_: str, *, session: str, seq: int, job: str, host: str, pid: int,
+               ts: float | None = None, **fields: object) -> dict:
+    """Build an event dict (no validation: producers are trusted to be cheap, consumers validate)."""
+    ev = {"v": SCHEMA_VERSION, "type": type_, "session": session, "seq": seq,
+          "ts": time.time() if ts is None else ts, "job": job, "host": host, "pid": pid}
+    ev.update(fields)
+    return ev
+
+
+def encode(ev: dict) -> bytes:
+    """One compact JSON line (with trailing newline), UTF-8, never raising on odd strings."""
+    return (json.dumps(ev, separators=(",", ":"), ensure_ascii=True, default=str) + "\n").encode()
+
+
+def _check_type(name: str, value: object, want: type | tuple[type, ...]) -> None:
+    # bool is a subclass of int: reject it where a number is wanted, and ints where bool is wanted.
+    if want is bool:
+        ok = isinstance(value, bool)
+    else:
+        ok = isinstance(value, want) and not isinstance(value, bool)
+    if not ok:
+        wname = want.__name__ if isinstance(want, type) else "number"
+        raise EventError("wrong_type", f"field {name!r} must be {wname}, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EventError("out_of_range", f"field {name!r} must be finite")
+    if isinstance(value, str) and len(value) > MAX_STR:
+        raise EventError("too_large", f"field {name!r} is longer than {MAX_STR} characters")
+
+
+def validate(obj: object) -> dict:
+    """Check a decoded object against the schema; return it, or raise EventError."""
+    if not isinstance(obj, dict):
+        raise EventError("not_object", f"an event must be a JSON object, got {type(obj).__name__}")
+    v = obj.get("v")
+    if v != SCHEMA_VERSION or isinstance(v, bool):
+        raise EventError("unsupported_version", f"field 'v' must be {SCHEMA_VERSION}, got {v!r}")
+    typ = obj.get("type")
+    if typ not in FIELDS:
+        raise EventError("unknown_type", f"field 'type' must be one of {', '.join(EVENT_TYPES)}, got {typ!r}")
+    for table in (_COMMON, FIELDS[typ]):
+        for name, (want, required) in table.items():
+            if name not in obj or obj[name] is None:
+                if required:
+                    raise EventError("missing_field", f"{typ} event needs field {name!r}")
+                continue
+            _check_type(name, obj[name], want)
+    if obj["seq"] < 1:
+        raise EventError("out_of_range", "field 'seq' must be >= 1")
+    if typ == "phase" and obj["name"] not in PHASES:
+        raise EventError("out_of_range", f"phase 'name' must be one of {', '.join(PHASES)}")
+    if typ == "job_end" and obj["status"] not in JOB_END_STATUS:
+        raise EventError("out_of_range", f"job_end 'status' must be one of {', '.join(JOB_END_STATUS)}")
+    if typ == "frame_end" and obj["seconds"] < 0:
+        raise EventError("out_of_range", "frame_end 'seconds' must be >= 0")
+    return obj
+
+
+def decode(data: bytes | str) -> dict:
+    """Parse and validate one event from a JSON line; raise EventError with a precise reason."""
+    if isinstance(data, bytes):
+        if len(data) > MAX_EVENT_BYTES:
+            raise EventError("too_large", f"event is {len(data)} bytes, the limit is {MAX_EVENT_BYTES}")
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise EventError("invalid_utf8", f"byte {e.start} is not valid UTF-8") from None
+    elif len(data) > MAX_EVENT_BYTES:
+        raise EventError("too_large", f"event is {len(data)} characters, the limit is {MAX_EVENT_BYTES}")
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise EventError("malformed_json", str(e)[:200]) from None
+    return validate(obj)

@@ -1,0 +1,5 @@
+import sys
+
+from renderwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""The `renderwatch` console command: one entry point, a subcommand per capability.
+
+Each package contributes its subcommands through a `register(subparsers)` function in its own
+`cli.py`; a subparser sets `func` to a callable taking the parsed namespace and returning the
+exit status.
+
+Usage::
+
+    renderwatch agent --listen 127.0.0.1:9464
+    renderwatch render scene.blend --frames 1-10
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from renderwatch import __version__
+
+# Packages that contribute subcommands, in help order. A package whose cli module is missing
+# (partial install) is skipped rather than breaking every other command.
+_CLI_MODULES = ("blender_hooks.cli", "agent.cli", "healer.cli", "renderwatch.demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="renderwatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"renderwatch {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _CLI_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and name.startswith(e.name):
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

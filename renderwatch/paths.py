@@ -1,0 +1,35 @@
+"""Where renderwatch keeps its state on a host, and the environment variables that move it.
+
+Every environment variable renderwatch reads is a named constant in the module that reads it;
+these are the ones shared by the hooks, the agent and the healer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_HOME = "RENDERWATCH_HOME"      # root of all state (spool, journal, ledgers, traces); default below
+ENV_AGENT = "RENDERWATCH_AGENT"    # agent base URL the hooks and the healer talk to
+DEFAULT_AGENT = "http://127.0.0.1:9464"
+DEFAULT_AGENT_LISTEN = "127.0.0.1:9464"
+DEFAULT_HEALER_LISTEN = "127.0.0.1:9465"
+
+
+def home(env: dict[str, str] | None = None) -> Path:
+    """State root: $RENDERWATCH_HOME, else $XDG_STATE_HOME/renderwatch, else ~/.local/state/renderwatch."""
+    env = os.environ if env is None else env
+    if env.get(ENV_HOME):
+        return Path(env[ENV_HOME]).expanduser()
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "renderwatch"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create a directory readable by its owner only (0700) and return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.chmod(path, 0o700)
+    except OSError:
+        pass
+    return path
