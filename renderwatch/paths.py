@@ -7,6 +7,7 @@ these are the ones shared by the hooks, the agent and the healer.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 ENV_HOME = "RENDERWATCH_HOME"      # root of all state (spool, journal, ledgers, traces); default below
@@ -16,12 +17,12 @@ DEFAULT_AGENT_LISTEN = "127.0.0.1:9464"
 DEFAULT_HEALER_LISTEN = "127.0.0.1:9465"
 
 
-def home(env: dict[str, str] | None = None) -> Path:
+def home(env: Mapping[str, str] | None = None) -> Path:
     """State root: $RENDERWATCH_HOME, else $XDG_STATE_HOME/renderwatch, else ~/.local/state/renderwatch."""
-    env = os.environ if env is None else env
-    if env.get(ENV_HOME):
-        return Path(env[ENV_HOME]).expanduser()
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    e: Mapping[str, str] = os.environ if env is None else env
+    if e.get(ENV_HOME):
+        return Path(e[ENV_HOME]).expanduser()
+    base = e.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "renderwatch"
 
 
