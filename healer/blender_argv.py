@@ -1,0 +1,126 @@
+"""Read a `blender` command line the way Blender does, for `renderwatch exec -- blender ARGS...`.
+
+Blender executes its arguments left to right: `-s`/`-e`/`-j` set the range, `-a` renders it, `-f`
+renders frames (`1,3,5..10`). The supervisor needs the scene, the frames, the output pattern, and
+every other argument to pass through unchanged (in order; script arguments after `--` stay last).
+
+Usage::
+
+    p = parse_blender_argv(["blender", "-b", "shot.blend", "-s", "1", "-e", "10", "-a"])
+    p.scene, p.frames, p.passthrough      # "shot.blend", (1, ..., 10), []
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from healer.frames import FrameSpecError, parse_frames
+
+# Options that take one value (so the value is not mistaken for the scene).
+_ONE_VALUE = {
+    "-f", "--render-frame", "-s", "--frame-start", "-e", "--frame-end", "-j", "--frame-jump", "-o",
+    "--render-output", "-F", "--render-format", "-x", "--use-extension", "-E", "--engine", "-t", "--threads",
+    "-P", "--python", "--python-text", "--python-expr", "--python-exit-code", "--addons", "-S", "--scene",
+    "--log", "--log-level", "--log-file", "--debug-value", "--env-system-datafiles", "--env-system-scripts",
+    "--env-system-python", "--env-system-extensions", "--app-template", "-setaudio", "--gpu-backend",
+}
+_FOUR_VALUES = {"-p", "--window-geometry"}
+_DROP = {"-b", "--background"}
+
+
+class BlenderArgvError(ValueError):
+    """A blender command line the supervisor cannot run faithfully (named in the message)."""
+
+
+@dataclass(frozen=True)
+class ParsedArgv:
+    blender: str
+    scene: str
+    frames: tuple[int, ...] | None          # None: -a over the scene's own range (read from the .blend)
+    output: str | None
+    passthrough: list[str]
+
+
+def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
+    if not argv:
+        raise BlenderArgvError("no blender command given")
+    blender, args = argv[0], list(argv[1:])
+    script: list[str] = []
+    if "--" in args:
+        i = args.index("--")
+        args, script = args[:i], args[i:]
+    scene: str | None = None
+    output: str | None = None
+    start = end = None
+    step = 1
+    frames: list[int] = []
+    scene_range = False
+    passthrough: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in _DROP:
+            i += 1
+            continue
+        if a in _ONE_VALUE:
+            if i + 1 >= len(args):
+                raise BlenderArgvError(f"{a} needs a value")
+            v = args[i + 1]
+            if a in ("-s", "--frame-start"):
+                start = _int(a, v)
+            elif a in ("-e", "--frame-end"):
+                end = _int(a, v)
+            elif a in ("-j", "--frame-jump"):
+                step = max(1, _int(a, v))
+            elif a in ("-o", "--render-output"):
+                output = v
+            elif a in ("-f", "--render-frame"):
+                frames.extend(_frame_list(v))
+            else:
+                passthrough += [a, v]
+            i += 2
+            continue
+        if a in _FOUR_VALUES:
+            passthrough += args[i:i + 5]
+            i += 5
+            continue
+        if a in ("-a", "--render-anim"):
+            if start is None or end is None:
+                if start is not None or end is not None:
+                    raise BlenderArgvError("-a with only one of -s/-e: give both, or neither (scene range)")
+                scene_range = True
+            else:
+                frames.extend(range(start, end + 1, step))
+            i += 1
+            continue
+        if not a.startswith("-") and scene is None:
+            scene = a
+            i += 1
+            continue
+        passthrough.append(a)
+        i += 1
+    if scene is None:
+        raise BlenderArgvError("no .blend file in the blender command line")
+    if scene_range and frames:
+        raise BlenderArgvError("-a over the scene's range mixed with explicit frames: give -s/-e with -a")
+    if not frames and not scene_range:
+        raise BlenderArgvError("nothing to render: add -a (animation) or -f FRAMES")
+    return ParsedArgv(blender, scene, None if scene_range else tuple(sorted(set(frames))), output,
+                      passthrough + script)
+
+
+def _int(opt: str, v: str) -> int:
+    try:
+        return int(v)
+    except ValueError:
+        raise BlenderArgvError(f"{opt} {v!r}: not a frame number") from None
+
+
+def _frame_list(v: str) -> list[int]:
+    if any(part.startswith(("+", "-")) for part in v.split(",")):
+        raise BlenderArgvError(f"-f {v!r}: relative frames (+N/-N) are not supported; give absolute frames")
+    try:
+        return parse_frames(v)
+    except FrameSpecError as e:
+        raise BlenderArgvError(f"-f {v!r}: {e}") from None

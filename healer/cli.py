@@ -1,0 +1,201 @@
+"""`renderwatch render`, `renderwatch exec`, `renderwatch healer` (and `classify`, from the classifier).
+
+Usage::
+
+    renderwatch render shot.blend --frames 1-240 --report report.json -- --python pipeline.py
+    renderwatch exec -- blender -b shot.blend -s 1 -e 240 -a        # drop-in for a render manager
+    renderwatch healer --listen 127.0.0.1:9465                        # per-host service with an HTTP API
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from healer.config import ConfigError, HealerConfig, load_config
+from healer.frames import FrameSpecError, parse_frames
+
+EXIT_USAGE = 2
+
+
+def _render_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", help="frames to render: 1-240, 1,5,9-12 or 1-20x2 (default: the scene's range)")
+    p.add_argument("--output", help="output pattern, as Blender's -o (#### = frame digits, // = beside the .blend)")
+    p.add_argument("--blender", help="Blender executable (default $RENDERWATCH_BLENDER or blender)")
+    p.add_argument("--stall-timeout", type=float, metavar="S",
+                   help="kill and restart Blender after S seconds without progress (default: adaptive)")
+    p.add_argument("--max-restarts", type=int, metavar="N", help="restarts allowed per policy window")
+    p.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
+    p.add_argument("--strict", action="store_true",
+                   help="fail the job on reported errors too (Python errors, missing textures)")
+    p.add_argument("--job", help="job id (default: derived from the command, so a re-run resumes)")
+    p.add_argument("--quiet", action="store_true", help="no live progress, only the final summary")
+    p.add_argument("--config", help="TOML config file (default $RENDERWATCH_HEALER_CONFIG)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("render", help="render a .blend under supervision: heal crashes, hangs and kills",
+                       description="Render SCENE headless with Blender, supervised. Arguments after `--` go to "
+                                   "Blender unchanged. Exit status 0 iff every frame has a verified output.")
+    r.add_argument("scene", metavar="SCENE.blend")
+    _render_options(r)
+    r.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    r.set_defaults(func=cmd_render)
+
+    e = sub.add_parser("exec", help="drop-in `blender` wrapper: renderwatch exec -- blender ARGS...",
+                       description="Parse a blender command line (scene, -s/-e/-f/-a/-o) and run it supervised.")
+    _render_options(e)
+    e.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    e.set_defaults(func=cmd_exec)
+
+    h = sub.add_parser("healer", help="the supervisor as a per-host service with an HTTP API")
+    h.add_argument("--listen", help="host:port (default 127.0.0.1:9465)")
+    h.add_argument("--concurrency", type=int, help="renders at once (default 2)")
+    h.add_argument("--config", help="TOML config file (default $RENDERWATCH_HEALER_CONFIG)")
+    h.set_defaults(func=cmd_healer)
+
+    try:
+        from healer.cli_classify import add_classify_parser
+    except ImportError:
+        return
+    add_classify_parser(sub)
+
+
+def _split_rest(rest: Sequence[str]) -> tuple[list[str], list[str]]:
+    rest = list(rest)
+    if "--" in rest:
+        i = rest.index("--")
+        return rest[:i], rest[i + 1:]
+    return rest, []
+
+
+def _reparse(args: argparse.Namespace, pre: list[str]) -> argparse.Namespace:
+    """Options given after SCENE (argparse's REMAINDER keeps them): parse them into `args`."""
+    if pre:
+        p = argparse.ArgumentParser(prog="renderwatch render", add_help=False)
+        _render_options(p)
+        p.parse_args(pre, namespace=args)
+    return args
+
+
+def _config(args: argparse.Namespace) -> HealerConfig:
+    return load_config(getattr(args, "config", None), overrides={
+        "blender": args.blender, "stall_timeout": args.stall_timeout, "max_restarts": args.max_restarts})
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    pre, blender_args = _split_rest(args.rest)
+    _reparse(args, pre)
+    try:
+        frames = tuple(parse_frames(args.frames)) if args.frames else None
+    except FrameSpecError as e:
+        print(f"renderwatch render: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run(args, args.scene, frames, args.output, blender_args)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from healer.blender_argv import BlenderArgvError, parse_blender_argv
+
+    pre, argv = _split_rest(args.rest)
+    _reparse(args, pre)
+    if not argv:
+        print("renderwatch exec: usage: renderwatch exec [OPTIONS] -- blender ARGS...", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        parsed = parse_blender_argv(argv)
+    except BlenderArgvError as e:
+        print(f"renderwatch exec: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.blender is None:
+        args.blender = parsed.blender
+    frames = tuple(parse_frames(args.frames)) if args.frames else parsed.frames
+    return _run(args, parsed.scene, frames, args.output or parsed.output, parsed.passthrough)
+
+
+def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, output: str | None,
+         blender_args: Sequence[str]) -> int:
+    from healer.metrics import HealerMetrics
+    from healer.progress import ProgressDisplay
+    from healer.report import build_report, summary, write_report
+    from healer.supervisor import EXIT_USAGE as SUP_USAGE
+    from healer.supervisor import RenderRequest, RequestError, Supervisor
+
+    try:
+        cfg = _config(args)
+        policy = cfg.policy()
+    except ConfigError as e:
+        print(f"renderwatch: config: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    req = RenderRequest(scene=scene, frames=frames, output=output, blender=cfg.blender,
+                        blender_args=tuple(blender_args), stall_timeout=cfg.stall_timeout, strict=args.strict,
+                        job=args.job)
+    display = ProgressDisplay(total=len(frames or ()), stream=sys.stderr, quiet=args.quiet)
+    incidents = _incidents(cfg)
+    sup = Supervisor(req, policy=policy, incidents=incidents, metrics=HealerMetrics(), display=display,
+                     env=cfg.env, kill_grace_s=cfg.kill_grace_s, probe_interval_s=cfg.probe_interval_s,
+                     sampler=_sampler())
+    t0 = time.monotonic()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, sup.cancel)
+            except (NotImplementedError, RuntimeError):
+                pass
+        return await sup.run()
+
+    try:
+        result = asyncio.run(main())
+    except RequestError as e:
+        print(f"renderwatch: {e}", file=sys.stderr)
+        return SUP_USAGE
+    finally:
+        close = getattr(incidents, "close", None)
+        if close:
+            close(timeout=5)
+    led = result.ledger
+    display.total = len(led.frames_requested)
+    display.finish(summary(led, time.monotonic() - t0))
+    if args.report:
+        write_report(args.report, build_report(led, result.exit_code))
+    return result.exit_code
+
+
+def _incidents(cfg: HealerConfig):
+    try:
+        from healer.incidents import Incidents
+    except ImportError:
+        return None
+    try:
+        return Incidents.from_config(None)
+    except Exception as e:  # incidents must never stop a render
+        print(f"renderwatch: incidents disabled: {e}", file=sys.stderr)
+        return Incidents.noop()
+
+
+def _sampler():
+    from healer.probes import ResourceSampler
+    return ResourceSampler()
+
+
+def cmd_healer(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from healer.app import create_app, parse_listen
+
+    try:
+        cfg = load_config(args.config, overrides={"listen": args.listen, "concurrency": args.concurrency})
+        host, port = parse_listen(cfg)
+        app = create_app(cfg)
+    except (ConfigError, ValueError) as e:
+        print(f"renderwatch healer: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"renderwatch healer: listening on http://{host}:{port}", file=sys.stderr)
+    web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+    return 0

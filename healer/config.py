@@ -1,0 +1,144 @@
+"""The healer's frozen configuration: defaults < TOML file (`[healer]` table) < environment < flags.
+
+Environment variables (each read here only):
+
+    RENDERWATCH_HEALER_CONFIG     TOML file; its [healer] table (a shared renderwatch.toml works)
+    RENDERWATCH_BLENDER           Blender executable (default "blender")
+    RENDERWATCH_HEALER_LISTEN     service address (default 127.0.0.1:9465)
+    RENDERWATCH_HEALER_TOKEN      bearer token for the service API (required off loopback)
+    RENDERWATCH_HEALER_CONCURRENCY  renders the service runs at once (default 2)
+    RENDERWATCH_HEALER_STALL_TIMEOUT  seconds; default adaptive (see healer.probes)
+    RENDERWATCH_HEALER_MAX_RESTARTS   overrides max_restarts of every restarting policy
+    RENDERWATCH_HEALER_BACKOFF_S      overrides backoff_base_s of every policy
+    RENDERWATCH_HEALER_KILL_GRACE_S   SIGTERM -> SIGKILL grace when stopping Blender (default 5)
+
+TOML example::
+
+    [healer]
+    blender = "/opt/blender-4.2/blender"
+    concurrency = 4
+    [healer.policy.segfault]
+    max_restarts = 3
+    backoff_base_s = 2
+
+Usage::
+
+    cfg = load_config(env=os.environ)            # ConfigError names the bad key
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from healer.policy import Policy
+from renderwatch.paths import DEFAULT_HEALER_LISTEN
+
+ENV_CONFIG = "RENDERWATCH_HEALER_CONFIG"
+ENV_BLENDER = "RENDERWATCH_BLENDER"
+ENV_LISTEN = "RENDERWATCH_HEALER_LISTEN"
+ENV_TOKEN = "RENDERWATCH_HEALER_TOKEN"
+ENV_CONCURRENCY = "RENDERWATCH_HEALER_CONCURRENCY"
+ENV_STALL_TIMEOUT = "RENDERWATCH_HEALER_STALL_TIMEOUT"
+ENV_MAX_RESTARTS = "RENDERWATCH_HEALER_MAX_RESTARTS"
+ENV_BACKOFF = "RENDERWATCH_HEALER_BACKOFF_S"
+ENV_KILL_GRACE = "RENDERWATCH_HEALER_KILL_GRACE_S"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key (and where it came from)."""
+
+
+@dataclass(frozen=True)
+class HealerConfig:
+    blender: str = "blender"
+    listen: str = DEFAULT_HEALER_LISTEN
+    token: str | None = None
+    concurrency: int = 2
+    stall_timeout: float | None = None
+    max_restarts: int | None = None
+    backoff_base_s: float | None = None
+    kill_grace_s: float = 5.0
+    probe_interval_s: float = 0.25
+    allowed_blenders: tuple[str, ...] = ("blender", "renderwatch-blender5")
+    policy_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def policy(self) -> Policy:
+        try:
+            return Policy.default().with_overrides(self.policy_overrides, max_restarts=self.max_restarts,
+                                                   backoff_base_s=self.backoff_base_s)
+        except ValueError as e:
+            raise ConfigError(f"healer.{e}") from None
+
+
+_KEYS = {"blender": str, "listen": str, "token": str, "concurrency": int, "stall_timeout": float,
+         "max_restarts": int, "backoff_base_s": float, "kill_grace_s": float, "probe_interval_s": float,
+         "allowed_blenders": list}
+_ENV_KEYS = {ENV_BLENDER: "blender", ENV_LISTEN: "listen", ENV_TOKEN: "token", ENV_CONCURRENCY: "concurrency",
+             ENV_STALL_TIMEOUT: "stall_timeout", ENV_MAX_RESTARTS: "max_restarts", ENV_BACKOFF: "backoff_base_s",
+             ENV_KILL_GRACE: "kill_grace_s"}
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    typ = _KEYS[key]
+    try:
+        if typ is list:
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of strings")
+            return tuple(value)
+        if typ is str:
+            if not isinstance(value, str) or not value:
+                raise ValueError("expected a non-empty string")
+            return value
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        v = typ(value)
+        if v < 0 or (key == "concurrency" and v < 1):
+            raise ValueError("must be positive")
+        return v
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {key} = {value!r}: {e}") from None
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> HealerConfig:
+    """Build the config (pure: reads only the named file). Flags go in `overrides` (None = unset)."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    policy: dict[str, dict[str, Any]] = {}
+    path = path or env.get(ENV_CONFIG)
+    if path:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"{ENV_CONFIG}={path}: cannot read: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        table = doc.get("healer", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [healer] must be a table")
+        for key, value in table.items():
+            if key == "policy":
+                if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                    raise ConfigError(f"{path}: healer.policy must hold tables like [healer.policy.segfault]")
+                policy = {k: dict(v) for k, v in value.items()}
+            elif key in _KEYS:
+                values[key] = _coerce(key, value, f"{path}: healer")
+            else:
+                raise ConfigError(f"{path}: healer.{key}: unknown key; valid: {', '.join(sorted(_KEYS))}, policy")
+    for name, key in _ENV_KEYS.items():
+        if env.get(name):
+            values[key] = _coerce(key, env[name], name)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+    cfg = HealerConfig(policy_overrides=policy, env=env, **values)
+    cfg.policy()          # validate the policy table now, not at the first crash
+    return cfg

@@ -1,0 +1,157 @@
+"""Health probes over one running Blender: a pure `evaluate(snapshot) -> list[Finding]`.
+
+Probes: `alive` (process exists, not a zombie), `progress` (samples/tiles/frames moving),
+`heartbeat` (any output or hook event), `stall` (no progress for the stall timeout: the supervisor
+kills and restarts), `memory` (host memory low, Blender's RSS near its limit), `gpu` (NVML: GPU
+idle while Blender makes no progress, a hang hint).
+
+Stall timeout: `--stall-timeout S` when given; otherwise adaptive: 600 s until the first frame of
+the job is saved (scene load, BVH build and kernel compilation print little), then
+max(60 s, 4 x the slowest frame seen so far). Progress lines arrive many times per frame, so a
+healthy render never goes a whole frame time without one: 4x leaves room for a slow frame.
+
+Usage::
+
+    snap = ProbeSnapshot(now=t, started_at=t0, status="running", last_progress_at=t1, ...)
+    for f in evaluate(snap): metrics.probe_healthy(job, f.probe).set(f.healthy)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PROBES = ("alive", "progress", "heartbeat", "stall", "memory", "gpu")
+STALL_FLOOR_S = 60.0
+STALL_FACTOR = 4.0
+STALL_FIRST_FRAME_S = 600.0
+HOST_MEM_LOW_FRACTION = 0.05
+RSS_NEAR_LIMIT_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class ProbeSnapshot:
+    now: float
+    started_at: float
+    status: str | None = "running"            # psutil status; None: the process is gone
+    last_output_at: float | None = None       # any stdout line
+    last_progress_at: float | None = None     # a sample/tile/frame counter moved
+    last_event_at: float | None = None        # a hook event (None: no event source)
+    frame_times: Sequence[float] = ()         # seconds per completed frame (this job)
+    stall_timeout: float | None = None        # explicit --stall-timeout
+    rss_bytes: int | None = None              # Blender's process-group RSS
+    rss_limit_bytes: int | None = None        # cgroup memory.max or host total
+    host_available_bytes: int | None = None
+    host_total_bytes: int | None = None
+    gpu_util_percent: float | None = None     # None: no NVML / no GPU
+
+
+@dataclass(frozen=True)
+class Finding:
+    probe: str
+    healthy: bool
+    detail: str = ""
+    action: str | None = None                 # "kill_stall": the supervisor stops Blender
+
+
+def stall_timeout(explicit: float | None, frame_times: Sequence[float]) -> float:
+    """The stall timeout in effect (see the module docstring)."""
+    if explicit is not None and explicit > 0:
+        return float(explicit)
+    if not frame_times:
+        return STALL_FIRST_FRAME_S
+    return max(STALL_FLOOR_S, STALL_FACTOR * max(frame_times))
+
+
+def evaluate(s: ProbeSnapshot) -> list[Finding]:
+    """One finding per probe that applies (a probe without a data source is left out)."""
+    out: list[Finding] = []
+    alive = s.status is not None and s.status != "zombie"
+    out.append(Finding("alive", alive, "" if alive else ("zombie" if s.status == "zombie" else "process gone")))
+    timeout = stall_timeout(s.stall_timeout, s.frame_times)
+    since_progress = s.now - (s.last_progress_at if s.last_progress_at is not None else s.started_at)
+    out.append(Finding("progress", since_progress <= timeout / 2,
+                       f"no progress for {since_progress:.1f} s" if since_progress > timeout / 2 else ""))
+    beats = [t for t in (s.last_output_at, s.last_event_at) if t is not None]
+    if beats:
+        since_beat = s.now - max(beats)
+        out.append(Finding("heartbeat", since_beat <= timeout,
+                           f"silent for {since_beat:.1f} s" if since_beat > timeout else ""))
+    stalled = alive and since_progress >= timeout
+    out.append(Finding("stall", not stalled,
+                       f"no progress for {since_progress:.1f} s (stall timeout {timeout:g} s)" if stalled else "",
+                       "kill_stall" if stalled else None))
+    mem_problems = []
+    if s.host_available_bytes is not None and s.host_total_bytes:
+        if s.host_available_bytes < HOST_MEM_LOW_FRACTION * s.host_total_bytes:
+            mem_problems.append(f"host memory low: {s.host_available_bytes / 2**20:.0f} MiB available")
+    if s.rss_bytes is not None and s.rss_limit_bytes:
+        if s.rss_bytes > RSS_NEAR_LIMIT_FRACTION * s.rss_limit_bytes:
+            mem_problems.append(f"Blender RSS {s.rss_bytes / 2**20:.0f} MiB near its limit "
+                                f"{s.rss_limit_bytes / 2**20:.0f} MiB")
+    if s.host_available_bytes is not None or s.rss_bytes is not None:
+        out.append(Finding("memory", not mem_problems, "; ".join(mem_problems)))
+    if s.gpu_util_percent is not None:
+        hang = alive and since_progress > timeout / 2 and s.gpu_util_percent <= 0.0
+        out.append(Finding("gpu", not hang, f"GPU idle for a render without progress for {since_progress:.0f} s: "
+                           "possible GPU hang" if hang else ""))
+    return out
+
+
+class ResourceSampler:
+    """Reads what the probes need from the host: Blender's RSS (whole process group), host memory,
+    the cgroup memory limit, GPU utilisation through NVML. Each source that is missing yields None
+    and is logged once."""
+
+    def __init__(self, psutil_mod=None, nvml=None):
+        import logging
+
+        import psutil as _psutil
+
+        self.psutil = psutil_mod or _psutil
+        self.log = logging.getLogger(__name__)
+        self._nvml = nvml
+        self._nvml_tried = nvml is not None
+        self._handles: list = []
+        self.limit = _cgroup_memory_limit()
+
+    def _gpu(self) -> float | None:
+        if not self._nvml_tried:
+            self._nvml_tried = True
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+                self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            except Exception as e:      # no driver / no GPU: the gpu probe is left out
+                self.log.debug("NVML unavailable (%s): no GPU hang hint", type(e).__name__)
+                self._nvml = None
+        if self._nvml is None or not self._handles:
+            return None
+        try:
+            return float(max(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles))
+        except Exception:
+            return None
+
+    def sample(self, pid: int | None) -> dict:
+        ps = self.psutil
+        vm = ps.virtual_memory()
+        rss = None
+        if pid:
+            try:
+                p = ps.Process(pid)
+                rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+            except (ps.NoSuchProcess, ps.AccessDenied):
+                rss = None
+        return {"rss_bytes": rss, "rss_limit_bytes": self.limit or vm.total,
+                "host_available_bytes": vm.available, "host_total_bytes": vm.total,
+                "gpu_util_percent": self._gpu()}
+
+
+def _cgroup_memory_limit() -> int | None:
+    try:
+        raw = open("/sys/fs/cgroup/memory.max").read().strip()
+        return None if raw == "max" else int(raw)
+    except (OSError, ValueError):
+        return None

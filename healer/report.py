@@ -1,0 +1,80 @@
+"""The `--report FILE.json` document and the final summary line, built from the ledger.
+
+Shape (stable contract)::
+
+    {"status": "complete"|"failed", "scene", "frames_requested": [...], "frames_completed": [...],
+     "frame_render_counts": {"<frame>": n}, "restarts": n,
+     "attempts": [{"attempt", "pid", "frames_planned", "frames_rendered", "exit_code", "exit_signal",
+                   "error_type", "error_summary", "started_at", "ended_at"}]}
+
+plus extra keys: "job", "error" (why a failed job stopped), "warnings", "ledger", "exit_code".
+
+Usage::
+
+    doc = build_report(ledger, exit_code=0); write_report(path, doc)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from healer.ledger import Ledger
+
+
+def build_report(ledger: Ledger, exit_code: int | None = None) -> dict:
+    status = "complete" if ledger.status == "complete" else "failed"
+    doc = {
+        "status": status,
+        "scene": ledger.scene,
+        "frames_requested": list(ledger.frames_requested),
+        "frames_completed": ledger.completed(),
+        "frame_render_counts": {str(f): ledger.frame_render_counts.get(f, 0) for f in ledger.frames_requested},
+        "restarts": ledger.restarts,
+        "attempts": [a.report() for a in ledger.attempts if a.pid is not None],
+        "job": ledger.job,
+        "job_status": ledger.status,
+        "warnings": ledger.warnings,
+        "ledger": str(ledger.path),
+    }
+    if ledger.error:
+        doc["error"] = ledger.error
+    if exit_code is not None:
+        doc["exit_code"] = exit_code
+    return doc
+
+
+def write_report(path: str | os.PathLike[str], doc: dict) -> None:
+    """Write atomically, so a reader polling the file never sees half a document."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def summary(ledger: Ledger, elapsed_s: float | None = None) -> str:
+    done, total = len(ledger.completed()), len(ledger.frames_requested)
+    twice = sorted(f for f, n in ledger.frame_render_counts.items() if n > 1)
+    parts = [f"renderwatch: {ledger.status}: {done}/{total} frames", f"{ledger.restarts} restarts"]
+    if twice:
+        parts.append(f"rendered again: {','.join(map(str, twice))}")
+    if elapsed_s is not None:
+        parts.append(f"{elapsed_s:.1f} s")
+    line = ", ".join(parts)
+    if ledger.error:
+        line += f"\nrenderwatch: {ledger.error.get('type')}: {ledger.error.get('message')}"
+    for w in ledger.warnings[-5:]:
+        line += f"\nrenderwatch: warning: {w.get('type')}: {w.get('message')}"
+    return line
