@@ -1,12 +1,488 @@
-"""The only module that imports bpy: render handlers, and the demo-scene builder.
+"""The only module that imports bpy: render handlers, the wheel's command line, the demo scene.
 
-(Handlers are added by the hooks work; `make_demo_scene` is used by `renderwatch.scenes`.)
+`register()` adds one `@persistent` module-level handler per render callback; each handler body
+runs inside a guard that logs and swallows, builds one event and appends it to the local spool
+(O(1), microseconds). HTTP happens only in the spool's sender thread, so an agent that is down or
+hung never blocks Blender. See `blender_hooks.events` for the schema of what is emitted.
+
+Usage (inside Blender)::
+
+    from blender_hooks import addon
+    addon.register()      # idempotent; also safe when another copy (the installed add-on) is active
+    addon.unregister()    # removes every handler, flushes the spool (bounded to 0.5 s)
 """
 
 from __future__ import annotations
 
-import bpy
+import atexit
+import itertools
+import logging
+import os
+import resource
+import runpy
+import secrets
+import socket
+import sys
+import time
+import traceback
 
+import bpy
+from bpy.app.handlers import persistent
+
+from . import events, spool
+from .stats import cli_frames, frame_range, parse_frame_list, parse_memory, phase_of
+
+log = logging.getLogger("renderwatch.hooks")
+
+ENV_JOB_ID = "RENDERWATCH_JOB_ID"      # job id shared by every attempt of a job (set by the healer)
+ENV_ATTEMPT = "RENDERWATCH_ATTEMPT"    # attempt number of this run (set by the healer)
+MARK = "_renderwatch_hook"             # attribute on our handlers, whichever copy of the module
+FLUSH_AT_EXIT_S = 0.5
+STATS_MAX_OBJECTS = 2000               # scene.statistics() is O(objects): skip it on big scenes
+
+
+class Hooks:
+    """Per-process hook state: the session, the current job and frame, the spool."""
+
+    def __init__(self, directory=None):
+        self.session = secrets.token_hex(8)
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self._seq = itertools.count(1)
+        self.directory = spool.spool_dir() if directory is None else directory
+        # The spool opens with the first event: a Blender that never renders leaves no file behind.
+        self.writer: spool.SpoolWriter | None = None
+        self.sender: spool.SpoolSender | None = None
+        self.env_job = os.environ.get(ENV_JOB_ID) or None
+        try:
+            self.attempt: int | None = int(os.environ.get(ENV_ATTEMPT, ""))
+        except ValueError:
+            self.attempt = None
+        self.argv_frames = cli_frames(sys.argv) if bpy.app.background else None
+        self.job_n = 0
+        self.new_job = True          # next render_init starts a new job id
+        self.job = self.env_job or f"{self.host}-{self.pid}-1"
+        self.ctx: dict = {}          # scene/engine/device_type/attempt, carried on every event
+        self.job_open = False
+        self.job_ts = 0.0
+        self.frames_done = 0
+        self.frame: int | None = None
+        self.frame_t0 = 0.0
+        self.frame_post_t: float | None = None
+        self.phase: str | None = None
+        self.peak = 0.0
+        self.use_statistics = True
+        self.errors = 0
+
+    # -- emission -------------------------------------------------------------------------------
+    def emit(self, type_: str, **fields) -> None:
+        ev = events.make_event(type_, session=self.session, seq=next(self._seq), job=self.job,
+                               host=self.host, pid=self.pid, **{**self.ctx, **fields})
+        writer = self.writer or self.open_spool()
+        writer.append(events.encode(ev))
+
+    def open_spool(self) -> spool.SpoolWriter:
+        self.writer = spool.SpoolWriter(self.directory, self.session)
+        self.sender = spool.SpoolSender(self.directory, spool.agent_url(), token=spool.agent_token(),
+                                        writer=self.writer).start()
+        return self.writer
+
+    def wake(self) -> None:
+        if self.sender is not None:
+            self.sender.wake()
+
+    # -- handlers' bodies -----------------------------------------------------------------------
+    def job_start(self, scene) -> None:
+        if self.job_open:  # a render that never completed (no complete/cancel handler ran)
+            self.job_end("cancel")
+        if self.new_job:
+            self.job_n += 1
+            self.job = self.env_job or f"{self.host}-{self.pid}-{self.job_n}"
+            # `blender -f 1,3,5` runs one render per frame: keep them one job until a new file.
+            self.new_job = not self.argv_frames
+        r = scene.render
+        engine = r.engine
+        self.ctx = {"scene": scene.name, "engine": engine, "device_type": device_type(scene)}
+        if self.attempt is not None:
+            self.ctx["attempt"] = self.attempt
+        first, last, step = scene.frame_start, scene.frame_end, scene.frame_step
+        if self.argv_frames:
+            first, last, step = frame_range(self.argv_frames)
+        self.job_open, self.job_ts, self.frames_done = True, time.time(), 0
+        self.emit("job_start", blend_file=bpy.data.filepath, frame_start=first, frame_end=last,
+                  frame_step=step, samples=render_samples(scene), resolution_x=r.resolution_x,
+                  resolution_y=r.resolution_y, resolution_percentage=r.resolution_percentage,
+                  blender_version=bpy.app.version_string, output_path=bpy.path.abspath(r.filepath))
+        self.wake()
+
+    def frame_start(self, scene) -> None:
+        self.close_frame(scene)
+        self.frame = scene.frame_current
+        self.frame_t0 = time.perf_counter()
+        self.frame_post_t = None
+        self.phase = None
+        self.peak = 0.0
+        self.emit("frame_start", frame=self.frame)
+
+    def stats(self, text) -> None:
+        if not text or self.frame is None:  # Blender 3.4 passes None
+            return
+        if "M" in text:
+            m = parse_memory(text)
+            if m > self.peak:
+                self.peak = m
+        name = phase_of(text)
+        if name is not None and name != self.phase:
+            self.phase = name
+            self.emit("phase", frame=self.frame, name=name, detail=text[:200])
+
+    def frame_post(self, _scene) -> None:
+        self.frame_post_t = time.perf_counter()
+
+    def frame_end(self, scene, saved: bool = True) -> None:
+        if self.frame is None:
+            return
+        end = time.perf_counter() if saved or self.frame_post_t is None else self.frame_post_t
+        r = scene.render if scene is not None else None
+        fields: dict = {"frame": self.frame, "seconds": max(0.0, end - self.frame_t0), "saved": saved,
+                        "max_rss_bytes": max_rss_bytes()}
+        if r is not None:
+            if saved:
+                fields["output_path"] = r.frame_path(frame=self.frame)
+            pct = r.resolution_percentage
+            fields["resolution_x"] = r.resolution_x * pct // 100
+            fields["resolution_y"] = r.resolution_y * pct // 100
+            n = render_samples(scene)
+            if n is not None:
+                fields["samples"] = n
+            peak = max(self.peak, self.statistics_memory(scene))
+            if peak > 0:
+                fields["peak_memory_blender_bytes"] = int(peak)
+        self.frame = None
+        if saved:
+            self.frames_done += 1
+        self.emit("frame_end", **fields)
+        self.wake()
+
+    def close_frame(self, scene=None) -> None:
+        """A frame that started and was never written ends unsaved."""
+        if self.frame is not None:
+            self.frame_end(scene, saved=False)
+
+    def job_end(self, status: str, scene=None) -> None:
+        self.close_frame(scene)
+        if self.job_open:
+            self.job_open = False
+            self.emit("job_end", status=status, frames_done=self.frames_done, started_at=self.job_ts)
+        self.wake()
+
+    def file_loaded(self) -> None:
+        self.new_job = True
+
+    def statistics_memory(self, scene) -> float:
+        """Blender's own memory in use (scene.statistics), where that is cheap enough."""
+        if not self.use_statistics:
+            return 0.0
+        if len(bpy.data.objects) > STATS_MAX_OBJECTS:
+            self.use_statistics = False
+            return 0.0
+        layer = bpy.context.view_layer or scene.view_layers[0]
+        return parse_memory(scene.statistics(layer))
+
+    def shutdown(self, timeout: float = FLUSH_AT_EXIT_S) -> None:
+        try:
+            if self.job_open:
+                self.job_end("cancel")
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            if self.sender is not None:
+                self.sender.close(timeout)
+
+
+def device_type(scene) -> str:
+    """"CPU", or "GPU:<backend>" for Cycles on a GPU backend; "GPU" for the raster engines."""
+    engine = scene.render.engine
+    if engine == "CYCLES":
+        if getattr(scene.cycles, "device", "CPU") == "GPU":
+            try:
+                backend = bpy.context.preferences.addons["cycles"].preferences.compute_device_type
+            except (KeyError, AttributeError):
+                backend = "NONE"
+            if backend and backend != "NONE":
+                return f"GPU:{backend}"
+        return "CPU"
+    return "GPU" if engine.startswith(("BLENDER_EEVEE", "BLENDER_WORKBENCH")) else "CPU"
+
+
+def render_samples(scene) -> int | None:
+    engine = scene.render.engine
+    if engine == "CYCLES":
+        return int(scene.cycles.samples)
+    if engine.startswith("BLENDER_EEVEE"):
+        return int(scene.eevee.taa_render_samples)
+    return None
+
+
+def max_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+# -- the handlers: module-level, @persistent, removed by identity --------------------------------
+
+_hooks: Hooks | None = None
+_error_logs = 0
+
+
+def _swallow(where: str) -> None:
+    """The guard's except branch: count, log the first few, never raise into Blender."""
+    global _error_logs
+    if _hooks is not None:
+        _hooks.errors += 1
+    if _error_logs < 5:
+        _error_logs += 1
+        log.error("renderwatch hook %s failed (ignored):\n%s", where, traceback.format_exc())
+
+
+@persistent
+def rw_render_init(scene=None, _depsgraph=None):
+    try:
+        if _hooks is not None:
+            _hooks.job_start(scene)
+    except Exception:
+        _swallow("render_init")
+
+
+@persistent
+def rw_render_pre(scene=None, _depsgraph=None):
+    try:
+        if _hooks is not None:
+            _hooks.frame_start(scene)
+    except Exception:
+        _swallow("render_pre")
+
+
+@persistent
+def rw_render_stats(stats=None, _depsgraph=None):
+    try:
+        if _hooks is not None:
+            _hooks.stats(stats)
+    except Exception:
+        _swallow("render_stats")
+
+
+@persistent
+def rw_render_post(scene=None, _depsgraph=None):
+    try:
+        if _hooks is not None:
+            _hooks.frame_post(scene)
+    except Exception:
+        _swallow("render_post")
+
+
+@persistent
+def rw_render_write(scene=None, _depsgraph=None):
+    try:
+        if _hooks is not None:
+            _hooks.frame_end(scene, saved=True)
+    except Exception:
+        _swallow("render_write")
+
+
+@persistent
+def rw_render_complete(scene=None, _depsgraph=None):
+    try:
+        if _hooks is not None:
+            _hooks.job_end("complete", scene)
+    except Exception:
+        _swallow("render_complete")
+
+
+@persistent
+def rw_render_cancel(scene=None, _depsgraph=None):
+    try:
+        if _hooks is not None:
+            _hooks.job_end("cancel", scene)
+    except Exception:
+        _swallow("render_cancel")
+
+
+@persistent
+def rw_load_post(_filepath=None, _depsgraph=None):
+    try:
+        if _hooks is not None:
+            _hooks.file_loaded()
+    except Exception:
+        _swallow("load_post")
+
+
+HANDLERS = (
+    ("render_init", rw_render_init), ("render_pre", rw_render_pre), ("render_stats", rw_render_stats),
+    ("render_post", rw_render_post), ("render_write", rw_render_write),
+    ("render_complete", rw_render_complete), ("render_cancel", rw_render_cancel),
+    ("load_post", rw_load_post),
+)
+for _name, _fn in HANDLERS:
+    setattr(_fn, MARK, __name__)
+
+
+def active_copy() -> str | None:
+    """Module name of the renderwatch copy whose handlers are registered, if any."""
+    for name, _fn in HANDLERS:
+        for h in getattr(bpy.app.handlers, name):
+            owner = getattr(h, MARK, None)
+            if owner:
+                return owner
+    return None
+
+
+def register() -> None:
+    """Add the handlers and start the spool (idempotent; a no-op when another copy is active)."""
+    global _hooks
+    owner = active_copy()
+    if owner is not None and owner != __name__:
+        log.info("renderwatch hooks already active (%s): not registering %s again", owner, __name__)
+        return
+    if _hooks is None:
+        _hooks = Hooks()
+        atexit.register(_at_exit)
+    for name, fn in HANDLERS:
+        lst = getattr(bpy.app.handlers, name)
+        if fn not in lst:
+            lst.append(fn)
+
+
+def unregister() -> None:
+    """Remove every handler of this module (by identity) and flush the spool (bounded)."""
+    global _hooks
+    for name, fn in HANDLERS:
+        lst = getattr(bpy.app.handlers, name)
+        while fn in lst:
+            lst.remove(fn)
+    hooks, _hooks = _hooks, None
+    if hooks is not None:
+        atexit.unregister(_at_exit)
+        hooks.shutdown()
+
+
+def _at_exit() -> None:
+    hooks = _hooks
+    if hooks is not None:
+        try:
+            hooks.shutdown()
+        except Exception:
+            _swallow("exit")
+
+
+def state() -> Hooks | None:
+    """The live hook state (tests and the benchmark read counters from it)."""
+    return _hooks
+
+
+# -- a blender-like command line over the bpy wheel (see wheel_cli.py) ---------------------------
+
+def run_cli(actions: list[tuple[str, str | None]]) -> int:
+    """Execute parsed command-line actions in order, like Blender's own argument handling.
+
+    `actions` come from `wheel_cli.parse`: ("file", path), ("engine", "CYCLES"), ("output", pat),
+    ("format", "PNG"), ("extension", "1"), ("start", "1"), ("end", "3"), ("jump", "1"),
+    ("frames", "1,3..5"), ("anim", None), ("python", path), ("expr", code), ("exit_code", "3"),
+    ("threads", "4"). Returns the process exit status; prints "Blender quit" like Blender.
+    """
+    print(f"Blender {bpy.app.version_string} (hash {bpy.app.build_hash.decode(errors='replace')})", flush=True)
+    # Blender reads the user's preferences (and so enables their add-ons) at startup; the module
+    # does not, so do it here unless told otherwise.
+    if ("factory_startup", None) not in actions:
+        prefs = os.path.join(bpy.utils.user_resource("CONFIG"), "userpref.blend")
+        if os.path.exists(prefs):
+            bpy.ops.wm.read_userpref()
+    exit_code = 0        # --python-exit-code N
+    threads = 0
+    status = 0
+    for kind, value in actions:
+        scene = bpy.context.scene
+        if kind == "file":
+            path = os.path.abspath(value or "")
+            try:
+                bpy.ops.wm.open_mainfile(filepath=path)
+            except RuntimeError:  # Blender has printed "Error: Cannot read file ..." itself
+                print("\nBlender quit", flush=True)
+                return 1
+        elif kind == "engine":
+            scene.render.engine = value
+        elif kind == "output":
+            scene.render.filepath = value
+        elif kind == "format":
+            scene.render.image_settings.file_format = value
+        elif kind == "extension":
+            scene.render.use_file_extension = value not in ("0", "false", "False")
+        elif kind in ("start", "end", "jump"):
+            setattr(scene, {"start": "frame_start", "end": "frame_end", "jump": "frame_step"}[kind], int(value or 0))
+        elif kind == "factory_startup":
+            pass
+        elif kind == "threads":
+            threads = int(value or 0)
+        elif kind == "exit_code":
+            exit_code = int(value or 0)
+        elif kind in ("anim", "frames"):
+            if not _cli_render(scene, value if kind == "frames" else None, threads):
+                status = 1
+        elif kind in ("python", "expr"):
+            if not _cli_python(kind, value or ""):
+                if exit_code:
+                    what = f"file: '{os.path.basename(value or '')}'" if kind == "python" else f"expr: '{value}'"
+                    print(f"Error: script failed, {what}, exiting.", flush=True)
+                    return exit_code
+    print("\nBlender quit", flush=True)
+    return status
+
+
+def _cli_render(scene, frames: str | None, threads: int) -> bool:
+    """Render the animation (frames None) or each listed frame as its own one-frame animation."""
+    r = scene.render
+    if threads > 0:
+        r.threads_mode, r.threads = "FIXED", threads
+    if frames is None:
+        runs = [None]
+    else:
+        parsed = parse_frame_list(frames)
+        if parsed is None:
+            print(f"Error: invalid frame list '{frames}'", flush=True)
+            return False
+        runs = parsed
+    ok = True
+    for f in runs:
+        saved = scene.frame_start, scene.frame_end
+        try:
+            if f is not None:  # like `blender -f`: a one-frame animation, so the output is numbered
+                scene.frame_start = scene.frame_end = f
+            bpy.ops.render.render(animation=True, scene=scene.name)
+        except RuntimeError:  # Blender has printed the render error itself
+            ok = False
+        finally:
+            if f is not None:
+                scene.frame_start, scene.frame_end = saved
+    return ok
+
+
+def _cli_python(kind: str, value: str) -> bool:
+    """Run a --python file or --python-expr like Blender: print a traceback, report success."""
+    try:
+        if kind == "python":
+            runpy.run_path(value, run_name="__main__")
+        else:
+            exec(compile(value, "<string>", "exec"), {"__name__": "__main__"})
+    except SystemExit:
+        raise
+    except BaseException:
+        sys.stdout.flush()
+        print("Error: Python: " + traceback.format_exc(), end="", flush=True)
+        return False
+    return True
+
+
+# -- demo scene ----------------------------------------------------------------------------------
 
 def make_demo_scene(path: str, frames: int = 10, samples: int = 16, width: int = 160, height: int = 90,
                     engine: str = "CYCLES") -> None:

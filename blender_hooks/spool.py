@@ -1,0 +1,600 @@
+"""The durable local spool between the Blender hooks and the agent (standard library only).
+
+Inside Blender, `SpoolWriter.append(line)` is the only thing a render handler does with an event:
+one `os.write` of one encoded event on an `O_APPEND` descriptor (a few microseconds, no lock on
+the hot path, never raises). `SpoolSender`, a daemon thread, reads the lines past the
+acknowledged offset and POSTs them as NDJSON to the agent; the agent deduplicates by
+(session, seq), so a resend after a crash is harmless and an agent that is down or restarted
+loses nothing: it catches up from the spool.
+
+On-disk layout (directory 0700, files 0600), one set per Blender process (`session`):
+
+    <dir>/<session>.<index:06d>.ndjson   segments, one JSON event per line, rotated at 4 MiB
+    <dir>/<session>.ack                  "<index> <offset>": everything before it was delivered
+    <dir>/<session>.lock                 flock()ed by the live writer; a free lock = a dead writer
+    <dir>/evicted_events                 total events evicted unsent (a decimal integer)
+
+The directory is bounded (`RENDERWATCH_SPOOL_MAX_BYTES`, default 64 MiB): past it the oldest
+segments are evicted first and their unsent events added to `evicted_events`. A sender also
+adopts the segments of dead sessions (free lock) and delivers them, so the events of a Blender
+that crashed while the agent was down arrive with the next render on the host.
+
+Usage::
+
+    writer = SpoolWriter(spool_dir(), session="ab12cd34")
+    sender = SpoolSender(writer.directory, agent_url(), token=agent_token(), writer=writer).start()
+    writer.append(events.encode(ev)); sender.wake()
+    sender.close(timeout=0.5); writer.close()
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger("renderwatch.hooks.spool")
+
+ENV_HOME = "RENDERWATCH_HOME"                  # state root (as renderwatch.paths)
+ENV_SPOOL_DIR = "RENDERWATCH_SPOOL_DIR"        # the spool directory itself (default <home>/spool)
+ENV_SPOOL_MAX = "RENDERWATCH_SPOOL_MAX_BYTES"  # bound on the whole spool directory
+ENV_AGENT = "RENDERWATCH_AGENT"                # agent base URL; "off" = spool only, no HTTP
+ENV_TOKEN = "RENDERWATCH_TOKEN"                # optional bearer token for the agent
+DEFAULT_AGENT = "http://127.0.0.1:9464"
+EVENTS_PATH = "/api/v1/events"
+
+SEGMENT_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+EVICTED_FILE = "evicted_events"
+_SEGMENT_RE = re.compile(r"^([0-9A-Za-z_-]+)\.(\d{6,})\.ndjson$")
+
+
+def state_home(env: dict[str, str] | None = None) -> Path:
+    """$RENDERWATCH_HOME, else $XDG_STATE_HOME/renderwatch, else ~/.local/state/renderwatch."""
+    e = os.environ if env is None else env
+    if e.get(ENV_HOME):
+        return Path(e[ENV_HOME]).expanduser()
+    return Path(e.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "renderwatch"
+
+
+def spool_dir(env: dict[str, str] | None = None) -> Path:
+    """The spool directory: $RENDERWATCH_SPOOL_DIR, else <state home>/spool."""
+    e = os.environ if env is None else env
+    return Path(e[ENV_SPOOL_DIR]).expanduser() if e.get(ENV_SPOOL_DIR) else state_home(e) / "spool"
+
+
+def spool_max_bytes(env: dict[str, str] | None = None) -> int:
+    e = os.environ if env is None else env
+    try:
+        return max(SEGMENT_BYTES, int(e.get(ENV_SPOOL_MAX) or DEFAULT_MAX_BYTES))
+    except ValueError:
+        return DEFAULT_MAX_BYTES
+
+
+def agent_url(env: dict[str, str] | None = None) -> str | None:
+    """The agent's events endpoint, or None when $RENDERWATCH_AGENT is "off"."""
+    e = os.environ if env is None else env
+    base = (e.get(ENV_AGENT) or DEFAULT_AGENT).strip()
+    if base.lower() in ("off", "none", "0"):
+        return None
+    if "://" not in base:
+        base = "http://" + base
+    return base.rstrip("/") + EVENTS_PATH
+
+
+def agent_token(env: dict[str, str] | None = None) -> str | None:
+    e = os.environ if env is None else env
+    return e.get(ENV_TOKEN) or None
+
+
+def _segment_name(session: str, index: int) -> str:
+    return f"{session}.{index:06d}.ndjson"
+
+
+def list_segments(directory: Path) -> dict[str, list[int]]:
+    """{session: sorted segment indices} of every segment in the directory."""
+    out: dict[str, list[int]] = {}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return out
+    for name in names:
+        m = _SEGMENT_RE.match(name)
+        if m:
+            out.setdefault(m.group(1), []).append(int(m.group(2)))
+    for idx in out.values():
+        idx.sort()
+    return out
+
+
+def read_ack(directory: Path, session: str) -> tuple[int, int]:
+    """(segment index, byte offset) delivered so far; (0, 0) when nothing was acknowledged."""
+    try:
+        a, b = (directory / f"{session}.ack").read_text().split()
+        return int(a), int(b)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def write_ack(directory: Path, session: str, index: int, offset: int) -> None:
+    """Move the ack forward atomically (temporary file, then rename); never backward.
+
+    The agent's spool scanner advances the same file (with its own temporary name).
+    """
+    if read_ack(directory, session) >= (index, offset):
+        return
+    tmp = directory / f"{session}.ack.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"{index} {offset}\n".encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / f"{session}.ack")
+
+
+def read_evicted(directory: Path) -> int:
+    """Total events evicted unsent from this spool directory."""
+    try:
+        return int((directory / EVICTED_FILE).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _add_evicted(directory: Path, n: int) -> None:
+    fd = os.open(directory / EVICTED_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.read(fd, 64).strip()
+        total = (int(raw) if raw.isdigit() else 0) + n
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{total}\n".encode())
+    finally:
+        os.close(fd)  # also releases the flock
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on path, or None when another holder has it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def _count_lines(path: Path, start: int) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            n = 0
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+            return n
+    except OSError:
+        return 0
+
+
+def evict(directory: Path, max_bytes: int, keep: dict[str, int] | None = None) -> int:
+    """Delete the oldest segments until the directory holds at most max_bytes; return events lost.
+
+    `keep` maps session -> segment index that must stay (a live writer's open segment). The last
+    segment of any session whose writer is alive (lock held) stays too. Unsent events of an
+    evicted segment (past its ack) are added to `evicted_events`.
+    """
+    keep = dict(keep or {})
+    entries = []
+    total = 0
+    for session, indices in list_segments(directory).items():
+        for index in indices:
+            p = directory / _segment_name(session, index)
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            total += st.st_size
+            entries.append((st.st_mtime, index, session, p, st.st_size))
+    if total <= max_bytes:
+        return 0
+    last = {s: max(i) for s, i in list_segments(directory).items()}
+    lost = 0
+    for _mtime, index, session, p, size in sorted(entries):
+        if total <= max_bytes:
+            break
+        if keep.get(session) == index:
+            continue
+        if index == last.get(session) and session not in keep:
+            fd = _try_lock(directory / f"{session}.lock")
+            if fd is None:  # a live writer is still appending to it
+                continue
+            os.close(fd)
+        ack_index, ack_offset = read_ack(directory, session)
+        unsent = 0 if index < ack_index else _count_lines(p, ack_offset if index == ack_index else 0)
+        try:
+            os.unlink(p)
+        except OSError:
+            continue
+        total -= size
+        lost += unsent
+    remaining = list_segments(directory)
+    for session in last:
+        if session not in remaining and session not in keep:
+            for suffix in (".ack", ".lock"):
+                try:
+                    os.unlink(directory / f"{session}{suffix}")
+                except OSError:
+                    pass
+    if lost:
+        _add_evicted(directory, lost)
+        log.warning("spool over %d bytes: evicted %d unsent events (oldest first)", max_bytes, lost)
+    return lost
+
+
+class SpoolWriter:
+    """Appends encoded events to this session's segments. Never raises; failures are counted.
+
+    Usage: ``w = SpoolWriter(dir, session); w.append(b'{"v":1,...}\\n'); w.close()``
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], session: str, *,
+                 segment_bytes: int = SEGMENT_BYTES, max_bytes: int | None = None):
+        self.directory = Path(directory)
+        self.session = session
+        self.segment_bytes = segment_bytes
+        self.max_bytes = spool_max_bytes() if max_bytes is None else max_bytes
+        self.index = 0           # current segment index (1-based once open)
+        self.appended = 0        # events written
+        self.dropped = 0         # events that could not be written (disk full, permissions...)
+        self.closed = False
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._size = 0
+        self._retry_at = 0.0
+        self._logged = False
+        # Handlers may run on Blender's main thread and on a render thread (render_stats): the
+        # uncontended lock costs ~0.1 us and keeps rotation from racing a write.
+        self._lock = threading.Lock()
+        self._evicting = threading.Lock()
+        with self._lock:
+            self._open()
+
+    def append(self, line: bytes) -> bool:
+        """Write one encoded event (ending in a newline) with a single os.write. True if written."""
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                if self.closed or time.monotonic() < self._retry_at or not self._open():
+                    self.dropped += 1
+                    return False
+                fd = self._fd
+            try:
+                n = os.write(fd, line)  # type: ignore[arg-type]
+            except OSError as e:
+                self._fail(e)
+                self.dropped += 1
+                return False
+            self.appended += 1
+            self._size += n
+            if self._size >= self.segment_bytes:
+                self._close_fd()
+                self._open()
+            return True
+
+    def _fail(self, e: BaseException) -> None:
+        if not self._logged:
+            self._logged = True
+            log.warning("renderwatch spool %s not writable (%s): events are dropped until it is", self.directory, e)
+        self._close_fd()
+        self._retry_at = time.monotonic() + 1.0
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _open(self) -> bool:
+        """Open the next segment (caller holds self._lock)."""
+        try:
+            if self.index == 0 or not self.directory.is_dir():
+                self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                try:
+                    os.chmod(self.directory, 0o700)
+                except OSError:
+                    pass  # not ours to change (a shared, pre-made directory): still usable
+            if self._lock_fd is None:
+                self._lock_fd = _try_lock(self.directory / f"{self.session}.lock")
+            path = self.directory / _segment_name(self.session, self.index + 1)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self.index += 1
+            self._size = os.fstat(self._fd).st_size
+        except OSError as e:
+            self._fail(e)
+            return False
+        self._evict_in_background()
+        return True
+
+    def _evict_in_background(self) -> None:
+        # Counting the events of a 4 MiB segment takes milliseconds: keep it off Blender's thread.
+        if not self._evicting.locked():
+            threading.Thread(target=self._evict, name="renderwatch-spool-evict", daemon=True).start()
+
+    def _evict(self) -> None:
+        if not self._evicting.acquire(blocking=False):
+            return
+        try:
+            evict(self.directory, self.max_bytes, keep={self.session: self.index})
+        except Exception as e:  # never let housekeeping take the writer down
+            log.warning("renderwatch spool eviction failed: %s", e)
+        finally:
+            self._evicting.release()
+
+    def close(self) -> None:
+        """Close the segment and release the session lock (idempotent); files stay for the sender."""
+        with self._lock:
+            self.closed = True
+            self._close_fd()
+            fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class SpoolSender:
+    """Delivers spooled events to the agent from a daemon thread, resuming at the ack offset.
+
+    - 2xx: delivered, the ack advances. 400 (rejected as malformed): the ack advances anyway (the
+      agent counted it; resending cannot help). 413: the batch size halves and the batch is retried;
+      a single line still too large is skipped. Anything else (down, 5xx, timeout): back off
+      exponentially and retry the same bytes.
+    - Segments fully acknowledged and finished (a newer segment exists, or the writer is gone)
+      are deleted, then the ack and lock files of a finished session.
+    - `close(timeout)` makes one last delivery attempt bounded by `timeout` seconds.
+
+    Usage: ``SpoolSender(dir, url, token=None, writer=w).start()``; ``drain_once()`` for tests/tools.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], url: str | None, *, token: str | None = None,
+                 writer: SpoolWriter | None = None, batch_bytes: int = 512 * 1024, timeout: float = 5.0,
+                 poll_interval: float = 1.0, max_backoff: float = 10.0, adopt: bool = True):
+        self.directory = Path(directory)
+        self.url = url
+        self.token = token
+        self.writer = writer
+        self.batch_bytes = batch_bytes
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.max_backoff = max_backoff
+        self.adopt = adopt
+        self.sent = 0            # events delivered (2xx)
+        self.rejected = 0        # events the agent refused (400, or a single line over its limit)
+        self.posts = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self._backoff = 0.0
+        self._unreachable = False
+        self._last_status = 0
+        self._adopted: dict[str, int] = {}  # session -> lock fd held while draining a dead session
+        headers = {"Content-Type": "application/x-ndjson"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._headers = headers
+        # The agent is local: never route it through an http_proxy from the environment.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> SpoolSender:
+        if self.url and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="renderwatch-spool-sender", daemon=True)
+            self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        """Ask the thread to look for new events now (cheap; safe from any thread)."""
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def close(self, timeout: float = 0.5) -> None:
+        """Stop the thread after one last delivery attempt, waiting at most `timeout` seconds."""
+        t = self._thread
+        self._deadline = time.monotonic() + timeout
+        self._stopping = True
+        self._wake.set()
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+        if t is None or not t.is_alive():
+            self._release_adopted()
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stopping
+            ok = True
+            try:
+                ok = self.drain_once(self._deadline if stopping else None)
+            except Exception as e:  # the thread must survive anything
+                log.warning("renderwatch spool sender: %s", e)
+                ok = False
+            if stopping:
+                self._release_adopted()
+                return
+            if ok:
+                self._backoff = 0.0
+                wait = self.poll_interval
+            else:
+                self._backoff = min(self.max_backoff, max(0.2, self._backoff * 2))
+                wait = self._backoff
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _release_adopted(self) -> None:
+        for fd in self._adopted.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._adopted.clear()
+
+    # -- delivery -------------------------------------------------------------------------------
+    def drain_once(self, deadline: float | None = None) -> bool:
+        """Deliver everything deliverable now. False when the agent could not be reached."""
+        if not self.url:
+            return True
+        own = self.writer.session if self.writer is not None else None
+        sessions = list_segments(self.directory)
+        order = sorted(sessions, key=lambda s: s != own)  # our own events first
+        for session in order:
+            if session != own:
+                if not self.adopt:
+                    continue
+                if session not in self._adopted:
+                    fd = _try_lock(self.directory / f"{session}.lock")
+                    if fd is None:
+                        continue  # its writer is alive: it has its own sender
+                    self._adopted[session] = fd
+            if not self._drain_session(session, sessions[session], deadline):
+                return False
+        return True
+
+    def _session_open_index(self, session: str) -> int | None:
+        """The segment a live writer may still append to, or None when the session is finished."""
+        w = self.writer
+        if w is not None and w.session == session and not w.closed:
+            return w.index
+        return None
+
+    def _read_batch(self, path: Path, offset: int) -> bytes:
+        """Whole lines from offset, at most batch_bytes (or one line, if a line is longer)."""
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(self.batch_bytes)
+                cut = data.rfind(b"\n") + 1
+                if cut == 0 and len(data) == self.batch_bytes:
+                    f.seek(offset)
+                    data = f.readline()
+                    cut = len(data) if data.endswith(b"\n") else 0
+        except FileNotFoundError:  # evicted under us
+            return b""
+        return data[:cut]
+
+    def _drain_session(self, session: str, indices: list[int], deadline: float | None) -> bool:
+        open_index = self._session_open_index(session)
+        for index in indices:
+            path = self.directory / _segment_name(session, index)
+            finished = open_index is None or index < open_index
+            while True:
+                # Re-read each time: the agent's spool scanner may have moved the ack forward.
+                ack_index, ack_offset = read_ack(self.directory, session)
+                if index < ack_index:
+                    break
+                offset = ack_offset if index == ack_index else 0
+                data = self._read_batch(path, offset)
+                if not data:
+                    if finished:
+                        self._skip_torn_tail(session, index, path, offset)
+                    break
+                status = self._post(data, deadline)
+                if status is None:
+                    return False
+                lines = data.count(b"\n")
+                if status == 413 and lines > 1:
+                    self.batch_bytes = max(1, len(data) // 2)
+                    continue  # same bytes, smaller batches
+                if 200 <= status < 300:
+                    self.sent += lines
+                    self._last_status = 0
+                elif status in (400, 413, 422):
+                    # Some events were malformed (the agent counted them, kept the rest) or a
+                    # single event is over its limit: resending cannot help, so move on.
+                    self.rejected += lines
+                else:
+                    self._log_status(status)
+                    return False
+                try:
+                    write_ack(self.directory, session, index, offset + len(data))
+                except OSError as e:
+                    log.warning("renderwatch spool: cannot write ack: %s", e)
+                    return False
+                if deadline is not None and time.monotonic() >= deadline:
+                    return True
+            if not finished:
+                return True  # the live segment: more may come
+            self._unlink(path)  # finished and delivered (or evicted already)
+        if open_index is None and not list_segments(self.directory).get(session):
+            self._forget_session(session)
+        return True
+
+    def _skip_torn_tail(self, session: str, index: int, path: Path, offset: int) -> None:
+        """A finished segment ending without a newline (its writer died mid-write): drop the tail."""
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return
+        if size > offset:
+            log.warning("renderwatch spool: dropping %d bytes of a torn last line in %s", size - offset, path.name)
+            write_ack(self.directory, session, index, size)
+
+    def _log_status(self, status: int) -> None:
+        if status != self._last_status:
+            self._last_status = status
+            log.warning("renderwatch agent answered HTTP %d at %s: events wait in the spool", status, self.url)
+
+    def _post(self, data: bytes, deadline: float | None) -> int | None:
+        """POST one batch; the HTTP status, or None when the agent was unreachable."""
+        assert self.url
+        timeout = self.timeout
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                return None
+        req = urllib.request.Request(self.url, data=data, method="POST", headers=self._headers)
+        self.posts += 1
+        try:
+            with self._opener.open(req, timeout=timeout) as resp:
+                resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+            e.close()
+        except (OSError, ValueError) as e:  # URLError, timeouts, resets, bad URL
+            if not self._unreachable:
+                self._unreachable = True
+                log.warning("renderwatch agent unreachable at %s (%s): events wait in the spool", self.url, e)
+            return None
+        if status >= 500:
+            return None
+        if self._unreachable:
+            self._unreachable = False
+            log.warning("renderwatch agent reachable again at %s", self.url)
+        return status
+
+    def _unlink(self, path: Path) -> None:
+        try:
+            os.unlink(path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                log.warning("renderwatch spool: cannot delete %s: %s", path, e)
+
+    def _forget_session(self, session: str) -> None:
+        for suffix in (".ack", ".ack.tmp", ".lock"):
+            self._unlink(self.directory / f"{session}{suffix}")
+        fd = self._adopted.pop(session, None)
+        if fd is not None:
+            os.close(fd)

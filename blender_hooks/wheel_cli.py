@@ -1,0 +1,101 @@
+"""`renderwatch-blender5`: a `blender`-compatible command line over the bpy==5.0.1 wheel.
+
+Blender 5.0 ships as a Python module only for CPython 3.11; this command lets the healer, the
+tests and the benchmarks drive it exactly like a Blender binary:
+
+    renderwatch-blender5 -b scene.blend --python hooks/startup.py -o //out/f_ -s 1 -e 3 -a
+
+Arguments are processed in order, like Blender: `-b`, `--factory-startup` (else the user's
+preferences are read, so an installed renderwatch extension loads as in Blender), a .blend path,
+`-E ENGINE`, `-o PATTERN`, `-F FORMAT`, `-x 0|1`, `-s N`, `-e N`, `-j N`, `-f LIST` (1,3,5 and
+a..b), `-a`, `-P/--python FILE`, `--python-expr EXPR`, `--python-exit-code N`, `-t N`, `-v`, and
+everything after `--` left to scripts in sys.argv. This module only parses; the bpy work is
+`blender_hooks.addon.run_cli`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# option -> (action, takes a value)
+OPTIONS: dict[str, tuple[str, bool]] = {
+    "-b": ("background", False), "--background": ("background", False),
+    "--factory-startup": ("factory_startup", False), "-noaudio": ("noaudio", False),
+    "-E": ("engine", True), "--engine": ("engine", True),
+    "-o": ("output", True), "--render-output": ("output", True),
+    "-F": ("format", True), "--render-format": ("format", True),
+    "-x": ("extension", True), "--use-extension": ("extension", True),
+    "-s": ("start", True), "--frame-start": ("start", True),
+    "-e": ("end", True), "--frame-end": ("end", True),
+    "-j": ("jump", True), "--frame-jump": ("jump", True),
+    "-f": ("frames", True), "--render-frame": ("frames", True),
+    "-a": ("anim", False), "--render-anim": ("anim", False),
+    "-P": ("python", True), "--python": ("python", True),
+    "--python-expr": ("expr", True), "--python-exit-code": ("exit_code", True),
+    "-t": ("threads", True), "--threads": ("threads", True),
+    "-v": ("version", False), "--version": ("version", False),
+    "-h": ("help", False), "--help": ("help", False),
+}
+_NOOP = {"background", "noaudio"}
+_INT = {"start", "end", "jump", "threads", "exit_code"}
+
+
+class UsageError(ValueError):
+    pass
+
+
+def parse(argv: list[str]) -> list[tuple[str, str | None]]:
+    """Blender arguments -> ordered (action, value) pairs; stops at `--`. Raises UsageError."""
+    actions: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            break
+        spec = OPTIONS.get(arg)
+        if spec is None:
+            if arg.startswith("-") and arg != "-":
+                # Blender does the same with an argument it does not know.
+                print(f"unknown argument, loading as file: {arg}", file=sys.stderr)
+            actions.append(("file", arg))
+            continue
+        action, needs_value = spec
+        value = None
+        if needs_value:
+            if i >= len(argv):
+                raise UsageError(f"Error: {arg} requires an argument")
+            value = argv[i]
+            i += 1
+            if action in _INT:
+                try:
+                    int(value)
+                except ValueError:
+                    raise UsageError(f"Error: {arg} expects a number, not '{value}'") from None
+        if action not in _NOOP:
+            actions.append((action, value))
+    return actions
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        actions = parse(args)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 1
+    if ("help", None) in actions:
+        print(__doc__)
+        return 0
+    # Scripts read Blender's whole command line from sys.argv, as in a real Blender.
+    sys.argv = [sys.argv[0] if sys.argv else "renderwatch-blender5", *args]
+    from blender_hooks import addon  # imports bpy (Blender 5.0 as a module): ~0.5 s
+
+    if ("version", None) in actions:
+        print(f"Blender {addon.bpy.app.version_string}")
+        return 0
+    return addon.run_cli(actions)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
