@@ -173,7 +173,7 @@ def _incidents(cfg: HealerConfig):
     except ImportError:
         return None
     try:
-        return Incidents.from_config(None)
+        return Incidents.from_config(cfg.incidents, env=cfg.env)
     except Exception as e:  # incidents must never stop a render
         print(f"renderwatch: incidents disabled: {e}", file=sys.stderr)
         return Incidents.noop()

@@ -65,6 +65,7 @@ class HealerConfig:
     probe_interval_s: float = 0.25
     allowed_blenders: tuple[str, ...] = ("blender", "renderwatch-blender5")
     policy_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    incidents: Mapping[str, Any] | None = None      # the file's [incidents] table (healer.incidents reads it)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def policy(self) -> Policy:
@@ -112,6 +113,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     env = dict(os.environ if env is None else env)
     values: dict[str, Any] = {}
     policy: dict[str, dict[str, Any]] = {}
+    incidents: Mapping[str, Any] | None = None
     path = path or env.get(ENV_CONFIG)
     if path:
         try:
@@ -121,6 +123,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
             raise ConfigError(f"{ENV_CONFIG}={path}: cannot read: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        incidents = doc.get("incidents")
         table = doc.get("healer", {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [healer] must be a table")
@@ -139,6 +142,6 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
-    cfg = HealerConfig(policy_overrides=policy, env=env, **values)
+    cfg = HealerConfig(policy_overrides=policy, incidents=incidents, env=env, **values)
     cfg.policy()          # validate the policy table now, not at the first crash
     return cfg

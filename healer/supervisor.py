@@ -83,6 +83,7 @@ class RenderRequest:
     stall_timeout: float | None = None
     strict: bool = False
     job: str | None = None
+    origin: str = "cli"                        # "service": the healer service resumes it after a restart
 
 
 @dataclass
@@ -255,7 +256,7 @@ class Supervisor:
             self.ledger = led = Ledger.open_or_create(
                 directory, job=self.job, scene=scene, frames=frames, output=pattern,
                 spec={"blender": req.blender, "output": req.output, "blender_args": list(req.blender_args),
-                      "strict": req.strict, "stall_timeout": req.stall_timeout})
+                      "strict": req.strict, "stall_timeout": req.stall_timeout, "origin": req.origin})
         except ValueError as e:
             raise RequestError(str(e)) from e
         self._session_first_attempt = len(led.attempts)
@@ -273,12 +274,11 @@ class Supervisor:
 
         action: Action = Action("launch", frames=tuple(led.missing()),
                                 reason="resume" if led.attempts else "initial")
+        early = self._check_assets(scene, led)       # a few ms: before any Blender (or GPU) time
+        if early is not None:
+            return early
         if not led.missing():
             action = plan(JobState((), self._warning_types()), None, self.policy, [], now=time.time())
-        else:
-            early = self._check_assets(scene, led)
-            if early is not None:
-                return early
         return await self._loop(led, action)
 
     def _check_assets(self, scene: str, led: Ledger) -> RenderResult | None:

@@ -1,0 +1,350 @@
+"""The healer as a per-host service: create_app(config) -> aiohttp Application.
+
+Routes::
+
+    POST /api/v1/jobs                {scene, frames?, output?, blender?, args?, strict?, stall_timeout?, job?}
+    GET  /api/v1/jobs                every job this service knows
+    GET  /api/v1/jobs/{id}           one job, with its report (--report shape)
+    POST /api/v1/jobs/{id}/cancel    stop its Blender, mark it cancelled
+    POST /api/v1/jobs/{id}/restart   run a finished/failed/cancelled job again (resumes from its ledger)
+    GET  /metrics                    Prometheus text (probe states, restarts, frames)
+    GET  /healthz
+
+At most `concurrency` renders run at once; the rest queue. A bearer token (RENDERWATCH_HEALER_TOKEN)
+is required for every route but /healthz when set, and the service refuses to listen off loopback
+without one (it starts Blender with caller-chosen scripts: only the operator may submit). On
+start, jobs this service had submitted and that were still running when it died are resumed.
+
+Usage::
+
+    app = create_app(load_config())      # web.run_app(app, host=..., port=...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from healer.config import ConfigError, HealerConfig
+from healer.frames import FrameSpecError, parse_frames
+from healer.ledger import Ledger, jobs_dir
+from healer.metrics import HealerMetrics
+from healer.report import build_report
+from healer.supervisor import RenderRequest, RequestError, Supervisor
+
+log = logging.getLogger("renderwatch.healer")
+
+STATES = ("queued", "running", "complete", "failed", "cancelled")
+
+
+@dataclass
+class Job:
+    id: str
+    request: RenderRequest
+    state: str = "queued"
+    supervisor: Supervisor | None = None
+    task: asyncio.Task | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    submitted_at: float = field(default_factory=time.time)
+
+    def view(self) -> dict:
+        sup = self.supervisor.status() if self.supervisor else {}
+        return {"id": self.id, "state": self.state, "scene": self.request.scene, "exit_code": self.exit_code,
+                "submitted_at": self.submitted_at, "error": self.error or sup.get("error"),
+                **{k: sup.get(k) for k in ("frames_requested", "frames_completed", "restarts", "pid",
+                                           "frame_in_flight")}}
+
+
+class JobManager:
+    """The service's jobs; runs each in a task under a concurrency semaphore."""
+
+    def __init__(self, cfg: HealerConfig, metrics: HealerMetrics, incidents: Any = None):
+        self.cfg = cfg
+        self.metrics = metrics
+        self.incidents = incidents
+        self.policy = cfg.policy()
+        self.jobs: dict[str, Job] = {}
+        self.slots = asyncio.Semaphore(cfg.concurrency)
+
+    def request_from(self, body: Any) -> RenderRequest:
+        """Validate a submission; ValueError says which field is wrong."""
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        unknown = set(body) - {"scene", "frames", "output", "blender", "args", "strict", "stall_timeout", "job"}
+        if unknown:
+            raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        scene = body.get("scene")
+        if not isinstance(scene, str) or not scene:
+            raise ValueError("scene: a path to a .blend is required")
+        if not os.path.isabs(scene):
+            raise ValueError("scene: must be an absolute path (the service's working directory is not yours)")
+        frames = body.get("frames")
+        try:
+            if isinstance(frames, str):
+                frames = tuple(parse_frames(frames))
+            elif isinstance(frames, list) and all(isinstance(f, int) and not isinstance(f, bool) for f in frames):
+                frames = tuple(sorted(set(frames))) or None
+            elif frames is not None:
+                raise ValueError("frames: a spec like '1-240' or a list of integers")
+        except FrameSpecError as e:
+            raise ValueError(f"frames: {e}") from None
+        blender = body.get("blender") or self.cfg.blender
+        if blender not in set(self.cfg.allowed_blenders) | {self.cfg.blender}:
+            raise ValueError(f"blender: {blender!r} is not allowed here; allowed: "
+                             f"{', '.join(sorted(set(self.cfg.allowed_blenders) | {self.cfg.blender}))}")
+        args = body.get("args") or []
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ValueError("args: a list of strings")
+        output = body.get("output")
+        if output is not None and not isinstance(output, str):
+            raise ValueError("output: a string pattern")
+        stall = body.get("stall_timeout", self.cfg.stall_timeout)
+        if stall is not None and (isinstance(stall, bool) or not isinstance(stall, int | float) or stall <= 0):
+            raise ValueError("stall_timeout: a positive number of seconds")
+        job = body.get("job")
+        if job is not None and not isinstance(job, str):
+            raise ValueError("job: a string id")
+        return RenderRequest(scene=scene, frames=frames, output=output, blender=blender, blender_args=tuple(args),
+                             stall_timeout=stall, strict=bool(body.get("strict", False)), job=job)
+
+    def submit(self, req: RenderRequest) -> Job:
+        from healer.supervisor import job_id_for
+
+        job_id = req.job or job_id_for(req.scene, req.frames or (), req.output, req.blender_args)
+        existing = self.jobs.get(job_id)
+        if existing and existing.state in ("queued", "running"):
+            raise RequestError(f"job {job_id} is already {existing.state}")
+        job = Job(id=job_id, request=dataclasses.replace(req, job=job_id, origin="service"))
+        self.jobs[job_id] = job
+        self._start(job)
+        return job
+
+    def _start(self, job: Job) -> None:
+        job.state, job.exit_code, job.error = "queued", None, None
+        job.supervisor = Supervisor(job.request, policy=self.policy, incidents=self.incidents, metrics=self.metrics,
+                                    env=self.cfg.env,
+                                    kill_grace_s=self.cfg.kill_grace_s, probe_interval_s=self.cfg.probe_interval_s)
+        job.task = asyncio.create_task(self._run(job))
+        self._count()
+
+    async def _run(self, job: Job) -> None:
+        sup = job.supervisor
+        assert sup is not None
+        try:
+            async with self.slots:
+                if sup.cancelled:
+                    job.state, job.exit_code = "cancelled", 130
+                    return
+                job.state = "running"
+                self._count()
+                result = await sup.run()
+            job.state = result.status
+            job.exit_code = result.exit_code
+        except RequestError as e:
+            job.state, job.exit_code, job.error = "failed", 2, str(e)
+        except asyncio.CancelledError:
+            job.state = "cancelled"
+            raise
+        except Exception as e:   # one broken job must not take the service down
+            log.exception("job %s crashed the supervisor", job.id)
+            job.state, job.exit_code, job.error = "failed", 1, f"{type(e).__name__}: {e}"
+        finally:
+            self._count()
+
+    def cancel(self, job: Job) -> None:
+        if job.supervisor:
+            job.supervisor.cancel()
+
+    def restart(self, job: Job) -> None:
+        if job.state in ("queued", "running"):
+            raise RequestError(f"job {job.id} is {job.state}: cancel it first")
+        self._start(job)
+
+    def resume_interrupted(self) -> list[str]:
+        """Jobs this service submitted that were still running when it died: start them again."""
+        resumed = []
+        root = jobs_dir(self.cfg.env)
+        for path in sorted(root.glob("*/ledger.json")) if root.is_dir() else []:
+            try:
+                led = Ledger.load(path)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            spec = led.spec or {}
+            if led.status not in ("running", "pending") or spec.get("origin") != "service":
+                continue
+            req = RenderRequest(scene=led.scene, frames=tuple(led.frames_requested), output=spec.get("output"),
+                                blender=spec.get("blender") or self.cfg.blender,
+                                blender_args=tuple(spec.get("blender_args") or ()), strict=bool(spec.get("strict")),
+                                stall_timeout=spec.get("stall_timeout"), job=led.job)
+            try:
+                self.submit(req)
+                resumed.append(led.job)
+            except RequestError:
+                pass
+        return resumed
+
+    async def close(self) -> None:
+        for job in self.jobs.values():
+            self.cancel(job)
+        tasks = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.cfg.kill_grace_s + 5)
+
+    def _count(self) -> None:
+        for s in STATES:
+            self.metrics.jobs.labels(s).set(sum(1 for j in self.jobs.values() if j.state == s))
+
+
+# ---------------------------------------------------------------------- app wiring
+CONFIG = web.AppKey("config", HealerConfig)
+MANAGER = web.AppKey("manager", JobManager)
+METRICS = web.AppKey("metrics", HealerMetrics)
+
+
+def parse_listen(cfg: HealerConfig) -> tuple[str, int]:
+    host, _, port = cfg.listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port_n = int(port)
+        if not 0 <= port_n <= 65535:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"listen = {cfg.listen!r}: expected host:port") from None
+    if not _loopback(host) and not cfg.token:
+        raise ConfigError(f"listen = {cfg.listen!r} is not loopback: set RENDERWATCH_HEALER_TOKEN (the API starts "
+                          "Blender with caller-chosen scripts)")
+    return host, port_n
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(cfg: HealerConfig, *, registry: CollectorRegistry | None = None, incidents: Any = None) -> web.Application:
+    parse_listen(cfg)
+    app = web.Application(middlewares=[_auth_middleware(cfg.token)])
+    metrics = HealerMetrics(registry if registry is not None else CollectorRegistry())
+    app[CONFIG] = cfg
+    app[METRICS] = metrics
+    app.cleanup_ctx.append(_manager_ctx(incidents))
+    app.router.add_post("/api/v1/jobs", submit_job)
+    app.router.add_get("/api/v1/jobs", list_jobs)
+    app.router.add_get("/api/v1/jobs/{id}", get_job)
+    app.router.add_post("/api/v1/jobs/{id}/cancel", cancel_job)
+    app.router.add_post("/api/v1/jobs/{id}/restart", restart_job)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _manager_ctx(incidents: Any):
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        inc = incidents
+        owned = False
+        if inc is None:
+            try:
+                from healer.incidents import Incidents
+                cfg = app[CONFIG]
+                inc, owned = Incidents.from_config(cfg.incidents, env=cfg.env), True
+            except Exception as e:
+                log.warning("incidents disabled: %s", e)
+        mgr = JobManager(app[CONFIG], app[METRICS], inc)
+        app[MANAGER] = mgr
+        resumed = mgr.resume_interrupted()
+        if resumed:
+            log.info("resumed %d interrupted job(s): %s", len(resumed), ", ".join(resumed))
+        yield
+        await mgr.close()
+        if owned and inc is not None:
+            with contextlib.suppress(Exception):
+                inc.close(timeout=5)
+    return ctx
+
+
+def _auth_middleware(token: str | None):
+    @web.middleware
+    async def auth(request: web.Request, handler):
+        if token and request.path != "/healthz":
+            got = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+                return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                         headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+    return auth
+
+
+def _job_or_404(request: web.Request) -> Job:
+    job = request.app[MANAGER].jobs.get(request.match_info["id"])
+    if job is None:
+        raise web.HTTPNotFound(text='{"error": "no such job"}', content_type="application/json")
+    return job
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    mgr = request.app[MANAGER]
+    try:
+        body = await request.json()
+        req = mgr.request_from(body)
+        job = mgr.submit(req)
+    except (ValueError, RequestError) as e:
+        status = 409 if isinstance(e, RequestError) else 400
+        return web.json_response({"error": str(e)}, status=status)
+    return web.json_response(job.view(), status=201, headers={"Location": f"/api/v1/jobs/{job.id}"})
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    return web.json_response({"jobs": [j.view() for j in request.app[MANAGER].jobs.values()]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = _job_or_404(request)
+    view = job.view()
+    led = job.supervisor.ledger if job.supervisor else None
+    if led is not None:
+        view["report"] = build_report(led, job.exit_code)
+    return web.json_response(view)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job = _job_or_404(request)
+    request.app[MANAGER].cancel(job)
+    return web.json_response(job.view(), status=202)
+
+
+async def restart_job(request: web.Request) -> web.Response:
+    job = _job_or_404(request)
+    try:
+        request.app[MANAGER].restart(job)
+    except RequestError as e:
+        return web.json_response({"error": str(e)}, status=409)
+    return web.json_response(job.view(), status=202)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    mgr = request.app[MANAGER]
+    running = sum(1 for j in mgr.jobs.values() if j.state == "running")
+    return web.json_response({"status": "ok", "running": running, "concurrency": mgr.cfg.concurrency})

@@ -1,0 +1,107 @@
+"""The healer service (aiohttp app from create_app) supervising real Blender renders over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from healer_support import fault, healer_env
+
+from healer.app import create_app
+from healer.config import ConfigError, load_config
+
+pytestmark = [pytest.mark.blender, pytest.mark.slow]
+
+
+@pytest.fixture
+def service_env(tmp_path, monkeypatch):
+    env = healer_env(tmp_path / "home", FAULT_SLEEP="0.4")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+async def _wait(client: TestClient, job: str, states: set[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = await (await client.get(f"/api/v1/jobs/{job}")).json()
+        if view["state"] in states:
+            return view
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job} never reached {states}: {view}")
+
+
+async def test_submit_two_renders_list_and_cancel_one(scene_copy, tmp_path, service_env, blender34):
+    scene = scene_copy(frames=4)
+    cfg = load_config(env={**service_env, "RENDERWATCH_HEALER_CONCURRENCY": "2", "RENDERWATCH_BLENDER": blender34})
+    async with TestClient(TestServer(create_app(cfg))) as client:
+        jobs = []
+        for name in ("a", "b"):
+            body = {"scene": str(scene), "frames": "1-4", "output": str(tmp_path / name / "f_####"),
+                    "args": ["--python", fault("slow")]}
+            resp = await client.post("/api/v1/jobs", json=body)
+            assert resp.status == 201, await resp.text()
+            jobs.append((await resp.json())["id"])
+        assert len(set(jobs)) == 2
+        listing = await (await client.get("/api/v1/jobs")).json()
+        assert {j["id"] for j in listing["jobs"]} == set(jobs)
+
+        await _wait(client, jobs[1], {"running"})
+        resp = await client.post(f"/api/v1/jobs/{jobs[1]}/cancel")
+        assert resp.status == 202
+        cancelled = await _wait(client, jobs[1], {"cancelled"})
+        assert cancelled["exit_code"] == 130
+
+        done = await _wait(client, jobs[0], {"complete", "failed"})
+        assert done["state"] == "complete" and done["exit_code"] == 0
+        assert done["report"]["frames_completed"] == [1, 2, 3, 4]
+        assert sorted(os.listdir(tmp_path / "a")) == [f"f_{f:04d}.png" for f in (1, 2, 3, 4)]
+
+        metrics = await (await client.get("/metrics")).text()
+        assert f'renderwatch_healer_probe_healthy{{job="{jobs[0]}",probe="stall"}}' in metrics
+        assert 'renderwatch_healer_jobs{status="cancelled"} 1.0' in metrics
+
+        # a cancelled job restarts and resumes from its ledger
+        resp = await client.post(f"/api/v1/jobs/{jobs[1]}/restart")
+        assert resp.status == 202
+        again = await _wait(client, jobs[1], {"complete", "failed"})
+        assert again["state"] == "complete"
+        assert again["report"]["frames_completed"] == [1, 2, 3, 4]
+        assert all(n <= 2 for n in again["report"]["frame_render_counts"].values())
+
+
+async def test_bad_submissions_are_400_and_name_the_field(service_env):
+    async with TestClient(TestServer(create_app(load_config(env=service_env)))) as client:
+        for body, words in [({"frames": "1-3"}, "scene"), ({"scene": "rel.blend"}, "absolute"),
+                            ({"scene": "/x.blend", "frames": "3-1"}, "frames"),
+                            ({"scene": "/x.blend", "blender": "/bin/sh"}, "not allowed"),
+                            ({"scene": "/x.blend", "args": "--python x"}, "args"),
+                            ({"scene": "/x.blend", "evil": 1}, "unknown field")]:
+            resp = await client.post("/api/v1/jobs", json=body)
+            assert resp.status == 400
+            assert words in (await resp.json())["error"]
+        assert (await client.get("/api/v1/jobs/nope")).status == 404
+        assert (await client.get("/healthz")).status == 200
+
+
+async def test_token_is_required_when_set_and_off_loopback(service_env):
+    with pytest.raises(ConfigError, match="RENDERWATCH_HEALER_TOKEN"):
+        create_app(load_config(env={**service_env, "RENDERWATCH_HEALER_LISTEN": "0.0.0.0:9465"}))
+    cfg = load_config(env={**service_env, "RENDERWATCH_HEALER_LISTEN": "0.0.0.0:9465", "RENDERWATCH_HEALER_TOKEN": "s3cret"})
+    async with TestClient(TestServer(create_app(cfg))) as client:
+        assert (await client.get("/api/v1/jobs")).status == 401
+        assert (await client.get("/api/v1/jobs", headers={"Authorization": "Bearer wrong"})).status == 401
+        assert (await client.get("/api/v1/jobs", headers={"Authorization": "Bearer s3cret"})).status == 200
+        assert (await client.get("/healthz")).status == 200
+
+
+def test_service_cli_refuses_non_loopback_without_token(service_env):
+    import subprocess
+    env = {k: v for k, v in service_env.items() if k != "RENDERWATCH_HEALER_TOKEN"}
+    proc = subprocess.run([sys.executable, "-m", "renderwatch", "healer", "--listen", "0.0.0.0:0"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "RENDERWATCH_HEALER_TOKEN" in proc.stderr
