@@ -9,6 +9,8 @@ Routes::
     POST /api/v1/jobs/{id}/restart   run a finished/failed/cancelled job again (resumes from its ledger)
     GET  /metrics                    Prometheus text (probe states, restarts, frames)
     GET  /healthz
+    POST /api/v1/alertmanager        Alertmanager webhook (when RENDERWATCH_ALERTMANAGER_TOKEN is set):
+                                     RenderStalled -> stop that job's Blender as stalled; the policy restarts it
 
 At most `concurrency` renders run at once; the rest queue. A bearer token (RENDERWATCH_HEALER_TOKEN)
 is required for every route but /healthz when set, and the service refuses to listen off loopback
@@ -38,6 +40,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from healer.alerts import ALERTMANAGER_PATH, ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
 from healer.config import ConfigError, HealerConfig
 from healer.frames import FrameSpecError, parse_frames
 from healer.ledger import Ledger, jobs_dir
@@ -169,6 +172,26 @@ class JobManager:
         if job.supervisor:
             job.supervisor.cancel()
 
+    # Alertmanager actions (healer.alerts.AlertActions)
+    def restart_job(self, job_id: str) -> str:
+        """RenderStalled fired for this job: stop its Blender as stalled (restarted by the policy),
+        or run a finished job again."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise KeyError(f"no job {job_id} on this healer")
+        if job.state == "running" and job.supervisor is not None:
+            return "kicked" if job.supervisor.kick("Alertmanager: RenderStalled") else "nothing"
+        if job.state in ("failed", "cancelled"):
+            self.restart(job)
+            return "restarted"
+        return "nothing"
+
+    def pause_gpu(self, uuid: str) -> None:
+        log.warning("alert asks to pause GPU %s: renders are not pinned to GPUs here; nothing done", uuid)
+
+    def resume_gpu(self, uuid: str) -> None:
+        log.info("alert resolved for GPU %s", uuid)
+
     def restart(self, job: Job) -> None:
         if job.state in ("queued", "running"):
             raise RequestError(f"job {job.id} is {job.state}: cancel it first")
@@ -246,6 +269,9 @@ def create_app(cfg: HealerConfig, *, registry: CollectorRegistry | None = None, 
     app[CONFIG] = cfg
     app[METRICS] = metrics
     app.cleanup_ctx.append(_manager_ctx(incidents))
+    am_token = cfg.env.get(ENV_ALERTMANAGER_TOKEN)
+    if am_token:
+        add_alertmanager_routes(app, token=am_token, actions=_LazyActions(app), registry=metrics.registry)
     app.router.add_post("/api/v1/jobs", submit_job)
     app.router.add_get("/api/v1/jobs", list_jobs)
     app.router.add_get("/api/v1/jobs/{id}", get_job)
@@ -280,10 +306,21 @@ def _manager_ctx(incidents: Any):
     return ctx
 
 
+class _LazyActions:
+    """The Alertmanager receiver is mounted before the job manager exists (it is made at startup)."""
+
+    def __init__(self, app: web.Application):
+        self.app = app
+
+    def __getattr__(self, name: str):
+        return getattr(self.app[MANAGER], name)
+
+
 def _auth_middleware(token: str | None):
     @web.middleware
     async def auth(request: web.Request, handler):
-        if token and request.path != "/healthz":
+        # /api/v1/alertmanager checks Alertmanager's own token (healer.alerts).
+        if token and request.path not in ("/healthz", ALERTMANAGER_PATH):
             got = request.headers.get("Authorization", "")
             if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
                 return web.json_response({"error": "missing or wrong bearer token"}, status=401,

@@ -20,6 +20,8 @@ class HealerMetrics:
                                    ["job", "probe"], registry=r)
         self.restarts = Counter("renderwatch_healer_restarts", "Blender restarts by the healer",
                                 ["job", "error_type"], registry=r)
+        self.gave_up = Counter("renderwatch_healer_gave_up", "Jobs the healer stopped retrying, by the reason's type",
+                               ["job", "error_type"], registry=r)
         self.attempts = Counter("renderwatch_healer_attempts", "Blender attempts that ended, by typed outcome",
                                 ["error_type"], registry=r)
         self.frames_requested = Gauge("renderwatch_healer_frames_requested", "Frames a job asked for",

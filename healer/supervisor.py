@@ -177,6 +177,15 @@ class Supervisor:
     def cancel(self) -> None:
         self._cancel.set()
 
+    def kick(self, reason: str) -> bool:
+        """Stop the running Blender as stalled (e.g. Alertmanager's RenderStalled): the policy restarts it."""
+        if self._proc is None or self._attempt_state.stalled:
+            return False
+        self._attempt_state.stalled = reason
+        self._say(f"stall: {reason}: stopping Blender (pid {self._proc.pid})")
+        asyncio.get_running_loop().create_task(self._proc.stop(self.kill_grace_s))
+        return True
+
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
@@ -510,7 +519,7 @@ class Supervisor:
                 for f in findings:
                     self.metrics.probe_healthy.labels(led.job, f.probe).set(1 if f.healthy else 0)
             stall = next((f for f in findings if f.action == "kill_stall"), None)
-            if stall is not None and proc.returncode() is None:
+            if stall is not None and proc.returncode() is None and not st.stalled:
                 frame = st.current_frame
                 st.stalled = f"{stall.detail}" + (f" at frame {frame}" if frame is not None else "")
                 self._say(f"stall: {st.stalled}: stopping Blender (pid {proc.pid})")
@@ -530,6 +539,8 @@ class Supervisor:
         led.save()
         self._update_metrics()
         err = errors.error_class(etype)(summary=message) if etype in errors.ERROR_TYPES else errors.Unknown(summary=message)
+        if self.metrics:
+            self.metrics.gave_up.labels(led.job, etype).inc()
         self.incidents.emit("render.gave_up", self._info(message=message), err)
         return RenderResult("failed", code, led, led.error)
 

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 @pytest.fixture
 def service_env(tmp_path, monkeypatch):
-    env = healer_env(tmp_path / "home", FAULT_SLEEP="0.4")
+    env = healer_env(tmp_path / "home", FAULT_SLEEP="0.25")
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
@@ -72,6 +72,32 @@ async def test_submit_two_renders_list_and_cancel_one(scene_copy, tmp_path, serv
         assert again["state"] == "complete"
         assert again["report"]["frames_completed"] == [1, 2, 3, 4]
         assert all(n <= 2 for n in again["report"]["frame_render_counts"].values())
+
+
+async def test_alertmanager_render_stalled_restarts_the_job(scene_copy, tmp_path, service_env, blender34):
+    scene = scene_copy(frames=4)
+    env = {**service_env, "RENDERWATCH_BLENDER": blender34, "RENDERWATCH_ALERTMANAGER_TOKEN": "am-token"}
+    async with TestClient(TestServer(create_app(load_config(env=env)))) as client:
+        resp = await client.post("/api/v1/jobs", json={"scene": str(scene), "frames": "1-3",
+                                                       "args": ["--python", fault("slow")]})
+        job = (await resp.json())["id"]
+        deadline = time.monotonic() + 60
+        while (await (await client.get(f"/api/v1/jobs/{job}")).json()).get("frames_completed", 0) < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        alert = {"version": "4", "status": "firing", "receiver": "healer", "groupLabels": {}, "commonLabels": {},
+                 "commonAnnotations": {}, "externalURL": "http://am", "groupKey": "g", "truncatedAlerts": 0,
+                 "alerts": [{"status": "firing", "labels": {"alertname": "RenderStalled", "job": job},
+                             "annotations": {}, "startsAt": "2026-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                             "generatorURL": "", "fingerprint": "f1"}]}
+        resp = await client.post("/api/v1/alertmanager", json=alert, headers={"Authorization": "Bearer am-token"})
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["results"][0]["outcome"] == "done"
+        done = await _wait(client, job, {"complete", "failed"})
+        assert done["state"] == "complete"
+        attempts = done["report"]["attempts"]
+        assert attempts[0]["error_type"] == "stall" and "RenderStalled" in attempts[0]["error_summary"]
+        assert done["report"]["frames_completed"] == [1, 2, 3]
 
 
 async def test_bad_submissions_are_400_and_name_the_field(service_env):

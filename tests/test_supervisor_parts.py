@@ -1,0 +1,126 @@
+"""The supervisor's pure parts: blender argv for an attempt, `exec` argv parsing, job ids, config,
+progress lines and the report document."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from healer.blender_argv import BlenderArgvError, parse_blender_argv
+from healer.config import ConfigError, load_config
+from healer.launch import CPU_EXPR, MARKER_EXPR, LaunchSpec, build_argv, check_user_args
+from healer.ledger import Ledger
+from healer.progress import ProgressDisplay, parse_line
+from healer.report import build_report
+from healer.supervisor import job_id_for
+
+
+def test_attempt_argv_order_scripts_before_render_args():
+    argv = build_argv(LaunchSpec(blender="blender", scene="/s.blend", frames=[1, 2, 3, 7], output="/o/f_####",
+                                 user_args=["--python", "fault.py", "-E", "CYCLES", "--", "script-arg"],
+                                 device="CPU", threads=4, hooks="/h/startup.py"))
+    assert argv[:5] == ["blender", "-b", "/s.blend", "--python-expr", MARKER_EXPR]
+    assert argv[5:7] == ["--python", "/h/startup.py"]
+    i_fault, i_anim = argv.index("fault.py"), argv.index("-a")
+    assert i_fault < argv.index("-o") < argv.index("-t") < argv.index(CPU_EXPR) < i_anim
+    assert argv[-5:] == ["-a", "-f", "7", "--", "script-arg"]
+
+
+def test_user_args_may_not_choose_frames():
+    with pytest.raises(ValueError, match="--frames"):
+        check_user_args(["--python", "x.py", "-a"])
+    check_user_args(["--", "-a"])          # script arguments after -- are not Blender's
+
+
+def test_exec_parses_a_blender_command_line():
+    p = parse_blender_argv(["/opt/blender", "-b", "shot.blend", "--python", "hook.py", "-E", "CYCLES",
+                            "-o", "//out/f_", "-s", "3", "-e", "5", "-a", "-f", "9,11..12", "--", "x"])
+    assert (p.blender, p.scene, p.output) == ("/opt/blender", "shot.blend", "//out/f_")
+    assert p.frames == (3, 4, 5, 9, 11, 12)
+    assert p.passthrough == ["--python", "hook.py", "-E", "CYCLES", "--", "x"]
+    assert parse_blender_argv(["blender", "-b", "s.blend", "-a"]).frames is None     # the scene's range
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["blender", "-b", "-a"], "no .blend"),
+    (["blender", "-b", "s.blend"], "nothing to render"),
+    (["blender", "-b", "s.blend", "-f", "-1"], "relative"),
+    (["blender", "-b", "s.blend", "-s", "1", "-a"], "only one of"),
+    (["blender", "-b", "s.blend", "-s"], "needs a value"),
+])
+def test_exec_refuses_what_it_cannot_supervise(argv, words):
+    with pytest.raises(BlenderArgvError, match=words):
+        parse_blender_argv(argv)
+
+
+def test_job_id_is_stable_per_command():
+    a = job_id_for("/shots/sh010 v2.blend", [1, 2], None, ["--python", "x.py"])
+    assert a == job_id_for("/shots/sh010 v2.blend", [1, 2], None, ["--python", "x.py"])
+    assert a != job_id_for("/shots/sh010 v2.blend", [1, 2, 3], None, ["--python", "x.py"])
+    assert a.startswith("sh010_v2-")
+
+
+def test_config_layers_and_errors_name_the_key(tmp_path: Path):
+    toml = tmp_path / "rw.toml"
+    toml.write_text('[healer]\nconcurrency = 3\n[healer.policy.segfault]\nmax_restarts = 1\n'
+                    '[incidents]\nqueue_size = 10\n')
+    cfg = load_config(str(toml), env={"RENDERWATCH_HEALER_BACKOFF_S": "0.5"}, overrides={"stall_timeout": 9})
+    assert (cfg.concurrency, cfg.stall_timeout, cfg.incidents) == (3, 9.0, {"queue_size": 10})
+    pol = cfg.policy()
+    assert pol.rules["segfault"].max_restarts == 1 and pol.rules["stall"].backoff_base_s == 0.5
+    with pytest.raises(ConfigError, match="RENDERWATCH_HEALER_CONCURRENCY"):
+        load_config(env={"RENDERWATCH_HEALER_CONCURRENCY": "zero"})
+    toml.write_text("[healer]\nconcurency = 3\n")
+    with pytest.raises(ConfigError, match="healer.concurency: unknown key"):
+        load_config(str(toml), env={})
+    toml.write_text("[healer.policy.segfault]\nmax_restarts = -1\n")
+    with pytest.raises(ConfigError, match="policy.segfault"):
+        load_config(str(toml), env={})
+
+
+def test_parse_line_both_formats_and_the_marker():
+    assert parse_line("Saved: '/s/f_0001.png'").path == "/s/f_0001.png"
+    five = parse_line("00:00.327  render           | Saved: '/s/f_0002.exr'")
+    assert (five.kind, five.path) == ("saved", "/s/f_0002.exr")
+    ev = parse_line("[renderwatch] frame_start 12 /s/frames/f_0012.png")
+    assert (ev.kind, ev.frame, ev.path) == ("frame_start", 12, "/s/frames/f_0012.png")
+    prog = parse_line("Fra:3 Mem:10.9M (Peak 11.0M) | Time:00:00.06 | Mem:1.4M, Peak:1.4M | Scene, ViewLayer | Sample 8/8")
+    assert (prog.kind, prog.frame, prog.text) == ("progress", 3, "Sample 8/8")
+    assert parse_line("Writing: /tmp/scene.crash.txt").kind == "crash_file"
+
+
+def test_progress_display_tty_and_plain():
+    clock = iter(range(100)).__next__
+    tty = io.StringIO()
+    d = ProgressDisplay(total=4, stream=tty, tty=True, clock=lambda: float(clock()))
+    d.update(0)
+    d.update(2, restarts=1, frame=3)
+    assert "\r\x1b[2K" in tty.getvalue() and "frame 2/4" in tty.getvalue() and "restarts 1" in tty.getvalue()
+    plain = io.StringIO()
+    d = ProgressDisplay(total=4, stream=plain, tty=False, interval_s=1000)
+    d.update(1)
+    d.update(2)                                   # throttled
+    d.update(4)                                   # the last frame is always shown
+    d.finish("done")
+    lines = plain.getvalue().splitlines()
+    assert lines[0].startswith("renderwatch: frame 1/4") and "frame 4/4" in lines[1] and lines[-1] == "done"
+    assert "\x1b" not in plain.getvalue()
+
+
+def test_report_shape(tmp_path):
+    led = Ledger.open_or_create(tmp_path, job="j", scene="/s.blend", frames=[1, 2])
+    a = led.new_attempt([1, 2], "initial")
+    a.pid, a.exit_signal, a.error_type = 10, 11, "segfault"
+    led.frame_started(1, a)
+    led.frame_verified(1, "/o/f_0001.png", 10, a)
+    led.status = "failed"
+    led.error = {"type": "segfault", "message": "gave up"}
+    doc = build_report(led, exit_code=1)
+    assert {"status", "scene", "frames_requested", "frames_completed", "frame_render_counts", "restarts",
+            "attempts"} <= set(doc)
+    assert doc["status"] == "failed" and doc["frame_render_counts"] == {"1": 1, "2": 0}
+    assert set(doc["attempts"][0]) == {"attempt", "pid", "frames_planned", "frames_rendered", "exit_code",
+                                       "exit_signal", "error_type", "error_summary", "started_at", "ended_at"}
+    assert doc["error"]["type"] == "segfault"
