@@ -1,0 +1,348 @@
+"""The agent service: create_app(config) -> aiohttp Application, and ways to run it.
+
+Routes: POST /api/v1/events, GET /metrics (Prometheus text, OpenMetrics when the Accept header
+asks), GET /healthz, GET /api/v1/jobs. Background loops (each an app.cleanup_ctx): the core
+(journal replay at start, tracer flush at stop), the spool scanner, the samplers, and expiry
+with journal compaction.
+
+Usage::
+
+    app = create_app(load_config())                     # then web.run_app / AppRunner
+    handle = run_in_thread(cfg); handle.url; handle.stop()   # in-process, for the demo and tests
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from agent.config import AgentConfig
+from agent.gpu import GpuSampler
+from agent.ingest import Ingestor, check_token, handle_events
+from agent.journal import ExportMark, Journal
+from agent.metrics import IngestCollector, IngestStats, StateCollector
+from agent.process import ProcessSampler
+from agent.spool import SpoolScanner
+from agent.state import State
+from agent.traces import RenderTracer
+from renderwatch import __version__
+
+log = logging.getLogger("renderwatch.agent")
+
+CATCHUP_SECONDS = 5.0       # events older than this are catch-up: the samplers know nothing of that time
+DEAD_PROCESS_STALE_SECONDS = 60.0   # a running job whose Blender is gone this long is stale
+EXPIRY_INTERVAL = 5.0
+
+
+@dataclass
+class Agent:
+    """Everything one running agent holds (one per app; no module-level state)."""
+
+    config: AgentConfig
+    state: State
+    stats: IngestStats
+    journal: Journal
+    mark: ExportMark
+    registry: CollectorRegistry
+    procs: ProcessSampler
+    gpus: GpuSampler
+    clock: Callable[[], float]
+    ingestor: Ingestor | None = None
+    tracer: RenderTracer | None = None
+    started: float = 0.0
+    hostname: str = ""
+
+
+AGENT = web.AppKey("agent", Agent)
+
+
+def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, exporter: Any = None,
+               clock: Callable[[], float] = time.time) -> web.Application:
+    """The agent as an aiohttp app. Seams: nvml= and proc= for the samplers, exporter= for spans."""
+    state, stats = State(), IngestStats()
+    agent = Agent(config=config, state=state, stats=stats, journal=Journal(config.data_dir),
+                  mark=ExportMark(config.data_dir), registry=CollectorRegistry(auto_describe=False),
+                  procs=ProcessSampler(proc) if proc is not None else ProcessSampler(),
+                  gpus=GpuSampler(nvml), clock=clock, hostname=socket.gethostname())
+    agent.registry.register(StateCollector(state, config.job_grace_seconds, clock))
+    agent.registry.register(IngestCollector(stats))
+    agent.registry.register(agent.procs)
+    agent.registry.register(agent.gpus)
+    stats.journal_errors = lambda: agent.journal.errors
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[AGENT] = agent
+    app.cleanup_ctx.extend([_core(exporter), _loop(_spool_loop), _loop(_sample_loop), _loop(_expiry_loop)])
+    app.router.add_post("/api/v1/events", _events)
+    app.router.add_get("/api/v1/jobs", _jobs)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+def _core(exporter: Any) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        a = app[AGENT]
+        a.started = a.clock()
+        if a.config.traces_enabled:
+            a.tracer = RenderTracer(a.config, a.mark, exporter)
+            a.stats.spans = lambda: (a.tracer.exporter.exported, a.tracer.exporter.failures) if a.tracer else (0, 0)
+        mark = a.mark.value
+        tracer = a.tracer
+
+        def on_effect(effect: Any, pos: int) -> None:
+            if tracer is not None and pos > mark:      # not exported before the restart
+                tracer.emit(effect, pos)
+
+        n = a.journal.replay(a.state, on_effect)
+        if n:
+            log.info("journal: replayed %d events, %d jobs", n, len(a.state.jobs))
+        a.ingestor = Ingestor(a.state, a.journal, a.stats, a.tracer, frame_hook=_frame_hook(a))
+        log.info("agent %s listening on %s; data in %s; spans to %s", __version__, a.config.listen,
+                 a.config.data_dir, a.config.otlp_endpoint or a.config.traces_dir)
+        try:
+            yield
+        finally:
+            if a.tracer is not None:
+                await asyncio.get_running_loop().run_in_executor(None, a.tracer.shutdown)
+            a.journal.close()
+    return ctx
+
+
+def _loop(body: Callable[[Agent], Any]) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(body(app[AGENT]))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return ctx
+
+
+async def _spool_loop(a: Agent) -> None:
+    assert a.ingestor is not None
+    await SpoolScanner(a.config.spool_dir, a.ingestor).run(1.0)
+
+
+def _frame_hook(a: Agent) -> Callable[[dict], bool]:
+    """Reset the per-frame peaks at frame_start; add the sampled peaks to a live frame_end."""
+    def hook(ev: dict) -> bool:
+        if a.clock() - ev["ts"] > CATCHUP_SECONDS:
+            return False
+        jid = ev["job"]
+        if ev["type"] == "frame_start":
+            a.procs.frame_started(jid)
+            a.gpus.frame_started(jid)
+            return False
+        changed = False
+        if not ev.get("max_rss_bytes"):
+            rss = a.procs.frame_peak(jid)
+            if rss:
+                ev["max_rss_bytes"] = int(rss)
+                changed = True
+        vram = a.gpus.frame_peak(jid)
+        if vram and not ev.get("peak_vram_bytes"):
+            ev["peak_vram_bytes"] = int(vram)
+            changed = True
+        return changed
+    return hook
+
+
+def sample_once(a: Agent) -> None:
+    """One tick of the samplers, plus the stale-job check that depends on them."""
+    now = a.clock()
+    running = {j.id: j for j in a.state.jobs.values() if j.active}
+    a.procs.sync({jid: j.pid for jid, j in running.items() if j.host == a.hostname and j.pid > 0})
+    a.procs.sample()
+    a.gpus.sample(a.procs.pid_map())
+    for jid, j in running.items():
+        for kind, peak in (("rss", a.procs.job_peak(jid)), ("vram", a.gpus.job_vram.get(jid))):
+            if peak and peak > j.peaks.get(kind, 0):
+                j.peaks[kind] = peak
+        dead = a.procs.alive(jid) is False and now - j.last_event_ts > DEAD_PROCESS_STALE_SECONDS
+        if dead or now - j.last_event_ts > a.config.stale_after_seconds:
+            mark_stale(a, jid, now)
+
+
+def record(a: Agent, ev: dict) -> None:
+    """Journal and apply an internal record (`_stale`, `_expire`), so a restart replays the decision."""
+    pos = a.journal.append([json.dumps(ev, separators=(",", ":")).encode()])
+    effect = a.state.apply(ev)
+    if effect is not None and a.tracer is not None:
+        a.tracer.emit(effect, pos)
+
+
+def mark_stale(a: Agent, job_id: str, now: float) -> None:
+    record(a, {"type": "_stale", "job": job_id, "ts": now})
+    log.warning("job %s stopped reporting: marked stale", job_id)
+
+
+async def _sample_loop(a: Agent) -> None:
+    while True:
+        try:
+            sample_once(a)
+        except Exception:                 # a sampler bug must not stop the agent
+            log.exception("sampling failed")
+        await asyncio.sleep(a.config.sample_interval_seconds)
+
+
+def expire_once(a: Agent) -> list[str]:
+    """Forget the jobs whose grace period is over (emitting any root span still due), then compact."""
+    now = a.clock()
+    gone = a.state.expired(now, a.config.job_grace_seconds)
+    for jid in gone:
+        record(a, {"type": "_expire", "job": jid, "ts": now})
+    dropped = 0
+    if gone or a.journal.waiting:        # reading the journal costs: only when there is work
+        a.gpus.forget(set(a.state.jobs))
+        dropped = a.journal.compact(a.state, a.mark.value)
+    if gone or dropped:
+        log.info("expired %d job(s); journal compacted (%d records dropped)", len(gone), dropped)
+    return gone
+
+
+async def _expiry_loop(a: Agent) -> None:
+    while True:
+        await asyncio.sleep(min(EXPIRY_INTERVAL, max(0.5, a.config.job_grace_seconds / 4)))
+        try:
+            expire_once(a)
+        except Exception:
+            log.exception("expiry failed")
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response({"error": "unauthorized", "detail": "send 'Authorization: Bearer <RENDERWATCH_TOKEN>'"},
+                             status=401)
+
+
+async def _events(request: web.Request) -> web.Response:
+    a = request.app[AGENT]
+    assert a.ingestor is not None
+    return await handle_events(request, a.ingestor, a.config.max_body_bytes, a.config.token)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    a = request.app[AGENT]
+    if not check_token(request, a.config.token):
+        return _unauthorized()
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    resp = web.Response(body=encoder(a.registry))
+    resp.headers["Content-Type"] = content_type
+    return resp
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    a = request.app[AGENT]
+    return web.json_response({"status": "ok", "version": __version__, "uptime_seconds": a.clock() - a.started,
+                              "jobs": len(a.state.jobs)})
+
+
+async def _jobs(request: web.Request) -> web.Response:
+    a = request.app[AGENT]
+    if not check_token(request, a.config.token):
+        return _unauthorized()
+    jobs = []
+    for j in a.state.visible(a.clock(), a.config.job_grace_seconds):
+        d = j.to_dict()
+        t = a.procs.jobs.get(j.id)
+        d["cpu_ratio"] = t.cpu_ratio if t and t.alive else None
+        d["rss_bytes"] = t.rss if t and t.alive else None
+        d["vram_bytes"] = a.gpus.job_vram.get(j.id)
+        jobs.append(d)
+    gpus = [{"gpu": g.index, "uuid": g.uuid, "name": g.name, "ok": g.ok, "utilization_ratio": g.utilization,
+             "memory_used_bytes": g.memory_used, "memory_total_bytes": g.memory_total,
+             "temperature_celsius": g.temperature, "power_watts": g.power, "throttle": g.throttle}
+            for g in a.gpus.gpus]
+    return web.json_response({"host": a.hostname, "jobs": jobs, "gpus": gpus, "gpu_available": a.gpus.available})
+
+
+# -- running it -------------------------------------------------------------------------------------
+
+async def start_site(app: web.Application, cfg: AgentConfig) -> tuple[web.AppRunner, str]:
+    """Start serving; returns the runner and the base URL (with the real port when port was 0)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+    await site.start()
+    server = getattr(site, "_server", None)
+    port = server.sockets[0].getsockname()[1] if server and server.sockets else cfg.port
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    return runner, f"http://{host}:{port}"
+
+
+async def serve(cfg: AgentConfig, stop: asyncio.Event | None = None, **seams: Any) -> None:
+    """Run the agent until `stop` is set (or SIGINT/SIGTERM when called from the CLI)."""
+    stop = stop or asyncio.Event()
+    runner, url = await start_site(create_app(cfg, **seams), cfg)
+    log.info("renderwatch agent ready at %s", url)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class AgentHandle:
+    """An agent running in a background thread: `.url`, `.app`, `.stop()`."""
+
+    url: str
+    app: web.Application
+    thread: threading.Thread
+    _loop: asyncio.AbstractEventLoop
+    _stop: asyncio.Event
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self.thread.join(timeout)
+
+
+def run_in_thread(cfg: AgentConfig, **seams: Any) -> AgentHandle:
+    """Start an agent in a daemon thread with its own event loop; returns once it serves."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def main() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            app = create_app(cfg, **seams)
+            try:
+                runner, url = await start_site(app, cfg)
+            except BaseException as e:
+                box["error"] = e
+                ready.set()
+                return
+            box.update(url=url, app=app, loop=loop, stop=stop)
+            ready.set()
+            try:
+                await stop.wait()
+            finally:
+                await runner.cleanup()
+
+        try:
+            loop.run_until_complete(run())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, name="renderwatch-agent", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in box:
+        raise box["error"]
+    return AgentHandle(box["url"], box["app"], thread, box["loop"], box["stop"])

@@ -1,0 +1,210 @@
+"""The agent's configuration: one frozen object built by a pure loader from file + environment.
+
+Precedence, highest first: command-line flags (passed as `overrides`), environment variables,
+the `[agent]` table of a TOML file, defaults. A bad value raises ConfigError naming the key.
+
+Usage::
+
+    cfg = load_config(env=os.environ, path="renderwatch.toml", overrides={"listen": "127.0.0.1:0"})
+    cfg.host, cfg.port, cfg.data_dir, cfg.otlp_endpoint
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from renderwatch.paths import DEFAULT_AGENT_LISTEN, home
+
+# Environment variables the agent reads (documented in the README's agent section).
+ENV_LISTEN = "RENDERWATCH_AGENT_LISTEN"
+ENV_TOKEN = "RENDERWATCH_TOKEN"
+ENV_DATA_DIR = "RENDERWATCH_AGENT_DATA_DIR"
+ENV_SPOOL_DIR = "RENDERWATCH_SPOOL_DIR"
+ENV_JOB_GRACE = "RENDERWATCH_JOB_GRACE_SECONDS"
+ENV_SAMPLE_INTERVAL = "RENDERWATCH_SAMPLE_INTERVAL_SECONDS"
+ENV_MAX_BODY = "RENDERWATCH_MAX_BODY_BYTES"
+ENV_STALE_AFTER = "RENDERWATCH_STALE_AFTER_SECONDS"
+ENV_CONFIG = "RENDERWATCH_CONFIG"
+# The standard OpenTelemetry variables (the SDK also reads headers, timeouts, TLS and
+# OTEL_RESOURCE_ATTRIBUTES itself).
+OTEL_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+OTEL_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+OTEL_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
+OTEL_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
+OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
+OTEL_TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
+OTEL_BSP_SCHEDULE_DELAY = "OTEL_BSP_SCHEDULE_DELAY"   # ms between span exports (the SDK's 5000 is slow here)
+
+PROTOCOLS = ("http/protobuf", "grpc")
+DEFAULT_SERVICE_NAME = "renderwatch-agent"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs to run; build it with load_config()."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
+    token: str | None = None
+    data_dir: Path = field(default_factory=lambda: home() / "agent")
+    spool_dir: Path = field(default_factory=lambda: home() / "spool")
+    job_grace_seconds: float = 300.0
+    stale_after_seconds: float = 900.0
+    sample_interval_seconds: float = 1.0
+    max_body_bytes: int = 1 << 20
+    otlp_endpoint: str | None = None          # None: the embedded OTLP-JSON file exporter
+    otlp_protocol: str = "http/protobuf"
+    traces_enabled: bool = True
+    service_name: str = DEFAULT_SERVICE_NAME
+    trace_file_max_bytes: int = 64 << 20
+    bsp_schedule_delay_ms: float = 1000.0
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def traces_dir(self) -> Path:
+        return self.data_dir / "traces"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port)."""
+    v = value.strip()
+    if v.startswith("["):
+        host, sep, rest = v[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+        ok = bool(sep) and bool(port_s)
+    else:
+        host, sep, port_s = v.rpartition(":")
+        ok = bool(sep) and bool(host)
+    if not ok or not port_s.isdigit() or int(port_s) > 65535:
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT (for example 127.0.0.1:9464, or [::1]:9464)")
+    return host, int(port_s)
+
+
+def _number(key: str, raw: Any, kind: type, minimum: float) -> Any:
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        val = kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {raw!r} is not a{'n integer' if kind is int else ' number'}") from None
+    if val < minimum:
+        raise ConfigError(f"{key}: {raw!r} must be >= {minimum}")
+    return val
+
+
+def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(p)!r} does not exist (--config / {ENV_CONFIG})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    table = doc.get("agent", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {str(p)!r}: [agent] must be a table")
+    return table
+
+
+def _otlp(env: Mapping[str, str]) -> tuple[str | None, str, bool]:
+    exporter = env.get(OTEL_TRACES_EXPORTER, "otlp").strip().lower() or "otlp"
+    if exporter not in ("otlp", "none"):
+        raise ConfigError(f"{OTEL_TRACES_EXPORTER}: {exporter!r} is not supported; use otlp or none")
+    proto_key = OTEL_TRACES_PROTOCOL if env.get(OTEL_TRACES_PROTOCOL) else OTEL_PROTOCOL
+    protocol = (env.get(proto_key) or "http/protobuf").strip().lower()
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{proto_key}: {protocol!r} is not supported; use one of {', '.join(PROTOCOLS)}")
+    endpoint: str | None = None
+    if env.get(OTEL_TRACES_ENDPOINT):
+        key, endpoint = OTEL_TRACES_ENDPOINT, env[OTEL_TRACES_ENDPOINT].strip()
+    elif env.get(OTEL_ENDPOINT):
+        key, endpoint = OTEL_ENDPOINT, env[OTEL_ENDPOINT].strip()
+        if protocol == "http/protobuf":   # the spec: the base endpoint gets the signal path appended
+            endpoint = endpoint.rstrip("/") + "/v1/traces"
+    if endpoint is not None:
+        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{key}: {endpoint!r} is not an http(s) URL (for example http://127.0.0.1:4318)")
+        if protocol == "http/protobuf" and "://" not in endpoint:
+            raise ConfigError(f"{key}: {endpoint!r} needs a scheme (http://...) for http/protobuf")
+    return endpoint, protocol, exporter == "otlp"
+
+
+def load_config(env: Mapping[str, str] | None = None, path: str | os.PathLike[str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> AgentConfig:
+    """Build the AgentConfig from a TOML file's [agent] table, the environment and overrides."""
+    e: Mapping[str, str] = os.environ if env is None else env
+    path = path or e.get(ENV_CONFIG) or None
+    file = _read_file(path) if path else {}
+    env_map = {"listen": ENV_LISTEN, "token": ENV_TOKEN, "data_dir": ENV_DATA_DIR, "spool_dir": ENV_SPOOL_DIR,
+               "job_grace_seconds": ENV_JOB_GRACE, "sample_interval_seconds": ENV_SAMPLE_INTERVAL,
+               "max_body_bytes": ENV_MAX_BODY, "stale_after_seconds": ENV_STALE_AFTER}
+    unknown = sorted(set(file) - set(env_map) - {"trace_file_max_bytes"})
+    if unknown:
+        raise ConfigError(f"config file [agent]: unknown key(s) {', '.join(unknown)}; known: {', '.join(env_map)}")
+    vals: dict[str, tuple[str, Any]] = {}          # name -> (key to blame, raw value)
+    for name, raw in file.items():
+        vals[name] = (f"[agent] {name}", raw)
+    for name, var in env_map.items():
+        if e.get(var):
+            vals[name] = (var, e[var])
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            vals[name] = (f"--{name.replace('_', '-')}", raw)
+
+    def get(name: str, default: Any) -> tuple[str, Any]:
+        return vals.get(name, (name, default))
+
+    key, listen = get("listen", DEFAULT_AGENT_LISTEN)
+    host, port = parse_listen(str(listen), key)
+    token = get("token", None)[1] or None
+    if token is not None:
+        token = str(token)
+    if not is_loopback(host) and not token:
+        raise ConfigError(f"{key}: listening on {host!r} (not loopback) needs a token: set {ENV_TOKEN} "
+                          "(clients send it as 'Authorization: Bearer TOKEN'), or listen on 127.0.0.1")
+    root = home(e)
+    data_dir = Path(str(get("data_dir", root / "agent")[1])).expanduser()
+    spool_dir = Path(str(get("spool_dir", root / "spool")[1])).expanduser()
+    endpoint, protocol, enabled = _otlp(e)
+    service = (e.get(OTEL_SERVICE_NAME) or "").strip() or DEFAULT_SERVICE_NAME
+    if not e.get(OTEL_SERVICE_NAME) and "service.name=" in e.get(OTEL_RESOURCE_ATTRIBUTES, ""):
+        # Let a service.name given in OTEL_RESOURCE_ATTRIBUTES win over our default.
+        for item in e[OTEL_RESOURCE_ATTRIBUTES].split(","):
+            k, _, v = item.partition("=")
+            if k.strip() == "service.name" and v.strip():
+                service = v.strip()
+    return AgentConfig(
+        host=host, port=port, token=token, data_dir=data_dir, spool_dir=spool_dir,
+        job_grace_seconds=_number(*get("job_grace_seconds", 300.0), float, 0),
+        stale_after_seconds=_number(*get("stale_after_seconds", 900.0), float, 1),
+        sample_interval_seconds=_number(*get("sample_interval_seconds", 1.0), float, 0.05),
+        max_body_bytes=_number(*get("max_body_bytes", 1 << 20), int, 1024),
+        otlp_endpoint=endpoint, otlp_protocol=protocol, traces_enabled=enabled, service_name=service,
+        trace_file_max_bytes=_number(*get("trace_file_max_bytes", 64 << 20), int, 4096),
+        bsp_schedule_delay_ms=_number(OTEL_BSP_SCHEDULE_DELAY, e.get(OTEL_BSP_SCHEDULE_DELAY) or 1000, float, 0),
+    )

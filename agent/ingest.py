@@ -1,0 +1,184 @@
+"""Event ingest: the POST /api/v1/events handler and the one path every event takes.
+
+decode + validate (blender_hooks.events) -> dedupe by (session, seq) -> enrich a frame_end with
+the sampled peaks -> one journal write per batch -> fold into the state -> spans. Nothing on
+this path awaits, so a batch is applied atomically between the HTTP handler and the spool scanner
+(agent.spool) that share it.
+
+Usage::
+
+    ingestor = Ingestor(state, journal, stats, tracer=tracer, frame_hook=hook)
+    result = ingestor.ingest_lines(body.split(b"\\n"))     # NDJSON
+    result.accepted, result.duplicate, result.errors
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from agent.journal import Journal
+from agent.metrics import IngestStats
+from agent.state import State
+from blender_hooks.events import EventError, decode, encode, validate
+
+MAX_ERRORS_REPORTED = 20
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def error(self, index: int, reason: str, detail: str) -> None:
+        self.rejected += 1
+        if len(self.errors) < MAX_ERRORS_REPORTED:
+            self.errors.append({"index": index, "reason": reason, "detail": detail})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "duplicate": self.duplicate, "rejected": self.rejected,
+                "errors": self.errors}
+
+
+class Ingestor:
+    """Applies batches of raw events to the state, journal and tracer."""
+
+    def __init__(self, state: State, journal: Journal, stats: IngestStats, tracer: Any = None,
+                 frame_hook: Callable[[dict], bool] | None = None):
+        self.state = state
+        self.journal = journal
+        self.stats = stats
+        self.tracer = tracer
+        # Called for frame_start/frame_end before journaling; returns True when it changed the event.
+        self.frame_hook = frame_hook
+
+    def ingest_lines(self, lines: Iterable[bytes]) -> IngestResult:
+        """NDJSON lines (newlines stripped or not); blank lines are ignored."""
+        res = IngestResult()
+        batch: list[tuple[dict, bytes]] = []
+        accept, hook = self.state.accept, self.frame_hook
+        for i, raw in enumerate(lines):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                ev = decode(line)
+            except EventError as e:
+                res.error(i, e.reason, e.detail)
+                self.stats.reject(e.reason)
+                continue
+            if not accept(ev):
+                res.duplicate += 1
+                continue
+            if hook is not None and ev["type"] in ("frame_start", "frame_end") and hook(ev):
+                line = encode(ev).rstrip(b"\n")
+            batch.append((ev, line))
+        self._commit(batch, res)
+        return res
+
+    def ingest_objects(self, objs: list[Any]) -> IngestResult:
+        """Already-parsed events (a JSON array body)."""
+        res = IngestResult()
+        batch: list[tuple[dict, bytes]] = []
+        for i, obj in enumerate(objs):
+            try:
+                ev = validate(obj)
+                line = encode(ev).rstrip(b"\n")
+                if len(line) > 16 * 1024:
+                    raise EventError("too_large", f"event is {len(line)} bytes, the limit is {16 * 1024}")
+            except EventError as e:
+                res.error(i, e.reason, e.detail)
+                self.stats.reject(e.reason)
+                continue
+            if not self.state.accept(ev):
+                res.duplicate += 1
+                continue
+            if self.frame_hook is not None and ev["type"] in ("frame_start", "frame_end") and self.frame_hook(ev):
+                line = encode(ev).rstrip(b"\n")
+            batch.append((ev, line))
+        self._commit(batch, res)
+        return res
+
+    def _commit(self, batch: list[tuple[dict, bytes]], res: IngestResult) -> None:
+        res.accepted = len(batch)
+        self.stats.ingested += len(batch)
+        self.stats.duplicate += res.duplicate
+        if not batch:
+            return
+        pos = self.journal.append([line for _, line in batch])
+        apply, tracer = self.state.apply, self.tracer
+        for ev, _ in batch:
+            effect = apply(ev)
+            if effect is not None and tracer is not None:
+                tracer.emit(effect, pos)
+            pos += 1
+
+
+def check_token(request: web.Request, token: str | None) -> bool:
+    """Constant-time bearer-token check; always true when no token is configured."""
+    if not token:
+        return True
+    got = request.headers.get("Authorization", "")
+    scheme, _, value = got.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def _fail(status: int, reason: str, detail: str) -> web.Response:
+    return web.json_response({"error": reason, "detail": detail}, status=status)
+
+
+async def handle_events(request: web.Request, ingestor: Ingestor, max_body: int, token: str | None) -> web.Response:
+    """POST /api/v1/events: NDJSON (one event per line) or a JSON array (or one JSON object).
+
+    200: all accepted (or duplicates); 400: some or all events rejected (the valid ones are
+    still accepted; the body says which and why); 401: token missing/wrong; 413: body too large.
+    """
+    stats = ingestor.stats
+    if not check_token(request, token):
+        return _fail(401, "unauthorized", "send 'Authorization: Bearer <RENDERWATCH_TOKEN>'")
+    if request.content_length is not None and request.content_length > max_body:
+        stats.reject("too_large")
+        return _fail(413, "too_large", f"body is {request.content_length} bytes, the limit is {max_body}")
+    try:
+        body = await request.content.readexactly(request.content_length) if request.content_length is not None \
+            else await _read_limited(request, max_body)
+    except _TooLarge:
+        stats.reject("too_large")
+        return _fail(413, "too_large", f"body is over the limit of {max_body} bytes")
+    except (ConnectionError, OSError, EOFError) as e:
+        return _fail(400, "malformed_json", f"could not read the body: {e}")
+    head = body.lstrip()[:1]
+    if head in (b"[", b"{") and (head == b"[" or "json" in request.content_type and "ndjson" not in request.content_type):
+        try:
+            doc = json.loads(body)
+        except UnicodeDecodeError as e:
+            stats.reject("invalid_utf8")
+            return _fail(400, "invalid_utf8", f"byte {e.start} is not valid UTF-8")
+        except (ValueError, RecursionError) as e:
+            stats.reject("malformed_json")
+            return _fail(400, "malformed_json", str(e)[:200])
+        result = ingestor.ingest_objects(doc if isinstance(doc, list) else [doc])
+    else:
+        result = ingestor.ingest_lines(body.split(b"\n"))
+    return web.json_response(result.to_dict(), status=400 if result.rejected else 200)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_limited(request: web.Request, max_body: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > max_body:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,192 @@
+"""Durability: an append-only journal of accepted events, replayed at start, compacted as jobs expire.
+
+An agent killed with SIGKILL mid-render and restarted rebuilds its jobs, dedupe cursors and
+cumulative frame totals from the journal, so every frame is counted exactly once. Each record has
+a position (monotonic, kept across compactions); the span exporter persists the highest position
+whose spans were exported (ExportMark), and replay re-emits spans only above it.
+
+File format (`journal.log`, 0600), one record per line:
+
+    H<TAB>{"next": N, "totals": {...}, "cursors": {...}}      first line after a compaction
+    <pos><TAB><event JSON>                                    an accepted event (as journaled)
+
+Usage::
+
+    j = Journal(data_dir)
+    j.replay(state, on_effect=lambda effect, pos: ...)     # at start
+    first_pos = j.append([event_json_bytes, ...])           # one write per ingest batch
+    j.compact(state, exported=mark.value)                   # after jobs expired
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from agent.aggregates import FrameTotals
+from agent.state import Effect, State
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "journal.log"
+EXPORTED = "spans-exported"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a whole file atomically (tmp + rename), readable by its owner only."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class ExportMark:
+    """The highest journal position whose spans were exported, persisted in a small file."""
+
+    def __init__(self, data_dir: Path):
+        self.path = Path(data_dir) / EXPORTED
+        try:
+            self.value = int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            self.value = 0
+
+    def advance(self, pos: int) -> None:
+        if pos > self.value:
+            self.value = pos
+            _write_private(self.path, str(pos).encode())
+
+
+class Journal:
+    """Append-only event journal under the agent's data directory."""
+
+    def __init__(self, data_dir: Path):
+        self.dir = Path(data_dir)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = self.dir / JOURNAL
+        self.next_pos = 1
+        self._fd: int | None = None
+        self.errors = 0
+        self.waiting = 1           # compact once after a start: replayed jobs may have expired
+
+    def _open(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def replay(self, state: State, on_effect: Callable[[Effect, int], None] | None = None) -> int:
+        """Rebuild `state` from the journal; call on_effect(effect, pos) per effect. Returns records read."""
+        n = 0
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            self._open()
+            return 0
+        with f:
+            for raw in f:
+                head, tab, body = raw.partition(b"\t")
+                if not tab or not raw.endswith(b"\n"):
+                    continue                       # a torn last line from a crash mid-write
+                try:
+                    if head == b"H":
+                        h = json.loads(body)
+                        state.totals = FrameTotals.from_dict(h.get("totals", {}))
+                        state.cursors.update({str(k): int(v) for k, v in h.get("cursors", {}).items()})
+                        self.next_pos = max(self.next_pos, int(h.get("next", 1)))
+                        continue
+                    pos, ev = int(head), json.loads(body)
+                except (ValueError, TypeError, AttributeError):
+                    log.warning("journal %s: skipping an unreadable record", self.path)
+                    continue
+                self.next_pos = max(self.next_pos, pos + 1)
+                n += 1
+                if "session" in ev:
+                    s = ev["session"]
+                    if ev["seq"] > state.cursors.get(s, 0):
+                        state.cursors.pop(s, None)
+                        state.cursors[s] = ev["seq"]
+                effect = state.apply(ev)
+                if effect is not None and on_effect is not None:
+                    on_effect(effect, pos)
+        self._open()
+        return n
+
+    def append(self, lines: Iterable[bytes]) -> int:
+        """Journal event lines (JSON, no trailing newline) in one write; return the first position."""
+        first = pos = self.next_pos
+        chunks = []
+        for line in lines:
+            chunks.append(b"%d\t" % pos)
+            chunks.append(line)
+            chunks.append(b"\n")
+            pos += 1
+        if pos == first:
+            return first
+        self.next_pos = pos
+        try:
+            self._open()
+            assert self._fd is not None
+            data = b"".join(chunks)
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except OSError as e:
+            # Availability over durability: the events are still applied in memory.
+            self.errors += 1
+            if self.errors == 1:
+                log.error("journal %s: cannot write (%s); events are kept in memory only", self.path, e)
+        return first
+
+    def compact(self, state: State, exported: int) -> int:
+        """Rewrite the journal without the records of jobs no longer in `state` (expired) whose
+        records were all exported (every position <= `exported`, the `_expire` record's included);
+        their frames move into the header's totals. Returns how many records were dropped."""
+        try:
+            with open(self.path, "rb") as f:
+                raw_lines = f.readlines()
+        except FileNotFoundError:
+            return 0
+        base = State()
+        records: list[tuple[bytes, int, dict | None]] = []     # (line, pos, event) ; header: pos 0
+        last: dict[str, int] = {}
+        for raw in raw_lines:
+            head, tab, body = raw.partition(b"\t")
+            if not tab or not raw.endswith(b"\n"):
+                continue
+            try:
+                if head == b"H":
+                    base.totals = FrameTotals.from_dict(json.loads(body).get("totals", {}))
+                    continue
+                pos, ev = int(head), json.loads(body)
+                job = ev["job"]
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
+            records.append((raw, pos, ev))
+            last[job] = max(last.get(job, 0), pos)
+        gone = {job for job in last if job not in state.jobs}
+        done = {job for job in gone if last[job] <= exported}
+        self.waiting = len(gone) - len(done)     # expired jobs whose last spans are not exported yet
+        if not done:
+            return 0
+        retained = []
+        for raw, _pos, ev in records:
+            if ev is not None and ev["job"] in done:
+                base.apply(ev)             # folds its frames into the base totals
+            else:
+                retained.append(raw)
+        header = {"next": self.next_pos, "totals": base.totals.to_dict(), "cursors": state.cursors}
+        data = b"H\t" + json.dumps(header, separators=(",", ":")).encode() + b"\n" + b"".join(retained)
+        self.close()
+        _write_private(self.path, data)
+        self._open()
+        return len(records) - len(retained)

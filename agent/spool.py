@@ -1,0 +1,189 @@
+"""The spool scanner: catch-up from the hooks' durable spool, so an agent that was down loses nothing.
+
+Spool layout (written by blender_hooks; one set per Blender process, `session`):
+
+    <dir>/<session>.<index:06d>.ndjson   segments, one JSON event per line
+    <dir>/<session>.ack                  "<index> <offset>": everything before it was delivered
+    <dir>/<session>.lock                 flock()ed by the live writer; a free lock = a dead writer
+
+At start and every second the scanner ingests whole lines past each session's ack, then moves
+the ack forward (never backward: the hooks' own sender writes it too; the agent deduplicates by
+session seq, so reading a line twice is harmless). A segment that is fully acknowledged and
+finished (a newer one exists, or its writer is gone) is deleted; so are the ack and lock files of
+a session with nothing left.
+
+Usage::
+
+    scanner = SpoolScanner(spool_dir, ingestor)
+    scanner.scan_once()                 # tests; the agent runs `await scanner.run(1.0)`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent.ingest import Ingestor
+
+log = logging.getLogger(__name__)
+SEGMENT_RE = re.compile(r"^([0-9A-Za-z_-]+)\.(\d{6,})\.ndjson$")
+CHUNK_BYTES = 1 << 20
+
+
+def list_segments(directory: Path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return out
+    for name in names:
+        m = SEGMENT_RE.match(name)
+        if m:
+            out.setdefault(m.group(1), []).append(int(m.group(2)))
+    for idx in out.values():
+        idx.sort()
+    return out
+
+
+def segment_path(directory: Path, session: str, index: int) -> Path:
+    return directory / f"{session}.{index:06d}.ndjson"
+
+
+def read_ack(directory: Path, session: str) -> tuple[int, int]:
+    try:
+        a, b = (directory / f"{session}.ack").read_text().split()
+        return int(a), int(b)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def write_ack(directory: Path, session: str, index: int, offset: int) -> None:
+    """Move the ack forward atomically; a newer ack (written by the hooks' sender) is kept."""
+    if read_ack(directory, session) >= (index, offset):
+        return
+    tmp = directory / f"{session}.ack.agent.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"{index} {offset}\n".encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / f"{session}.ack")
+
+
+def writer_gone(directory: Path, session: str) -> bool:
+    """True when nobody holds the session's lock (its Blender exited or crashed)."""
+    try:
+        fd = os.open(directory / f"{session}.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)          # also releases the lock if we took it
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("spool: cannot delete %s: %s", path, e)
+
+
+class SpoolScanner:
+    """Ingests spooled events the HTTP path has not delivered (yet)."""
+
+    def __init__(self, directory: Path, ingestor: Ingestor, chunk_bytes: int = CHUNK_BYTES):
+        self.dir = Path(directory)
+        self.ingestor = ingestor
+        self.chunk_bytes = chunk_bytes
+        self.ingested = 0
+        self._failing = False
+
+    def scan_once(self) -> int:
+        """One full pass; returns events accepted."""
+        before = self.ingested
+        for _ in self._scan():
+            pass
+        return self.ingested - before
+
+    async def run(self, interval: float) -> None:
+        """Scan now and then every `interval` seconds, yielding to the event loop between chunks."""
+        while True:
+            try:
+                for _ in self._scan():
+                    await asyncio.sleep(0)
+                if self._failing:
+                    self._failing = False
+                    log.info("spool %s readable again", self.dir)
+            except OSError as e:
+                if not self._failing:
+                    self._failing = True
+                    log.warning("spool %s: %s", self.dir, e)
+            await asyncio.sleep(interval)
+
+    def _read(self, path: Path, offset: int) -> bytes:
+        """Whole lines from offset, up to chunk_bytes (or one longer line)."""
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(self.chunk_bytes)
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and len(data) == self.chunk_bytes:
+                f.seek(offset)
+                data = f.readline()
+                cut = len(data) if data.endswith(b"\n") else 0
+        return data[:cut]
+
+    def _scan(self) -> Iterator[None]:
+        stats = self.ingestor.stats
+        segments = list_segments(self.dir)
+        pending = count = 0
+        for session, indices in segments.items():
+            ack_index, ack_offset = read_ack(self.dir, session)
+            kept = 0
+            for index in indices:
+                path = segment_path(self.dir, session, index)
+                if index < ack_index:
+                    _unlink(path)                       # fully delivered and a newer one exists
+                    continue
+                # Decide "finished" before reading the size: a writer that is gone appends no more.
+                finished = index < indices[-1] or writer_gone(self.dir, session)
+                offset = ack_offset if index == ack_index else 0
+                try:
+                    size = os.path.getsize(path)
+                except FileNotFoundError:
+                    continue
+                while offset < size:
+                    data = self._read(path, offset)
+                    if not data:
+                        if not finished:
+                            break                       # the writer is mid-line: wait for the rest
+                        with open(path, "rb") as f:     # a torn last line of a dead writer
+                            f.seek(offset)
+                            data = f.read(size - offset)
+                    res = self.ingestor.ingest_lines(data.split(b"\n"))
+                    self.ingested += res.accepted
+                    offset += len(data)
+                    write_ack(self.dir, session, index, offset)
+                    yield
+                if offset >= size and finished:
+                    _unlink(path)
+                else:
+                    kept += 1
+                    pending += max(0, size - offset)
+            count += kept
+            if not kept and writer_gone(self.dir, session):
+                for suffix in (".ack", ".ack.agent.tmp", ".lock"):
+                    _unlink(self.dir / f"{session}{suffix}")
+        stats.spool_segments, stats.spool_pending_bytes = count, pending

@@ -1,0 +1,274 @@
+"""The job model: a pure fold of validated events into jobs, dedupe cursors and frame totals.
+
+No I/O and no clock: every time comes from the events (or is passed in), so replaying the
+journal after a restart rebuilds exactly the same state.
+
+Usage::
+
+    st = State()
+    if st.accept(ev):                 # False: a duplicate (seq not above the session's cursor)
+        effect = st.apply(ev)         # FrameDone / JobDone for the tracer, or None
+    st.jobs["j1"].progress, st.jobs["j1"].eta_seconds
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.aggregates import FrameTotals
+
+RECENT_FRAMES = 10          # ETA = mean of this many recent frame times x frames remaining
+CURSOR_LIMIT = 100_000      # bounded dedupe memory: oldest sessions forgotten first
+
+
+@dataclass
+class Job:
+    """One render job (all attempts and sessions that reported the same job id)."""
+
+    id: str
+    scene: str = ""
+    engine: str = ""
+    device_type: str = ""
+    blend_file: str = ""
+    host: str = ""
+    pid: int = 0
+    blender_version: str = ""
+    output_path: str = ""
+    samples: int | None = None
+    resolution: str = ""
+    status: str = "running"              # running | complete | cancelled | stale
+    started_at: float = 0.0
+    ended_at: float | None = None
+    last_event_ts: float = 0.0
+    last_progress_ts: float = 0.0
+    expected: set[int] = field(default_factory=set)
+    done: set[int] = field(default_factory=set)
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_FRAMES))
+    last_frame_seconds: float | None = None
+    peaks: dict[str, float] = field(default_factory=dict)
+    sessions: list[str] = field(default_factory=list)
+    attempt_hint: int = 0
+    root_emitted: bool = False
+    frames_rendered: int = 0
+    current_frame: int | None = None
+    frame_started: dict[int, float] = field(default_factory=dict)
+    phases: dict[int, list[tuple[str, float, str]]] = field(default_factory=dict)
+
+    @property
+    def attempts(self) -> int:
+        return max(len(self.sessions), self.attempt_hint, 1)
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        return (self.scene, self.engine, self.device_type)
+
+    @property
+    def frames_total(self) -> int:
+        return len(self.expected)
+
+    @property
+    def frames_done(self) -> int:
+        return len(self.done & self.expected) if self.expected else len(self.done)
+
+    @property
+    def progress(self) -> float:
+        if self.status == "complete":
+            return 1.0
+        return min(1.0, self.frames_done / self.frames_total) if self.frames_total else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.status != "running" or not self.recent or not self.frames_total:
+            return None
+        remaining = max(0, self.frames_total - self.frames_done)
+        return sum(self.recent) / len(self.recent) * remaining
+
+    @property
+    def active(self) -> bool:
+        return self.status == "running"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The /api/v1/jobs shape."""
+        return {
+            "job": self.id, "scene": self.scene, "status": self.status, "frames_done": self.frames_done,
+            "frames_total": self.frames_total, "progress": round(self.progress, 6),
+            "eta_seconds": self.eta_seconds, "last_frame_seconds": self.last_frame_seconds,
+            "peaks": dict(self.peaks), "attempts": self.attempts, "host": self.host, "pid": self.pid,
+            "blender_version": self.blender_version, "engine": self.engine,
+            "device_type": self.device_type, "blend_file": self.blend_file, "current_frame": self.current_frame,
+            "started_at": self.started_at, "ended_at": self.ended_at, "last_progress_ts": self.last_progress_ts,
+        }
+
+
+@dataclass(frozen=True)
+class FrameDone:
+    """A frame finished: what the tracer needs for the render.frame span and its phase spans."""
+
+    job: Job
+    session: str
+    frame: int
+    start: float
+    end: float
+    event: dict
+    phases: tuple[tuple[str, float, str], ...]
+
+
+@dataclass(frozen=True)
+class JobDone:
+    """A job reached a final status: emit its render.job root span."""
+
+    job: Job
+
+
+Effect = FrameDone | JobDone
+
+
+class State:
+    """Jobs by id, per-session dedupe cursors and cumulative frame totals."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.cursors: dict[str, int] = {}     # session -> highest seq accepted (insertion-ordered)
+        self.totals = FrameTotals()
+
+    def accept(self, ev: dict) -> bool:
+        """Advance the session's cursor; False when `seq` is not above it (a duplicate)."""
+        session, seq = ev["session"], ev["seq"]
+        last = self.cursors.get(session)
+        if last is not None:
+            if seq <= last:
+                return False
+            del self.cursors[session]          # re-insert: keeps the dict ordered by last activity
+        elif len(self.cursors) >= CURSOR_LIMIT:
+            del self.cursors[next(iter(self.cursors))]
+        self.cursors[session] = seq
+        return True
+
+    def job_for(self, ev: dict) -> Job:
+        job = self.jobs.get(ev["job"])
+        if job is None:
+            job = self.jobs[ev["job"]] = Job(id=ev["job"], started_at=ev["ts"])
+        job.last_event_ts = max(job.last_event_ts, ev["ts"])
+        for name in ("scene", "engine", "device_type"):
+            if ev.get(name) and not getattr(job, name):
+                setattr(job, name, ev[name])
+        if ev.get("attempt"):
+            job.attempt_hint = max(job.attempt_hint, ev["attempt"])
+        job.host = ev["host"]
+        job.pid = ev["pid"]
+        return job
+
+    def apply(self, ev: dict) -> Effect | None:
+        """Fold one accepted event into the state; return what the tracer should emit, if anything."""
+        handler = _HANDLERS.get(ev["type"])
+        return handler(self, ev) if handler else None
+
+    def _job_start(self, ev: dict) -> None:
+        job = self.job_for(ev)
+        if ev["session"] not in job.sessions:
+            job.sessions.append(ev["session"])
+        for name in ("scene", "engine", "device_type", "blend_file", "blender_version", "output_path"):
+            if ev.get(name):
+                setattr(job, name, ev[name])
+        if ev.get("samples") is not None:
+            job.samples = ev["samples"]
+        if ev.get("resolution_x") and ev.get("resolution_y"):
+            pct = ev.get("resolution_percentage") or 100
+            job.resolution = f"{ev['resolution_x'] * pct // 100}x{ev['resolution_y'] * pct // 100}"
+        step = ev.get("frame_step") or 1
+        if ev["frame_end"] >= ev["frame_start"] and step > 0:
+            # Union: `-f 1 -f 5` and restarted attempts each announce their frames.
+            job.expected.update(range(ev["frame_start"], ev["frame_end"] + 1, step))
+        if job.status != "running":
+            job.status, job.ended_at = "running", None
+        job.last_progress_ts = max(job.last_progress_ts, ev["ts"])
+
+    def _frame_start(self, ev: dict) -> None:
+        job = self.job_for(ev)
+        job.current_frame = ev["frame"]
+        job.frame_started[ev["frame"]] = ev["ts"]
+        job.phases.pop(ev["frame"], None)
+        job.last_progress_ts = max(job.last_progress_ts, ev["ts"])
+
+    def _phase(self, ev: dict) -> None:
+        job = self.job_for(ev)
+        job.phases.setdefault(ev["frame"], []).append((ev["name"], ev["ts"], ev.get("detail") or ""))
+        job.last_progress_ts = max(job.last_progress_ts, ev["ts"])
+
+    def _frame_end(self, ev: dict) -> FrameDone:
+        job = self.job_for(ev)
+        frame, seconds, end = ev["frame"], float(ev["seconds"]), ev["ts"]
+        start = job.frame_started.pop(frame, end - seconds)
+        phases = tuple(job.phases.pop(frame, ()))
+        if ev["saved"]:
+            job.done.add(frame)
+        job.frames_rendered += 1
+        job.recent.append(seconds)
+        job.last_frame_seconds = seconds
+        job.last_progress_ts = max(job.last_progress_ts, end)
+        if job.current_frame == frame:
+            job.current_frame = None
+        peaks = frame_peaks(ev)
+        for kind, value in peaks.items():
+            if value > job.peaks.get(kind, 0):
+                job.peaks[kind] = value
+        if ev.get("output_path"):
+            job.output_path = ev["output_path"]
+        if ev["saved"]:      # an unsaved frame_end is a frame cut short (cancel, crash, write error)
+            self.totals.record(job.labels, seconds, peaks)
+        return FrameDone(job, ev["session"], frame, min(start, end), end, ev, phases)
+
+    def _job_end(self, ev: dict) -> JobDone | None:
+        job = self.job_for(ev)
+        job.status = "complete" if ev["status"] == "complete" else "cancelled"
+        job.ended_at = ev["ts"]
+        job.current_frame = None
+        if ev.get("started_at"):
+            job.started_at = min(job.started_at, ev["started_at"])
+        # The root span goes out once: now when every frame is done, else when the job expires
+        # (a cancel may be followed by a restarted attempt, a `-f` list by its next render).
+        return self._root(job) if job.status == "complete" and job.frames_done >= job.frames_total else None
+
+    def _root(self, job: Job) -> JobDone | None:
+        if job.root_emitted:
+            return None
+        job.root_emitted = True
+        return JobDone(job)
+
+    def _stale(self, ev: dict) -> None:
+        """Internal `_stale` record (journaled by the agent): a running job that stopped reporting."""
+        job = self.jobs.get(ev["job"])
+        if job is not None and job.status == "running":
+            job.status, job.ended_at, job.current_frame = "stale", ev["ts"], None
+
+    def _expire(self, ev: dict) -> JobDone | None:
+        """Internal `_expire` record: forget the job (its grace period is over); emit its root if due."""
+        job = self.jobs.pop(ev["job"], None)
+        return self._root(job) if job is not None else None
+
+    def expired(self, now: float, grace: float) -> list[str]:
+        """Ids of the jobs that ended more than `grace` seconds before `now` (to `_expire`)."""
+        return [j.id for j in self.jobs.values() if j.ended_at is not None and j.ended_at + grace < now]
+
+    def visible(self, now: float, grace: float) -> list[Job]:
+        """Jobs whose per-job series are still exported: running, or ended less than `grace` ago."""
+        return [j for j in self.jobs.values() if j.ended_at is None or j.ended_at + grace >= now]
+
+
+def frame_peaks(ev: dict) -> dict[str, float]:
+    """Peak memory per kind carried by a frame_end event (the agent adds the sampled ones)."""
+    peaks: dict[str, float] = {}
+    for kind, key in (("blender", "peak_memory_blender_bytes"), ("rss", "max_rss_bytes"),
+                      ("vram", "peak_vram_bytes")):
+        v = ev.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
+            peaks[kind] = float(v)
+    return peaks
+
+
+_HANDLERS = {
+    "job_start": State._job_start, "frame_start": State._frame_start, "phase": State._phase,
+    "frame_end": State._frame_end, "job_end": State._job_end, "_stale": State._stale, "_expire": State._expire,
+}

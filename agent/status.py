@@ -1,0 +1,131 @@
+"""`renderwatch status`: a live terminal view of the local agent (jobs, progress, ETA, memory, GPUs).
+
+Plain text with ANSI only when stdout is a terminal; `--once` prints one frame and exits (pipes,
+scripts, tests).
+
+Usage::
+
+    print(render_frame(fetch_jobs("http://127.0.0.1:9464")))
+    run_status(None, once=True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from renderwatch.paths import DEFAULT_AGENT, ENV_AGENT
+
+ENV_TOKEN = "RENDERWATCH_TOKEN"
+BAR = 20
+
+
+def fetch_jobs(base: str, token: str | None = None, timeout: float = 3.0) -> dict[str, Any]:
+    req = urllib.request.Request(base.rstrip("/") + "/api/v1/jobs")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # the agent is local
+    with opener.open(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = max(0.0, float(s))
+    if s < 60:
+        return f"{s:.1f}s"
+    m, sec = divmod(int(s + 0.5), 60)
+    if m < 60:
+        return f"{m}m{sec:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def _bytes(v: float | None) -> str:
+    if not v:
+        return "-"
+    for unit in ("B", "K", "M", "G", "T"):
+        if v < 1024 or unit == "T":
+            return f"{v:.0f}{unit}" if unit in ("B", "K", "M") else f"{v:.1f}{unit}"
+        v /= 1024
+    return "-"
+
+
+def bar(ratio: float, width: int = BAR) -> str:
+    filled = int(round(max(0.0, min(1.0, ratio)) * width))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def render_frame(doc: dict[str, Any], color: bool = False) -> str:
+    """The text of one refresh: a header, a line per job, a line per GPU."""
+    bold, dim, reset = ("\x1b[1m", "\x1b[2m", "\x1b[0m") if color else ("", "", "")
+    jobs = doc.get("jobs", [])
+    lines = [f"{bold}renderwatch status{reset}  host {doc.get('host', '?')}  "
+             f"{sum(1 for j in jobs if j.get('status') == 'running')} running, {len(jobs)} shown  "
+             f"{time.strftime('%H:%M:%S')}", ""]
+    if not jobs:
+        lines.append(f"{dim}no render jobs (start one with the hooks loaded){reset}")
+    else:
+        lines.append(f"{'JOB':<20} {'SCENE':<12} {'STATUS':<9} {'FRAMES':>9} {'PROGRESS':<27} {'ETA':>7} "
+                     f"{'LAST':>7}  PEAK blender/rss/vram")
+        for j in jobs:
+            frames = f"{j.get('frames_done', 0)}/{j.get('frames_total', 0)}"
+            prog = float(j.get("progress") or 0.0)
+            peaks = j.get("peaks") or {}
+            mem = "/".join(_bytes(peaks.get(k)) for k in ("blender", "rss", "vram"))
+            lines.append(f"{str(j.get('job', ''))[:20]:<20} {str(j.get('scene', ''))[:12]:<12} "
+                         f"{j.get('status', ''):<9} {frames:>9} {bar(prog)} {prog * 100:4.0f}% "
+                         f"{_dur(j.get('eta_seconds')):>7} {_dur(j.get('last_frame_seconds')):>7}  {mem}")
+    lines.append("")
+    gpus = doc.get("gpus", [])
+    if not gpus:
+        lines.append(f"{dim}GPU: none (NVML not available){reset}")
+    for g in gpus:
+        if not g.get("ok"):
+            lines.append(f"GPU {g.get('gpu')} {g.get('name', '')}: not answering")
+            continue
+        util = g.get("utilization_ratio")
+        used, total = g.get("memory_used_bytes"), g.get("memory_total_bytes")
+        vram = f"{_bytes(used)}/{_bytes(total)}" if total else "-"
+        extra = []
+        if g.get("temperature_celsius") is not None:
+            extra.append(f"{g['temperature_celsius']:.0f}C")
+        if g.get("power_watts") is not None:
+            extra.append(f"{g['power_watts']:.0f}W")
+        throttle = [t for t in g.get("throttle", []) if t != "gpu_idle"]
+        if throttle:
+            extra.append("throttle: " + ",".join(throttle))
+        lines.append(f"GPU {g.get('gpu')} {g.get('name', '')[:24]:<24} util {bar(util or 0, 10)} "
+                     f"{(util or 0) * 100:3.0f}%  VRAM {vram}  {'  '.join(extra)}")
+    return "\n".join(lines) + "\n"
+
+
+def run_status(agent: str | None, once: bool = False, interval: float = 1.0) -> int:
+    base = agent or os.environ.get(ENV_AGENT) or DEFAULT_AGENT
+    if "://" not in base:
+        base = "http://" + base
+    token = os.environ.get(ENV_TOKEN) or None
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                text = render_frame(fetch_jobs(base, token), color=tty)
+                ok = True
+            except (OSError, ValueError) as e:
+                detail = f"HTTP {e.code}" if isinstance(e, urllib.error.HTTPError) else str(e)
+                text = f"renderwatch status: agent unreachable at {base} ({detail})\n"
+                ok = False
+            if once:
+                sys.stdout.write(text)
+                return 0 if ok else 1
+            sys.stdout.write(("\x1b[H\x1b[2J" if tty else "") + text + ("" if tty else "\n"))
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0

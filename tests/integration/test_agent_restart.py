@@ -1,0 +1,132 @@
+"""The real `renderwatch agent` process killed with SIGKILL mid-render and restarted: every frame is
+counted exactly once in /metrics and arrives exactly once as a span at a real OTLP receiver.
+
+The Blender side is simulated the way the hooks behave (spool first, then a best-effort POST), in
+the contract's spool format; the lead's end-to-end test does the same with real Blender.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from agent_support import (
+    JobStream,
+    OtlpReceiver,
+    SessionLock,
+    attrs,
+    free_port,
+    get,
+    ndjson,
+    post,
+    sample_value,
+    wait_until,
+    write_segment,
+)
+
+pytestmark = pytest.mark.slow
+FRAMES = 30
+
+
+class AgentProcess:
+    def __init__(self, tmp_path: Path, otlp: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "RENDERWATCH_HOME": str(tmp_path), "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
+                    "OTEL_BSP_SCHEDULE_DELAY": "300", "RENDERWATCH_AGENT_LISTEN": f"127.0.0.1:{self.port}"}
+        self.log = tmp_path / "agent.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "renderwatch", "agent"], env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        ok = wait_until(lambda: self._healthy(), timeout=30)
+        assert ok, self.log.read_text()
+
+    def _healthy(self) -> bool:
+        try:
+            return get(self.url, "/healthz", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class FakeBlender:
+    """Emits like the hooks: append to the spool segment, then POST (failures wait in the spool)."""
+
+    def __init__(self, spool: Path, agent_url: str):
+        self.spool = spool
+        self.url = agent_url
+        self.stream = JobStream("shot-kill", session="kill0000001")
+        self.lock = SessionLock(spool, self.stream.session)
+        self.created = False
+
+    def emit(self, events: list[dict]) -> None:
+        write_segment(self.spool, self.stream.session, 1, events, append=self.created)
+        self.created = True
+        try:
+            post(self.url, ndjson(events), timeout=2)
+        except OSError:
+            pass
+
+
+def test_sigkill_mid_render_counts_every_frame_once(tmp_path):
+    with OtlpReceiver() as rx:
+        agent = AgentProcess(tmp_path, rx.url)
+        agent.start()
+        blender = FakeBlender(tmp_path / "spool", agent.url)
+        s = blender.stream
+        try:
+            blender.emit([s.start(1, FRAMES)])
+            for n in range(1, FRAMES + 1):
+                blender.emit(s.frame(n, seconds=0.2))
+                if n == 8:
+                    agent.kill()                 # right after a POST: spans still in the batch queue
+                if n == 14:
+                    agent.start()                # catches up frames 9-14 from the spool
+                if n == 20:
+                    wait_until(lambda: bool(rx.spans()), 10)
+                    agent.kill()
+                    agent.start()
+            blender.emit([s.end()])
+            blender.lock.release()
+
+            def done() -> bool:
+                code, body, _ = get(agent.url, "/metrics")
+                return sample_value(body.decode(), "renderwatch_job_progress_ratio", {"job": "shot-kill"}) == 1.0
+            assert wait_until(done, 20), agent.log.read_text()
+            text = get(agent.url, "/metrics")[1].decode()
+            labels = {"scene": "Scene", "engine": "CYCLES", "device_type": "CPU"}
+            assert sample_value(text, "renderwatch_frames_rendered_total", labels) == FRAMES
+            assert sample_value(text, "renderwatch_frame_render_seconds_count", labels) == FRAMES
+            assert sample_value(text, "renderwatch_job_frames_done", {"job": "shot-kill"}) == FRAMES
+
+            spans = rx.wait_for(lambda sp: any(x.name == "render.job" for x in sp), 20)
+            rx.wait_for(lambda sp: False, 1.5)      # give a duplicate time to show up, if any
+            spans = rx.spans()
+        finally:
+            agent.stop()
+    frames = Counter(attrs(sp)["render.frame"] for sp in spans if sp.name == "render.frame")
+    assert frames == Counter(range(1, FRAMES + 1)), f"frame spans not exactly once: {frames}"
+    assert sum(sp.name == "render.job" for sp in spans) == 1
+    ids = Counter(sp.span_id for sp in spans)
+    assert max(ids.values()) == 1
+    assert "replayed" in agent.log.read_text()

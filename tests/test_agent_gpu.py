@@ -1,0 +1,182 @@
+"""agent.gpu through a FAKE NVML: there is no NVIDIA GPU on the CI machines, so these tests replay
+recorded readings (an RTX A4000-class card under a Cycles render) through an object shaped like
+the `pynvml` module, raising pynvml's real exception classes. The real NVML is exercised on a lent
+GPU machine (tests/integration/test_agent_gpu_real.py) and, without a GPU, the real `pynvml` is
+used to check that the agent reports renderwatch_gpu_available 0 and keeps working.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pynvml
+import pytest
+from agent_support import sample_value
+from prometheus_client import CollectorRegistry, generate_latest
+
+from agent.gpu import GpuSampler, decode_throttle
+
+GIB = 1 << 30
+
+# Recorded readings, one dict per sample: utilization %, memory used, temperature, power mW,
+# clocks-event reasons bitmask, compute processes (pid, used bytes).
+RECORDED = [
+    dict(util=3, used=0.4 * GIB, temp=41, power=18_500, reasons=0x1, procs=[]),
+    dict(util=97, used=5.2 * GIB, temp=71, power=138_000, reasons=0x0, procs=[(4242, 4.6 * GIB)]),
+    dict(util=99, used=7.9 * GIB, temp=83, power=140_000, reasons=0x4 | 0x20, procs=[(4242, 7.3 * GIB)]),
+    dict(util=98, used=6.1 * GIB, temp=84, power=139_500, reasons=0x4, procs=[(4242, 5.5 * GIB), (999, 0.2 * GIB)]),
+]
+
+
+class FakeNvml:
+    """pynvml-shaped fake: one GPU replaying RECORDED; `lost_at` makes samples raise GpuIsLost."""
+
+    NVMLError = pynvml.NVMLError
+    NVMLError_NotSupported = pynvml.NVMLError_NotSupported
+    NVMLError_GpuIsLost = pynvml.NVMLError_GpuIsLost
+    NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+
+    def __init__(self, readings=RECORDED, lost_at=(), no_power=False):
+        self.readings = list(readings)
+        self.i = -1
+        self.lost_at = set(lost_at)
+        self.no_power = no_power
+
+    def _r(self) -> dict:
+        if self.i in self.lost_at:
+            raise pynvml.NVMLError_GpuIsLost()
+        return self.readings[min(self.i, len(self.readings) - 1)]
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("handle", i)
+
+    def nvmlDeviceGetUUID(self, h):
+        return "GPU-8f1c2b3a-0000-1111-2222-333344445555"
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA RTX A4000"
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        self.i += 1                     # first call of a sample: advance the recording
+        return SimpleNamespace(gpu=self._r()["util"], memory=0)
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return SimpleNamespace(used=int(self._r()["used"]), total=16 * GIB, free=0)
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        assert sensor == pynvml.NVML_TEMPERATURE_GPU
+        return self._r()["temp"]
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        if self.no_power:
+            raise pynvml.NVMLError_NotSupported()
+        return self._r()["power"]
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h):
+        return self._r()["reasons"]
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return [SimpleNamespace(pid=p, usedGpuMemory=int(b)) for p, b in self._r()["procs"]]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, h):
+        return []
+
+
+def scrape(sampler: GpuSampler) -> str:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(sampler)
+    return generate_latest(reg).decode()
+
+
+L = {"gpu": "0", "uuid": "GPU-8f1c2b3a-0000-1111-2222-333344445555", "name": "NVIDIA RTX A4000"}
+
+
+def test_recorded_readings_become_metrics():
+    g = GpuSampler(nvml=FakeNvml())
+    assert g.available
+    pids = {4242: "job-1"}
+    g.sample(pids)
+    text = scrape(g)
+    assert sample_value(text, "renderwatch_gpu_available") == 1
+    assert sample_value(text, "renderwatch_gpu_utilization_ratio", L) == pytest.approx(0.03)
+    assert sample_value(text, "renderwatch_gpu_throttle_reason", {**L, "reason": "gpu_idle"}) == 1
+    g.frame_started("job-1")
+    g.sample(pids)
+    g.sample(pids)
+    text = scrape(g)
+    assert sample_value(text, "renderwatch_gpu_utilization_ratio", L) == pytest.approx(0.99)
+    assert sample_value(text, "renderwatch_gpu_memory_used_bytes", L) == int(7.9 * GIB)
+    assert sample_value(text, "renderwatch_gpu_memory_total_bytes", L) == 16 * GIB
+    assert sample_value(text, "renderwatch_gpu_temperature_celsius", L) == 83
+    assert sample_value(text, "renderwatch_gpu_power_watts", L) == pytest.approx(140.0)
+    assert sample_value(text, "renderwatch_gpu_throttle_reason", {**L, "reason": "sw_power_cap"}) == 1
+    assert sample_value(text, "renderwatch_gpu_throttle_reason", {**L, "reason": "sw_thermal_slowdown"}) == 1
+    assert sample_value(text, "renderwatch_gpu_throttle_reason", {**L, "reason": "gpu_idle"}) == 0
+    assert sample_value(text, "renderwatch_job_vram_bytes", {"job": "job-1"}) == int(7.3 * GIB)
+    g.sample(pids)                       # VRAM went down: the frame's peak stays
+    assert g.frame_peak("job-1") == int(7.3 * GIB)
+    assert g.job_vram == {"job-1": int(5.5 * GIB)}     # pid 999 belongs to no job
+    g.frame_started("job-1")
+    assert g.frame_peak("job-1") == int(5.5 * GIB)
+
+
+def test_gpu_lost_mid_sampling_logs_the_transition_once(caplog):
+    caplog.set_level(logging.INFO, logger="agent.gpu")
+    g = GpuSampler(nvml=FakeNvml(lost_at={1, 2, 3}))
+    for _ in range(6):
+        g.sample({})
+        scrape(g)
+    lost = [r for r in caplog.records if "stopped answering" in r.message]
+    back = [r for r in caplog.records if "answering NVML again" in r.message]
+    assert len(lost) == 1 and len(back) == 1
+    text = scrape(g)
+    assert sample_value(text, "renderwatch_gpu_available") == 1
+
+
+def test_gpu_lost_reports_unavailable_while_lost():
+    g = GpuSampler(nvml=FakeNvml(lost_at={0}))
+    g.sample({})
+    text = scrape(g)
+    assert sample_value(text, "renderwatch_gpu_available") == 0
+    assert sample_value(text, "renderwatch_gpu_utilization_ratio", L) is None
+
+
+def test_unsupported_fields_are_skipped():
+    g = GpuSampler(nvml=FakeNvml(no_power=True))
+    g.sample({})
+    text = scrape(g)
+    assert sample_value(text, "renderwatch_gpu_power_watts", L) is None
+    assert sample_value(text, "renderwatch_gpu_temperature_celsius", L) == 41
+
+
+def test_without_nvml_available_is_zero_and_one_line_logged(caplog):
+    """The real pynvml on a machine without the NVIDIA driver (skipped where a GPU exists)."""
+    try:
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+        pytest.skip("this machine has a working NVML")
+    except pynvml.NVMLError:
+        pass
+    caplog.set_level(logging.INFO, logger="agent.gpu")
+    g = GpuSampler()
+    for _ in range(3):
+        g.sample({1: "j"})
+    text = scrape(g)
+    assert sample_value(text, "renderwatch_gpu_available") == 0
+    assert "renderwatch_gpu_utilization_ratio{" not in text
+    assert len([r for r in caplog.records if r.name == "agent.gpu"]) == 1
+
+
+def test_decode_throttle():
+    assert decode_throttle(0) == []
+    assert decode_throttle(pynvml.nvmlClocksEventReasonSwPowerCap | pynvml.nvmlClocksEventReasonHwSlowdown) == [
+        "sw_power_cap", "hw_slowdown"]
+    assert decode_throttle(0x1FF) == list(decode_throttle(0x1FF))
+    assert len(decode_throttle(0x1FF)) == 9

@@ -1,0 +1,193 @@
+"""POST /api/v1/events and the other routes, through aiohttp's test server (a real HTTP socket).
+
+Malformed, oversized, wrongly-typed and invalid-UTF-8 bodies get 400/413 with a reason, are
+counted, and the agent keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from agent_support import JobStream, NoNvml, agent_config, ndjson, sample_value
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent.app import AGENT, create_app
+from blender_hooks.events import encode
+
+
+@pytest.fixture
+async def client(tmp_path):
+    app = create_app(agent_config(tmp_path), nvml=NoNvml())
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+async def metrics(client) -> str:
+    r = await client.get("/metrics")
+    assert r.status == 200
+    return await r.text()
+
+
+async def test_ndjson_batch_is_ingested(client):
+    s = JobStream("j1")
+    evs = s.whole(frames=3)
+    r = await client.post("/api/v1/events", data=ndjson(evs), headers={"Content-Type": "application/x-ndjson"})
+    assert r.status == 200
+    assert await r.json() == {"accepted": len(evs), "duplicate": 0, "rejected": 0, "errors": []}
+    text = await metrics(client)
+    labels = {"scene": "Scene", "engine": "CYCLES", "device_type": "CPU"}
+    assert sample_value(text, "renderwatch_frames_rendered_total", labels) == 3
+    assert sample_value(text, "renderwatch_frame_render_seconds_count", labels) == 3
+    assert sample_value(text, "renderwatch_frame_peak_memory_bytes_count", {**labels, "kind": "blender"}) == 3
+    assert sample_value(text, "renderwatch_events_ingested_total") == len(evs)
+    assert sample_value(text, "renderwatch_job_progress_ratio", {"job": "j1"}) == 1.0
+    assert sample_value(text, "renderwatch_jobs_active") == 0
+
+    # The same batch again (a sender retry): all duplicates, nothing counted twice.
+    r = await client.post("/api/v1/events", data=ndjson(evs))
+    assert (await r.json())["duplicate"] == len(evs)
+    text = await metrics(client)
+    assert sample_value(text, "renderwatch_frames_rendered_total", labels) == 3
+    assert sample_value(text, "renderwatch_events_duplicate_total") == len(evs)
+
+
+async def test_json_array_and_single_object(client):
+    s = JobStream("j2")
+    evs = [s.start(1, 2)] + s.frame(1)
+    r = await client.post("/api/v1/events", data=json.dumps(evs), headers={"Content-Type": "application/json"})
+    assert r.status == 200 and (await r.json())["accepted"] == len(evs)
+    one = s.frame(2)[0]
+    r = await client.post("/api/v1/events", data=json.dumps(one, indent=2), headers={"Content-Type": "application/json"})
+    assert r.status == 200 and (await r.json())["accepted"] == 1
+    r = await client.get("/api/v1/jobs")
+    jobs = (await r.json())["jobs"]
+    assert jobs[0]["job"] == "j2" and jobs[0]["frames_done"] == 1 and jobs[0]["current_frame"] == 2
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    (lambda e: {**e, "frame": "seven"}, "wrong_type"),
+    (lambda e: {**e, "saved": 1}, "wrong_type"),
+    (lambda e: {k: v for k, v in e.items() if k != "seconds"}, "missing_field"),
+    (lambda e: {**e, "type": "frame_middle"}, "unknown_type"),
+    (lambda e: {**e, "v": 99}, "unsupported_version"),
+    (lambda e: {**e, "seconds": -1}, "out_of_range"),
+    (lambda e: {**e, "output_path": "x" * 20000}, "too_large"),
+])
+async def test_bad_events_are_rejected_with_a_reason(client, mutate, reason):
+    s = JobStream("j3")
+    good = [s.start(1, 2)]
+    bad = mutate(s.frame(1)[-1])
+    r = await client.post("/api/v1/events", data=ndjson(good) + encode(bad))
+    assert r.status == 400
+    body = await r.json()
+    assert body["accepted"] == 1 and body["rejected"] == 1
+    assert body["errors"][0]["reason"] == reason and body["errors"][0]["index"] == 1
+    text = await metrics(client)
+    assert sample_value(text, "renderwatch_events_rejected_total", {"reason": reason}) == 1
+    assert (await client.get("/healthz")).status == 200
+
+
+@pytest.mark.parametrize("body,ctype,reason", [
+    (b"{not json}\n", "application/x-ndjson", "malformed_json"),
+    (b"[1, 2", "application/json", "malformed_json"),
+    (b"[3]", "application/json", "not_object"),
+    (b'"just a string"\n', "application/x-ndjson", "not_object"),
+    (b'{"v":1,"type":"phase","name":"\xff\xfe"}\n', "application/x-ndjson", "invalid_utf8"),
+    (b'[{"v":1,"job":"\xc3\x28"}]', "application/json", "invalid_utf8"),
+    (b"\x00\x01\x02\n", "application/octet-stream", "malformed_json"),
+    (b"[" * 5000 + b"]" * 5000 + b"\n", "application/x-ndjson", "malformed_json"),   # too deep
+    (b'{"a":' * 5000 + b"\n", "application/x-ndjson", "too_large"),
+])
+async def test_malformed_bodies(client, body, ctype, reason):
+    r = await client.post("/api/v1/events", data=body, headers={"Content-Type": ctype})
+    assert r.status == 400
+    doc = await r.json()
+    got = doc["errors"][0]["reason"] if "errors" in doc else doc["error"]
+    assert got == reason
+    text = await metrics(client)
+    assert sample_value(text, "renderwatch_events_rejected_total", {"reason": reason}) >= 1
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_oversized_body_is_413(tmp_path):
+    app = create_app(agent_config(tmp_path, max_body_bytes=4096), nvml=NoNvml())
+    async with TestClient(TestServer(app)) as c:
+        big = ndjson(JobStream("j").whole(frames=20))
+        assert len(big) > 4096
+        r = await c.post("/api/v1/events", data=big)
+        assert r.status == 413 and (await r.json())["error"] == "too_large"
+
+        async def chunks():                  # no Content-Length: the limit is enforced while reading
+            for i in range(0, len(big), 1000):
+                yield big[i:i + 1000]
+        r = await c.post("/api/v1/events", data=chunks())
+        assert r.status == 413
+        text = await (await c.get("/metrics")).text()
+        assert sample_value(text, "renderwatch_events_rejected_total", {"reason": "too_large"}) == 2
+        r = await c.post("/api/v1/events", data=ndjson(JobStream("k").whole(frames=1)))
+        assert r.status == 200
+
+
+async def test_token(tmp_path):
+    app = create_app(agent_config(tmp_path, token="s3cret"), nvml=NoNvml())
+    async with TestClient(TestServer(app)) as c:
+        body = ndjson([JobStream("j").start()])
+        assert (await c.post("/api/v1/events", data=body)).status == 401
+        r = await c.post("/api/v1/events", data=body, headers={"Authorization": "Bearer nope"})
+        assert r.status == 401 and (await r.json())["error"] == "unauthorized"
+        r = await c.post("/api/v1/events", data=body, headers={"Authorization": "Bearer s3cret"})
+        assert r.status == 200
+        assert (await c.get("/metrics")).status == 401
+        assert (await c.get("/api/v1/jobs")).status == 401
+        assert (await c.get("/metrics", headers={"Authorization": "Bearer s3cret"})).status == 200
+        assert (await c.get("/healthz")).status == 200
+        # Invalid UTF-8 in a header never crashes anything.
+        r = await c.post("/api/v1/events", data=body, headers={"Authorization": b"Bearer \xff\xfe".decode("latin-1")})
+        assert r.status == 401
+
+
+async def test_openmetrics_when_asked(client):
+    await client.post("/api/v1/events", data=ndjson(JobStream("j").whole(frames=1)))
+    r = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert r.status == 200 and r.headers["Content-Type"].startswith("application/openmetrics-text")
+    text = await r.text()
+    assert text.rstrip().endswith("# EOF") and "renderwatch_frames_rendered_total" in text
+    r = await client.get("/metrics")
+    assert r.headers["Content-Type"].startswith("text/plain")
+
+
+async def test_per_job_series_vanish_after_grace(tmp_path):
+    now = [1_000_000.0]
+    app = create_app(agent_config(tmp_path, job_grace_seconds=30), nvml=NoNvml(), clock=lambda: now[0])
+    async with TestClient(TestServer(app)) as c:
+        s = JobStream("gone", t=now[0] - 2)
+        await c.post("/api/v1/events", data=ndjson(s.whole(frames=2)))
+        text = await (await c.get("/metrics")).text()
+        assert sample_value(text, "renderwatch_job_progress_ratio", {"job": "gone"}) == 1.0
+        now[0] += 25
+        text = await (await c.get("/metrics")).text()
+        assert sample_value(text, "renderwatch_job_frames_done", {"job": "gone"}) == 2
+        now[0] += 10
+        text = await (await c.get("/metrics")).text()
+        assert 'job="gone"' not in text
+        # The cumulative frame totals stay: they are not per job.
+        labels = {"scene": "Scene", "engine": "CYCLES", "device_type": "CPU"}
+        assert sample_value(text, "renderwatch_frames_rendered_total", labels) == 2
+        assert (await (await c.get("/api/v1/jobs")).json())["jobs"] == []
+        from agent.app import expire_once
+        assert expire_once(app[AGENT]) == ["gone"]
+
+
+async def test_healthz_and_jobs_shape(client):
+    s = JobStream("shape")
+    await client.post("/api/v1/events", data=ndjson([s.start(1, 10)] + s.frame(1, seconds=2.0)))
+    h = await (await client.get("/healthz")).json()
+    assert h["status"] == "ok" and h["jobs"] == 1
+    doc = await (await client.get("/api/v1/jobs")).json()
+    j = doc["jobs"][0]
+    for key in ("job", "scene", "status", "frames_done", "frames_total", "progress", "eta_seconds",
+                "last_frame_seconds", "peaks", "attempts", "host", "pid", "blender_version"):
+        assert key in j
+    assert (j["frames_done"], j["frames_total"], j["progress"]) == (1, 10, 0.1)
+    assert j["eta_seconds"] == pytest.approx(18.0) and doc["gpu_available"] is False and doc["gpus"] == []

@@ -1,0 +1,150 @@
+"""agent.state: the pure job model (dedupe, merges, progress, ETA, peaks, attempts, expiry)."""
+
+from __future__ import annotations
+
+import pytest
+from agent_support import JobStream
+
+from agent.state import FrameDone, JobDone, State
+
+
+def feed(st: State, events: list[dict]) -> list:
+    effects = []
+    for ev in events:
+        if st.accept(ev):
+            eff = st.apply(ev)
+            if eff is not None:
+                effects.append(eff)
+    return effects
+
+
+def test_a_whole_job():
+    st, s = State(), JobStream("j1")
+    effects = feed(st, s.whole(frames=4, seconds=2.0))
+    job = st.jobs["j1"]
+    assert (job.status, job.frames_done, job.frames_total, job.progress) == ("complete", 4, 4, 1.0)
+    assert job.last_frame_seconds == 2.0 and job.eta_seconds is None
+    assert job.peaks == {"blender": 150e6, "rss": 300e6}
+    assert [type(e) for e in effects] == [FrameDone] * 4 + [JobDone]
+    assert [e.frame for e in effects[:4]] == [1, 2, 3, 4]
+    assert [p[0] for p in effects[0].phases] == ["sync", "sampling"]
+    assert st.totals.frames[("Scene", "CYCLES", "CPU")] == 4
+    assert st.totals.seconds[("Scene", "CYCLES", "CPU")].count == 4
+
+
+def test_progress_and_eta_mid_render():
+    st, s = State(), JobStream("j1")
+    feed(st, [s.start(1, 10)])
+    for n, secs in zip(range(1, 4), (1.0, 2.0, 3.0), strict=True):
+        feed(st, s.frame(n, seconds=secs))
+    job = st.jobs["j1"]
+    assert job.progress == pytest.approx(0.3)
+    assert job.eta_seconds == pytest.approx(2.0 * 7)
+    assert job.to_dict()["frames_done"] == 3 and job.to_dict()["eta_seconds"] == pytest.approx(14.0)
+
+
+def test_duplicates_and_out_of_order_are_dropped():
+    st, s = State(), JobStream("j1")
+    evs = s.whole(frames=2)
+    assert all(st.accept(e) for e in evs)
+    assert not any(st.accept(e) for e in evs)           # the same events again
+    older = dict(evs[1])
+    assert not st.accept(older)                          # an older seq after a newer one
+    other = dict(evs[1], session="another01")
+    assert st.accept(other)                              # cursors are per session
+
+
+def test_rerendered_frame_is_not_double_counted_in_progress():
+    st = State()
+    a = JobStream("j1", session="attempt0001")
+    feed(st, [a.start(1, 3)] + a.frame(1) + a.frame(2)[:1])   # crashed during frame 2
+    b = JobStream("j1", session="attempt0002", pid=5000)
+    feed(st, [b.start(1, 3)] + b.frame(1) + b.frame(2) + b.frame(3) + [b.end()])
+    job = st.jobs["j1"]
+    assert job.frames_done == 3 and job.frames_total == 3 and job.attempts == 2
+    assert job.frames_rendered == 4 and job.pid == 5000
+    assert st.totals.frames[job.labels] == 4                  # the renders really happened
+
+
+def test_frame_lists_merge():
+    st = State()
+    s = JobStream("j1")
+    feed(st, [s.start(1, 1)] + s.frame(1) + [s.start(5, 5)] + s.frame(5) + [s.start(9, 9)])
+    job = st.jobs["j1"]
+    assert job.expected == {1, 5, 9} and job.frames_done == 2 and job.attempts == 1
+
+
+def test_frame_step():
+    st, s = State(), JobStream("j1")
+    feed(st, [s.start(1, 10, frame_step=3)])
+    assert st.jobs["j1"].expected == {1, 4, 7, 10}
+
+
+def test_unsaved_frames_do_not_progress():
+    st, s = State(), JobStream("j1")
+    effects = feed(st, [s.start(1, 2)] + s.frame(1, saved=False))
+    assert st.jobs["j1"].frames_done == 0 and st.jobs["j1"].frames_rendered == 1
+    assert st.totals.frames == {}                       # a frame cut short is not a rendered frame
+    assert isinstance(effects[0], FrameDone)            # but it still gets its span (render.saved=false)
+
+
+def test_events_without_job_start_still_label():
+    st, s = State(), JobStream("j1")
+    ev = s.frame(7)[-1]
+    ev.update(scene="Shot", engine="BLENDER_EEVEE", device_type="GPU")
+    feed(st, [ev])
+    assert st.jobs["j1"].labels == ("Shot", "BLENDER_EEVEE", "GPU")
+
+
+def test_cancel_stale_and_revival():
+    st, s = State(), JobStream("j1")
+    effects = feed(st, [s.start(1, 4)] + s.frame(1) + [s.end("cancel")])
+    assert st.jobs["j1"].status == "cancelled" and not st.jobs["j1"].active
+    assert not any(isinstance(e, JobDone) for e in effects)      # the root waits: a restart may follow
+    feed(st, [s.start(1, 4)])
+    assert st.jobs["j1"].status == "running" and st.jobs["j1"].ended_at is None
+    assert st.apply({"type": "_stale", "job": "j1", "ts": s.t + 100}) is None
+    assert st.jobs["j1"].status == "stale"
+    eff = st.apply({"type": "_expire", "job": "j1", "ts": s.t + 500})
+    assert isinstance(eff, JobDone) and eff.job.status == "stale" and "j1" not in st.jobs
+
+
+def test_root_once_for_frame_lists():
+    """`blender -f 1 -f 3` renders twice under one job id: one root span, at the last frame."""
+    st, s = State(), JobStream("j1")
+    effects = feed(st, [s.start(1, 3, frame_step=2)] + s.frame(1) + [s.end()])
+    assert not any(isinstance(e, JobDone) for e in effects)
+    effects = feed(st, [s.start(1, 3, frame_step=2)] + s.frame(3) + [s.end()])
+    assert [type(e) for e in effects] == [FrameDone, JobDone]
+    assert st.apply({"type": "_expire", "job": "j1", "ts": s.t + 500}) is None     # already emitted
+
+
+def test_expire_and_visible():
+    st = State()
+    a, b = JobStream("done"), JobStream("live", session="other0001")
+    feed(st, a.whole(frames=1) + [b.start(1, 2)])
+    end = st.jobs["done"].ended_at
+    assert {j.id for j in st.visible(end + 10, grace=30)} == {"done", "live"}
+    assert {j.id for j in st.visible(end + 31, grace=30)} == {"live"}
+    assert st.expired(end + 10, grace=30) == []
+    assert st.expired(end + 31, grace=30) == ["done"]
+    st.apply({"type": "_expire", "job": "done", "ts": end + 31})
+    assert set(st.jobs) == {"live"}
+
+
+def test_peaks_keep_the_highest():
+    st, s = State(), JobStream("j1")
+    feed(st, [s.start(1, 3)] + s.frame(1, max_rss_bytes=5e8) + s.frame(2, max_rss_bytes=2e8, peak_vram_bytes=1e9))
+    assert st.jobs["j1"].peaks == {"blender": 150e6, "rss": 5e8, "vram": 1e9}
+    mem = st.totals.memory
+    assert mem[(("Scene", "CYCLES", "CPU"), "rss")].count == 2
+    assert mem[(("Scene", "CYCLES", "CPU"), "vram")].count == 1
+
+
+def test_cursor_memory_is_bounded(monkeypatch):
+    import agent.state as S
+    monkeypatch.setattr(S, "CURSOR_LIMIT", 3)
+    st = State()
+    for i in range(5):
+        assert st.accept({"session": f"s{i}", "seq": 1})
+    assert list(st.cursors) == ["s2", "s3", "s4"]

@@ -1,0 +1,151 @@
+"""agent.traces + agent.exporters: deterministic ids, span shapes, the OTLP-JSON file, the export mark."""
+
+from __future__ import annotations
+
+import json
+
+from agent_support import JobStream, agent_config
+from google.protobuf.json_format import ParseDict
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from agent.exporters import JsonLinesSpanExporter
+from agent.journal import ExportMark
+from agent.state import State
+from agent.traces import RenderTracer, job_ids
+
+
+def run_job(tracer: RenderTracer, events: list[dict], first_pos: int = 1) -> None:
+    st = State()
+    for pos, ev in enumerate(events, start=first_pos):
+        if st.accept(ev):
+            eff = st.apply(ev)
+            if eff is not None:
+                tracer.emit(eff, pos)
+
+
+def test_job_ids_are_deterministic():
+    assert job_ids("job-1") == job_ids("job-1")
+    assert job_ids("job-1") != job_ids("job-2")
+    tid, sid = job_ids("x")
+    assert 0 < tid < 1 << 128 and 0 < sid < 1 << 64
+
+
+def test_spans_of_a_job(tmp_path):
+    mem = InMemorySpanExporter()
+    tracer = RenderTracer(agent_config(tmp_path), ExportMark(tmp_path), exporter=mem)
+    s = JobStream("job-42")
+    run_job(tracer, s.whole(frames=3, phases=("sync", "bvh", "sampling")))
+    tracer.force_flush()
+    spans = mem.get_finished_spans()
+    tid, rid = job_ids("job-42")
+    assert {sp.context.trace_id for sp in spans} == {tid}
+    root = [sp for sp in spans if sp.name == "render.job"]
+    frames = [sp for sp in spans if sp.name == "render.frame"]
+    phases = [sp for sp in spans if sp.name.startswith("render.phase.")]
+    assert len(root) == 1 and root[0].context.span_id == rid and root[0].parent is None
+    assert sorted(sp.attributes["render.frame"] for sp in frames) == [1, 2, 3]
+    assert all(sp.parent.span_id == rid for sp in frames)
+    assert len(phases) == 9
+    frame_ids = {sp.context.span_id for sp in frames}
+    assert all(sp.parent.span_id in frame_ids for sp in phases)
+    f1 = next(sp for sp in frames if sp.attributes["render.frame"] == 1)
+    a = f1.attributes
+    assert a["render.frame.seconds"] == 0.5 and a["render.memory.peak.blender"] == 150_000_000
+    assert a["render.memory.peak.rss"] == 300_000_000 and a["render.samples"] == 8
+    assert a["render.resolution"] == "64x36" and a["render.engine"] == "CYCLES" and a["render.device"] == "CPU"
+    assert a["render.output_path"] == "/shots/frames/f_0001.png" and a["render.attempt"] == 1
+    assert 0.5e9 <= f1.end_time - f1.start_time <= 0.6e9      # frame_start .. frame_end
+    assert root[0].start_time <= min(sp.start_time for sp in frames)
+    assert root[0].attributes["render.frames.done"] == 3 and root[0].attributes["render.status"] == "complete"
+    p_names = [sp.name for sp in sorted(phases, key=lambda sp: sp.start_time)][:3]
+    assert p_names == ["render.phase.sync", "render.phase.bvh", "render.phase.sampling"]
+    # Re-emitting the same journal positions gives the same ids (a restart re-sends, never forks).
+    mem.clear()
+    run_job(tracer, JobStream("job-42", t=s.t).whole(frames=3, phases=("sync", "bvh", "sampling")))
+    tracer.force_flush()
+    again = mem.get_finished_spans()
+    assert {sp.context.span_id for sp in again} == {sp.context.span_id for sp in spans}
+    tracer.shutdown()
+
+
+def test_mark_advances_only_after_successful_export(tmp_path):
+    class Flaky(InMemorySpanExporter):
+        ok = False
+
+        def export(self, spans):
+            return super().export(spans) if self.ok else SpanExportResult.FAILURE
+
+    inner = Flaky()
+    mark = ExportMark(tmp_path)
+    tracer = RenderTracer(agent_config(tmp_path), mark, exporter=inner)
+    s = JobStream("j")
+    run_job(tracer, [s.start(1, 2)] + s.frame(1))
+    tracer.force_flush()
+    assert mark.value == 0 and tracer.exporter.failures >= 1
+    inner.ok = True
+    run_job(tracer, s.frame(2), first_pos=10)
+    tracer.force_flush()
+    assert ExportMark(tmp_path).value >= 10
+    tracer.shutdown()
+
+
+def test_jsonl_file_is_otlp_json(tmp_path):
+    cfg = agent_config(tmp_path)
+    tracer = RenderTracer(cfg, ExportMark(tmp_path))          # no endpoint: the embedded file
+    run_job(tracer, JobStream("job-9").whole(frames=2))
+    tracer.shutdown()
+    files = list(cfg.traces_dir.glob("spans-*.jsonl"))
+    assert len(files) == 1 and files[0].name.startswith("spans-2")
+    names, trace_ids = [], set()
+    for line in files[0].read_text().splitlines():
+        doc = json.loads(line)
+        for rs in doc["resourceSpans"]:
+            res = {kv["key"]: kv["value"] for kv in rs["resource"]["attributes"]}
+            assert res["service.name"] == {"stringValue": "renderwatch-agent"}
+            for ss in rs["scopeSpans"]:
+                for sp in ss["spans"]:
+                    names.append(sp["name"])
+                    trace_ids.add(sp["traceId"])
+                    assert len(sp["traceId"]) == 32 and len(sp["spanId"]) == 16
+                    int(sp["traceId"], 16)
+        # Proves it is the protobuf JSON mapping (with OTLP's hex ids): it parses back.
+        for rs in doc["resourceSpans"]:
+            for ss in rs["scopeSpans"]:
+                for sp in ss["spans"]:
+                    for k in ("traceId", "spanId", "parentSpanId"):
+                        if k in sp:
+                            import base64
+                            sp[k] = base64.b64encode(bytes.fromhex(sp[k])).decode()
+        ParseDict(doc, ExportTraceServiceRequest())
+    assert trace_ids == {f"{job_ids('job-9')[0]:032x}"}
+    assert names.count("render.job") == 1 and names.count("render.frame") == 2
+
+
+def test_jsonl_rotation_is_size_bounded(tmp_path):
+    mem = InMemorySpanExporter()
+    tracer = RenderTracer(agent_config(tmp_path), ExportMark(tmp_path), exporter=mem)
+    run_job(tracer, JobStream("j").whole(frames=2))
+    tracer.force_flush()
+    spans = mem.get_finished_spans()
+    out = JsonLinesSpanExporter(tmp_path / "t", max_bytes=40_000)
+    for _ in range(200):
+        assert out.export(spans) is SpanExportResult.SUCCESS
+    files = list((tmp_path / "t").glob("spans-*.jsonl"))
+    assert len(files) > 1
+    assert sum(f.stat().st_size for f in files) <= 40_000 + 10_000
+    out.shutdown()
+    assert out.export(spans) is SpanExportResult.FAILURE
+    tracer.shutdown()
+
+
+def test_unwritable_trace_dir_is_counted_not_raised(tmp_path):
+    (tmp_path / "file").write_text("x")
+    out = JsonLinesSpanExporter(tmp_path / "file" / "traces")
+    mem = InMemorySpanExporter()
+    tracer = RenderTracer(agent_config(tmp_path), ExportMark(tmp_path), exporter=mem)
+    run_job(tracer, JobStream("j").whole(frames=1))
+    tracer.force_flush()
+    assert out.export(mem.get_finished_spans()) is SpanExportResult.FAILURE and out.failures == 1
+    tracer.shutdown()
