@@ -269,8 +269,8 @@ def job_drilldown() -> dashboard.Dashboard:
         .with_panel(ts("Frame time per frame",
                        q(per_job("renderwatch_job_last_frame_seconds"), "{{job}}"),
                        unit="s", w=12, points=True,
-                       desc="Each point is a frame's wall time as it finished. Click a point for the "
-                            "job's frame spans in Tempo.")
+                       desc="The wall time of each job's latest frame, sampled at every scrape: one "
+                            "step per finished frame. Click a point for the job's frame spans in Tempo.")
                     .data_links([link("Frame spans of ${__field.labels.job} in Tempo", FRAME_SPANS_OF_JOB)]))
         .with_panel(heatmap.Panel().title("Frame time distribution (scene)").datasource(PROM).span(12).height(8)
                     .description("Histogram of renderwatch_frame_render_seconds for the selected hosts and "
