@@ -119,7 +119,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, output: str | None,
          blender_args: Sequence[str]) -> int:
-    from healer.metrics import HealerMetrics
     from healer.progress import ProgressDisplay
     from healer.report import build_report, summary, write_report
     from healer.supervisor import EXIT_USAGE as SUP_USAGE
@@ -136,7 +135,8 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
                         job=args.job)
     display = ProgressDisplay(total=len(frames or ()), stream=sys.stderr, quiet=args.quiet)
     incidents = _incidents(cfg)
-    sup = Supervisor(req, policy=policy, incidents=incidents, metrics=HealerMetrics(), display=display,
+    # No metrics registry here: a CLI render serves no /metrics (the healer service does).
+    sup = Supervisor(req, policy=policy, incidents=incidents, metrics=None, display=display,
                      env=cfg.env, kill_grace_s=cfg.kill_grace_s, probe_interval_s=cfg.probe_interval_s,
                      sampler=_sampler())
     t0 = time.monotonic()
@@ -167,7 +167,14 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
     return result.exit_code
 
 
+# What turns incidents on (healer.incidents reads them); without any, the CLI skips loading the Sentry
+# SDK and the webhook machinery: that import is a measurable part of a short render's overhead.
+_INCIDENT_ENV = ("SENTRY_DSN", "RENDERWATCH_WEBHOOK_URL")
+
+
 def _incidents(cfg: HealerConfig):
+    if not cfg.incidents and not any(cfg.env.get(k) for k in _INCIDENT_ENV):
+        return None                       # the supervisor's no-op
     try:
         from healer.incidents import Incidents
     except ImportError:

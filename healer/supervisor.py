@@ -49,7 +49,6 @@ from healer.launch import (
     stop_group,
 )
 from healer.ledger import JobLocked, Ledger, SupervisorLock, job_dir, process_alive
-from healer.metrics import HealerMetrics
 from healer.outputs import MOVIE_FORMATS, OutputPattern, verify_image
 from healer.policy import REPORT_TYPES, Action, JobState, Outcome, Policy, plan
 from healer.probes import ProbeSnapshot, ResourceSampler, evaluate
@@ -149,7 +148,7 @@ class _AttemptState:
 
 class Supervisor:
     def __init__(self, request: RenderRequest, *, policy: Policy | None = None, incidents: Any = None,
-                 metrics: HealerMetrics | None = None, display: ProgressDisplay | None = None,
+                 metrics: Any = None, display: ProgressDisplay | None = None,
                  env: Mapping[str, str] | None = None, kill_grace_s: float = 5.0,
                  probe_interval_s: float = 0.25, sampler: ResourceSampler | None = None,
                  job_root: str | None = None):
@@ -606,6 +605,8 @@ class Supervisor:
 
 
 class _NoopIncidents:
+    """Incidents that go nowhere (healer.incidents.Incidents.noop() without importing its exporters)."""
+
     def emit(self, kind: str, info: Any = None, error: errors.RenderError | None = None) -> None:
         pass
 
@@ -614,8 +615,4 @@ class _NoopIncidents:
 
 
 def _noop_incidents() -> Any:
-    try:
-        from healer.incidents import Incidents
-        return Incidents.noop()
-    except ImportError:
-        return _NoopIncidents()
+    return _NoopIncidents()

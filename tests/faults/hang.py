@@ -18,6 +18,10 @@ def _armed(scene):
 
 def fault_pre(scene, *_):
     if _armed(scene):
+        stamp = os.environ.get("FAULT_STAMP")
+        if stamp:                      # when the hang began (the stall benchmark measures from here)
+            with open(stamp, "w") as f:
+                f.write(repr(time.time()))
         time.sleep(3600)
 
 
