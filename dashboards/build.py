@@ -258,7 +258,7 @@ def job_drilldown() -> dashboard.Dashboard:
         .with_panel(st("Progress", q(per_job("renderwatch_job_progress_ratio"), "{{job}}", instant=True),
                        unit="percentunit", w=6))
         .with_panel(st("Frames done", q(per_job("renderwatch_job_frames_done"), "{{job}}", instant=True), w=4))
-        .with_panel(st("Frames in job", q(per_job("renderwatch_job_frames_total"), "{{job}}", instant=True), w=4))
+        .with_panel(st("Frames in job", q(per_job("renderwatch_job_frames_expected"), "{{job}}", instant=True), w=4))
         .with_panel(st("ETA", q(per_job("renderwatch_job_eta_seconds"), "{{job}}", instant=True), unit="s", w=4))
         .with_panel(st("Attempts", q(per_job("renderwatch_job_attempts"), "{{job}}", instant=True), w=3,
                        desc="Blender runs of the job: 1 + restarts.",

@@ -101,7 +101,7 @@ class SyntheticNode:
                                       [*fl, "kind"], buckets=MEMORY_BUCKETS, registry=r)
         self.jobs_active = Gauge("renderwatch_jobs_active", "Render jobs running now", registry=r)
         self.job = {name: Gauge(f"renderwatch_job_{name}", name, ["job"], registry=r) for name in (
-            "progress_ratio", "frames_done", "frames_total", "eta_seconds", "last_frame_seconds", "attempts",
+            "progress_ratio", "frames_done", "frames_expected", "eta_seconds", "last_frame_seconds", "attempts",
             "last_progress_timestamp_seconds", "cpu_ratio", "rss_bytes", "vram_bytes")}
         self.job_peak = Gauge("renderwatch_job_peak_memory_bytes", "Peak memory per job", ["job", "kind"], registry=r)
         self.job_info = Gauge("renderwatch_job_info", "Job description", ["job", "scene", "engine", "device_type",
@@ -145,7 +145,7 @@ class SyntheticNode:
         for j in self.jobs:
             engine, device, _ = SCENES[j.scene]
             self.job_info.labels(j.id, j.scene, engine, device, self.host, "5.0.1", "running").set(1)
-            self.job["frames_total"].labels(j.id).set(j.frames_total)
+            self.job["frames_expected"].labels(j.id).set(j.frames_total)
             self.frames_requested.labels(j.id).set(j.frames_total)
             for probe in PROBES:
                 self.probe.labels(j.id, probe).set(1)

@@ -11,15 +11,20 @@ template variables set to All (`.*`). Tempo queries are checked for shape only: 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from promtools import PanelQuery, Prometheus, panel_queries, start_prometheus, substitute, wait_for
 from synthetic_farm import SyntheticFarm, serve_farm
 
@@ -167,3 +172,47 @@ def test_a_chosen_host_scene_and_job_narrow_the_panels(prometheus: Prometheus) -
     result = wait_for(prometheus.url, substitute(progress.expr, chosen))
     assert [(r["metric"]["instance"], r["metric"]["job"], r["metric"]["scene"]) for r in result] == [
         ("127.0.0.2", pick["job"], pick["scene"])]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(url: str, timeout: float = 30.0) -> dict[str, str]:
+    """{family name: type} of a running service's /metrics, once it answers /healthz."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {f.name: f.type for f in text_string_to_metric_families(text)}
+
+
+def test_synthetic_farm_exposes_only_what_the_real_agent_and_healer_expose(tmp_path: Path) -> None:
+    """The real `renderwatch agent` and `renderwatch healer` processes (idle: no Blender needed)
+    expose every family the synthetic farm imitates, with the same type, so the live dashboard
+    test above cannot pass on names the product does not have."""
+    env = {**os.environ, "RENDERWATCH_HOME": str(tmp_path), "RENDERWATCH_ALERTMANAGER_TOKEN": "t0ken"}
+    ports = {"agent": _free_port(), "healer": _free_port()}
+    procs = [subprocess.Popen([str(Path(sys.executable).parent / "renderwatch"), role, "--listen",
+                               f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for role, port in ports.items()]
+    try:
+        real = {role: _scrape(f"http://127.0.0.1:{port}") for role, port in ports.items()}
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+    node = SyntheticFarm(["127.0.0.1"]).nodes["127.0.0.1"]
+    for role, registry in (("agent", node.agent), ("healer", node.healer)):
+        imitated = {m.name: m.type for m in registry.collect()}
+        wrong = {name: (kind, real[role].get(name)) for name, kind in imitated.items() if real[role].get(name) != kind}
+        assert not wrong, f"{role}: synthetic family (type, real type): {wrong}"
