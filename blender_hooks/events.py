@@ -96,19 +96,17 @@ def encode(ev: dict) -> bytes:
     return (json.dumps(ev, separators=(",", ":"), ensure_ascii=True, default=str) + "\n").encode()
 
 
-def _check_type(name: str, value: object, want: type | tuple[type, ...]) -> None:
-    # bool is a subclass of int: reject it where a number is wanted, and ints where bool is wanted.
-    if want is bool:
-        ok = isinstance(value, bool)
-    else:
-        ok = isinstance(value, want) and not isinstance(value, bool)
-    if not ok:
-        wname = want.__name__ if isinstance(want, type) else "number"
-        raise EventError("wrong_type", f"field {name!r} must be {wname}, got {type(value).__name__}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise EventError("out_of_range", f"field {name!r} must be finite")
-    if isinstance(value, str) and len(value) > MAX_STR:
-        raise EventError("too_large", f"field {name!r} is longer than {MAX_STR} characters")
+def _type_error(name: str, value: object, want: type | tuple[type, ...]) -> EventError:
+    wname = want.__name__ if isinstance(want, type) else "number"
+    return EventError("wrong_type", f"field {name!r} must be {wname}, got {type(value).__name__}")
+
+
+# Per type: the merged (common + specific) field table, precomputed once: the agent validates
+# every event on its hot path, so validation is one dict walk with inlined type checks.
+_TABLES: dict[str, tuple[tuple[str, type | tuple[type, ...], bool], ...]] = {
+    typ: tuple((n, w, r) for table in (_COMMON, spec) for n, (w, r) in table.items())
+    for typ, spec in FIELDS.items()
+}
 
 
 def validate(obj: object) -> dict:
@@ -119,22 +117,42 @@ def validate(obj: object) -> dict:
     if v != SCHEMA_VERSION or isinstance(v, bool):
         raise EventError("unsupported_version", f"field 'v' must be {SCHEMA_VERSION}, got {v!r}")
     typ = obj.get("type")
-    if typ not in FIELDS:
+    table = _TABLES.get(typ) if isinstance(typ, str) else None
+    if table is None:
         raise EventError("unknown_type", f"field 'type' must be one of {', '.join(EVENT_TYPES)}, got {typ!r}")
-    for table in (_COMMON, FIELDS[typ]):
-        for name, (want, required) in table.items():
-            if name not in obj or obj[name] is None:
-                if required:
-                    raise EventError("missing_field", f"{typ} event needs field {name!r}")
-                continue
-            _check_type(name, obj[name], want)
+    get = obj.get
+    for name, want, required in table:
+        value = get(name)
+        if value is None:
+            if required:
+                raise EventError("missing_field", f"{typ} event needs field {name!r}")
+            continue
+        # bool is a subclass of int: reject it where a number is wanted, and ints where bool is wanted.
+        cls = type(value)
+        if want is str:
+            if cls is not str:
+                raise _type_error(name, value, want)
+            if len(value) > MAX_STR:
+                raise EventError("too_large", f"field {name!r} is longer than {MAX_STR} characters")
+        elif want is int:
+            if cls is not int:
+                raise _type_error(name, value, want)
+        elif want is bool:
+            if cls is not bool:
+                raise _type_error(name, value, want)
+        else:  # number
+            if cls is float:
+                if not math.isfinite(value):
+                    raise EventError("out_of_range", f"field {name!r} must be finite")
+            elif cls is not int:
+                raise _type_error(name, value, want)
     if obj["seq"] < 1:
         raise EventError("out_of_range", "field 'seq' must be >= 1")
     if typ == "phase" and obj["name"] not in PHASES:
         raise EventError("out_of_range", f"phase 'name' must be one of {', '.join(PHASES)}")
-    if typ == "job_end" and obj["status"] not in JOB_END_STATUS:
+    elif typ == "job_end" and obj["status"] not in JOB_END_STATUS:
         raise EventError("out_of_range", f"job_end 'status' must be one of {', '.join(JOB_END_STATUS)}")
-    if typ == "frame_end" and obj["seconds"] < 0:
+    elif typ == "frame_end" and obj["seconds"] < 0:
         raise EventError("out_of_range", "frame_end 'seconds' must be >= 0")
     return obj
 
