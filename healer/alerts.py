@@ -261,7 +261,8 @@ class AlertmanagerReceiver:
                                 registry=registry if registry is not None else CollectorRegistry())
 
     async def handle(self, request: web.Request) -> web.Response:
-        got = request.headers.get("Authorization", "").encode()
+        # aiohttp keeps undecodable header bytes as surrogates: encode them back, never raise (500)
+        got = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(got, self._expected):
             return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="renderwatch-healer"'})
