@@ -49,10 +49,14 @@ class Hooks:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self._seq = itertools.count(1)
-        self.directory = spool.spool_dir() if directory is None else directory
-        # The spool opens with the first event: a Blender that never renders leaves no file behind.
-        self.writer: spool.SpoolWriter | None = None
-        self.sender: spool.SpoolSender | None = None
+        directory = spool.spool_dir() if directory is None else directory
+        # Both are made here, at register time: starting a thread waits for it to be scheduled and
+        # creating a file can take milliseconds on a busy host, which a render handler must not.
+        # A Blender that never renders removes its spare segment and lock at exit.
+        self.writer = spool.SpoolWriter(directory, self.session)
+        self.writer.prepare()  # the first segment, ready before the first render (see prepare)
+        self.sender = spool.SpoolSender(directory, spool.agent_url(), token=spool.agent_token(),
+                                        writer=self.writer).start()
         self.env_job = os.environ.get(ENV_JOB_ID) or None
         try:
             self.attempt: int | None = int(os.environ.get(ENV_ATTEMPT, ""))
@@ -78,18 +82,7 @@ class Hooks:
     def emit(self, type_: str, **fields) -> None:
         ev = events.make_event(type_, session=self.session, seq=next(self._seq), job=self.job,
                                host=self.host, pid=self.pid, **{**self.ctx, **fields})
-        writer = self.writer or self.open_spool()
-        writer.append(events.encode(ev))
-
-    def open_spool(self) -> spool.SpoolWriter:
-        self.writer = spool.SpoolWriter(self.directory, self.session)
-        self.sender = spool.SpoolSender(self.directory, spool.agent_url(), token=spool.agent_token(),
-                                        writer=self.writer).start()
-        return self.writer
-
-    def wake(self) -> None:
-        if self.sender is not None:
-            self.sender.wake()
+        self.writer.append(events.encode(ev))
 
     # -- handlers' bodies -----------------------------------------------------------------------
     def job_start(self, scene) -> None:
@@ -113,7 +106,7 @@ class Hooks:
                   frame_step=step, samples=render_samples(scene), resolution_x=r.resolution_x,
                   resolution_y=r.resolution_y, resolution_percentage=r.resolution_percentage,
                   blender_version=bpy.app.version_string, output_path=bpy.path.abspath(r.filepath))
-        self.wake()
+        self.sender.wake()
 
     def frame_start(self, scene) -> None:
         self.close_frame(scene)
@@ -162,7 +155,6 @@ class Hooks:
         if saved:
             self.frames_done += 1
         self.emit("frame_end", **fields)
-        self.wake()
 
     def close_frame(self, scene=None) -> None:
         """A frame that started and was never written ends unsaved."""
@@ -174,7 +166,7 @@ class Hooks:
         if self.job_open:
             self.job_open = False
             self.emit("job_end", status=status, frames_done=self.frames_done, started_at=self.job_ts)
-        self.wake()
+        self.sender.wake()
 
     def file_loaded(self) -> None:
         self.new_job = True
@@ -194,10 +186,8 @@ class Hooks:
             if self.job_open:
                 self.job_end("cancel")
         finally:
-            if self.writer is not None:
-                self.writer.close()
-            if self.sender is not None:
-                self.sender.close(timeout)
+            self.writer.close()
+            self.sender.close(timeout)
 
 
 def device_type(scene) -> str:

@@ -244,6 +244,8 @@ def evict(directory: Path, max_bytes: int, keep: dict[str, int] | None = None) -
 class SpoolWriter:
     """Appends encoded events to this session's segments. Never raises; failures are counted.
 
+    Nothing touches the disk until the first append (a Blender that never renders leaves no file).
+
     Usage: ``w = SpoolWriter(dir, session); w.append(b'{"v":1,...}\\n'); w.close()``
     """
 
@@ -265,9 +267,14 @@ class SpoolWriter:
         # Handlers may run on Blender's main thread and on a render thread (render_stats): the
         # uncontended lock costs ~0.1 us and keeps rotation from racing a write.
         self._lock = threading.Lock()
-        self._evicting = threading.Lock()
-        with self._lock:
-            self._open()
+        # Set when a segment opens; the sender thread then enforces max_bytes (eviction counts
+        # the lines of whole segments: milliseconds that must not be spent on Blender's thread).
+        self.evict_pending = False
+        # Creating a file can take milliseconds on a busy disk (renaming one takes microseconds):
+        # the sender thread pre-creates the next segment as <session>.next, opened, and a rotation
+        # renames it into place.
+        self._spare_fd: int | None = None
+        self._spare_path = self.directory / f"{session}.next"
 
     def append(self, line: bytes) -> bool:
         """Write one encoded event (ending in a newline) with a single os.write. True if written."""
@@ -306,49 +313,83 @@ class SpoolWriter:
             except OSError:
                 pass
 
-    def _open(self) -> bool:
-        """Open the next segment (caller holds self._lock)."""
+    def _prepare_dir(self) -> None:
+        """The directory (0700) and this session's lock: before any segment is visible."""
+        if self._lock_fd is None:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                os.chmod(self.directory, 0o700)
+            except OSError:
+                pass  # not ours to change (a shared, pre-made directory): still usable
+            self._lock_fd = _try_lock(self.directory / f"{self.session}.lock")
+
+    def prepare(self) -> None:
+        """Create the spare segment ahead of need (the sender thread calls this; never raises)."""
+        if self._spare_fd is not None or self.closed:
+            return
         try:
-            if self.index == 0 or not self.directory.is_dir():
-                self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with self._lock:
+                self._prepare_dir()
+            fd = os.open(self._spare_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return  # the writer finds out itself, and says so once
+        with self._lock:
+            if self._spare_fd is None and not self.closed:
+                self._spare_fd = fd
+                return
+        os.close(fd)
+
+    def _open(self) -> bool:
+        """Open the next segment (caller holds self._lock): the spare renamed, else a new file."""
+        path = self.directory / _segment_name(self.session, self.index + 1)
+        try:
+            spare, self._spare_fd = self._spare_fd, None
+            if spare is not None:
                 try:
-                    os.chmod(self.directory, 0o700)
+                    os.rename(self._spare_path, path)
                 except OSError:
-                    pass  # not ours to change (a shared, pre-made directory): still usable
-            if self._lock_fd is None:
-                self._lock_fd = _try_lock(self.directory / f"{self.session}.lock")
-            path = self.directory / _segment_name(self.session, self.index + 1)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    os.close(spare)
+                    spare = None
+            if spare is None:
+                self._prepare_dir()
+                spare = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = spare
             self.index += 1
-            self._size = os.fstat(self._fd).st_size
+            self._size = 0
         except OSError as e:
             self._fail(e)
             return False
-        self._evict_in_background()
+        self.evict_pending = True   # the sender also makes the next spare
         return True
 
-    def _evict_in_background(self) -> None:
-        # Counting the events of a 4 MiB segment takes milliseconds: keep it off Blender's thread.
-        if not self._evicting.locked():
-            threading.Thread(target=self._evict, name="renderwatch-spool-evict", daemon=True).start()
+    @property
+    def needs_spare(self) -> bool:
+        return self._spare_fd is None and not self.closed
 
-    def _evict(self) -> None:
-        if not self._evicting.acquire(blocking=False):
-            return
-        try:
-            evict(self.directory, self.max_bytes, keep={self.session: self.index})
-        except Exception as e:  # never let housekeeping take the writer down
-            log.warning("renderwatch spool eviction failed: %s", e)
-        finally:
-            self._evicting.release()
+    def evict_now(self) -> int:
+        """Bound the spool directory now (never this writer's open segment); events evicted."""
+        self.evict_pending = False
+        return evict(self.directory, self.max_bytes, keep={self.session: self.index})
 
     def close(self) -> None:
-        """Close the segment and release the session lock (idempotent); files stay for the sender."""
+        """Close the segment and release the session lock (idempotent); segments stay for the sender."""
         with self._lock:
             self.closed = True
             self._close_fd()
+            spare, self._spare_fd = self._spare_fd, None
             fd, self._lock_fd = self._lock_fd, None
+        if spare is not None:
+            for action in (lambda: os.close(spare), lambda: os.unlink(self._spare_path)):
+                try:
+                    action()
+                except OSError:
+                    pass
         if fd is not None:
+            if self.index == 0:  # nothing was ever written: leave nothing behind
+                try:
+                    os.unlink(self.directory / f"{self.session}.lock")
+                except OSError:
+                    pass
             try:
                 os.close(fd)
             except OSError:
@@ -371,7 +412,8 @@ class SpoolSender:
 
     def __init__(self, directory: str | os.PathLike[str], url: str | None, *, token: str | None = None,
                  writer: SpoolWriter | None = None, batch_bytes: int = 512 * 1024, timeout: float = 5.0,
-                 poll_interval: float = 1.0, max_backoff: float = 10.0, adopt: bool = True):
+                 poll_interval: float = 0.25, max_backoff: float = 10.0, adopt: bool = True,
+                 rescan_interval: float = 5.0):
         self.directory = Path(directory)
         self.url = url
         self.token = token
@@ -379,6 +421,7 @@ class SpoolSender:
         self.batch_bytes = batch_bytes
         self.timeout = timeout
         self.poll_interval = poll_interval
+        self.rescan_interval = rescan_interval  # how often an idle sender looks for dead sessions
         self.max_backoff = max_backoff
         self.adopt = adopt
         self.sent = 0            # events delivered (2xx)
@@ -392,6 +435,8 @@ class SpoolSender:
         self._unreachable = False
         self._last_status = 0
         self._adopted: dict[str, int] = {}  # session -> lock fd held while draining a dead session
+        self._seen = -1            # writer.appended when the last successful pass began
+        self._next_scan = 0.0
         headers = {"Content-Type": "application/x-ndjson"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -401,13 +446,15 @@ class SpoolSender:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> SpoolSender:
-        if self.url and self._thread is None:
+        """Start the thread (also without a URL: it then only keeps the spool within its bound)."""
+        if (self.url or self.writer is not None) and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="renderwatch-spool-sender", daemon=True)
             self._thread.start()
         return self
 
     def wake(self) -> None:
-        """Ask the thread to look for new events now (cheap; safe from any thread)."""
+        """Ask the thread to look now (safe from any thread; costs Blender's thread a GIL handover,
+        ~30 us, so the hooks call it once per job, not per event)."""
         if not self._wake.is_set():
             self._wake.set()
 
@@ -423,11 +470,24 @@ class SpoolSender:
             self._release_adopted()
 
     def _run(self) -> None:
+        # Handlers never wake this thread per event (a wake-up makes Blender's thread wait for the
+        # GIL); it polls instead, and an idle poll is one attribute read.
         while True:
             stopping = self._stopping
             ok = True
             try:
-                ok = self.drain_once(self._deadline if stopping else None)
+                w = self.writer
+                if w is not None:
+                    if w.needs_spare:
+                        w.prepare()
+                    if w.evict_pending:
+                        w.evict_now()
+                now = time.monotonic()
+                appended = w.appended if w is not None else 0
+                if stopping or appended != self._seen or now >= self._next_scan:
+                    ok = self.drain_once(self._deadline if stopping else None)
+                    if ok:
+                        self._seen, self._next_scan = appended, now + self.rescan_interval
             except Exception as e:  # the thread must survive anything
                 log.warning("renderwatch spool sender: %s", e)
                 ok = False
@@ -457,6 +517,8 @@ class SpoolSender:
         if not self.url:
             return True
         own = self.writer.session if self.writer is not None else None
+        if self.adopt:
+            self._sweep(own)
         sessions = list_segments(self.directory)
         order = sorted(sessions, key=lambda s: s != own)  # our own events first
         for session in order:
@@ -471,6 +533,24 @@ class SpoolSender:
             if not self._drain_session(session, sessions[session], deadline):
                 return False
         return True
+
+    def _sweep(self, own: str | None) -> None:
+        """Remove the spare and lock of dead sessions that never wrote a segment."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        with_segments = list_segments(self.directory)
+        for name in names:
+            session, dot, ext = name.rpartition(".")
+            if ext != "next" or not dot or session == own or session in with_segments:
+                continue
+            fd = _try_lock(self.directory / f"{session}.lock")
+            if fd is None:
+                continue  # alive
+            self._unlink(self.directory / name)
+            self._unlink(self.directory / f"{session}.lock")
+            os.close(fd)
 
     def _session_open_index(self, session: str) -> int | None:
         """The segment a live writer may still append to, or None when the session is finished."""

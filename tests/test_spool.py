@@ -158,17 +158,56 @@ def test_eviction_skips_delivered_events(tmp_path):
     w.close()
 
 
-def test_writer_evicts_in_background_when_over_bound(tmp_path):
+async def test_sender_thread_keeps_the_spool_bounded(tmp_path):
+    """Eviction runs on the sender's thread (also with no agent URL), never on the writer's."""
     w = spool.SpoolWriter(tmp_path, "s1", segment_bytes=1000, max_bytes=5000)
+    s = spool.SpoolSender(tmp_path, None, writer=w, poll_interval=0.02).start()
     for i in range(1, 501):
         w.append(ev(i))
-    deadline = time.monotonic() + 5
-    while w._evicting.locked() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    w._evict()  # the last rotation's eviction may have been skipped while one ran
+    await until(lambda: not w.evict_pending and sum(p.stat().st_size for p in tmp_path.glob("*.ndjson")) <= 5000)
+    await asyncio.sleep(0.1)
     kept = len(all_lines(tmp_path))
-    assert spool.read_evicted(tmp_path) == 500 - kept
-    assert sum(p.stat().st_size for p in tmp_path.glob("*.ndjson")) <= 5000
+    assert spool.read_evicted(tmp_path) == 500 - kept > 0
+    w.close()
+    s.close(0.5)
+
+
+async def test_sender_precreates_the_next_segment_and_leaves_nothing_behind(tmp_path):
+    w = spool.SpoolWriter(tmp_path, "s1", segment_bytes=1000)
+    s = spool.SpoolSender(tmp_path, None, writer=w, poll_interval=0.02).start()
+    await until(lambda: (tmp_path / "s1.next").exists())
+    assert not spool.list_segments(tmp_path)          # a spare is not a segment
+    for i in range(1, 21):
+        w.append(ev(i))
+    await until(lambda: (tmp_path / "s1.next").exists() and w.index > 1)
+    assert [decode(x)["seq"] for x in all_lines(tmp_path)] == list(range(1, 21))
+    w.close()
+    s.close(0.5)
+    assert not (tmp_path / "s1.next").exists()
+    # A Blender that never rendered leaves nothing.
+    idle = spool.SpoolWriter(tmp_path / "idle", "s2")
+    s2 = spool.SpoolSender(tmp_path / "idle", None, writer=idle, poll_interval=0.02).start()
+    await until(lambda: (tmp_path / "idle" / "s2.next").exists())
+    idle.close()
+    s2.close(0.5)
+    assert list((tmp_path / "idle").iterdir()) == []
+
+
+def test_sender_sweeps_the_spare_of_a_dead_session(tmp_path):
+    dead = spool.SpoolWriter(tmp_path, "dead1")
+    dead.prepare()
+    dead._lock_fd and os.close(dead._lock_fd)  # the process died: the kernel released its lock
+    dead._lock_fd = None
+    assert (tmp_path / "dead1.next").exists()
+    spool.SpoolSender(tmp_path, "http://127.0.0.1:1/api/v1/events").drain_once()
+    assert not (tmp_path / "dead1.next").exists() and not (tmp_path / "dead1.lock").exists()
+
+
+def test_writer_touches_nothing_before_the_first_event(tmp_path):
+    w = spool.SpoolWriter(tmp_path / "spool", "s1")
+    assert not (tmp_path / "spool").exists()
+    w.append(ev(1))
+    assert (tmp_path / "spool" / "s1.000001.ndjson").exists() and (tmp_path / "spool" / "s1.lock").exists()
     w.close()
 
 
