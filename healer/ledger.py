@@ -19,6 +19,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,11 +32,11 @@ LEDGER_VERSION = 1
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def jobs_dir(env: dict[str, str] | None = None) -> Path:
+def jobs_dir(env: Mapping[str, str] | None = None) -> Path:
     return home(env) / "healer" / "jobs"
 
 
-def job_dir(job: str, env: dict[str, str] | None = None) -> Path:
+def job_dir(job: str, env: Mapping[str, str] | None = None) -> Path:
     if not _JOB_ID.match(job):
         raise ValueError(f"job id {job!r}: use letters, digits, '.', '_' and '-' (at most 128)")
     return jobs_dir(env) / job
