@@ -170,6 +170,7 @@ class Supervisor:
         self._scanner = LogScanner()
         self._session_first_attempt = 0
         self._lock: SupervisorLock | None = None
+        self._kick_task: asyncio.Task | None = None
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ public
@@ -182,7 +183,7 @@ class Supervisor:
             return False
         self._attempt_state.stalled = reason
         self._say(f"stall: {reason}: stopping Blender (pid {self._proc.pid})")
-        asyncio.get_running_loop().create_task(self._proc.stop(self.kill_grace_s))
+        self._kick_task = asyncio.get_running_loop().create_task(self._proc.stop(self.kill_grace_s))
         return True
 
     @property
