@@ -290,7 +290,7 @@ def _manager_ctx(incidents: Any):
             try:
                 from healer.incidents import Incidents
                 cfg = app[CONFIG]
-                inc, owned = Incidents.from_config(cfg.incidents, env=cfg.env), True
+                inc, owned = Incidents.from_config(cfg.incidents, env=cfg.env, registry=app[METRICS].registry), True
             except Exception as e:
                 log.warning("incidents disabled: %s", e)
         mgr = JobManager(app[CONFIG], app[METRICS], inc)
