@@ -79,6 +79,8 @@ def mutated_event(r: random.Random, seq: int, session: str = "abcdef12") -> dict
         key = r.choice([*ev, "extra", "peak_vram_bytes", "output_path"])
         if r.random() < 0.2:
             ev.pop(key, None)
+        elif key in ("ts", "seconds", "seq", "pid", "frame") and r.random() < 0.3:
+            ev[key] = r.choice([2**63, -(2**63) - 1, 10**30, 10**400, 1e308, -1e308, 0])   # numbers at the edges
         elif key in _FRAME_KEYS:
             ev[key] = r.randrange(-1000, 1000)     # an unbounded range hangs the agent: reported, not fuzzed
         else:
