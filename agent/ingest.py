@@ -127,7 +127,7 @@ def check_token(request: web.Request, token: str | None) -> bool:
         return True
     got = request.headers.get("Authorization", "")
     scheme, _, value = got.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), token.encode())
 
 
 def _fail(status: int, reason: str, detail: str) -> web.Response:

@@ -71,6 +71,7 @@ class Journal:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.dir / JOURNAL
         self.next_pos = 1
+        self.replay_errors = 0          # records skipped at replay because applying them raised
         self._fd: int | None = None
         self.errors = 0
         self.waiting = 1           # compact once after a start: replayed jobs may have expired
@@ -110,12 +111,17 @@ class Journal:
                     continue
                 self.next_pos = max(self.next_pos, pos + 1)
                 n += 1
-                if "session" in ev:
-                    s = ev["session"]
-                    if ev["seq"] > state.cursors.get(s, 0):
-                        state.cursors.pop(s, None)
-                        state.cursors[s] = ev["seq"]
-                effect = state.apply(ev)
+                try:
+                    if "session" in ev:
+                        s = ev["session"]
+                        if ev["seq"] > state.cursors.get(s, 0):
+                            state.cursors.pop(s, None)
+                            state.cursors[s] = ev["seq"]
+                    effect = state.apply(ev)
+                except Exception as e:  # one poisoned record must not stop the agent from starting
+                    self.replay_errors += 1
+                    log.warning("journal %s: skipping record %d that cannot be applied: %s", self.path, pos, e)
+                    continue
                 if effect is not None and on_effect is not None:
                     on_effect(effect, pos)
         self._open()

@@ -31,6 +31,8 @@ import time
 SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 16 * 1024
 MAX_STR = 4096
+MAX_INT = 2**63 - 1          # JSON allows integers of any size; nothing renderwatch stores needs more
+MAX_FRAME_SPAN = 1_048_574   # Blender's MAXFRAME: no job covers more frames than this
 
 EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end")
 PHASES = ("sync", "bvh", "kernels", "sampling", "denoise", "compositing", "save", "other")
@@ -137,6 +139,8 @@ def validate(obj: object) -> dict:
         elif want is int:
             if cls is not int:
                 raise _type_error(name, value, want)
+            if not -MAX_INT <= value <= MAX_INT:
+                raise EventError("out_of_range", f"field {name!r} is outside +-2**63")
         elif want is bool:
             if cls is not bool:
                 raise _type_error(name, value, want)
@@ -146,6 +150,8 @@ def validate(obj: object) -> dict:
                     raise EventError("out_of_range", f"field {name!r} must be finite")
             elif cls is not int:
                 raise _type_error(name, value, want)
+            elif not -MAX_INT <= value <= MAX_INT:
+                raise EventError("out_of_range", f"field {name!r} is outside +-2**63")
     if obj["seq"] < 1:
         raise EventError("out_of_range", "field 'seq' must be >= 1")
     if typ == "phase" and obj["name"] not in PHASES:
@@ -154,6 +160,8 @@ def validate(obj: object) -> dict:
         raise EventError("out_of_range", f"job_end 'status' must be one of {', '.join(JOB_END_STATUS)}")
     elif typ == "frame_end" and obj["seconds"] < 0:
         raise EventError("out_of_range", "frame_end 'seconds' must be >= 0")
+    elif typ == "job_start" and not 0 <= obj["frame_end"] - obj["frame_start"] <= MAX_FRAME_SPAN:
+        raise EventError("out_of_range", f"job_start frame_start..frame_end must span 0..{MAX_FRAME_SPAN} frames")
     return obj
 
 

@@ -322,7 +322,7 @@ def _auth_middleware(token: str | None):
         # /api/v1/alertmanager checks Alertmanager's own token (healer.alerts).
         if token and request.path not in ("/healthz", ALERTMANAGER_PATH):
             got = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+            if not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
                 return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                          headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)

@@ -164,6 +164,9 @@ def _check_exr(f, head: bytes, size: int) -> str:
         count = attrs.get("chunkCount") or _exr_chunk_count(attrs)
         if count is None:
             return "" if size > table_start else "OpenEXR has no offset table"
+        # The count comes from the file: bound it by what the file can hold before reading.
+        if not isinstance(count, int) or not 0 < count <= (size - table_start) // 8 - len(offsets):
+            return "truncated or corrupt OpenEXR (chunk count does not fit the file)"
         f.seek(table_start + 8 * len(offsets))
         raw = f.read(8 * count)
         if len(raw) < 8 * count:

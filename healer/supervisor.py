@@ -96,7 +96,7 @@ class RenderResult:
 def job_id_for(scene: str, frames: Sequence[int], output: str | None, args: Sequence[str]) -> str:
     """The same command line gives the same job id, so running it again resumes the job."""
     h = hashlib.sha256(repr((os.path.abspath(scene), list(frames), output, list(args))).encode()).hexdigest()[:12]
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(scene))[0])[:40] or "job"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(scene))[0]).lstrip("._-")[:40] or "job"
     return f"{stem}-{h}"
 
 

@@ -71,9 +71,6 @@ def test_hostile_paths_and_args_reach_blender_literally(tmp_path: Path, scene_fa
     assert canaries(tmp_path) == [] and canaries(Path.cwd()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG healer/supervisor.py job_id_for: a scene named '-shot.blend' (or '.shot.blend') "
-                   "gives the job id '-shot-<hash>', which job_dir() refuses: `renderwatch render` dies with a ValueError "
-                   "traceback. Fix: stem = re.sub(...)[:40].lstrip('._-') or 'job'")
 @pytest.mark.parametrize("name", ["-scene.blend", ".hidden.blend", "--.blend"])
 def test_leading_dash_scene_name_gets_a_valid_job_id(name: str) -> None:
     from healer.ledger import job_dir
@@ -221,9 +218,6 @@ def test_alertmanager_route_exists_only_with_its_token(tmp_path: Path) -> None:
     assert "/api/v1/alertmanager" not in {r.resource.canonical for r in app.router.routes() if r.resource}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG healer/app.py _auth_middleware: a non-UTF-8 byte in the Authorization "
-                   "header becomes a surrogate and got.encode() raises UnicodeEncodeError: HTTP 500, not 401. "
-                   "Fix: got.encode('utf-8', 'surrogateescape')")
 def test_healer_non_utf8_authorization_is_401(tmp_path: Path) -> None:
     port = _free_port()
     env = healer_env(tmp_path, RENDERWATCH_HEALER_TOKEN=TOKEN)
