@@ -176,7 +176,10 @@ def plan(state: JobState, error: RenderError | None, policy: Policy, history: Se
         return Action("give_up", reason=f"{etype} stopped the render: {summary}; {rule.message}".rstrip("; "),
                       error_type=etype)
 
-    recent = [o for o in history if o.error_type not in (None, "ok") and now - o.ended_at <= rule.window_s]
+    # An attempt that exited cleanly but rendered none of its frames is a failure too (else a
+    # Blender that keeps "succeeding" without output would be restarted forever).
+    recent = [o for o in history if (o.error_type not in (None, "ok") or not o.frames_rendered)
+              and now - o.ended_at <= rule.window_s]
     if len(recent) > rule.max_restarts:
         return Action("give_up", error_type=etype,
                       reason=f"gave up after {rule.max_restarts} restarts in {_dur(rule.window_s)}: "

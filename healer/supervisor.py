@@ -93,6 +93,16 @@ class RenderResult:
     error: dict | None = None
 
 
+def _no_space(path: str, min_free: int = 1 << 20) -> str | None:
+    """The directory of `path` if its filesystem has less than `min_free` bytes available, else None."""
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return None
+    return d if st.f_bavail * st.f_frsize < min_free else None
+
+
 def job_id_for(scene: str, frames: Sequence[int], output: str | None, args: Sequence[str]) -> str:
     """The same command line gives the same job id, so running it again resumes the job."""
     h = hashlib.sha256(repr((os.path.abspath(scene), list(frames), output, list(args))).encode()).hexdigest()[:12]
@@ -144,6 +154,7 @@ class _AttemptState:
     last_progress_text: str = ""
     stalled: str | None = None
     stalled_latency: float | None = None
+    disk_full: str | None = None          # output directory found full after a failed verification
 
 
 class Supervisor:
@@ -417,6 +428,12 @@ class Supervisor:
             error = errors.Interrupted(summary="cancelled", exit_code=exit_code, exit_signal=exit_signal)
         if error.frame is None and in_flight is not None:
             error = dataclasses.replace(error, frame=in_flight)
+        if st.disk_full and not self.cancelled and error.type in ("ok", "unknown", "output_error"):
+            # Blender prints `Saved:` and exits 0 even when the write hit a full disk: trust the disk.
+            error = errors.OutputError(summary=f"no space left on {st.disk_full}: Blender reported frames saved "
+                                               "but the files are empty or incomplete; free space there and run "
+                                               "the same command again", exit_code=exit_code,
+                                       exit_signal=exit_signal, frame=in_flight, findings=error.findings)
         # Frames Blender saved but whose line we missed, and partial files left by the crash.
         for f in frames:
             ok, why = led.verify_frame(f)
@@ -473,6 +490,10 @@ class Supervisor:
             if frame is None:
                 return
             v = verify_image(ev.path)
+            if not v.ok:
+                full = _no_space(ev.path)
+                if full:
+                    st.disk_full = full
             if v.ok:
                 led.frame_verified(frame, ev.path, v.size, att)
                 if st.frame_started_at is not None:

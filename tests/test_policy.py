@@ -115,6 +115,14 @@ def test_clean_exit_with_frames_missing_is_an_unexplained_failure():
     assert act.kind == "launch" and act.error_type == "unknown"
 
 
+def test_clean_exits_that_render_nothing_count_against_max_restarts():
+    # Blender on a full disk prints Saved:, exits 0 and leaves nothing verifiable: this must end.
+    pol = Policy.default().with_overrides({"unknown": {"max_restarts": 2, "window_s": 600}})
+    hist = [Outcome(ended_at=NOW - i, error_type=None, frames_planned=(2, 3), frames_rendered=()) for i in (3, 2, 1)]
+    act = _plan(errors.Ok(summary="fine", fatal=False), hist, policy=pol)
+    assert act.kind == "give_up" and "gave up after 2 restarts" in act.reason
+
+
 def test_non_fatal_finding_with_frames_missing_restarts():
     act = _plan(_err("missing_file", fatal=False), [_fail("missing_file")])
     assert act.kind == "launch" and act.error_type == "unknown"
