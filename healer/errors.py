@@ -41,6 +41,11 @@ class RenderError:
     type = "unknown"          # class attribute: stable ID
     severity = "error"        # "error" | "warning" | "info"
 
+    def __post_init__(self) -> None:
+        # An error the render went on after (a missing texture, a handler exception) is a warning.
+        if not self.fatal and type(self).severity == "error":
+            object.__setattr__(self, "severity", "warning")
+
     def to_dict(self) -> dict:
         return {
             "type": self.type, "fatal": self.fatal, "summary": self.summary,
