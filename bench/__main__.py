@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 RESULTS = HERE / "results.json"
-AREAS = ("hooks", "agent", "classify", "healer", "incidents", "robustness")
+AREAS = ("hooks", "agent", "classify", "healer", "incidents", "robustness", "load")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
@@ -93,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine() + " " + platform.system(),
             "cpus": os.cpu_count(), "python": platform.python_version()}
     print(table(rows))
+    if args.areas and RESULTS.exists():
+        # A subset run replaces only its own areas' rows: the file stays the whole picture.
+        try:
+            old = json.loads(RESULTS.read_text()).get("rows", [])
+        except ValueError:
+            old = []
+        ran = {r.get("area") for r in rows}
+        rows = [r for r in old if r.get("area") not in ran] + rows
+        rows.sort(key=lambda r: AREAS.index(r["area"]) if r.get("area") in AREAS else len(AREAS))
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
     if args.readme:
         update_readme(rows, meta)
