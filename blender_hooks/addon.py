@@ -19,8 +19,6 @@ import itertools
 import logging
 import os
 import resource
-import runpy
-import secrets
 import socket
 import sys
 import time
@@ -45,7 +43,7 @@ class Hooks:
     """Per-process hook state: the session, the current job and frame, the spool."""
 
     def __init__(self, directory=None):
-        self.session = secrets.token_hex(8)
+        self.session = os.urandom(8).hex()
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self._seq = itertools.count(1)
@@ -339,6 +337,8 @@ def register() -> None:
         atexit.register(_at_exit)
     for name, fn in HANDLERS:
         lst = getattr(bpy.app.handlers, name)
+        for stale in [h for h in lst if getattr(h, MARK, None) == __name__ and h is not fn]:
+            lst.remove(stale)  # this module before a script reload: same name, other functions
         if fn not in lst:
             lst.append(fn)
 
@@ -400,11 +400,19 @@ def run_cli(actions: list[tuple[str, str | None]]) -> int:
                 print("\nBlender quit", flush=True)
                 return 1
         elif kind == "engine":
-            scene.render.engine = value
+            try:
+                scene.render.engine = value
+            except TypeError:  # as Blender: say so and stop
+                print(f"\nError: engine not found '{value}'", flush=True)
+                return 1
         elif kind == "output":
             scene.render.filepath = value
         elif kind == "format":
-            scene.render.image_settings.file_format = value
+            try:
+                scene.render.image_settings.file_format = value
+            except TypeError:  # as Blender: say so and go on
+                print("\nError: Format from '-F / --render-format' not known or not compiled in this release.",
+                      flush=True)
         elif kind == "extension":
             scene.render.use_file_extension = value not in ("0", "false", "False")
         elif kind in ("start", "end", "jump"):
@@ -460,6 +468,8 @@ def _cli_python(kind: str, value: str) -> bool:
     """Run a --python file or --python-expr like Blender: print a traceback, report success."""
     try:
         if kind == "python":
+            import runpy  # the wheel's command line only
+
             runpy.run_path(value, run_name="__main__")
         else:
             exec(compile(value, "<string>", "exec"), {"__name__": "__main__"})

@@ -36,9 +36,9 @@ import os
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from .transport import HttpPoster
 
 log = logging.getLogger("renderwatch.hooks.spool")
 
@@ -287,6 +287,11 @@ class SpoolWriter:
                 fd = self._fd
             try:
                 n = os.write(fd, line)  # type: ignore[arg-type]
+                if n < len(line):
+                    # A short write (the disk filled up mid-line): cut the torn line off again,
+                    # or the next event would be glued to it and both lost as malformed.
+                    os.ftruncate(fd, self._size)
+                    raise OSError(errno.ENOSPC, f"short write ({n} of {len(line)} bytes)")
             except OSError as e:
                 self._fail(e)
                 self.dropped += 1
@@ -411,8 +416,8 @@ class SpoolSender:
     """
 
     def __init__(self, directory: str | os.PathLike[str], url: str | None, *, token: str | None = None,
-                 writer: SpoolWriter | None = None, batch_bytes: int = 512 * 1024, timeout: float = 5.0,
-                 poll_interval: float = 0.25, max_backoff: float = 10.0, adopt: bool = True,
+                 writer: SpoolWriter | None = None, batch_bytes: int = 64 * 1024, timeout: float = 5.0,
+                 poll_interval: float = 1.0, max_backoff: float = 10.0, adopt: bool = True,
                  rescan_interval: float = 5.0):
         self.directory = Path(directory)
         self.url = url
@@ -441,8 +446,7 @@ class SpoolSender:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._headers = headers
-        # The agent is local: never route it through an http_proxy from the environment.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._http = HttpPoster(url) if url else None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> SpoolSender:
@@ -493,6 +497,8 @@ class SpoolSender:
                 ok = False
             if stopping:
                 self._release_adopted()
+                if self._http is not None:
+                    self._http.close()
                 return
             if ok:
                 self._backoff = 0.0
@@ -644,16 +650,11 @@ class SpoolSender:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 return None
-        req = urllib.request.Request(self.url, data=data, method="POST", headers=self._headers)
+        assert self._http is not None
         self.posts += 1
         try:
-            with self._opener.open(req, timeout=timeout) as resp:
-                resp.read()
-                status = resp.status
-        except urllib.error.HTTPError as e:
-            status = e.code
-            e.close()
-        except (OSError, ValueError) as e:  # URLError, timeouts, resets, bad URL
+            status = self._http.post(data, self._headers, timeout)
+        except (OSError, ValueError) as e:  # refused, timeouts, resets, bad URL
             if not self._unreachable:
                 self._unreachable = True
                 log.warning("renderwatch agent unreachable at %s (%s): events wait in the spool", self.url, e)

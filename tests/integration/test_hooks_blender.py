@@ -259,6 +259,11 @@ assert {{n: len(getattr(H, n)) for n in NAMES}} == others
 addon.unregister()  # twice is harmless
 addon.register()
 assert ours() == {{n: 1 for n in NAMES}}, ours()
+import importlib
+fresh = importlib.reload(addon)  # a script reload: the same module name, new functions
+fresh.register()
+assert ours() == {{n: 1 for n in NAMES}}, ours()
+assert all(fn in getattr(H, n) for n, fn in fresh.HANDLERS)
 print("REGISTER-OK")
 """
 
@@ -390,6 +395,15 @@ def test_wheel_cli_render_error_exits_1(b5, scene_copy, tmp_path):
     p = run([*b5, "-b", str(scene), "-o", "/proc/renders/f_", "-f", "1"], hooks_env(tmp_path, "off"))
     assert p.returncode == 1
     assert "cannot save" in p.stdout + p.stderr and "Blender quit" in p.stdout
+
+
+def test_wheel_cli_unknown_engine_and_format(b5, scene_copy, tmp_path):
+    scene = scene_copy(frames=4)
+    p = run([*b5, "-b", str(scene), "-E", "NOPE", "-f", "1"], hooks_env(tmp_path, "off"))
+    assert p.returncode == 1 and "Error: engine not found 'NOPE'" in p.stdout
+    p = run([*b5, "-b", str(scene), "-F", "NOPE", "-o", str(tmp_path / "o" / "f_"), "-f", "1"],
+            hooks_env(tmp_path, "off"))
+    assert p.returncode == 0 and "not known or not compiled" in p.stdout and (tmp_path / "o" / "f_0001.png").exists()
 
 
 def test_wheel_cli_version(b5, tmp_path):
