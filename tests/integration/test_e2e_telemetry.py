@@ -1,0 +1,171 @@
+"""End to end, nothing faked: real Blender (3.4 binary and the 5.0 wheel) with the hooks loaded ->
+a real `renderwatch agent` process -> Prometheus text on /metrics and OTLP/HTTP spans at a receiver in
+the test (decoded with opentelemetry-proto). Also: the agent killed with SIGKILL and restarted in the
+middle of a real render still counts and traces every frame exactly once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from agent_support import OtlpReceiver, attrs, free_port, get, sample_value, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+HOOKS = REPO / "blender_hooks" / "startup.py"
+LABELS = {"scene": "Scene", "engine": "CYCLES", "device_type": "CPU"}
+
+
+def _blender5() -> str:
+    exe = shutil.which("renderwatch-blender5", path=str(Path(sys.executable).parent))
+    assert exe, "renderwatch-blender5 (the bpy wheel's blender CLI) is not installed"
+    return exe
+
+
+class AgentProcess:
+    """`renderwatch agent` as a real subprocess; restartable on the same port and data dir."""
+
+    def __init__(self, home: Path, otlp_url: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ, RENDERWATCH_HOME=str(home), OTEL_EXPORTER_OTLP_ENDPOINT=otlp_url,
+                        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf", OTEL_BSP_SCHEDULE_DELAY="100",
+                        RENDERWATCH_SAMPLE_INTERVAL_SECONDS="0.2")
+        self.log = home / "agent.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> AgentProcess:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "renderwatch", "agent", "--listen",
+                                          f"127.0.0.1:{self.port}"], env=self.env, stdout=log, stderr=log)
+        assert wait_until(lambda: self._healthy(), timeout=20), self.log.read_text()[-2000:]
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            return get(self.url, "/healthz", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        try:
+            status, body, _ = get(self.url, "/metrics", timeout=2)
+        except OSError:
+            return None
+        return sample_value(body.decode(), name, labels or None) if status == 200 else None
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    with OtlpReceiver() as receiver:
+        agent = AgentProcess(tmp_path / "home", receiver.url)
+        (tmp_path / "home").mkdir()
+        agent.start()
+        try:
+            yield agent, receiver
+        finally:
+            agent.stop()
+
+
+def _render(exe: str, scene: Path, frames: int, agent: AgentProcess, job: str) -> subprocess.Popen:
+    env = dict(agent.env, RENDERWATCH_AGENT=agent.url, RENDERWATCH_JOB_ID=job)
+    for k in ("OTEL_EXPORTER_OTLP_ENDPOINT",):
+        env.pop(k, None)
+    return subprocess.Popen([exe, "-b", str(scene), "--python", str(HOOKS), "-s", "1", "-e", str(frames), "-a"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _frame_spans(receiver: OtlpReceiver, job: str) -> list:
+    return [s for s in receiver.spans() if s.name == "render.frame"]
+
+
+@pytest.mark.blender
+@pytest.mark.parametrize("version", ["3.4", "5.0"])
+def test_real_render_becomes_metrics_and_one_trace(version: str, stack, scene_copy, blender34: str) -> None:
+    agent, receiver = stack
+    exe = blender34 if version == "3.4" else _blender5()
+    scene = scene_copy(frames=4)
+    job = f"e2e-{version}"
+    proc = _render(exe, scene, 4, agent, job)
+    out = proc.communicate(timeout=180)[0].decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:]
+
+    assert wait_until(lambda: agent.metric("renderwatch_frames_rendered_total", **LABELS) == 4, timeout=20), \
+        agent.metric("renderwatch_frames_rendered_total", **LABELS)
+    assert agent.metric("renderwatch_frame_render_seconds_count", **LABELS) == 4
+    assert agent.metric("renderwatch_frame_render_seconds_sum", **LABELS) > 0
+    for kind in ("blender", "rss"):
+        assert agent.metric("renderwatch_frame_peak_memory_bytes_count", kind=kind, **LABELS) == 4, kind
+        assert agent.metric("renderwatch_frame_peak_memory_bytes_sum", kind=kind, **LABELS) > 0, kind
+    assert agent.metric("renderwatch_job_progress_ratio", job=job) == 1.0
+    rejected = agent.metric("renderwatch_events_rejected_total")
+    assert not rejected, f"{rejected} events rejected"
+
+    spans = receiver.wait_for(lambda ss: any(s.name == "render.job" for s in ss)
+                              and len([s for s in ss if s.name == "render.frame"]) >= 4, timeout=20)
+    roots = [s for s in spans if s.name == "render.job"]
+    frames = [s for s in spans if s.name == "render.frame"]
+    assert len(roots) == 1, [s.name for s in spans]
+    assert {s.trace_id for s in spans} == {roots[0].trace_id}           # one trace per job
+    assert sorted(attrs(s)["render.frame"] for s in frames) == [1, 2, 3, 4]
+    assert all(s.parent_span_id == roots[0].span_id for s in frames)
+    for s in frames:
+        a = attrs(s)
+        assert a["render.frame.seconds"] > 0 and a["render.engine"] == "CYCLES"
+        assert Path(a["render.output_path"]).is_file()
+        assert a["render.memory.peak.blender"] > 0
+    if version == "5.0":
+        # Blender 5.0 hands the stats string to the handler: render phases become spans under each frame.
+        phases = [s for s in spans if s.name.startswith("render.phase.")]
+        frame_ids = {s.span_id for s in frames}
+        assert phases and all(p.parent_span_id in frame_ids for p in phases), [p.name for p in phases]
+        assert "render.phase.sampling" in {p.name for p in phases}
+
+
+@pytest.mark.blender
+def test_agent_killed_mid_render_counts_every_frame_once(stack, scene_copy, blender34: str) -> None:
+    agent, receiver = stack
+    frames = 8
+    scene = scene_copy(frames=frames, samples=64, width=160, height=90)   # slow enough to kill the agent mid-render
+    job = "e2e-agent-restart"
+    proc = _render(blender34, scene, frames, agent, job)
+    try:
+        assert wait_until(lambda: (agent.metric("renderwatch_frames_rendered_total", **LABELS) or 0) >= 2,
+                          timeout=60, interval=0.02)
+        assert proc.poll() is None, "the render finished before the agent could be killed mid-render"
+        agent.kill()                                   # SIGKILL: no flush, no goodbye
+        time.sleep(1.0)                                # Blender goes on; its events wait in the spool
+        agent.start()
+        out = proc.communicate(timeout=180)[0].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert wait_until(lambda: agent.metric("renderwatch_job_progress_ratio", job=job) == 1.0, timeout=20)
+    assert agent.metric("renderwatch_frames_rendered_total", **LABELS) == frames
+    assert agent.metric("renderwatch_frame_render_seconds_count", **LABELS) == frames
+    spans = receiver.wait_for(lambda ss: len({attrs(s)["render.frame"] for s in ss if s.name == "render.frame"})
+                              >= frames and any(s.name == "render.job" for s in ss), timeout=20)
+    time.sleep(0.5)                                    # anything duplicated would arrive by now
+    counts = Counter(attrs(s)["render.frame"] for s in receiver.spans() if s.name == "render.frame")
+    assert counts == Counter(range(1, frames + 1)), counts
+    assert len({s.trace_id for s in spans}) == 1
