@@ -130,7 +130,7 @@ def write_ack(directory: Path, session: str, index: int, offset: int) -> None:
     """
     if read_ack(directory, session) >= (index, offset):
         return
-    tmp = directory / f"{session}.ack.tmp"
+    tmp = directory / f"{session}.ack.{os.getpid()}.tmp"  # per process: the agent may write it too
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, f"{index} {offset}\n".encode())
@@ -674,7 +674,7 @@ class SpoolSender:
                 log.warning("renderwatch spool: cannot delete %s: %s", path, e)
 
     def _forget_session(self, session: str) -> None:
-        for suffix in (".ack", ".ack.tmp", ".lock"):
+        for suffix in (".ack", f".ack.{os.getpid()}.tmp", ".lock"):
             self._unlink(self.directory / f"{session}{suffix}")
         fd = self._adopted.pop(session, None)
         if fd is not None:

@@ -304,6 +304,31 @@ def test_a_failing_hook_never_reaches_blender(blender, scene_copy, tmp_path):
     assert [e["type"] for e in evs].count("job_end") == 1          # the other handlers kept working
 
 
+DEVICE_CHECK = r"""
+import bpy
+from blender_hooks import addon
+scene = bpy.context.scene
+scene.render.engine = "CYCLES"
+scene.cycles.device = "CPU"
+assert addon.device_type(scene) == "CPU"
+scene.cycles.device = "GPU"
+prefs = bpy.context.preferences.addons["cycles"].preferences
+prefs.compute_device_type = "NONE"
+assert addon.device_type(scene) == "CPU", "GPU asked for, but no backend: Cycles renders on the CPU"
+prefs.compute_device_type = "CUDA"
+assert addon.device_type(scene) == "GPU:CUDA", addon.device_type(scene)
+scene.render.engine = "BLENDER_WORKBENCH"
+assert addon.device_type(scene) == "GPU" and addon.render_samples(scene) is None
+print("DEVICE-OK")
+"""
+
+
+def test_device_type_from_cycles_preferences(blender, tmp_path):
+    p = run([*blender, "-b", "--factory-startup", "--python", str(STARTUP), "--python-exit-code", "3",
+             "--python-expr", DEVICE_CHECK], hooks_env(tmp_path, "off"))
+    assert p.returncode == 0 and "DEVICE-OK" in p.stdout, p.stdout + p.stderr
+
+
 # -- install / uninstall --------------------------------------------------------------------------
 
 def isolated_blender_env(tmp_path: Path, agent: str) -> dict[str, str]:
