@@ -72,14 +72,14 @@ def render_argv(blender: list[str], scene: Path, *args: str, hooks: bool = True)
             "-o", str(scene.parent / "frames" / "f_"), *args]
 
 
-def check_job(evs: list[dict], frames: list[int], *, v50: bool) -> None:
+def check_job(evs: list[dict], frames: list[int], *, v50: bool, samples: int = 8) -> None:
     """The events of one rendered job, whatever Blender version produced them."""
     seqs = [(e["session"], e["seq"]) for e in evs]
     assert len(seqs) == len(set(seqs)), "duplicate seq"
     types = [e["type"] for e in evs]
     assert types[0] == "job_start" and types[-1] == "job_end"
     start = evs[0]
-    assert start["engine"] == "CYCLES" and start["device_type"] == "CPU" and start["samples"] == 8
+    assert start["engine"] == "CYCLES" and start["device_type"] == "CPU" and start["samples"] == samples
     assert start["blender_version"].startswith("5.0" if v50 else "3.4")
     assert start["blend_file"].endswith("scene.blend") and start["pid"] > 0 and start["host"]
     assert [e["frame"] for e in evs if e["type"] == "frame_start"] == frames
@@ -177,12 +177,60 @@ async def test_events_reach_the_agent(blender, scene_copy, tmp_path):
     assert not list((tmp_path / "rwhome" / "spool").glob("*.ndjson"))
 
 
+async def test_agent_restarted_mid_render_loses_nothing(blender, scene_factory, tmp_path):
+    """The agent goes away after the first frame and comes back on the same port 0.5 s later:
+    every event still arrives (the sender resumes from the spool's ack), none is missing."""
+    scene = tmp_path / "shot" / "scene.blend"
+    scene.parent.mkdir()
+    shutil.copy(scene_factory(frames=10, samples=128, width=160, height=90), scene)  # ~0.3-0.5 s a frame
+    port = free_port()
+    got: list[dict] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        got.extend(decode(line) for line in (await request.read()).splitlines() if line)
+        return web.json_response({})
+
+    async def serve() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/api/v1/events", handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    runner = await serve()
+    proc = await asyncio.create_subprocess_exec(
+        *render_argv(blender, scene, "-s", "1", "-e", "10", "-a"), env=hooks_env(tmp_path, f"http://127.0.0.1:{port}"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = b""
+    try:
+        deadline = time.monotonic() + 120
+        while not any(e["type"] == "frame_end" for e in got):
+            assert time.monotonic() < deadline and proc.returncode is None, "no frame arrived"
+            await asyncio.sleep(0.02)
+        await runner.cleanup()                 # the agent goes away mid-render
+        down_at = len(got)
+        await asyncio.sleep(0.5)
+        runner = await serve()                 # ... and comes back
+        out, _ = await asyncio.wait_for(proc.communicate(), 240)
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 0, out.decode(errors="replace")
+    assert down_at < len(got)
+    evs = sorted({(e["session"], e["seq"]): e for e in got}.values(), key=lambda e: e["seq"])
+    assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1))        # nothing missing
+    check_job(evs, list(range(1, 11)), v50=is_50(blender), samples=128)
+
+
 async def test_a_hung_agent_does_not_hold_blender(blender, scene_copy, tmp_path):
-    """The agent accepts connections and never answers: Blender renders and exits on time."""
+    """The agent accepts connections and never answers: Blender renders, and exits within the
+    0.5 s flush bound after its last frame (measured within the run: robust to a busy machine)."""
     scene = scene_copy(frames=4)
     hung = asyncio.Event()
+    posts = []
 
-    async def never(_request):
+    async def never(request):
+        posts.append(1)
         await hung.wait()
         return web.Response()
 
@@ -194,20 +242,24 @@ async def test_a_hung_agent_does_not_hold_blender(blender, scene_copy, tmp_path)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        base_env = hooks_env(tmp_path / "down", f"http://127.0.0.1:{free_port()}")
-        t0 = time.monotonic()
-        rc, out = await run_async(render_argv(blender, scene, "-s", "1", "-e", "3", "-a"), base_env)
-        down = time.monotonic() - t0
-        assert rc == 0, out
-        t0 = time.monotonic()
-        rc, out = await run_async(render_argv(blender, scene, "-s", "1", "-e", "3", "-a"),
-                                  hooks_env(tmp_path, f"http://127.0.0.1:{port}"))
-        hung_s = time.monotonic() - t0
-        assert rc == 0, out
+        proc = await asyncio.create_subprocess_exec(
+            *render_argv(blender, scene, "-s", "1", "-e", "3", "-a"), env=hooks_env(tmp_path, f"http://127.0.0.1:{port}"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        assert proc.stdout is not None
+        last_saved = 0.0
+        text = []
+        while line := await asyncio.wait_for(proc.stdout.readline(), 240):
+            text.append(line.decode(errors="replace"))
+            if b"Saved:" in line:
+                last_saved = time.monotonic()
+        rc = await proc.wait()
+        exit_delay = time.monotonic() - last_saved
     finally:
         hung.set()
         await runner.cleanup()
-    assert hung_s < down + 2.0, (hung_s, down)   # the exit flush is bounded to 0.5 s
+    assert rc == 0 and last_saved, "".join(text)
+    assert posts, "the agent was never contacted"
+    assert exit_delay < 2.0, exit_delay       # flush bounded to 0.5 s, plus Blender's own exit
     check_job(spooled(tmp_path), [1, 2, 3], v50=is_50(blender))  # kept for the agent's catch-up
 
 
