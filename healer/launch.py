@@ -35,12 +35,17 @@ ENV_ATTEMPT = "RENDERWATCH_ATTEMPT"
 MARKER = "[renderwatch] frame_start "
 LOG_TAIL_LINES = 500
 
+# The marker is one os.write of the whole line: print() writes the text and the newline separately,
+# and a thread logging to stderr in between (the hooks' "agent unreachable") tore the line, so the
+# healer read a wrong output path and rendered a saved frame again.
 MARKER_EXPR = (
-    "import bpy\n"
+    "import bpy, os, sys\n"
     "def _renderwatch_frame_start(scene, *_a):\n"
     "    try:\n"
     "        f = scene.frame_current\n"
-    "        print('" + MARKER + "%d %s' % (f, bpy.path.abspath(scene.render.frame_path(frame=f))), flush=True)\n"
+    "        line = '" + MARKER + "%d %s\\n' % (f, bpy.path.abspath(scene.render.frame_path(frame=f)))\n"
+    "        sys.stdout.flush()\n"
+    "        os.write(1, line.encode('utf-8', 'surrogateescape'))\n"
     "    except Exception as e:\n"
     "        print('[renderwatch] marker failed: %r' % (e,), flush=True)\n"
     "bpy.app.handlers.render_pre.insert(0, bpy.app.handlers.persistent(_renderwatch_frame_start))\n"
