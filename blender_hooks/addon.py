@@ -441,6 +441,7 @@ def _cli_render(scene, frames: str | None, threads: int) -> bool:
     r = scene.render
     if threads > 0:
         r.threads_mode, r.threads = "FIXED", threads
+    runs: list[int | None]
     if frames is None:
         runs = [None]
     else:
@@ -448,7 +449,7 @@ def _cli_render(scene, frames: str | None, threads: int) -> bool:
         if parsed is None:
             print(f"Error: invalid frame list '{frames}'", flush=True)
             return False
-        runs = parsed
+        runs = list(parsed)
     ok = True
     for f in runs:
         saved = scene.frame_start, scene.frame_end

@@ -36,6 +36,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from .transport import HttpPoster
@@ -56,7 +57,7 @@ EVICTED_FILE = "evicted_events"
 _SEGMENT_RE = re.compile(r"^([0-9A-Za-z_-]+)\.(\d{6,})\.ndjson$")
 
 
-def state_home(env: dict[str, str] | None = None) -> Path:
+def state_home(env: Mapping[str, str] | None = None) -> Path:
     """$RENDERWATCH_HOME, else $XDG_STATE_HOME/renderwatch, else ~/.local/state/renderwatch."""
     e = os.environ if env is None else env
     if e.get(ENV_HOME):
@@ -64,13 +65,13 @@ def state_home(env: dict[str, str] | None = None) -> Path:
     return Path(e.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "renderwatch"
 
 
-def spool_dir(env: dict[str, str] | None = None) -> Path:
+def spool_dir(env: Mapping[str, str] | None = None) -> Path:
     """The spool directory: $RENDERWATCH_SPOOL_DIR, else <state home>/spool."""
     e = os.environ if env is None else env
     return Path(e[ENV_SPOOL_DIR]).expanduser() if e.get(ENV_SPOOL_DIR) else state_home(e) / "spool"
 
 
-def spool_max_bytes(env: dict[str, str] | None = None) -> int:
+def spool_max_bytes(env: Mapping[str, str] | None = None) -> int:
     e = os.environ if env is None else env
     try:
         return max(SEGMENT_BYTES, int(e.get(ENV_SPOOL_MAX) or DEFAULT_MAX_BYTES))
@@ -78,7 +79,7 @@ def spool_max_bytes(env: dict[str, str] | None = None) -> int:
         return DEFAULT_MAX_BYTES
 
 
-def agent_url(env: dict[str, str] | None = None) -> str | None:
+def agent_url(env: Mapping[str, str] | None = None) -> str | None:
     """The agent's events endpoint, or None when $RENDERWATCH_AGENT is "off"."""
     e = os.environ if env is None else env
     base = (e.get(ENV_AGENT) or DEFAULT_AGENT).strip()
@@ -89,7 +90,7 @@ def agent_url(env: dict[str, str] | None = None) -> str | None:
     return base.rstrip("/") + EVENTS_PATH
 
 
-def agent_token(env: dict[str, str] | None = None) -> str | None:
+def agent_token(env: Mapping[str, str] | None = None) -> str | None:
     e = os.environ if env is None else env
     return e.get(ENV_TOKEN) or None
 
@@ -279,14 +280,13 @@ class SpoolWriter:
     def append(self, line: bytes) -> bool:
         """Write one encoded event (ending in a newline) with a single os.write. True if written."""
         with self._lock:
-            fd = self._fd
-            if fd is None:
+            if self._fd is None:
                 if self.closed or time.monotonic() < self._retry_at or not self._open():
                     self.dropped += 1
                     return False
-                fd = self._fd
+            fd: int = self._fd  # type: ignore[assignment]  # _open() succeeded
             try:
-                n = os.write(fd, line)  # type: ignore[arg-type]
+                n = os.write(fd, line)
                 if n < len(line):
                     # A short write (the disk filled up mid-line): cut the torn line off again,
                     # or the next event would be glued to it and both lost as malformed.

@@ -79,8 +79,7 @@ class HttpPoster:
         # holding the GIL, which Blender's thread may be waiting for).
         sent = sock.sendmsg([head, body])
         if sent < len(head) + len(body):
-            rest = memoryview(head + body)[sent:] if sent < len(head) else memoryview(body)[sent - len(head):]
-            sock.sendall(rest)
+            sock.sendall((head + body)[sent:] if sent < len(head) else memoryview(body)[sent - len(head):])
         buf = b""
         while b"\r\n\r\n" not in buf:
             chunk = sock.recv(65536)
@@ -89,8 +88,8 @@ class HttpPoster:
             buf += chunk
             if len(buf) > MAX_HEADER_BYTES:
                 raise ConnectionError("response headers too large")
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
+        resp_head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = resp_head.split(b"\r\n")
         try:
             status = int(lines[0].split()[1])
         except (IndexError, ValueError):
