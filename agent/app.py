@@ -1,9 +1,9 @@
 """The agent service: create_app(config) -> aiohttp Application, and ways to run it.
 
 Routes: POST /api/v1/events, GET /metrics (Prometheus text, OpenMetrics when the Accept header
-asks), GET /healthz, GET /api/v1/jobs. Background loops (each an app.cleanup_ctx): the core
-(journal replay at start, tracer flush at stop), the spool scanner, the samplers, and expiry
-with journal compaction.
+asks), GET /healthz, GET /api/v1/jobs, GET /openapi.json (agent.openapi; no token, like /healthz).
+Background loops (each an app.cleanup_ctx): the core (journal replay at start, tracer flush at
+stop), the spool scanner, the samplers, and expiry with journal compaction.
 
 Usage::
 
@@ -33,11 +33,13 @@ from agent.gpu import GpuSampler
 from agent.ingest import Ingestor, check_token, handle_events
 from agent.journal import ExportMark, Journal
 from agent.metrics import IngestCollector, IngestStats, StateCollector
+from agent.openapi import SPEC
 from agent.process import ProcessSampler
 from agent.spool import SpoolScanner
 from agent.state import State
 from agent.traces import RenderTracer
 from renderwatch import __version__
+from renderwatch.openapi import add_openapi_route
 
 log = logging.getLogger("renderwatch.agent")
 
@@ -88,6 +90,7 @@ def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, expor
     app.router.add_get("/api/v1/jobs", _jobs)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
+    add_openapi_route(app, SPEC)
     return app
 
 

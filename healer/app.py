@@ -9,12 +9,13 @@ Routes::
     POST /api/v1/jobs/{id}/restart   run a finished/failed/cancelled job again (resumes from its ledger)
     GET  /metrics                    Prometheus text (probe states, restarts, frames)
     GET  /healthz
+    GET  /openapi.json               the OpenAPI document of these routes (healer.openapi)
     POST /api/v1/alertmanager        Alertmanager webhook (when RENDERWATCH_ALERTMANAGER_TOKEN is set):
                                      RenderStalled -> stop that job's Blender as stalled; the policy restarts it
 
 At most `concurrency` renders run at once; the rest queue. A bearer token (RENDERWATCH_HEALER_TOKEN)
-is required for every route but /healthz when set, and the service refuses to listen off loopback
-without one (it starts Blender with caller-chosen scripts: only the operator may submit). On
+is required for every route but /healthz and /openapi.json when set, and the service refuses to listen
+off loopback without one (it starts Blender with caller-chosen scripts: only the operator may submit). On
 start, jobs this service had submitted and that were still running when it died are resumed.
 
 Usage::
@@ -31,6 +32,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -42,11 +44,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from healer.alerts import ALERTMANAGER_PATH, ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
 from healer.config import ConfigError, HealerConfig
-from healer.frames import FrameSpecError, parse_frames
+from healer.frames import MAX_FRAME, MAX_FRAMES_PER_JOB, MIN_FRAME, FrameSpecError, parse_frames
 from healer.ledger import Ledger, jobs_dir
 from healer.metrics import HealerMetrics
+from healer.openapi import JOB_ID_PATTERN, spec
 from healer.report import build_report
 from healer.supervisor import RenderRequest, RequestError, Supervisor
+from renderwatch.openapi import OPENAPI_PATH, add_openapi_route
 
 log = logging.getLogger("renderwatch.healer")
 
@@ -99,14 +103,16 @@ class JobManager:
         try:
             if isinstance(frames, str):
                 frames = tuple(parse_frames(frames))
-            elif isinstance(frames, list) and all(isinstance(f, int) and not isinstance(f, bool) for f in frames):
+            elif isinstance(frames, list) and all(type(f) is int and MIN_FRAME <= f <= MAX_FRAME for f in frames):
+                if len(frames) > MAX_FRAMES_PER_JOB:
+                    raise ValueError(f"frames: more than {MAX_FRAMES_PER_JOB} frames in one job")
                 frames = tuple(sorted(set(frames))) or None
             elif frames is not None:
-                raise ValueError("frames: a spec like '1-240' or a list of integers")
+                raise ValueError(f"frames: a spec like '1-240' or a list of integers {MIN_FRAME}..{MAX_FRAME}")
         except FrameSpecError as e:
             raise ValueError(f"frames: {e}") from None
         blender = body.get("blender") or self.cfg.blender
-        if blender not in set(self.cfg.allowed_blenders) | {self.cfg.blender}:
+        if not isinstance(blender, str) or blender not in set(self.cfg.allowed_blenders) | {self.cfg.blender}:
             raise ValueError(f"blender: {blender!r} is not allowed here; allowed: "
                              f"{', '.join(sorted(set(self.cfg.allowed_blenders) | {self.cfg.blender}))}")
         args = body.get("args") or []
@@ -119,10 +125,13 @@ class JobManager:
         if stall is not None and (isinstance(stall, bool) or not isinstance(stall, int | float) or stall <= 0):
             raise ValueError("stall_timeout: a positive number of seconds")
         job = body.get("job")
-        if job is not None and not isinstance(job, str):
-            raise ValueError("job: a string id")
+        if job is not None and not (isinstance(job, str) and re.fullmatch(JOB_ID_PATTERN, job)):
+            raise ValueError("job: letters, digits, '.', '_' and '-' (at most 128), starting with a letter or digit")
+        strict = body.get("strict", False)
+        if not isinstance(strict, bool):
+            raise ValueError("strict: true or false")
         return RenderRequest(scene=scene, frames=frames, output=output, blender=blender, blender_args=tuple(args),
-                             stall_timeout=stall, strict=bool(body.get("strict", False)), job=job)
+                             stall_timeout=stall, strict=strict, job=job)
 
     def submit(self, req: RenderRequest) -> Job:
         from healer.supervisor import job_id_for
@@ -279,6 +288,7 @@ def create_app(cfg: HealerConfig, *, registry: CollectorRegistry | None = None, 
     app.router.add_post("/api/v1/jobs/{id}/restart", restart_job)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)
+    add_openapi_route(app, spec(alertmanager=bool(am_token)))
     return app
 
 
@@ -320,7 +330,7 @@ def _auth_middleware(token: str | None):
     @web.middleware
     async def auth(request: web.Request, handler):
         # /api/v1/alertmanager checks Alertmanager's own token (healer.alerts).
-        if token and request.path not in ("/healthz", ALERTMANAGER_PATH):
+        if token and request.path not in ("/healthz", OPENAPI_PATH, ALERTMANAGER_PATH):
             got = request.headers.get("Authorization", "")
             if not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
                 return web.json_response({"error": "missing or wrong bearer token"}, status=401,
