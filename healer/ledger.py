@@ -37,7 +37,7 @@ def jobs_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def job_dir(job: str, env: Mapping[str, str] | None = None) -> Path:
-    if not _JOB_ID.match(job):
+    if not _JOB_ID.fullmatch(job):
         raise ValueError(f"job id {job!r}: use letters, digits, '.', '_' and '-' (at most 128)")
     return jobs_dir(env) / job
 

@@ -122,9 +122,10 @@ def test_verify_frame_removes_a_partial_file(images, tmp_path):
     assert led.completed() == [1]
 
 
-def test_job_ids_are_checked():
+@pytest.mark.parametrize("bad", ["../etc", "abc\n", "-x", ".hidden", "", "a/b"])
+def test_job_ids_are_checked(bad):
     with pytest.raises(ValueError, match="job id"):
-        job_dir("../etc")
+        job_dir(bad)
 
 
 def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
