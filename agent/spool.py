@@ -24,55 +24,20 @@ import asyncio
 import fcntl
 import logging
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from agent.ingest import Ingestor
 
+# One implementation of the spool's on-disk contract, shared with the writer inside Blender.
+from blender_hooks.spool import _segment_name, list_segments, read_ack, write_ack
+
 log = logging.getLogger(__name__)
-SEGMENT_RE = re.compile(r"^([0-9A-Za-z_-]+)\.(\d{6,})\.ndjson$")
 CHUNK_BYTES = 1 << 20
 
 
-def list_segments(directory: Path) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return out
-    for name in names:
-        m = SEGMENT_RE.match(name)
-        if m:
-            out.setdefault(m.group(1), []).append(int(m.group(2)))
-    for idx in out.values():
-        idx.sort()
-    return out
-
-
 def segment_path(directory: Path, session: str, index: int) -> Path:
-    return directory / f"{session}.{index:06d}.ndjson"
-
-
-def read_ack(directory: Path, session: str) -> tuple[int, int]:
-    try:
-        a, b = (directory / f"{session}.ack").read_text().split()
-        return int(a), int(b)
-    except (OSError, ValueError):
-        return 0, 0
-
-
-def write_ack(directory: Path, session: str, index: int, offset: int) -> None:
-    """Move the ack forward atomically; a newer ack (written by the hooks' sender) is kept."""
-    if read_ack(directory, session) >= (index, offset):
-        return
-    tmp = directory / f"{session}.ack.agent.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, f"{index} {offset}\n".encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, directory / f"{session}.ack")
+    return directory / _segment_name(session, index)
 
 
 def writer_gone(directory: Path, session: str) -> bool:
