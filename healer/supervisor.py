@@ -280,6 +280,8 @@ class Supervisor:
         except ValueError as e:
             raise RequestError(str(e)) from e
         self._session_first_attempt = len(led.attempts)
+        # A job an earlier healer already completed (and announced) is not announced again.
+        self._announced_complete = led.status == "complete"
         if self.display:
             self.display.total = len(frames)
         if self.metrics:
@@ -552,7 +554,8 @@ class Supervisor:
         led.status, led.error = "complete", None
         led.save()
         self._update_metrics()
-        self.incidents.emit("render.completed", self._info(message="every requested frame has a verified output"))
+        if not getattr(self, "_announced_complete", False):
+            self.incidents.emit("render.completed", self._info(message="every requested frame has a verified output"))
         return RenderResult("complete", EXIT_OK, led)
 
     def _finish_failed(self, led: Ledger, etype: str, message: str, code: int) -> RenderResult:

@@ -146,9 +146,6 @@ def test_frame_killed_between_write_and_render_write_still_reaches_the_agent(tmp
     assert t["frames_rendered_total"] == 4 and t["frames_done"] == 4, t
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a healer killed after completing the job (before it exits) is "
-                   "re-run by the chaos loop / a render manager; the re-run sends render.completed a second time "
-                   "with a new delivery id (the chaos rounds do not kill a healer whose ledger says complete)")
 def test_rerun_of_a_completed_job_does_not_notify_completion_twice(tmp_path, chaos_scene, receiver, blender34):
     import subprocess
     import sys
