@@ -20,7 +20,6 @@ import os
 import socket
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from renderwatch.paths import ENV_AGENT, ensure_private_dir, home
@@ -68,6 +67,8 @@ def _free(listen: str) -> str:
 
 
 def _get(url: str) -> str:
+    import urllib.request  # here, not at import: every `renderwatch` command imports this module
+
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.read().decode("utf-8", "replace")
 

@@ -30,3 +30,15 @@ def test_to_dict_has_the_classify_json_shape():
 def test_unknown_id_names_the_valid_ones():
     with pytest.raises(KeyError, match="gpu_oom"):
         errors.error_class("gpu_melted")
+
+
+def test_errors_are_frozen_values_that_pickle():
+    import dataclasses
+    import pickle
+
+    err = errors.Segfault(summary="crash", frame=3)
+    assert pickle.loads(pickle.dumps(err)) == err
+    assert repr(err).startswith("SegfaultError(summary='crash'")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        err.summary = "other"  # type: ignore[misc]
+    assert errors.PythonError(fatal=False).severity == "warning"
