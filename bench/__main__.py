@@ -87,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("areas", nargs="*", help=f"subset of {', '.join(AREAS)}")
     ap.add_argument("--readme", action="store_true", help="rewrite the README performance table")
+    ap.add_argument("--readme-only", action="store_true",
+                    help="rewrite the README table from bench/results.json without running anything")
     args = ap.parse_args(argv)
+    if args.readme_only:
+        doc = json.loads(RESULTS.read_text())
+        update_readme(doc["rows"], doc["meta"])
+        return 0
     import os
     rows = run(args.areas or list(AREAS))
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine() + " " + platform.system(),
