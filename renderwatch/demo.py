@@ -98,7 +98,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("[2/4] starting the agent (embedded: spans go to a local OTLP-JSON file)")
     env = dict(os.environ)
     try:
-        cfg = load_config(env, overrides={"listen": _free(args.listen), "job_grace_seconds": 3600})
+        # A data directory per run: the summary then shows this run, not every demo before it.
+        cfg = load_config(env, overrides={"listen": _free(args.listen), "job_grace_seconds": 3600,
+                                          "data_dir": str(run_dir / "agent")})
     except ConfigError as e:
         print(f"renderwatch demo: agent config: {e}", file=sys.stderr)
         return 2

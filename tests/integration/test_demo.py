@@ -26,7 +26,7 @@ def test_demo_heals_one_crash_and_reports_metrics_and_spans(tmp_path: Path, blen
     frames = sorted((tmp_path / "demo").glob("run-*/frames/f_*.png"))
     assert [f.name for f in frames] == [f"f_{i:04d}.png" for i in range(1, 5)]
     spans = []
-    for line in (tmp_path / "state" / "agent" / "traces").glob("spans-*.jsonl"):
+    for line in (tmp_path / "demo").glob("run-*/agent/traces/spans-*.jsonl"):
         for req in map(json.loads, line.read_text().splitlines()):
             for rs in req["resourceSpans"]:
                 for ss in rs["scopeSpans"]:
