@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -254,3 +257,51 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
             return True
         time.sleep(interval)
     return predicate()
+
+
+class AgentProcess:
+    """`renderwatch agent` as a real subprocess on a fixed port; restartable on the same port and
+    home (`env` overrides the environment, e.g. OTEL_* settings)."""
+
+    def __init__(self, home: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "RENDERWATCH_HOME": str(home), "RENDERWATCH_AGENT_LISTEN": f"127.0.0.1:{self.port}",
+                    **(env or {})}
+        self.log = Path(home) / "agent.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> AgentProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "renderwatch", "agent"], env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        assert wait_until(self._healthy, timeout=30), self.log.read_text()[-3000:]
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            return get(self.url, "/healthz", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of /metrics (labels must match exactly), None if absent or unreachable."""
+        try:
+            status, body, _ = get(self.url, "/metrics", timeout=2)
+        except OSError:
+            return None
+        return sample_value(body.decode(), name, labels or None) if status == 200 else None

@@ -7,20 +7,16 @@ the contract's spool format; the lead's end-to-end test does the same with real 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from agent_support import (
+    AgentProcess,
     JobStream,
     OtlpReceiver,
     SessionLock,
     attrs,
-    free_port,
     get,
     ndjson,
     post,
@@ -31,42 +27,6 @@ from agent_support import (
 
 pytestmark = pytest.mark.slow
 FRAMES = 30
-
-
-class AgentProcess:
-    def __init__(self, tmp_path: Path, otlp: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "RENDERWATCH_HOME": str(tmp_path), "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
-                    "OTEL_BSP_SCHEDULE_DELAY": "300", "RENDERWATCH_AGENT_LISTEN": f"127.0.0.1:{self.port}"}
-        self.log = tmp_path / "agent.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "renderwatch", "agent"], env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT)
-        ok = wait_until(lambda: self._healthy(), timeout=30)
-        assert ok, self.log.read_text()
-
-    def _healthy(self) -> bool:
-        try:
-            return get(self.url, "/healthz", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 class FakeBlender:
@@ -90,7 +50,7 @@ class FakeBlender:
 
 def test_sigkill_mid_render_counts_every_frame_once(tmp_path):
     with OtlpReceiver() as rx:
-        agent = AgentProcess(tmp_path, rx.url)
+        agent = AgentProcess(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": rx.url, "OTEL_BSP_SCHEDULE_DELAY": "300"})
         agent.start()
         blender = FakeBlender(tmp_path / "spool", agent.url)
         s = blender.stream

@@ -5,9 +5,7 @@ middle of a real render still counts and traces every frame exactly once."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from agent_support import OtlpReceiver, attrs, free_port, get, sample_value, wait_until
+from agent_support import AgentProcess, OtlpReceiver, attrs, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = REPO / "blender_hooks" / "startup.py"
@@ -28,57 +26,12 @@ def _blender5() -> str:
     return exe
 
 
-class AgentProcess:
-    """`renderwatch agent` as a real subprocess; restartable on the same port and data dir."""
-
-    def __init__(self, home: Path, otlp_url: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, RENDERWATCH_HOME=str(home), OTEL_EXPORTER_OTLP_ENDPOINT=otlp_url,
-                        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf", OTEL_BSP_SCHEDULE_DELAY="100",
-                        RENDERWATCH_SAMPLE_INTERVAL_SECONDS="0.2")
-        self.log = home / "agent.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> AgentProcess:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "renderwatch", "agent", "--listen",
-                                          f"127.0.0.1:{self.port}"], env=self.env, stdout=log, stderr=log)
-        assert wait_until(lambda: self._healthy(), timeout=20), self.log.read_text()[-2000:]
-        return self
-
-    def _healthy(self) -> bool:
-        try:
-            return get(self.url, "/healthz", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        try:
-            status, body, _ = get(self.url, "/metrics", timeout=2)
-        except OSError:
-            return None
-        return sample_value(body.decode(), name, labels or None) if status == 200 else None
-
-
 @pytest.fixture
 def stack(tmp_path: Path):
     with OtlpReceiver() as receiver:
-        agent = AgentProcess(tmp_path / "home", receiver.url)
-        (tmp_path / "home").mkdir()
+        agent = AgentProcess(tmp_path / "home", {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_BSP_SCHEDULE_DELAY": "100", "RENDERWATCH_SAMPLE_INTERVAL_SECONDS": "0.2"})
         agent.start()
         try:
             yield agent, receiver
