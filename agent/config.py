@@ -11,7 +11,6 @@ Usage::
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from renderwatch.listen import is_loopback
+from renderwatch.listen import parse_listen as _parse_listen
 from renderwatch.paths import DEFAULT_AGENT_LISTEN, home
 
 # Environment variables the agent reads (documented in the README's agent section).
@@ -80,28 +81,12 @@ class AgentConfig:
         return self.data_dir / "traces"
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
-    """'HOST:PORT' or '[V6]:PORT' -> (host, port)."""
-    v = value.strip()
-    if v.startswith("["):
-        host, sep, rest = v[1:].partition("]")
-        port_s = rest[1:] if rest.startswith(":") else ""
-        ok = bool(sep) and bool(port_s)
-    else:
-        host, sep, port_s = v.rpartition(":")
-        ok = bool(sep) and bool(host)
-    if not ok or not port_s.isdigit() or int(port_s) > 65535:
-        raise ConfigError(f"{key}: {value!r} is not HOST:PORT (for example 127.0.0.1:9464, or [::1]:9464)")
-    return host, int(port_s)
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port); ConfigError naming `key` when malformed."""
+    try:
+        return _parse_listen(value, key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _number(key: str, raw: Any, kind: type, minimum: float) -> Any:

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
-import ipaddress
 import logging
 import os
 import re
@@ -50,6 +49,8 @@ from healer.metrics import HealerMetrics
 from healer.openapi import JOB_ID_PATTERN, spec
 from healer.report import build_report
 from healer.supervisor import RenderRequest, RequestError, Supervisor
+from renderwatch.listen import is_loopback
+from renderwatch.listen import parse_listen as _parse_listen
 from renderwatch.openapi import OPENAPI_PATH, add_openapi_route
 
 log = logging.getLogger("renderwatch.healer")
@@ -248,27 +249,14 @@ METRICS = web.AppKey("metrics", HealerMetrics)
 
 
 def parse_listen(cfg: HealerConfig) -> tuple[str, int]:
-    host, _, port = cfg.listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
     try:
-        port_n = int(port)
-        if not 0 <= port_n <= 65535:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"listen = {cfg.listen!r}: expected host:port") from None
-    if not _loopback(host) and not cfg.token:
+        host, port = _parse_listen(cfg.listen, "listen", "127.0.0.1:9465")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not is_loopback(host) and not cfg.token:
         raise ConfigError(f"listen = {cfg.listen!r} is not loopback: set RENDERWATCH_HEALER_TOKEN (the API starts "
                           "Blender with caller-chosen scripts)")
-    return host, port_n
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return host, port
 
 
 def create_app(cfg: HealerConfig, *, registry: CollectorRegistry | None = None, incidents: Any = None) -> web.Application:

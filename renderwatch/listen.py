@@ -1,0 +1,37 @@
+"""Listen addresses, shared by the agent and the healer: parse `HOST:PORT` and tell loopback apart.
+
+Usage::
+
+    host, port = parse_listen("127.0.0.1:9464")      # ValueError with a fix-it message when malformed
+    is_loopback(host)                                 # a non-loopback listener needs a token
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1; host names and wildcard addresses are not loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_listen(value: str, key: str = "listen", example: str = "127.0.0.1:9464") -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port); ValueError naming `key` when malformed."""
+    v = value.strip()
+    if v.startswith("["):
+        host, sep, rest = v[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+        ok = bool(sep) and bool(port_s)
+    else:
+        host, sep, port_s = v.rpartition(":")
+        ok = bool(sep) and bool(host)
+    if not ok or not port_s.isdigit() or int(port_s) > 65535:
+        port = example.rpartition(":")[2]
+        raise ValueError(f"{key}: {value!r} is not HOST:PORT (for example {example}, or [::1]:{port})")
+    return host, int(port_s)
