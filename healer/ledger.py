@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from healer.outputs import OutputPattern, remove_partial, verify_image
+from renderwatch.files import write_atomic
 from renderwatch.paths import ensure_private_dir, home
 
 LEDGER_VERSION = 1
@@ -151,22 +151,9 @@ class Ledger:
     def save(self) -> None:
         """Atomic write: temp file in the same folder (0600), fsync, rename over the old one."""
         self.updated_at = time.time()
-        directory = ensure_private_dir(self.path.parent)
+        ensure_private_dir(self.path.parent)
         data = json.dumps(self.to_dict(), indent=1, sort_keys=False).encode()
-        fd, tmp = tempfile.mkstemp(prefix=".ledger.", suffix=".tmp", dir=directory)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(self.path, data)
 
     # ------------------------------------------------------------------ frames
     @property

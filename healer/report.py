@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from healer.ledger import Ledger
+from renderwatch.files import write_atomic
 
 
 def build_report(ledger: Ledger, exit_code: int | None = None) -> dict:
@@ -50,18 +50,7 @@ def write_report(path: str | os.PathLike[str], doc: dict) -> None:
     """Write atomically, so a reader polling the file never sees half a document."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(p, (json.dumps(doc, indent=2) + "\n").encode(), sync=False)
 
 
 def summary(ledger: Ledger, elapsed_s: float | None = None) -> str:
