@@ -1,23 +1,16 @@
 """SIGSEGV in render_pre at $FAULT_FRAME (once if $FAULT_MARKER is set)."""
 import ctypes
 import os
+import sys
 
 import bpy
 
-
-def _armed(scene):
-    if scene.frame_current != int(os.environ.get("FAULT_FRAME", "2")):
-        return False
-    marker = os.environ.get("FAULT_MARKER")
-    if marker:
-        if os.path.exists(marker):
-            return False
-        open(marker, "w").close()
-    return True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _arm import armed  # noqa: E402
 
 
 def fault_pre(scene, *_):
-    if _armed(scene):
+    if armed(scene):
         ctypes.string_at(0)
 
 
