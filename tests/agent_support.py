@@ -177,36 +177,27 @@ class SessionLock:
 
 # -- a real OTLP/HTTP receiver --------------------------------------------------------------------
 
-class OtlpReceiver:
-    """An OTLP/HTTP traces endpoint (aiohttp + opentelemetry-proto) in a thread; collects spans."""
+class ServerThread:
+    """An aiohttp app on 127.0.0.1 (a free port) in its own thread and event loop, as a context
+    manager: subclasses add their routes in `routes(app)`; `.url` is set once it serves."""
 
     def __init__(self) -> None:
-        self.requests: list[ExportTraceServiceRequest] = []
         self.lock = threading.Lock()
         self.url = ""
-        self.status = 200
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)
 
-    def __enter__(self) -> OtlpReceiver:
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
         self._thread.start()
-        self._ready.wait(10)
+        assert self._ready.wait(10), f"{type(self).__name__} did not start"
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()       # aiohttp already un-gzipped it
-        if self.status != 200:
-            return web.Response(status=self.status)
-        req = ExportTraceServiceRequest()
-        req.ParseFromString(body)
-        with self.lock:
-            self.requests.append(req)
-        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
-                            content_type="application/x-protobuf")
 
     def _main(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -214,7 +205,7 @@ class OtlpReceiver:
         async def run() -> None:
             self._stop = asyncio.Event()
             app = web.Application()
-            app.router.add_post("/v1/traces", self._handle)
+            self.routes(app)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -227,6 +218,29 @@ class OtlpReceiver:
 
         self._loop.run_until_complete(run())
         self._loop.close()
+
+
+class OtlpReceiver(ServerThread):
+    """An OTLP/HTTP traces endpoint (aiohttp + opentelemetry-proto) in a thread; collects spans."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.status = 200
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/traces", self._handle)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()       # aiohttp already un-gzipped it
+        if self.status != 200:
+            return web.Response(status=self.status)
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        with self.lock:
+            self.requests.append(req)
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
 
     def spans(self) -> list:
         with self.lock:

@@ -24,7 +24,6 @@ Usage (tests/integration/test_chaos.py, bench/bench_chaos.py)::
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -33,7 +32,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from agent_support import ServerThread
 from aiohttp import web
 
 from healer.errors import ERROR_TYPES
@@ -81,25 +80,16 @@ class Delivery:
     body: dict
 
 
-class WebhookReceiver:
+class WebhookReceiver(ServerThread):
     """A real HTTP receiver (aiohttp, in a thread) recording every delivery; checks each signature."""
 
     def __init__(self, secret: str = SECRET) -> None:
+        super().__init__()
         self.secret = secret
         self.deliveries: list[Delivery] = []
-        self.lock = threading.Lock()
-        self.url = ""
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._main, daemon=True)
 
-    def __enter__(self) -> WebhookReceiver:
-        self._thread.start()
-        assert self._ready.wait(10), "webhook receiver did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/{round}", self._handle)
 
     async def _handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -113,26 +103,6 @@ class WebhookReceiver:
             self.deliveries.append(Delivery(request.path, h.get(HEADER_DELIVERY, ""), h.get(HEADER_EVENT, ""),
                                             signed, body))
         return web.Response(status=204)
-
-    def _main(self) -> None:
-        self._loop = asyncio.new_event_loop()
-
-        async def run() -> None:
-            self._stop = asyncio.Event()
-            app = web.Application()
-            app.router.add_post("/{round}", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self.url = f"http://127.0.0.1:{port}"
-            self._ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
-
-        self._loop.run_until_complete(run())
-        self._loop.close()
 
     def received(self, path: str) -> list[Delivery]:
         with self.lock:
