@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 import sentry_sdk
 from sentry_sdk.scope import Scope
 
+from healer import crashfile
 from healer.errors import RenderError
 from healer.scrub import Scrubber
 from renderwatch import __version__
@@ -64,7 +65,6 @@ _NOT_IN_APP = re.compile(
     r"^<frozen |^<string>$"
 )
 _PY_FRAME_LOG = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>.+?)\s*$')
-_PY_FRAME_CRASH = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+),? in (?P<func>.+?)\s*$')
 _LOG50_PREFIX = re.compile(r"^\d\d:\d\d\.\d{3}\s+\S+\s+\| ")
 _NATIVE = re.compile(r"^(?P<pkg>[^()\[\]]*?)\((?P<sym>[^()+]*)(?:\+(?P<off>0x[0-9a-fA-F]+))?\)\s*\[(?P<addr>0x[0-9a-fA-F]+)\]")
 
@@ -116,40 +116,10 @@ def parse_python_traceback(text: str | Sequence[str]) -> tuple[list[tuple[str, i
 
 
 def parse_crash_file(text: str) -> tuple[list[tuple[str, int, str]], list[str]]:
-    """(python frames outermost first, native lines as written: innermost first) from a crash file.
-
-    Uses `healer.crashfile.parse_crash_file` when that module is there; this is the small fallback.
-    """
-    try:
-        from healer import crashfile  # type: ignore[attr-defined]
-        parsed = crashfile.parse_crash_file(text)
-        py = _field(parsed, "python_frames")
-        native = _field(parsed, "native_frames")
-        if py is not None or native is not None:
-            return ([(str(f[0]), int(f[1]), str(f[2])) for f in (py or ())],
-                    [str(n) for n in (native or ())])
-    except Exception:  # noqa: BLE001 - the classifier's parser is optional here; fall back
-        pass
-    section = None
-    py_frames: list[tuple[str, int, str]] = []
-    native_lines: list[str] = []
-    for line in text.splitlines():
-        if line.startswith("# "):
-            head = line[2:].strip().lower()
-            section = "python" if head.startswith("python backtrace") else "native" if head.startswith("backtrace") else None
-            continue
-        if section == "python":
-            m = _PY_FRAME_CRASH.match(line)
-            if m:
-                py_frames.append((m["file"], int(m["line"]), m["func"]))
-        elif section == "native" and line.strip():
-            native_lines.append(line.strip())
-    py_frames.reverse()  # Blender writes the innermost Python frame first
-    return py_frames, native_lines
-
-
-def _field(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+    """(python frames outermost first, native lines as written: innermost first) from a crash file."""
+    parsed = crashfile.parse_crash_file(text)
+    return ([(str(f[0]), int(f[1]), str(f[2])) for f in parsed.python_frames],
+            [str(n) for n in parsed.native_frames])
 
 
 def is_in_app(path: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> bool:
