@@ -300,9 +300,10 @@ class AgentProcess:
             return False
 
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        """SIGKILL: no flush, no goodbye (a no-op when it is not running)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -311,6 +312,7 @@ class AgentProcess:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(5)
 
     def metric(self, name: str, **labels: str) -> float | None:
         """One sample of /metrics (labels must match exactly), None if absent or unreachable."""

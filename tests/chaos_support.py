@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from agent_support import ServerThread
+from agent_support import AgentProcess, ServerThread
 from aiohttp import web
 
 from healer.errors import ERROR_TYPES
@@ -134,7 +134,7 @@ def sample(text: str, name: str, labels: dict[str, str]) -> float | None:
     return None
 
 
-class Agent:
+class Agent(AgentProcess):
     """`renderwatch agent` as a subprocess on a fixed port, its data and spool dirs in the round's home."""
 
     def __init__(self, home: Path, env: dict[str, str]) -> None:
@@ -160,20 +160,6 @@ class Agent:
                 break
             time.sleep(0.05)
         raise AssertionError(f"agent did not start: {tail(self.log)}")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
     def telemetry(self, job: str) -> dict:
         """frames_rendered_total for the round's labels and the job's frames_done/frames_total."""
