@@ -343,13 +343,17 @@ def register() -> None:
             lst.append(fn)
 
 
-def unregister() -> None:
-    """Remove every handler of this module (by identity) and flush the spool (bounded)."""
-    global _hooks
+def _remove_handlers() -> None:
     for name, fn in HANDLERS:
         lst = getattr(bpy.app.handlers, name)
         while fn in lst:
             lst.remove(fn)
+
+
+def unregister() -> None:
+    """Remove every handler of this module (by identity) and flush the spool (bounded)."""
+    global _hooks
+    _remove_handlers()
     hooks, _hooks = _hooks, None
     if hooks is not None:
         atexit.unregister(_at_exit)
@@ -357,7 +361,18 @@ def unregister() -> None:
 
 
 def _at_exit() -> None:
-    hooks = _hooks
+    """Leave nothing of ours for Blender's own teardown, within FLUSH_AT_EXIT_S (+ABORT_GRACE_S).
+
+    Blender as a module (the bpy wheels) tears down after the interpreter's atexit callbacks: a
+    Python handler still in bpy.app.handlers or a thread still alive then hangs bpy 4.5 for ever
+    and crashes 4.2 with SIGSEGV. So the handlers go first, then the sender thread is stopped.
+    """
+    global _hooks
+    try:
+        _remove_handlers()
+    except Exception:
+        _swallow("exit")
+    hooks, _hooks = _hooks, None
     if hooks is not None:
         try:
             hooks.shutdown()
@@ -372,6 +387,34 @@ def state() -> Hooks | None:
 
 # -- a blender-like command line over the bpy wheel (see wheel_cli.py) ---------------------------
 
+def handler_lists() -> dict[str, list]:
+    """Every handler list of bpy.app.handlers, by name."""
+    out = {}
+    for name in dir(bpy.app.handlers):
+        lst = getattr(bpy.app.handlers, name, None)
+        if isinstance(lst, list) and not name.startswith("_"):
+            out[name] = lst
+    return out
+
+
+def release_handlers(keep: dict[str, set[int]]) -> int:
+    """Remove the handlers added since `keep` (ids by list name), as Blender's own exit would.
+
+    Blender as a module tears itself down after the interpreter: a Python function still in a
+    handler list then hangs bpy 4.5 and crashes bpy 4.2 (SIGSEGV after "Blender quit"), whoever
+    added it (a farm's --python script, a fault script). The add-ons' own handlers (Cycles, an
+    installed renderwatch extension) stay: bpy's exit unregisters those add-ons, and each removes
+    its own. Returns how many were removed.
+    """
+    removed = 0
+    for name, lst in handler_lists().items():
+        kept = keep.get(name, set())
+        for fn in [h for h in lst if id(h) not in kept]:
+            lst.remove(fn)
+            removed += 1
+    return removed
+
+
 def run_cli(actions: list[tuple[str, str | None]]) -> int:
     """Execute parsed command-line actions in order, like Blender's own argument handling.
 
@@ -384,9 +427,32 @@ def run_cli(actions: list[tuple[str, str | None]]) -> int:
     # Blender reads the user's preferences (and so enables their add-ons) at startup; the module
     # does not, so do it here unless told otherwise.
     if ("factory_startup", None) not in actions:
-        prefs = os.path.join(bpy.utils.user_resource("CONFIG"), "userpref.blend")
-        if os.path.exists(prefs):
-            bpy.ops.wm.read_userpref()
+        _read_user_preferences()
+    keep = {name: {id(h) for h in lst} for name, lst in handler_lists().items()}  # the add-ons'
+    try:
+        return _run_actions(actions)
+    finally:
+        release_handlers(keep)
+
+
+# bpy as a module of these release lines dies of SIGSEGV in wm.read_userpref (4.2.23, every time,
+# with or without add-ons): there, an installed renderwatch extension is enabled directly instead.
+READ_USERPREF_CRASHES = {(4, 2)}
+
+
+def _read_user_preferences() -> None:
+    """Read the user's preferences (and so enable their add-ons) as Blender does at startup."""
+    if tuple(bpy.app.version[:2]) in READ_USERPREF_CRASHES:
+        repo = bpy.utils.user_resource("EXTENSIONS", path="user_default")
+        if os.path.isfile(os.path.join(repo, "renderwatch_hooks", "blender_manifest.toml")):
+            bpy.ops.preferences.addon_enable(module="bl_ext.user_default.renderwatch_hooks")
+        return
+    prefs = os.path.join(bpy.utils.user_resource("CONFIG"), "userpref.blend")
+    if os.path.exists(prefs):
+        bpy.ops.wm.read_userpref()
+
+
+def _run_actions(actions: list[tuple[str, str | None]]) -> int:
     exit_code = 0        # --python-exit-code N
     threads = 0
     status = 0

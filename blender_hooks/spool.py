@@ -401,6 +401,9 @@ class SpoolWriter:
                 pass
 
 
+ABORT_GRACE_S = 0.2  # after close()'s bound: how long the aborted thread gets to return
+
+
 class SpoolSender:
     """Delivers spooled events to the agent from a daemon thread, resuming at the ack offset.
 
@@ -470,6 +473,13 @@ class SpoolSender:
         self._wake.set()
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
+            if t.is_alive() and self._http is not None:
+                # A post still in flight (an agent that accepts and never answers, a connect to a
+                # host that drops SYNs): cut it, so the thread is gone before the interpreter ends.
+                # A live thread at exit hangs bpy 4.5 forever and crashes 4.2. Undelivered events
+                # stay in the spool for the next sender or the agent's scanner.
+                self._http.abort()
+                t.join(ABORT_GRACE_S)
         if t is None or not t.is_alive():
             self._release_adopted()
 

@@ -35,9 +35,23 @@ class HttpPoster:
         self.port = int(port)
         self.hostport = hostport
         self._sock: socket.socket | None = None
+        self._connecting: socket.socket | None = None  # visible to abort() while connect() blocks
         # The first connect imports the idna codec (~1 ms holding the GIL, which Blender's thread
         # may be waiting for): do it now, at register time, on the caller's thread.
         self.host.encode("idna")
+
+    def abort(self) -> None:
+        """Unblock a post in flight on another thread (safe from any thread; the fd stays open).
+
+        shutdown() wakes a blocked recv/send and, on Linux, a connect still in SYN_SENT; the
+        posting thread then fails with OSError and closes the socket itself.
+        """
+        for sock in (self._connecting, self._sock):
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -71,7 +85,7 @@ class HttpPoster:
     def _exchange(self, head: bytes, body: bytes, timeout: float) -> int:
         sock = self._sock
         if sock is None:
-            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+            sock = self._connect(timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = sock
         sock.settimeout(timeout)
@@ -111,6 +125,23 @@ class HttpPoster:
         if not keep:  # no length, chunked or "close": don't try to find the next response
             self.close()
         return status
+
+    def _connect(self, timeout: float) -> socket.socket:
+        """socket.create_connection, with the socket reachable by abort() while it connects."""
+        err: OSError | None = None
+        for family, kind, proto, _name, addr in socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            self._connecting = sock
+            try:
+                sock.settimeout(timeout)
+                sock.connect(addr)
+                return sock
+            except OSError as e:
+                err = e
+                sock.close()
+            finally:
+                self._connecting = None
+        raise err or OSError(f"cannot resolve {self.host}")
 
     def _post_urllib(self, body: bytes, headers: dict[str, str], timeout: float) -> int:
         import urllib.error

@@ -367,7 +367,9 @@ async def test_final_flush_is_bounded_when_the_agent_hangs(tmp_path):
     w.close()
     t0 = time.monotonic()
     await asyncio.to_thread(s.close, 0.5)
-    assert time.monotonic() - t0 < 0.8
+    assert time.monotonic() - t0 < 1.0  # the 0.5 s bound plus the 0.2 s abort grace
+    # ... and the thread is gone, not left blocked in recv: a thread alive at exit hangs bpy 4.5
+    assert s._thread is not None and not s._thread.is_alive()
     assert (tmp_path / "s1.000001.ndjson").exists()  # undelivered: still in the spool
     await rx.stop()
 
