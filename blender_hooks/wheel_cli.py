@@ -1,9 +1,14 @@
-"""`renderwatch-blender5`: a `blender`-compatible command line over the bpy==5.0.1 wheel.
+"""`renderwatch-blender`: a `blender`-compatible command line over whichever `bpy` wheel is installed.
 
-Blender 5.0 ships as a Python module only for CPython 3.11; this command lets the healer, the
-tests and the benchmarks drive it exactly like a Blender binary:
+Blender ships as a Python module (`pip install bpy==X`: 4.2.x, 4.5.x and 5.0.x for CPython 3.11,
+5.1.x-5.3.x for 3.13); this command lets the healer, the tests and the benchmarks drive any of them
+exactly like a Blender binary. Install renderwatch (or just `pip install --no-deps renderwatch`)
+into the interpreter that has bpy, then:
 
-    renderwatch-blender5 -b scene.blend --python hooks/startup.py -o //out/f_ -s 1 -e 3 -a
+    renderwatch-blender -b scene.blend --python hooks/startup.py -o //out/f_ -s 1 -e 3 -a
+    python -m blender_hooks.wheel_cli -b scene.blend -a       # the same, without the script
+
+`renderwatch-blender5` is the same command under its old name.
 
 Arguments are processed in order, like Blender: `-b`, `--factory-startup` (else the user's
 preferences are read, so an installed renderwatch extension loads as in Blender), a .blend path,
@@ -88,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     # Scripts read Blender's whole command line from sys.argv, as in a real Blender.
-    sys.argv = [sys.argv[0] if sys.argv else "renderwatch-blender5", *args]
-    from blender_hooks import addon  # imports bpy (Blender 5.0 as a module): ~0.5 s
+    sys.argv = [sys.argv[0] if sys.argv else "renderwatch-blender", *args]
+    from blender_hooks import addon  # imports bpy (Blender as a module): 0.3-0.6 s
 
     if ("version", None) in actions:
         print(f"Blender {addon.bpy.app.version_string}")

@@ -63,7 +63,7 @@ class HealerConfig:
     backoff_base_s: float | None = None
     kill_grace_s: float = 5.0
     probe_interval_s: float = 0.25
-    allowed_blenders: tuple[str, ...] = ("blender", "renderwatch-blender5")
+    allowed_blenders: tuple[str, ...] = ("blender", "renderwatch-blender", "renderwatch-blender5")
     policy_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     incidents: Mapping[str, Any] | None = None      # the file's [incidents] table (healer.incidents reads it)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
