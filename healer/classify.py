@@ -451,7 +451,10 @@ class LogScanner:
                 primary = t
             if primary:
                 break
-        # a script that died on its exception: the exception's own type names the cause
+        # a script that died on its exception: the exception's own type names the cause, also
+        # when Blender said so (`Error: script failed, ...` after --python-exit-code)
+        if primary == "python_error" and tb_last is not None:
+            primary = next((t for t in tb_last.types if t in _CAUSE_ORDER), "python_error")
         if primary is None and exited_nonzero and tb_last is not None and self._last_event in ("traceback", "error"):
             primary = next((t for t in tb_last.types if t in _CAUSE_ORDER), "python_error")
         if primary is not None:

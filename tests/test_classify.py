@@ -1,4 +1,5 @@
-"""healer.classify over real Blender output (../shared 3.4 captures, our 3.4 and 5.0 captures) and
+"""healer.classify over real Blender output (../shared 3.4 captures, our captures of 3.4 and of every bpy
+wheel of the version matrix) and
 reference strings for what can't be produced here (GPU faults, Windows crashes)."""
 
 import io
@@ -15,12 +16,14 @@ from healer import errors
 from healer.classify import _COMPILED, _GATE, FINDINGS_KEPT, FRAME_MARKER, LogScanner, classify
 from healer.cli_classify import main as classify_main
 from healer.logformat import iter_lines, split_prefix
+from renderwatch.matrix import MATRIX
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _finding(err, line, type_id, text):
-    return any(f.line == line and f.type == type_id and text in f.text for f in err.findings)
+    """A finding of that type with that text, on that line (None: on any line)."""
+    return any(line in (None, f.line) and f.type == type_id and text in f.text for f in err.findings)
 
 
 # --- ../shared/fixtures/blender-logs (Blender 3.4.1, real) ------------------------------------------
@@ -110,8 +113,50 @@ CAPTURES = {
     "blend_invalid_3.4": ("blend_invalid", True, (2, "blend_invalid", "File format is not supported")),
     "blend_truncated_3.4": ("blend_invalid", True, (3, "blend_invalid", "Failed to read blend file")),
     "skip_existing_3.4": ("ok", False, None),
+    "segfault_3.4": ("segfault", True, (None, "segfault", "crash.txt")),
+    "pyerr_script_3.4": ("python_error", True, (9, "python_error", "script failed, file: '/mnt/pipeline/hooks/pyerr_top.py'")),
+    "missing_texture_3.4": ("missing_file", False, (4, "missing_file", "Cannot read '/srv/textures/missing_albedo.png'")),
     "eevee_3.4": ("ok", False, None),
 }
+
+
+# The later rows of the version matrix, captured through renderwatch-blender (the way the healer
+# and the farms run a wheel): the same runs on every line, so one expectation per kind of run.
+# kind: (types allowed, fatal, (finding type, text) or None)
+WHEEL_LINES = ("4.2", "4.5", "5.2", "5.3")
+WHEEL_KINDS = {
+    "ok": (("ok",), False, None),
+    "pyerr_handler": (("python_error",), False, ("python_error", "Error in bpy.app.handlers.render_pre[0]:")),
+    "pyerr_script": (("python_error",), True, ("python_error", "KeyError: 'bpy_prop_collection")),
+    "missing_texture": (("missing_file",), False, ("missing_file", "Cannot read '/srv/textures/missing_albedo.png'")),
+    # --python-exit-code: Blender says "script failed", the exception says why: the missing file
+    "missing_texture_uncaught": (("missing_file",), True, ("missing_file", "Cannot read '/srv/textures")),
+    "outdir": (("output_error",), True, None),
+    "missing_blend": (("missing_file",), True, ("missing_file", 'Cannot read file "/srv/projects/shot010')),
+    "blend_invalid": (("blend_invalid",), True, None),
+    "blend_truncated": (("blend_invalid",), True, None),
+    "segfault": (("segfault",), True, None),
+    "segfault_faulthandler": (("segfault",), True, ("segfault", "Fatal Python error: Segmentation fault")),
+    "abort": (("abort",), True, None),
+    "kill": (("killed",), True, None),
+    "stall": (("killed",), True, None),           # without stalled=True it is only a SIGKILL
+    "sigterm": (("interrupted",), True, None),
+    # A wheel swallows SIGINT inside Cycles: at most the frame in flight is broken, the render goes on
+    "sigint": (("ok", "interrupted"), False, None),
+    "eevee": (("ok",), False, None),
+    "render_stats": (("ok",), False, None),
+}
+
+
+def _expected(name):
+    """(types, fatal, (line or None, finding type, text) or None) for one capture."""
+    if name in CAPTURES:
+        type_id, fatal, key = CAPTURES[name]
+        return (type_id,), fatal, key
+    kind, _, line = name.rpartition("_")
+    assert line in WHEEL_LINES and kind in WHEEL_KINDS, f"{name}: add its expected type to CAPTURES"
+    types, fatal, key = WHEEL_KINDS[kind]
+    return types, fatal, (None, *key) if key else None
 
 
 def _captures():
@@ -124,13 +169,12 @@ def _captures():
 
 @pytest.mark.parametrize("folder, name, entry", _captures())
 def test_captures(folder, name, entry):
-    assert name in CAPTURES, f"{name}: add its expected type to CAPTURES"
-    type_id, fatal, key = CAPTURES[name]
+    types, fatal, key = _expected(name)
     kw = {}
     if entry.get("crash_file"):
         kw["crash_text"] = (folder / entry["crash_file"]).read_text()
     err = classify((folder / f"{name}.log").read_bytes(), exit_code=entry["exit_code"], **kw)
-    assert (err.type, err.fatal) == (type_id, fatal), err.summary
+    assert err.type in types and err.fatal == fatal, err.summary
     if key:
         assert _finding(err, *key), err.findings
     for f in err.findings:
@@ -139,8 +183,28 @@ def test_captures(folder, name, entry):
 
 def test_every_capture_is_checked():
     names = {p.values[1] for p in _captures()}
-    assert set(CAPTURES) == names
+    assert set(CAPTURES) <= names
     assert sum(n.endswith("_5.0") for n in names) >= 10
+    for line in WHEEL_LINES:   # every kind of run captured on every later row of the matrix
+        assert {n for n in names if n.endswith(f"_{line}")} == {f"{k}_{line}" for k in WHEEL_KINDS}, line
+
+
+@pytest.mark.matrix("capture")
+@pytest.mark.parametrize("row", [pytest.param(v, id=v.line) for v in MATRIX])
+def test_each_version_has_its_failures_captured(row):
+    """Every Blender of the matrix: a crash, a Python error and a missing texture captured for real,
+    its log format read (the frames saved are counted), each classified as expected (test_captures)."""
+    folder = FIXTURES / f"blender-logs-{row.line}"
+    entries = json.loads((folder / "captures.json").read_text())
+    for kind in ("segfault", "pyerr_script", "missing_texture"):
+        assert f"{kind}_{row.line}" in entries, f"Blender {row.label}: no {kind} capture in {folder.name}"
+    if row.binary:   # Blender as a module writes no crash file
+        assert entries[f"segfault_{row.line}"].get("crash_file"), "the binary's segfault left a crash file"
+    scanner = LogScanner()   # its log format is read: the one frame the missing-texture run saved
+    scanner.feed_text((folder / f"missing_texture_{row.line}.log").read_text())
+    assert scanner.frames_saved == 1
+    err = classify((folder / f"segfault_{row.line}.log").read_bytes(), exit_code=-11)
+    assert err.type == "segfault"
 
 
 def test_50_captures_details():
