@@ -1,4 +1,4 @@
-"""Shared test fixtures: real Blender (3.4 binary and the 5.0 wheel), generated scenes, ../shared."""
+"""Shared test fixtures: real Blender (3.4 binary and every bpy wheel of the matrix), generated scenes, ../shared."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from blender_matrix import BlenderCmd, Recorder, command_for, params
 
 from renderwatch.scenes import bpy_python, create_demo_scene, find_blender
 
@@ -68,3 +69,36 @@ def scene_copy(tmp_path, scene_factory):
         shutil.copy(scene_factory(frames=frames, **kw), dst)
         return dst
     return make
+
+
+# -- the Blender version matrix (tests/blender_matrix.py) -----------------------------------------
+
+_recorder = Recorder()
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "matrix(check, ...): a per-version check of the README's support table")
+
+
+@pytest.fixture(params=params())
+def matrix_blender(request) -> BlenderCmd:
+    """Each Blender of the matrix in turn (Debian's 3.4 binary, every bpy wheel set up here)."""
+    return command_for(request.param)
+
+
+@pytest.fixture(params=params(wheels_only=True))
+def matrix_wheel(request) -> BlenderCmd:
+    """Each bpy wheel of the matrix, through renderwatch-blender."""
+    return command_for(request.param)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" or (rep.when == "setup" and not rep.passed):
+        _recorder.record(item, "skip" if rep.skipped else "pass" if rep.passed else "fail")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _recorder.save()

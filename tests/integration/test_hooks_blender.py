@@ -1,4 +1,5 @@
-"""The hooks inside real Blender: Debian's 3.4 binary and the bpy==5.0.1 wheel (renderwatch-blender5).
+"""The hooks inside real Blender: every row of the version matrix (Debian's 3.4 binary, the bpy wheels of
+4.2 LTS, 4.5 LTS, 5.0, 5.2 LTS and 5.3 through renderwatch-blender).
 
 Every test renders (or registers) in a real Blender subprocess; the agent is either absent (the
 events must land in the spool) or a small aiohttp receiver standing in for POST /api/v1/events.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from blender_matrix import BlenderCmd
 
 from blender_hooks import spool
 from blender_hooks.cli import STARTUP
@@ -26,24 +28,15 @@ from blender_hooks.events import decode
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
-VERSIONS = ["3.4", "5.0"]
-
-
 def wheel_blender(bpy_py: str) -> list[str]:
-    exe = shutil.which("renderwatch-blender5", path=str(Path(bpy_py).parent))
+    exe = shutil.which("renderwatch-blender", path=str(Path(bpy_py).parent))
     return [exe] if exe else [bpy_py, "-m", "blender_hooks.wheel_cli"]
 
 
-@pytest.fixture(params=VERSIONS)
-def blender(request) -> list[str]:
-    """argv prefix of a Blender: the 3.4 binary, or renderwatch-blender5 over the 5.0 wheel."""
-    if request.param == "3.4":
-        return [request.getfixturevalue("blender34")]
-    return wheel_blender(request.getfixturevalue("bpy_py"))
-
-
-def is_50(blender: list[str]) -> bool:
-    return "blender5" in blender[0] or "wheel_cli" in " ".join(blender)
+@pytest.fixture
+def blender(matrix_blender: BlenderCmd) -> BlenderCmd:
+    """argv prefix of a Blender of the matrix (a list), with its row."""
+    return matrix_blender
 
 
 def free_port() -> int:
@@ -72,7 +65,7 @@ def render_argv(blender: list[str], scene: Path, *args: str, hooks: bool = True)
             "-o", str(scene.parent / "frames" / "f_"), *args]
 
 
-def check_job(evs: list[dict], frames: list[int], *, v50: bool, samples: int = 8) -> None:
+def check_job(evs: list[dict], frames: list[int], blender: BlenderCmd, samples: int = 8) -> None:
     """The events of one rendered job, whatever Blender version produced them."""
     seqs = [(e["session"], e["seq"]) for e in evs]
     assert len(seqs) == len(set(seqs)), "duplicate seq"
@@ -80,7 +73,7 @@ def check_job(evs: list[dict], frames: list[int], *, v50: bool, samples: int = 8
     assert types[0] == "job_start" and types[-1] == "job_end"
     start = evs[0]
     assert start["engine"] == "CYCLES" and start["device_type"] == "CPU" and start["samples"] == samples
-    assert start["blender_version"].startswith("5.0" if v50 else "3.4")
+    assert start["blender_version"].startswith(blender.row.line + ".")
     assert start["blend_file"].endswith("scene.blend") and start["pid"] > 0 and start["host"]
     assert [e["frame"] for e in evs if e["type"] == "frame_start"] == frames
     ends = [e for e in evs if e["type"] == "frame_end"]
@@ -91,7 +84,7 @@ def check_job(evs: list[dict], frames: list[int], *, v50: bool, samples: int = 8
         assert e["peak_memory_blender_bytes"] > 0
     assert evs[-1]["status"] == "complete" and evs[-1]["frames_done"] == len(frames)
     phases = {(e["frame"], e["name"]) for e in evs if e["type"] == "phase"}
-    if v50:  # 5.0 reports its stats to the handler; 3.4 passes None
+    if blender.stats_to_handler:  # every wheel hands the stats string to the handler; 3.4 passes None
         for f in frames:
             assert {(f, "sync"), (f, "sampling")} <= phases
     else:
@@ -155,7 +148,7 @@ def test_agent_down_events_land_in_the_spool(blender, scene_copy, tmp_path):
     assert "agent unreachable" in p.stderr  # said once, not per event
     assert p.stderr.count("agent unreachable") == 1
     evs = spooled(tmp_path)
-    check_job(evs, [1, 2, 3], v50=is_50(blender))
+    check_job(evs, [1, 2, 3], blender)
     assert elapsed < 60
     d = tmp_path / "rwhome" / "spool"
     assert oct(d.stat().st_mode & 0o777) == "0o700"
@@ -170,7 +163,7 @@ async def test_events_reach_the_agent(blender, scene_copy, tmp_path):
         rc, out = await run_async(render_argv(blender, scene, "-s", "1", "-e", "3", "-a"), env)
         assert rc == 0, out
     evs = rx.ordered()
-    check_job(evs, [1, 2, 3], v50=is_50(blender))
+    check_job(evs, [1, 2, 3], blender)
     assert {e["job"] for e in evs} == {"shot010-lighting"} and {e["attempt"] for e in evs} == {2}
     assert set(rx.auth) == {"Bearer tok-1"}
     # Everything delivered before Blender exited: the spool is empty again.
@@ -219,7 +212,7 @@ async def test_agent_restarted_mid_render_loses_nothing(blender, scene_factory, 
     assert down_at < len(got)
     evs = sorted({(e["session"], e["seq"]): e for e in got}.values(), key=lambda e: e["seq"])
     assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1))        # nothing missing
-    check_job(evs, list(range(1, 11)), v50=is_50(blender), samples=128)
+    check_job(evs, list(range(1, 11)), blender, samples=128)
 
 
 async def test_a_hung_agent_does_not_hold_blender(blender, scene_copy, tmp_path):
@@ -260,7 +253,7 @@ async def test_a_hung_agent_does_not_hold_blender(blender, scene_copy, tmp_path)
     assert rc == 0 and last_saved, "".join(text)
     assert posts, "the agent was never contacted"
     assert exit_delay < 2.0, exit_delay       # flush bounded to 0.5 s, plus Blender's own exit
-    check_job(spooled(tmp_path), [1, 2, 3], v50=is_50(blender))  # kept for the agent's catch-up
+    check_job(spooled(tmp_path), [1, 2, 3], blender)  # kept for the agent's catch-up
 
 
 def test_frame_list_is_one_job(blender, scene_copy, tmp_path):
@@ -391,26 +384,25 @@ def isolated_blender_env(tmp_path: Path, agent: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.matrix("install")
 async def test_install_then_every_launch_reports_then_uninstall(blender, scene_copy, tmp_path):
     scene = scene_copy(frames=4)
     cli = [sys.executable, "-m", "renderwatch", "hooks"]
     async with Receiver() as rx:
         env = isolated_blender_env(tmp_path, rx.url)
-        if len(blender) > 1:
-            pytest.skip("renderwatch-blender5 is not installed beside the bpy Python")
         rc, out = await run_async([*cli, "install", "--blender", blender[0]], env)
         assert rc == 0, out
-        v50 = is_50(blender)
-        where = Path(env["BLENDER_USER_EXTENSIONS"]) / "user_default" / "renderwatch_hooks" if v50 else \
+        ext = blender.has_extensions
+        where = Path(env["BLENDER_USER_EXTENSIONS"]) / "user_default" / "renderwatch_hooks" if ext else \
             Path(env["BLENDER_USER_SCRIPTS"]) / "addons" / "renderwatch_hooks"
-        assert (where / "addon.py").exists() and ("extension" if v50 else "add-on") in out
+        assert (where / "addon.py").exists() and ("extension" if ext else "add-on") in out
         assert not (where / "cli.py").exists() and not (where / "wheel_cli.py").exists()
         assert (Path(env["BLENDER_USER_CONFIG"]) / "userpref.blend").exists()
 
         # A plain render, no --python: the installed hooks report.
         rc, out = await run_async(render_argv(blender, scene, "-s", "1", "-e", "2", "-a", hooks=False), env)
         assert rc == 0, out
-        check_job(rx.ordered(), [1, 2], v50=v50)
+        check_job(rx.ordered(), [1, 2], blender)
 
         rc, out = await run_async([*cli, "uninstall", "--blender", blender[0]], env)
         assert rc == 0 and "removed" in out, out
@@ -423,7 +415,7 @@ async def test_install_then_every_launch_reports_then_uninstall(blender, scene_c
         assert rc == 0 and "not installed" in out
 
 
-# -- renderwatch-blender5 behaves like a Blender binary -------------------------------------------
+# -- renderwatch-blender behaves like a Blender binary --------------------------------------------
 
 @pytest.fixture
 def b5(bpy_py) -> list[str]:
@@ -483,9 +475,9 @@ def test_wheel_cli_unknown_engine_and_format(b5, scene_copy, tmp_path):
     assert p.returncode == 0 and "not known or not compiled" in p.stdout and (tmp_path / "o" / "f_0001.png").exists()
 
 
-def test_wheel_cli_version(b5, tmp_path):
-    p = run([*b5, "--version"], hooks_env(tmp_path, "off"))
-    assert p.returncode == 0 and p.stdout.startswith("Blender 5.0")
+def test_wheel_cli_version(matrix_wheel, tmp_path):
+    p = run([*matrix_wheel, "--version"], hooks_env(tmp_path, "off"))
+    assert p.returncode == 0 and p.stdout.startswith(f"Blender {matrix_wheel.row.version}"), p.stdout
 
 
 def test_spool_events_are_schema_valid_json(blender, scene_copy, tmp_path):

@@ -1,14 +1,11 @@
-"""The healer drives Blender 5.0 (the bpy==5.0.1 wheel through `renderwatch-blender5`) through a crash.
+"""The healer drives each Blender of the version matrix through a crash: Debian's 3.4 binary and every
+bpy wheel (through `renderwatch-blender`).
 
-As a Python module Blender 5.0 writes no crash file: the signal and the new log format
-(`00:00.327  render | Saved: '...'`) are all the healer gets.
+As Python modules the wheels write no crash file: the signal and the log (4.x's bare lines, 5.x's
+`00:00.327  render | Saved: '...'`) are all the healer gets.
 """
 
 from __future__ import annotations
-
-import shutil
-import sys
-from pathlib import Path
 
 import pytest
 from healer_support import assert_every_frame_once, fault, render
@@ -16,11 +13,12 @@ from healer_support import assert_every_frame_once, fault, render
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 
-def test_segfault_once_on_blender_5(scene_copy, tmp_path, bpy_py):
-    exe = shutil.which("renderwatch-blender5", path=str(Path(sys.executable).parent))
-    assert exe, "renderwatch-blender5 is installed with the package"
+@pytest.mark.matrix("heal")
+def test_segfault_healed_on_each_blender(matrix_blender, scene_copy, tmp_path):
+    assert len(matrix_blender) == 1, "the healer takes one executable"
     scene = scene_copy(frames=4)
-    rc, doc, out = render([str(scene), "--frames", "1-3", "--blender", exe, "--", "--python", fault("segfault")],
+    rc, doc, out = render([str(scene), "--frames", "1-3", "--blender", matrix_blender[0], "--",
+                           "--python", fault("segfault")],
                           tmp_path / "home", tmp_path / "r.json", FAULT_FRAME="2", FAULT_MARKER=str(tmp_path / "m"))
     assert rc == 0, out
     assert_every_frame_once(doc, [1, 2, 3])
