@@ -3,6 +3,7 @@
     renderwatch hooks path                      # for `blender --python PATH`
     renderwatch hooks install [--blender EXE]   # every launch of that Blender reports
     renderwatch hooks uninstall [--blender EXE]
+    renderwatch hooks check [--blender EXE]     # one tiny frame with the hooks: a plain verdict
 
 Install asks that Blender (a subprocess) for its version and user directories, copies the hooks
 (standard-library files only) and enables them in the user preferences from inside that Blender:
@@ -129,6 +130,222 @@ def _blender(explicit: str | None) -> str:
     return exe
 
 
+# -- hooks check ------------------------------------------------------------------------------------
+
+EXIT_BOUND_S = 3.0        # last line to exit: the hooks' flush bound (0.5 + 0.2 s) plus Blender's teardown
+_CHECK_SCENE = """
+import bpy
+s = bpy.context.scene
+s.render.engine = "CYCLES"
+s.cycles.samples, s.cycles.use_denoising, s.cycles.device = 1, False, "CPU"
+s.render.resolution_x = s.render.resolution_y = 16
+s.render.resolution_percentage = 100
+s.render.image_settings.file_format = "PNG"
+s.render.filepath = {out!r}
+s.frame_start = s.frame_end = 1
+bpy.ops.render.render(animation=True)
+"""
+
+
+class Check:
+    """The result lines of `renderwatch hooks check` and the verdict they add up to."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, str]] = []   # (ok|warn|FAIL, what, what to do)
+
+    def add(self, status: str, what: str, fix: str = "") -> None:
+        self.lines.append((status, what, fix))
+
+    @property
+    def failed(self) -> bool:
+        return any(s == "FAIL" for s, _w, _f in self.lines)
+
+    def report(self) -> str:
+        out = []
+        for status, what, fix in self.lines:
+            out.append(f"  {status:<4}  {what}")
+            if fix:
+                out.append(f"        -> {fix}")
+        if self.failed:
+            out.append("verdict: FAIL: renders on this Blender are not reported as they should be (see above)")
+        elif any(s == "warn" for s, _w, _f in self.lines):
+            out.append("verdict: PASS with a warning: the hooks work; see the warning above")
+        else:
+            out.append("verdict: PASS: every render of this Blender with the hooks loaded reports to renderwatch")
+        return "\n".join(out)
+
+
+def _run_timed(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str, float, float]:
+    """Run argv; (exit status, or None when killed, output, wall s, s from its last line to its end).
+
+    Killed at `timeout`, or EXIT_BOUND_S x 3 after "Blender quit" (a Blender that hangs on exit
+    is the failure this looks for: no point waiting the whole timeout for it).
+    """
+    import threading
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    chunks: list[bytes] = []
+    last = [t0]
+    quit_at: list[float] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            chunks.append(line)
+            last[0] = time.monotonic()
+            if line.strip() == b"Blender quit":
+                quit_at.append(last[0])
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    rc: int | None = None
+    while True:
+        try:
+            rc = proc.wait(0.05)
+            break
+        except subprocess.TimeoutExpired:
+            now = time.monotonic()
+            if now - t0 > timeout or (quit_at and now - quit_at[0] > 3 * EXIT_BOUND_S):
+                proc.kill()
+                proc.wait()
+                break
+    end = time.monotonic()
+    reader.join(2)
+    return rc, b"".join(chunks).decode(errors="replace"), end - t0, end - last[0]
+
+
+def _agent_saw(base: str, token: str | None, job: str) -> tuple[bool | None, str]:
+    """(True, detail) if the agent knows the job, (False, detail) if not, (None, why) if unreachable."""
+    import time
+
+    from agent.status import fetch_jobs
+
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            doc = fetch_jobs(base, token)
+        except Exception as e:   # refused, timeout, 401, not JSON
+            return None, str(getattr(e, "reason", None) or e)
+        mine = [j for j in doc.get("jobs", []) if j.get("job") == job]
+        if mine and mine[0].get("frames_done", 0) >= 1:
+            return True, f"{mine[0]['frames_done']} frame, status {mine[0].get('status')}"
+        if time.monotonic() >= deadline:
+            if mine:
+                return False, f"its job_start but no frame (status {mine[0].get('status')})"
+            return False, f"{len(doc.get('jobs', []))} other job(s)"
+        time.sleep(0.2)
+
+
+def _spooled_jobs(directory: Path, job: str) -> int:
+    from blender_hooks.events import decode
+
+    n = 0
+    for path in directory.glob("*.ndjson"):
+        try:
+            for line in path.read_bytes().splitlines():
+                try:
+                    if decode(line).get("job") == job:
+                        n += 1
+                except ValueError:
+                    continue
+        except OSError:
+            continue
+    return n
+
+
+def check(exe: str, timeout: float = 120.0) -> Check:
+    """Render one 16x16 frame with the hooks in `exe` and judge what came of it."""
+    import os
+    import tempfile
+
+    from blender_hooks import spool
+
+    c = Check()
+    try:
+        info = query_blender(exe)
+    except HooksInstallError as e:
+        c.add("FAIL", f"{exe} does not run as Blender: {e}",
+              "pass --blender EXE (a Blender binary, or renderwatch-blender beside a bpy wheel)")
+        return c
+    c.add("ok", f"Blender {info['version_string']} at {exe}")
+    job = f"hooks-check-{os.urandom(4).hex()}"
+    env = {**os.environ, "RENDERWATCH_JOB_ID": job}
+    with tempfile.TemporaryDirectory(prefix="renderwatch-check-") as tmp:
+        out = os.path.join(tmp, "f_")
+        argv = [exe, "-b", "--factory-startup", "--python", str(STARTUP), "--python-exit-code", "3",
+                "--python-expr", _CHECK_SCENE.format(out=out)]
+        rc, text, wall, exit_delay = _run_timed(argv, env, timeout)
+        frame = os.path.exists(out + "0001.png")
+    tail = "\n".join("          " + ln for ln in text.strip().splitlines()[-8:])
+    if rc is None and "Blender quit" in text:
+        c.add("FAIL", f"Blender printed 'Blender quit' and did not exit ({exit_delay:.1f} s later, killed)",
+              "a farm task would hang until its timeout: run again with RENDERWATCH_AGENT=off; if that "
+              "exits, the agent's address is the problem, else report it with this output")
+    elif rc is None:
+        c.add("FAIL", f"Blender did not finish within {timeout:.0f} s (killed); its last lines:\n{tail}",
+              "try a longer --timeout on a slow machine; else report it with this output")
+    elif rc != 0 or not frame:
+        try:
+            from healer.classify import classify
+
+            why = classify(text, exit_code=rc).summary
+        except Exception:   # the verdict must not depend on the classifier
+            why = f"exit status {rc}"
+        c.add("FAIL", f"the test frame did not render ({why}); last lines:\n{tail}",
+              "run the same Blender on a scene of yours; if it renders there, report this output")
+    else:
+        c.add("ok", f"one frame rendered with the hooks loaded ({wall:.1f} s)")
+    if rc is not None and frame:
+        if exit_delay <= EXIT_BOUND_S:
+            c.add("ok", f"exits by itself {exit_delay:.2f} s after its last line (bound {EXIT_BOUND_S:.1f} s)")
+        else:
+            c.add("FAIL", f"took {exit_delay:.2f} s to exit after its last line (bound {EXIT_BOUND_S:.1f} s)",
+                  "a farm task would wait that long per launch: report it with this output")
+    if "renderwatch hook" in text and "failed (ignored)" in text:
+        c.add("warn", "a hook raised inside Blender (ignored, the render went on)",
+              "report it with this output: some events may be missing")
+    url = spool.agent_url()
+    sdir = spool.spool_dir()
+    if url is None:
+        n = _spooled_jobs(sdir, job)
+        if n:
+            c.add("ok", f"{n} event(s) of the test job in the spool {sdir} (RENDERWATCH_AGENT=off)")
+        else:
+            c.add("FAIL", f"no event of the test job in the spool {sdir}",
+                  "the hooks did not load or could not write there: check its permissions and the output")
+        return c
+    base = url[: -len(spool.EVENTS_PATH)]
+    saw, detail = _agent_saw(base, spool.agent_token(), job)
+    if saw:
+        c.add("ok", f"the agent at {base} counted the test job ({detail})")
+    elif saw is False:
+        n = _spooled_jobs(sdir, job)
+        c.add("FAIL", f"the agent at {base} answers but never saw the test job ({detail}); "
+              f"{n} of its event(s) still in the spool {sdir}",
+              "check that RENDERWATCH_TOKEN is the agent's, and the agent's log for rejected events")
+    else:
+        n = _spooled_jobs(sdir, job)
+        status = "warn" if n else "FAIL"
+        c.add(status, f"the agent at {base} is unreachable ({detail}); {n} event(s) of the test job wait in "
+              f"the spool {sdir}", "start it (`renderwatch agent`) or set RENDERWATCH_AGENT to its address; "
+              "spooled events are delivered when it comes up")
+    return c
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        exe = _blender(args.blender)
+    except HooksInstallError as e:
+        print(f"renderwatch hooks check: {e}", file=sys.stderr)
+        return 1
+    print(f"renderwatch hooks check: rendering one test frame with {exe} ...", flush=True)
+    result = check(exe, timeout=args.timeout)
+    print(result.report())
+    return 1 if result.failed else 0
+
+
 def cmd_path(_args: argparse.Namespace) -> int:
     print(STARTUP)
     return 0
@@ -159,7 +376,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hooks", help="the Blender hooks: path, install, uninstall",
+    p = sub.add_parser("hooks", help="the Blender hooks: path, install, uninstall, check",
                        description=__doc__.split("\n\n")[0])
     hs = p.add_subparsers(dest="hooks_command", metavar="ACTION")
     hs.add_parser("path", help="print the script to pass as `blender --python PATH`").set_defaults(func=cmd_path)
@@ -167,6 +384,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                              ("uninstall", cmd_uninstall, "remove from a Blender")):
         sp = hs.add_parser(name, help=text)
         sp.add_argument("--blender", metavar="EXE", help="Blender executable (default $RENDERWATCH_BLENDER, "
-                        "then `blender`); renderwatch-blender5 for the 5.0 wheel")
+                        "then `blender`); renderwatch-blender for a bpy wheel")
         sp.set_defaults(func=func)
+    sp = hs.add_parser("check", help="render one tiny frame with the hooks and say whether they work")
+    sp.add_argument("--blender", metavar="EXE", help="Blender executable (default $RENDERWATCH_BLENDER, "
+                    "then `blender`); renderwatch-blender for a bpy wheel")
+    sp.add_argument("--timeout", type=float, default=120.0, help="seconds before Blender is killed (default 120)")
+    sp.set_defaults(func=cmd_check)
     p.set_defaults(func=lambda _a: (p.print_help(), 2)[1])
