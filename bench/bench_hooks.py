@@ -2,7 +2,10 @@
 
 (a) Overhead: the same 8-frame Cycles render with and without the hooks (`--python startup.py`,
     delivering to a stand-in agent), alternating runs (ABBA), median wall-time ratio. Goal <= 1.01;
-    the peer is the same render without hooks. Done on Blender 3.4 and on the 5.0 wheel.
+    the peer is the same render without hooks. Done on every Blender of the version matrix set up
+    here (renderwatch.matrix; RENDERWATCH_BLENDER_VERSIONS=4.5 for one).
+(c) Exit: seconds from Blender's last line to its exit with the hooks delivering to an agent that
+    accepts and never answers, beside the same Blender without hooks. Goal <= 1 s.
 (b) Per-event cost: inside a real Blender, the real handler functions are called for many frames
     (render_init, then per frame render_pre, the 16 stats strings Blender 5.0 reports, render_post,
     render_write; render_complete) with the agent stopped, each call timed with perf_counter.
@@ -32,12 +35,13 @@ import time
 from pathlib import Path
 
 from blender_hooks.cli import STARTUP
-from renderwatch.scenes import bpy_python, create_demo_scene, find_blender
+from renderwatch.scenes import create_demo_scene
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("RENDERWATCH_BENCH_RUNS", "5"))
 EVENT_FRAMES = 2000
 GOAL_RATIO, GOAL_MEDIAN_US, GOAL_WORST_US = 1.01, 20.0, 1000.0
+GOAL_EXIT_S = 1.0   # from Blender's last line to its exit, with the hooks and an agent that never answers
 
 # What Blender 5.0 passes to render_stats during one frame (captured from the bpy==5.0.1 wheel).
 STATS_5_0 = [
@@ -150,6 +154,7 @@ def wrapped(fn):
     def call(*a):
         c = time.thread_time(); fn(*a); acc["handlers"] += time.thread_time() - c; acc["calls"] += 1
     call._bpy_persistent = True
+    call._rw_bench = True
     return call
 for name, fn in addon.HANDLERS:
     lst = getattr(bpy.app.handlers, name)
@@ -159,7 +164,9 @@ def report():
     acc["sender"] = time.clock_gettime(time.pthread_getcpuclockid(sender.ident)) if sender else 0.0
     c = time.thread_time(); w = time.perf_counter()
     for name, fn in addon.HANDLERS:
-        getattr(bpy.app.handlers, name).clear()
+        lst = getattr(bpy.app.handlers, name)
+        for h in [h for h in lst if getattr(h, "_rw_bench", False)]:
+            lst.remove(h)
     addon.unregister()
     acc["exit"] = time.thread_time() - c
     acc["exit_wall"] = time.perf_counter() - w
@@ -217,21 +224,74 @@ def per_event(blender: list[str], scene: Path, work: Path, frames: int = EVENT_F
 
 
 def _blenders() -> list[tuple[str, list[str]]]:
+    """Each Blender of the version matrix that is set up here ($RENDERWATCH_BLENDER_VERSIONS picks)."""
+    from renderwatch.matrix import selected
+
     out = []
-    b34 = find_blender()
-    if b34:
-        out.append(("Blender 3.4", [b34]))
-    py = bpy_python()
-    if py:
-        exe = shutil.which("renderwatch-blender5", path=str(Path(py).parent))
-        out.append(("Blender 5.0 wheel", [exe] if exe else [py, "-m", "blender_hooks.wheel_cli"]))
+    for v in selected():
+        cmd = v.command()
+        if cmd:
+            out.append((f"Blender {v.label}" + ("" if v.binary else " wheel"), cmd))
     return out
+
+
+class _HungAgent:
+    """Accepts connections, reads, never answers: the worst agent for Blender's exit."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.conns: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self) -> None:
+        for c in [self.sock, *self.conns]:
+            c.close()
+
+
+def _exit_delay(argv: list[str], env: dict[str, str]) -> float:
+    """Seconds from the process's last line of output to its exit."""
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert p.stdout is not None
+    last = time.perf_counter()
+    for _line in p.stdout:
+        last = time.perf_counter()
+    p.wait(timeout=300)
+    return time.perf_counter() - last
+
+
+def exit_delays(blender: list[str], scene: Path, work: Path, runs: int = 3) -> dict:
+    """Median exit delay after the last frame: hooks delivering to a hung agent vs no hooks at all."""
+    hung = _HungAgent()
+    out = ["-o", str(work / "frames-exit" / "f_"), "-f", "1"]
+    res: dict[str, list[float]] = {"with": [], "without": []}
+    try:
+        for _ in range(runs):
+            shutil.rmtree(work / "home-exit", ignore_errors=True)
+            env = _env(work / "home-exit", hung.url)
+            res["with"].append(_exit_delay([*blender, "-b", str(scene), "--python", str(STARTUP), *out], env))
+            res["without"].append(_exit_delay([*blender, "-b", str(scene), *out], env))
+    finally:
+        hung.close()
+    return {"with_s": statistics.median(res["with"]), "without_s": statistics.median(res["without"]),
+            "with_runs": [round(x, 3) for x in res["with"]], "without_runs": [round(x, 3) for x in res["without"]]}
 
 
 def run() -> list[dict]:
     blenders = _blenders()
     if not blenders:
-        return [{"name": "hooks benchmarks need Debian's blender or the bpy wheel", "pass": False}]
+        return [{"name": "hooks benchmarks need a Blender of the matrix (./bootstrap bench sets them up)",
+                 "pass": False}]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="rw-bench-hooks-") as d:
         work = Path(d)
@@ -250,6 +310,13 @@ def run() -> list[dict]:
                 "measured": round(o["own_cpu_ratio"], 4), "unit": "x", "goal": f"≤ {GOAL_RATIO}",
                 "peer": "render CPU without the hooks' share", "peer_measured": 1.0,
                 "pass": o["own_cpu_ratio"] <= GOAL_RATIO, "detail": o["own"]})
+            x = exit_delays(argv, scene, work)
+            rows.append({
+                "name": f"exit after the last line, agent hung, {label} (median of {len(x['with_runs'])}; "
+                        "the flush is bounded to 0.5 s + 0.2 s abort)",
+                "measured": round(x["with_s"], 3), "unit": "s", "goal": f"≤ {GOAL_EXIT_S} s",
+                "peer": "same Blender without hooks", "peer_measured": round(x["without_s"], 3),
+                "pass": x["with_s"] <= GOAL_EXIT_S, "detail": x})
             e = per_event(argv, scene, work)
             rows.append({
                 "name": f"per-event cost in Blender's Python, {label} (median of {e['events']} events; "
