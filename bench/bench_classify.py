@@ -26,9 +26,9 @@ import threading
 import time
 from pathlib import Path
 
-from healer.classify import _RULES, LogScanner, classify
-from healer.crashfile import read_crash_file
-from healer.logformat import iter_lines, split_text
+from healer.diagnosis.classify import _RULES, LogScanner, classify
+from healer.diagnosis.crashfile import read_crash_file
+from healer.diagnosis.logformat import iter_lines, split_text
 from renderwatch.scenes import create_demo_scene, find_blender
 
 REPO = Path(__file__).resolve().parent.parent

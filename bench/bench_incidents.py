@@ -27,8 +27,8 @@ import sentry_sdk
 from prometheus_client import CollectorRegistry
 from sentry_sdk.envelope import Envelope
 
-from healer.errors import RenderError, Segfault
-from healer.incidents import Incidents
+from healer.diagnosis.errors import RenderError, Segfault
+from healer.incidents.dispatch import Incidents
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "blender-logs"
 GOAL_DELIVERY_MS = 1000.0

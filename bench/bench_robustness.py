@@ -253,8 +253,8 @@ def bench_http(n: int, tmp: Path) -> Tally:
 
 
 def bench_classify(n: int) -> Tally:
-    from healer.classify import LogScanner
-    from healer.errors import RenderError
+    from healer.diagnosis.classify import LogScanner
+    from healer.diagnosis.errors import RenderError
 
     real = _real_lines()
 
@@ -281,7 +281,7 @@ def bench_classify(n: int) -> Tally:
 
 
 def bench_crashfile(n: int) -> Tally:
-    from healer.crashfile import CrashReport, parse_crash_file
+    from healer.diagnosis.crashfile import CrashReport, parse_crash_file
 
     real_path = SHARED / "segfault_3.4.crash.txt"
     real = real_path.read_bytes() if real_path.exists() else b"# Blender 3.4.1\n# backtrace\n./blender(+0x1) [0x1]\n"
@@ -327,7 +327,7 @@ def _real_png(tmp: Path) -> bytes:
 
 
 def bench_verify(n: int, tmp: Path) -> Tally:
-    from healer.outputs import verify_image
+    from healer.supervising.outputs import verify_image
 
     png = _real_png(tmp)
     paths = {s: tmp / f"f{s}" for s in (".png", ".jpg", ".exr", ".tif")}
@@ -372,7 +372,7 @@ def bench_verify(n: int, tmp: Path) -> Tally:
 
 
 def bench_alerts(n: int) -> Tally:
-    from healer.alerts import DEFAULT_RULES, PayloadError, decide, parse_notification
+    from healer.service.alerts import DEFAULT_RULES, PayloadError, decide, parse_notification
 
     def make(r: random.Random, i: int) -> object:
         if r.random() < 0.3:

@@ -288,7 +288,7 @@ def check(exe: str, timeout: float = 120.0) -> Check:
               "try a longer --timeout on a slow machine; else report it with this output")
     elif rc != 0 or not frame:
         try:
-            from healer.classify import classify
+            from healer.diagnosis.classify import classify
 
             why = classify(text, exit_code=rc).summary
         except Exception:   # the verdict must not depend on the classifier

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 from healer.config import ConfigError, HealerConfig, load_config
-from healer.frames import FrameSpecError, parse_frames
+from healer.supervising.frames import FrameSpecError, parse_frames
 
 EXIT_USAGE = 2
 
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.set_defaults(func=cmd_healer)
 
     try:
-        from healer.cli_classify import add_classify_parser
+        from healer.diagnosis.cli import add_classify_parser
     except ImportError:
         return
     add_classify_parser(sub)
@@ -99,7 +99,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from healer.blender_argv import BlenderArgvError, parse_blender_argv
+    from healer.supervising.blender_argv import BlenderArgvError, parse_blender_argv
 
     pre, argv = _split_rest(args.rest)
     _reparse(args, pre)
@@ -119,10 +119,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, output: str | None,
          blender_args: Sequence[str]) -> int:
-    from healer.progress import ProgressDisplay
-    from healer.report import build_report, summary, write_report
-    from healer.supervisor import EXIT_USAGE as SUP_USAGE
-    from healer.supervisor import RenderRequest, RequestError, Supervisor
+    from healer.supervising.progress import ProgressDisplay
+    from healer.supervising.report import build_report, summary, write_report
+    from healer.supervising.supervisor import EXIT_USAGE as SUP_USAGE
+    from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
 
     try:
         cfg = _config(args)
@@ -176,7 +176,7 @@ def _incidents(cfg: HealerConfig):
     if not cfg.incidents and not any(cfg.env.get(k) for k in _INCIDENT_ENV):
         return None                       # the supervisor's no-op
     try:
-        from healer.incidents import Incidents
+        from healer.incidents.dispatch import Incidents
     except ImportError:
         return None
     try:
@@ -187,14 +187,14 @@ def _incidents(cfg: HealerConfig):
 
 
 def _sampler():
-    from healer.probes import ResourceSampler
+    from healer.supervising.probes import ResourceSampler
     return ResourceSampler()
 
 
 def cmd_healer(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from healer.app import create_app, parse_listen
+    from healer.service.app import create_app, parse_listen
 
     try:
         cfg = load_config(args.config, overrides={"listen": args.listen, "concurrency": args.concurrency})

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from healer.policy import Policy
+from healer.supervising.policy import Policy
 from renderwatch.paths import DEFAULT_HEALER_LISTEN
 
 ENV_CONFIG = "RENDERWATCH_HEALER_CONFIG"

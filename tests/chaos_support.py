@@ -43,9 +43,15 @@ import psutil
 from agent_support import AgentProcess, ServerThread
 from aiohttp import web
 
-from healer.errors import ERROR_TYPES
-from healer.notify import HEADER_DELIVERY, HEADER_EVENT, HEADER_SIGNATURE, HEADER_TIMESTAMP, verify_signature
-from healer.outputs import verify_image
+from healer.diagnosis.errors import ERROR_TYPES
+from healer.incidents.notify import (
+    HEADER_DELIVERY,
+    HEADER_EVENT,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    verify_signature,
+)
+from healer.supervising.outputs import verify_image
 
 REPO = Path(__file__).resolve().parent.parent
 SLOW = REPO / "tests" / "faults" / "slow.py"

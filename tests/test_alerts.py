@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from healer.alerts import (
+from healer.service.alerts import (
     DEFAULT_RULES,
     AlertRule,
     Matcher,

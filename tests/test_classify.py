@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from healer import errors
-from healer.classify import _COMPILED, _GATE, FINDINGS_KEPT, FRAME_MARKER, LogScanner, classify
-from healer.cli_classify import main as classify_main
-from healer.logformat import iter_lines, split_prefix
+from healer.diagnosis import errors
+from healer.diagnosis.classify import _COMPILED, _GATE, FINDINGS_KEPT, FRAME_MARKER, LogScanner, classify
+from healer.diagnosis.cli import main as classify_main
+from healer.diagnosis.logformat import iter_lines, split_prefix
 from renderwatch.matrix import MATRIX
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -459,7 +459,7 @@ def test_frame_in_flight_and_the_supervisor_marker():
 
 
 def test_frame_marker_is_the_supervisors():
-    launch = pytest.importorskip("healer.launch")
+    launch = pytest.importorskip("healer.supervising.launch")
     assert launch.MARKER == FRAME_MARKER
 
 
@@ -608,4 +608,4 @@ def test_cli_unreadable_input(tmp_path):
 def test_cli_is_registered_in_the_renderwatch_command(blender_logs):
     cli = pytest.importorskip("renderwatch.cli")
     args = cli.build_parser().parse_args(["classify", str(blender_logs / "ok_3.4.log"), "--exit-code", "0"])
-    assert args.func.__module__ == "healer.cli_classify"
+    assert args.func.__module__ == "healer.diagnosis.cli"

@@ -5,7 +5,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from healer.crashfile import parse_crash_file, read_crash_file
+from healer.diagnosis.crashfile import parse_crash_file, read_crash_file
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

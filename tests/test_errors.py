@@ -2,7 +2,7 @@
 
 import pytest
 
-from healer import errors
+from healer.diagnosis import errors
 
 
 def test_every_issue_id_exists_with_a_distinct_class():

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from healer.frames import FrameSpecError, format_frames, parse_frames, render_args
+from healer.supervising.frames import FrameSpecError, format_frames, parse_frames, render_args
 
 
 @pytest.mark.parametrize("spec, frames", [

@@ -9,16 +9,10 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import CollectorRegistry
 
-from healer.errors import Segfault
-from healer.incidents import (
-    KINDS,
-    RENDER_COMPLETED,
-    RENDER_CRASHED,
-    RENDER_STARTED,
-    Incident,
-    Incidents,
-    load_incidents_config,
-)
+from healer.diagnosis.errors import Segfault
+from healer.incidents.config import load_incidents_config
+from healer.incidents.dispatch import Incidents
+from healer.incidents.model import KINDS, RENDER_COMPLETED, RENDER_CRASHED, RENDER_STARTED, Incident
 
 
 class Recording:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from healer.ledger import JobLocked, Ledger, SupervisorLock, job_dir, process_alive
-from healer.outputs import OutputPattern, verify_image
+from healer.supervising.ledger import JobLocked, Ledger, SupervisorLock, job_dir, process_alive
+from healer.supervising.outputs import OutputPattern, verify_image
 
 
 @pytest.fixture(scope="module")

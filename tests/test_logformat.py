@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from healer import logformat
-from healer.logformat import MAX_LINE, find_crash_file_path, iter_lines, parse_line
+from healer.diagnosis import logformat
+from healer.diagnosis.logformat import MAX_LINE, find_crash_file_path, iter_lines, parse_line
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

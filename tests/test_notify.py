@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from healer.errors import GpuOom, Segfault
-from healer.incidents import Incident, Incidents
-from healer.notify import (
+from healer.diagnosis.errors import GpuOom, Segfault
+from healer.incidents.dispatch import Incidents
+from healer.incidents.model import Incident
+from healer.incidents.notify import (
     HEADER_DELIVERY,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
@@ -29,7 +30,7 @@ from healer.notify import (
     slack_payload,
     verify_signature,
 )
-from healer.scrub import Scrubber
+from healer.incidents.scrub import Scrubber
 
 SECRET = "whsec-test-0123456789"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from healer import errors
-from healer.policy import DEFAULT_RULES, JobState, Outcome, Policy, Rule, backoff, plan
+from healer.diagnosis import errors
+from healer.supervising.policy import DEFAULT_RULES, JobState, Outcome, Policy, Rule, backoff, plan
 
 NOW = 10_000.0
 

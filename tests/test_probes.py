@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from healer.probes import STALL_FIRST_FRAME_S, ProbeSnapshot, evaluate, stall_timeout
+from healer.supervising.probes import STALL_FIRST_FRAME_S, ProbeSnapshot, evaluate, stall_timeout
 
 
 def _by_probe(snap: ProbeSnapshot) -> dict:

@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blender_hooks.events import MAX_EVENT_BYTES, REASONS, EventError, decode, encode, make_event
-from healer.alerts import PayloadError, parse_notification
-from healer.classify import LogScanner, classify
-from healer.crashfile import parse_crash_file
-from healer.errors import RenderError
-from healer.logformat import parse_line
-from healer.outputs import verify_image
+from healer.diagnosis.classify import LogScanner, classify
+from healer.diagnosis.crashfile import parse_crash_file
+from healer.diagnosis.errors import RenderError
+from healer.diagnosis.logformat import parse_line
+from healer.service.alerts import PayloadError, parse_notification
+from healer.supervising.outputs import verify_image
 
 SHARED_LOGS = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "blender-logs"
 FAST = settings(max_examples=150, deadline=None, database=None,
@@ -399,7 +399,7 @@ def test_truncated_real_png_is_incomplete(tmp_path: Path, real_png: bytes) -> No
 
 
 def test_ledger_removes_truncated_png(tmp_path: Path, real_png: bytes) -> None:
-    from healer.ledger import Ledger
+    from healer.supervising.ledger import Ledger
 
     led = Ledger.open_or_create(tmp_path / "job", job="j", scene=str(tmp_path / "s.blend"), frames=[1])
     out = tmp_path / "f_0001.png"
@@ -457,7 +457,7 @@ def alert_url():
 
     from aiohttp import web
 
-    from healer.alerts import add_alertmanager_routes
+    from healer.service.alerts import add_alertmanager_routes
 
     box: dict = {}
     ready = threading.Event()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from healer.scrub import FILTERED, Scrubber, secret_env_values
+from healer.incidents.scrub import FILTERED, Scrubber, secret_env_values
 
 
 @pytest.fixture

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from healer.errors import GpuOom, MissingFile, Ok, PythonError, Segfault
-from healer.incidents import Incident, load_incidents_config
-from healer.scrub import Scrubber
-from healer.sentry import (
+from healer.diagnosis.errors import GpuOom, MissingFile, Ok, PythonError, Segfault
+from healer.incidents.config import load_incidents_config
+from healer.incidents.model import Incident
+from healer.incidents.scrub import Scrubber
+from healer.incidents.sentry import (
     SentryReporter,
     build_event,
     level_for,

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from healer.blender_argv import BlenderArgvError, parse_blender_argv
 from healer.config import ConfigError, load_config
-from healer.launch import CPU_EXPR, MARKER_EXPR, LaunchSpec, build_argv, check_user_args
-from healer.ledger import Ledger
-from healer.progress import ProgressDisplay, parse_line
-from healer.report import build_report
-from healer.supervisor import job_id_for
+from healer.supervising.blender_argv import BlenderArgvError, parse_blender_argv
+from healer.supervising.launch import CPU_EXPR, MARKER_EXPR, LaunchSpec, build_argv, check_user_args
+from healer.supervising.ledger import Ledger
+from healer.supervising.progress import ProgressDisplay, parse_line
+from healer.supervising.report import build_report
+from healer.supervising.supervisor import job_id_for
 
 
 def test_attempt_argv_order_scripts_before_render_args():

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from healer.alerts import DEFAULT_RULES, add_alertmanager_routes
+from healer.service.alerts import DEFAULT_RULES, add_alertmanager_routes
 
 TOKEN = "am-integration-token-42"
 

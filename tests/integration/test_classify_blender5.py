@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from healer.classify import classify
-from healer.cli_classify import main as classify_main
-from healer.crashfile import read_crash_file
+from healer.diagnosis.classify import classify
+from healer.diagnosis.cli import main as classify_main
+from healer.diagnosis.crashfile import read_crash_file
 
 pytestmark = pytest.mark.blender
 

@@ -137,7 +137,7 @@ def test_spool_never_leaves_a_torn_line(tmp_path: Path) -> None:
 
 # -- the ledger ---------------------------------------------------------------------------------------------------
 def test_ledger_save_on_a_full_disk_keeps_the_previous_ledger(tmp_path: Path) -> None:
-    from healer.ledger import Ledger
+    from healer.supervising.ledger import Ledger
 
     fs = tmp_path / "fs"
     with small_fs(fs):

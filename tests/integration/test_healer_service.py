@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from healer_support import fault, healer_env
 
-from healer.app import create_app
 from healer.config import ConfigError, load_config
+from healer.service.app import create_app
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -32,9 +32,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from agent.app import create_app as create_agent_app
 from agent.app import run_in_thread
 from agent.openapi import SPEC as AGENT_SPEC
-from healer.app import create_app as create_healer_app
 from healer.config import load_config
-from healer.openapi import spec as healer_spec
+from healer.service.app import create_app as create_healer_app
+from healer.service.openapi import spec as healer_spec
 
 EXAMPLES = int(os.environ.get("RENDERWATCH_SCHEMATHESIS_EXAMPLES", "30"))
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from healer_support import RENDERWATCH, assert_every_frame_once, fault, healer_env, render
 
-from healer.ledger import jobs_dir
+from healer.supervising.ledger import jobs_dir
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -73,8 +73,8 @@ def test_hostile_paths_and_args_reach_blender_literally(tmp_path: Path, scene_fa
 
 @pytest.mark.parametrize("name", ["-scene.blend", ".hidden.blend", "--.blend"])
 def test_leading_dash_scene_name_gets_a_valid_job_id(name: str) -> None:
-    from healer.ledger import job_dir
-    from healer.supervisor import job_id_for
+    from healer.supervising.ledger import job_dir
+    from healer.supervising.supervisor import job_id_for
 
     job_dir(job_id_for(f"/shots/{name}", [1], None, []), {"RENDERWATCH_HOME": "/nonexistent"})
 
@@ -93,10 +93,10 @@ def test_hostile_frame_lists_are_refused(tmp_path: Path, spec: str) -> None:
 
 def test_service_args_become_argv_items(tmp_path: Path) -> None:
     """The healer service API takes args as a JSON list: each item is one argv item, unparsed."""
-    from healer.app import JobManager
     from healer.config import load_config
-    from healer.launch import LaunchSpec, build_argv
-    from healer.metrics import HealerMetrics
+    from healer.service.app import JobManager
+    from healer.service.metrics import HealerMetrics
+    from healer.supervising.launch import LaunchSpec, build_argv
 
     mgr = JobManager(load_config(env={"RENDERWATCH_HOME": str(tmp_path)}), HealerMetrics())
     scene = str(tmp_path / "a b;$(x).blend")
@@ -128,8 +128,8 @@ def test_agent_listens_on_loopback_and_needs_a_token_elsewhere(tmp_path: Path) -
 
 
 def test_healer_listens_on_loopback_and_needs_a_token_elsewhere(tmp_path: Path) -> None:
-    from healer.app import create_app, parse_listen
     from healer.config import ConfigError, load_config
+    from healer.service.app import create_app, parse_listen
 
     env = {"RENDERWATCH_HOME": str(tmp_path)}
     cfg = load_config(env=env)
@@ -156,7 +156,7 @@ def test_services_refuse_to_start_off_loopback_without_token(tmp_path: Path, cmd
 def test_token_comparison_is_constant_time() -> None:
     """Every token check goes through hmac.compare_digest (and never ==)."""
     from agent import ingest
-    from healer import alerts, app
+    from healer.service import alerts, app
 
     for fn in (ingest.check_token, app._auth_middleware, alerts.AlertmanagerReceiver.handle):
         src = inspect.getsource(fn)
@@ -188,8 +188,8 @@ async def test_agent_wrong_tokens_get_401(tmp_path: Path) -> None:
 
 
 async def test_healer_and_alertmanager_wrong_tokens_get_401(tmp_path: Path) -> None:
-    from healer.app import create_app
     from healer.config import load_config
+    from healer.service.app import create_app
 
     env = {"RENDERWATCH_HOME": str(tmp_path), "RENDERWATCH_HEALER_TOKEN": TOKEN,
            "RENDERWATCH_ALERTMANAGER_TOKEN": TOKEN + "-am"}
@@ -211,8 +211,8 @@ async def test_healer_and_alertmanager_wrong_tokens_get_401(tmp_path: Path) -> N
 
 
 def test_alertmanager_route_exists_only_with_its_token(tmp_path: Path) -> None:
-    from healer.app import create_app
     from healer.config import load_config
+    from healer.service.app import create_app
 
     app = create_app(load_config(env={"RENDERWATCH_HOME": str(tmp_path)}))
     assert "/api/v1/alertmanager" not in {r.resource.canonical for r in app.router.routes() if r.resource}
@@ -287,7 +287,7 @@ def test_spool_files_are_private(tmp_path: Path, umask_022) -> None:
 
 
 def test_ledger_files_are_private(tmp_path: Path, umask_022) -> None:
-    from healer.ledger import Ledger, SupervisorLock, job_dir
+    from healer.supervising.ledger import Ledger, SupervisorLock, job_dir
 
     env = {"RENDERWATCH_HOME": str(tmp_path / "home")}
     d = job_dir("job-1", env)
@@ -328,7 +328,7 @@ def test_agent_journal_and_traces_are_private(tmp_path: Path, umask_022) -> None
 
 
 def test_webhook_outbox_is_private(tmp_path: Path, umask_022) -> None:
-    from healer.notify import Outbox
+    from healer.incidents.notify import Outbox
 
     box = Outbox(tmp_path / "outbox")
     name = box.put({"id": "i1", "target": "ops", "created": 1.0, "body": "{}"}).name
@@ -339,8 +339,8 @@ def test_webhook_outbox_is_private(tmp_path: Path, umask_022) -> None:
 
 def test_incidents_outbox_from_config_is_private(tmp_path: Path, umask_022) -> None:
     """The healer's own wiring: a webhook target from the environment, its deliveries kept on disk."""
-    from healer.errors import error_class
-    from healer.incidents import Incidents
+    from healer.diagnosis.errors import error_class
+    from healer.incidents.dispatch import Incidents
 
     env = {"RENDERWATCH_HOME": str(tmp_path / "home"), "RENDERWATCH_WEBHOOK_URL": f"http://127.0.0.1:{_free_port()}/h",
            "RENDERWATCH_WEBHOOK_SECRET": "k"}

@@ -17,8 +17,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from sentry_sdk.envelope import Envelope
 
-from healer.errors import PythonError, Segfault
-from healer.incidents import RENDER_COMPLETED, RENDER_CRASHED, Incidents
+from healer.diagnosis.errors import PythonError, Segfault
+from healer.incidents.dispatch import Incidents
+from healer.incidents.model import RENDER_COMPLETED, RENDER_CRASHED
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "blender-logs"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from healer.frames import FrameSpecError, parse_frames
+from healer.supervising.frames import FrameSpecError, parse_frames
 
 # Options that take one value (so the value is not mistaken for the scene).
 _ONE_VALUE = {

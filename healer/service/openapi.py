@@ -2,7 +2,7 @@
 
 Usage::
 
-    from healer.openapi import spec
+    from healer.service.openapi import spec
     spec(alertmanager=True)      # the document; without the receiver when it is not mounted
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from healer.alerts import ALERTMANAGER_PATH, ENV_ALERTMANAGER_TOKEN, PAYLOAD_VERSION
-from healer.frames import MAX_FRAME, MIN_FRAME
+from healer.service.alerts import ALERTMANAGER_PATH, ENV_ALERTMANAGER_TOKEN, PAYLOAD_VERSION
+from healer.supervising.frames import MAX_FRAME, MIN_FRAME
 from renderwatch.openapi import BEARER, document, json_body, metrics_operation, nullable, ref
 
 SECURED: list[dict[str, list[str]]] = [{"token": []}]

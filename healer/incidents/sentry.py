@@ -3,7 +3,7 @@
 Uses sentry-sdk's own `Client`, `Scope` and HTTP transport (a private client: nothing touches the global
 SDK state, so an application that also uses Sentry keeps its own setup). Nothing is sent without a DSN.
 
-Event shape, per typed error (`healer.errors.RenderError`):
+Event shape, per typed error (`healer.diagnosis.errors.RenderError`):
 
 - exception type = the error's class name (`GpuOomError`), value = its summary; level by severity
   (a non-fatal error, e.g. a Python error that did not stop the render or a missing texture: warning);
@@ -11,7 +11,7 @@ Event shape, per typed error (`healer.errors.RenderError`):
   traceback in the log), outermost first, the user's scripts `in_app`;
 - fingerprint = [error class, scene file name, top in-app frame `file:function`];
 - tags, `job`/`memory`/`gpu` contexts, breadcrumbs of the job's history, and attachments: the crash
-  file, the last 500 lines of Blender's output, the render settings as JSON. All scrubbed (`healer.scrub`).
+  file, the last 500 lines of Blender's output, the render settings as JSON. All scrubbed (`healer.incidents.scrub`).
 
 Usage::
 
@@ -36,15 +36,14 @@ from typing import TYPE_CHECKING, Any, cast
 import sentry_sdk
 from sentry_sdk.scope import Scope
 
-from healer import crashfile
-from healer.errors import RenderError
-from healer.scrub import Scrubber
+from healer.diagnosis import crashfile
+from healer.diagnosis.errors import RenderError
+from healer.incidents.model import CHECKIN_STATUS, RENDER_STARTED, Incident
+from healer.incidents.scrub import Scrubber
 from renderwatch import __version__
 
 if TYPE_CHECKING:
     from sentry_sdk._types import Event
-
-    from healer.incidents import Incident
 
 log = logging.getLogger(__name__)
 
@@ -342,9 +341,7 @@ class SentryReporter:
         outcomes: dict[str, str] = {}
         for incident in batch:
             self._breadcrumb(incident)
-            status = "in_progress" if incident.kind == "render.started" else None
-            from healer.incidents import CHECKIN_STATUS
-            status = status or CHECKIN_STATUS.get(incident.kind)
+            status = "in_progress" if incident.kind == RENDER_STARTED else CHECKIN_STATUS.get(incident.kind)
             if status is not None:
                 outcomes[TARGET_CRON] = "sent" if self.check_in(incident, status) else "skipped"
             if incident.error is not None and incident.error.type != "ok":

@@ -41,14 +41,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from healer.alerts import ALERTMANAGER_PATH, ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
 from healer.config import ConfigError, HealerConfig
-from healer.frames import MAX_FRAME, MAX_FRAMES_PER_JOB, MIN_FRAME, FrameSpecError, parse_frames
-from healer.ledger import Ledger, jobs_dir
-from healer.metrics import HealerMetrics
-from healer.openapi import JOB_ID_PATTERN, spec
-from healer.report import build_report
-from healer.supervisor import RenderRequest, RequestError, Supervisor
+from healer.service.alerts import ALERTMANAGER_PATH, ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
+from healer.service.metrics import HealerMetrics
+from healer.service.openapi import JOB_ID_PATTERN, spec
+from healer.supervising.frames import MAX_FRAME, MAX_FRAMES_PER_JOB, MIN_FRAME, FrameSpecError, parse_frames
+from healer.supervising.ledger import Ledger, jobs_dir
+from healer.supervising.report import build_report
+from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
 from renderwatch.listen import is_loopback
 from renderwatch.listen import parse_listen as _parse_listen
 from renderwatch.openapi import OPENAPI_PATH, add_openapi_route
@@ -135,7 +135,7 @@ class JobManager:
                              stall_timeout=stall, strict=strict, job=job)
 
     def submit(self, req: RenderRequest) -> Job:
-        from healer.supervisor import job_id_for
+        from healer.supervising.supervisor import job_id_for
 
         job_id = req.job or job_id_for(req.scene, req.frames or (), req.output, req.blender_args)
         existing = self.jobs.get(job_id)
@@ -286,7 +286,7 @@ def _manager_ctx(incidents: Any):
         owned = False
         if inc is None:
             try:
-                from healer.incidents import Incidents
+                from healer.incidents.dispatch import Incidents
                 cfg = app[CONFIG]
                 inc, owned = Incidents.from_config(cfg.incidents, env=cfg.env, registry=app[METRICS].registry), True
             except Exception as e:

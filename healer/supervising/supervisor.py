@@ -35,10 +35,10 @@ from typing import Any
 
 import psutil
 
-from healer import errors
-from healer.assets import BlendReadError, SceneInfo, check_assets, read_scene_info
-from healer.classify import LogScanner
-from healer.launch import (
+from healer.diagnosis import errors
+from healer.diagnosis.classify import LogScanner
+from healer.supervising.assets import BlendReadError, SceneInfo, check_assets, read_scene_info
+from healer.supervising.launch import (
     BlenderProcess,
     LaunchSpec,
     attempt_env,
@@ -48,11 +48,11 @@ from healer.launch import (
     split_user_args,
     stop_group,
 )
-from healer.ledger import JobLocked, Ledger, SupervisorLock, job_dir, process_alive
-from healer.outputs import MOVIE_FORMATS, OutputPattern, verify_image
-from healer.policy import REPORT_TYPES, Action, JobState, Outcome, Policy, plan
-from healer.probes import ProbeSnapshot, ResourceSampler, evaluate
-from healer.progress import ProgressDisplay, parse_line
+from healer.supervising.ledger import JobLocked, Ledger, SupervisorLock, job_dir, process_alive
+from healer.supervising.outputs import MOVIE_FORMATS, OutputPattern, verify_image
+from healer.supervising.policy import REPORT_TYPES, Action, JobState, Outcome, Policy, plan
+from healer.supervising.probes import ProbeSnapshot, ResourceSampler, evaluate
+from healer.supervising.progress import ProgressDisplay, parse_line
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from healer.frames import render_args
+from healer.supervising.frames import render_args
 
 ENV_JOB_ID = "RENDERWATCH_JOB_ID"
 ENV_ATTEMPT = "RENDERWATCH_ATTEMPT"

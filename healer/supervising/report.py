@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from healer.ledger import Ledger
+from healer.supervising.ledger import Ledger
 from renderwatch.files import write_atomic
 
 

@@ -47,14 +47,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from healer.scrub import Scrubber
+from healer.incidents.model import DEFAULT_WEBHOOK_KINDS, KINDS, Incident
+from healer.incidents.scrub import Scrubber
 from renderwatch import __version__
-
-if TYPE_CHECKING:
-    from healer.incidents import Incident
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +107,11 @@ class WebhookTarget:
             object.__setattr__(self, "name", _default_name(self.url))
 
     def accepts(self, kind: str) -> bool:
-        from healer.incidents import DEFAULT_WEBHOOK_KINDS
         return kind in (self.kinds if self.kinds is not None else DEFAULT_WEBHOOK_KINDS)
 
     @classmethod
     def from_mapping(cls, m: Any, where: str, env: Mapping[str, str] | None = None) -> WebhookTarget:
         """Validate one config table; ValueError names the key. `secret_env` reads the secret from a variable."""
-        from healer.incidents import KINDS
         if not isinstance(m, Mapping):
             raise ValueError(f"{where}: expected a table")
         url = m.get("url")

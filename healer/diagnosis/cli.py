@@ -18,10 +18,10 @@ import os
 import sys
 from typing import BinaryIO, TextIO
 
-from healer.classify import LogScanner
-from healer.crashfile import read_crash_file
-from healer.errors import RenderError
-from healer.logformat import iter_lines
+from healer.diagnosis.classify import LogScanner
+from healer.diagnosis.crashfile import read_crash_file
+from healer.diagnosis.errors import RenderError
+from healer.diagnosis.logformat import iter_lines
 
 EXIT_OK, EXIT_UNREADABLE = 0, 2
 

@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from healer.outputs import IMTYPES
+from healer.supervising.outputs import IMTYPES
 
 log = logging.getLogger(__name__)
 # BAT logs every file it opens at INFO: keep a render's console for what matters.

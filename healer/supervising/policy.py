@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
-from healer.errors import RenderError
+from healer.diagnosis.errors import RenderError
 
 KINDS = ("restart", "retry_gpu_then_cpu", "restart_fewer_threads", "fail_fast", "report_only")
 
@@ -84,7 +84,7 @@ class Policy:
                        max_restarts: int | None = None, backoff_base_s: float | None = None,
                        strict: bool | None = None) -> Policy:
         """A copy with per-type overrides ({"segfault": {"max_restarts": 2}}); errors name the key."""
-        from healer.errors import ERROR_TYPES
+        from healer.diagnosis.errors import ERROR_TYPES
 
         rules = dict(self.rules)
         names = {f.name for f in fields(Rule)}

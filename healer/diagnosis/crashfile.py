@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from healer.logformat import find_crash_file_path
+from healer.diagnosis.logformat import find_crash_file_path
 
 __all__ = ["CrashReport", "parse_crash_file", "read_crash_file", "find_crash_file_path"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from healer.outputs import OutputPattern, remove_partial, verify_image
+from healer.supervising.outputs import OutputPattern, remove_partial, verify_image
 from renderwatch.files import write_atomic
 from renderwatch.paths import ensure_private_dir, home
 

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
-from healer import logformat
-from healer.launch import MARKER
+from healer.diagnosis import logformat
+from healer.supervising.launch import MARKER
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,10 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from healer import errors
-from healer.crashfile import CrashReport, parse_crash_file
-from healer.errors import Finding, RenderError
-from healer.logformat import MAX_LINE, find_crash_file_path, split_prefix, split_text
+from healer.diagnosis import errors
+from healer.diagnosis.crashfile import CrashReport, parse_crash_file
+from healer.diagnosis.errors import Finding, RenderError
+from healer.diagnosis.logformat import MAX_LINE, find_crash_file_path, split_prefix, split_text
 
 FINDINGS_KEPT = 20          # per type: the first N and the last N findings
 TAIL_KEPT = 20              # last non-progress lines, for the `unknown` summary
