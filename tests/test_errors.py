@@ -18,7 +18,7 @@ def test_every_issue_id_exists_with_a_distinct_class():
 
 
 def test_to_dict_has_the_classify_json_shape():
-    err = errors.GpuOom(summary="GPU out of memory", findings=(errors.Finding("gpu_oom", 12, "Out of memory in x"),),
+    err = errors.GpuOomError(summary="GPU out of memory", findings=(errors.Finding("gpu_oom", 12, "Out of memory in x"),),
                         frame=7)
     d = err.to_dict()
     assert d["type"] == "gpu_oom" and d["fatal"] is True and d["summary"] == "GPU out of memory"
@@ -36,9 +36,43 @@ def test_errors_are_frozen_values_that_pickle():
     import dataclasses
     import pickle
 
-    err = errors.Segfault(summary="crash", frame=3)
+    err = errors.SegfaultError(summary="crash", frame=3)
     assert pickle.loads(pickle.dumps(err)) == err
     assert repr(err).startswith("SegfaultError(summary='crash'")
     with pytest.raises(dataclasses.FrozenInstanceError):
         err.summary = "other"  # type: ignore[misc]
     assert errors.PythonError(fatal=False).severity == "warning"
+
+
+def test_the_catalog_is_the_one_table():
+    """Every type has one row; the class, the policy rule, the precedence and the exit status all read it."""
+    import inspect
+    import re
+
+    from healer.diagnosis import catalog, classify
+    from healer.supervising import policy
+
+    assert set(catalog.TYPES) == set(errors.ERROR_TYPES)
+    source = inspect.getsource(errors)
+    for type_id, cls in errors.ERROR_TYPES.items():
+        row = catalog.TYPES[type_id]
+        assert re.search(rf"^class {cls.__name__}\(RenderError\):", source, re.M), f"{cls.__name__} is written out"
+        assert cls.severity == row.severity and cls.__doc__ == row.doc
+        if row.policy:
+            assert policy.DEFAULT_RULES[type_id].kind == row.policy and policy.DEFAULT_RULES[type_id].message == row.fix
+    assert classify._CAUSE_ORDER == catalog.CAUSE_ORDER and classify._CRASH_ORDER == catalog.CRASH_ORDER
+    assert policy.REPORT_TYPES == catalog.REPORT_TYPES == {"python_error", "missing_file"}
+
+
+def test_interrupted_has_one_answer_everywhere():
+    """Stopped on purpose from outside: not restarted (fail_fast), and the job ends as cancelled (130),
+    as the healer's own cancel does. It used to be fail_fast in the policy but exit 1."""
+    from healer.diagnosis import catalog
+    from healer.supervising import policy
+
+    assert policy.DEFAULT_RULES["interrupted"].kind == "fail_fast"
+    assert catalog.exit_status("interrupted") == catalog.EXIT_CANCELLED == 130
+    assert errors.InterruptedError.severity == "warning"
+    for type_id in catalog.FAIL_FAST_TYPES - {"interrupted"}:
+        assert catalog.exit_status(type_id) == catalog.EXIT_INPUT, type_id
+    assert catalog.exit_status("segfault") == catalog.exit_status("python_error") == catalog.EXIT_FAILED

@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from healer.diagnosis import errors
+from healer.diagnosis.catalog import CAUSE_ORDER, CRASH_ORDER, TYPES
 from healer.diagnosis.crashfile import CrashReport, parse_crash_file
 from healer.diagnosis.errors import Finding, RenderError
 from healer.diagnosis.logformat import MAX_LINE, find_crash_file_path, split_prefix, split_text
@@ -139,9 +140,9 @@ _NOT_EXCEPTIONS = frozenset(("Saved", "Error", "Info", "Warning", "Read", "Time"
 _HANDLER = re.compile(r"Error in bpy\.app\.handlers\.(\w+)\[\d+\]")
 _GPU_CALL = re.compile(r"Out of memory in (.+?)(?: \(\S+:\d+\))?\s*$")
 
-_CAUSE_ORDER = ("gpu_oom", "gpu_error", "host_oom", "denoiser_unavailable", "engine_unavailable",
-                "blend_invalid", "missing_file", "output_error", "python_error")
-_CRASH_ORDER = ("segfault", "abort", "interrupted", "killed")
+# Precedence, root cause over symptom: the catalog's order of its "cause" and "crash" rows.
+_CAUSE_ORDER = CAUSE_ORDER
+_CRASH_ORDER = CRASH_ORDER
 
 # Linux signal numbers (exit codes from shells are 128+n; subprocess reports -n).
 SIGHUP, SIGINT, SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGKILL, SIGSEGV, SIGTERM = 1, 2, 4, 6, 7, 8, 9, 11, 15
@@ -492,6 +493,24 @@ class LogScanner:
         return ctx.build("ok", False, extra)
 
 
+def last_traceback(log: str | Iterable[str]) -> tuple[list[tuple[str, int, str]], str | None]:
+    """The last Python traceback in an output: its frames (file, line, function) outermost first and
+    its final `Type: message` line (None when the output was cut before it)."""
+    scanner = LogScanner()
+    if isinstance(log, str):
+        scanner.feed_text(log)
+    else:
+        for line in log:
+            scanner.feed(line)
+    tb = scanner._tb_last
+    if tb is None:
+        return [], None
+    exc = None
+    if tb.exc_type:
+        exc = f"{tb.exc_type}: {tb.message}" if tb.message else tb.exc_type
+    return list(tb.frames), exc
+
+
 def classify(log: str | bytes | Iterable[str], exit_code: int | None = None, signal: int | None = None,
              **kw) -> RenderError:
     """Classify a whole captured output (text, bytes or lines). kw: as `LogScanner.finish`."""
@@ -584,21 +603,9 @@ class _Context:
 
 
 # --- summaries ------------------------------------------------------------------------------
-_ADVICE = {
-    "gpu_oom": "reduce texture sizes, use fewer/simpler objects or render this frame on the CPU",
-    "gpu_error": "update the GPU driver and retry; if it repeats, render this frame on the CPU",
-    "host_oom": "render with fewer threads or on a host with more memory",
-    "denoiser_unavailable": "turn denoising off in the scene (cycles.use_denoising = False) or use a Blender "
-                            "build with OpenImageDenoise on a CPU with SSE4.1",
-    "engine_unavailable": "enable the engine (Cycles add-on) or give EEVEE/Workbench a GPU/EGL display, "
-                          "or render with Cycles",
-    "blend_invalid": "re-save the .blend with this Blender version (or an older one) and check it is complete",
-    "output_error": "make sure the output directory exists, is writable and has free space",
-    "segfault": "it is retried; if it crashes again at the same frame, suspect the scene or an add-on/script",
-    "abort": "it is retried; if it aborts again at the same frame, suspect the scene or an add-on/script",
-    "killed": "check the kernel log and cgroup memory.events for an OOM kill, or who sent the signal",
-    "stall": "it is retried; if it hangs again, look for a hanging handler, a network mount or the GPU driver",
-}
+def _advice(type_id: str) -> str:
+    return TYPES[type_id].advice
+
 
 
 def _at(frame: int | None, after: int | None, saved: int = 0) -> str:
@@ -654,14 +661,14 @@ def _summary(type_id: str, fatal: bool, ctx: _Context, at: str, tb: _Traceback |
                 call = m.group(1)
                 break
         what = f"GPU out of memory in {call}" if call else f"GPU out of memory ({text})"
-        return f"{what}{at}: {_ADVICE[type_id]}."
+        return f"{what}{at}: {_advice(type_id)}."
     if type_id == "gpu_error":
         best = next((f for f in s._first.get("gpu_error", ()) if "Refer to the Cycles" not in f.text), first)
-        return f"GPU error{at}: {_quote(best.text) if best else 'see the log'}; {_ADVICE[type_id]}."
+        return f"GPU error{at}: {_quote(best.text) if best else 'see the log'}; {_advice(type_id)}."
     if type_id == "host_oom":
         if text:
-            return f"The host ran out of memory{at} ({text}): {_ADVICE[type_id]}."
-        return f"Blender was killed by the kernel OOM killer{at}: {_ADVICE[type_id]}."
+            return f"The host ran out of memory{at} ({text}): {_advice(type_id)}."
+        return f"Blender was killed by the kernel OOM killer{at}: {_advice(type_id)}."
     if type_id in ("denoiser_unavailable", "engine_unavailable", "blend_invalid", "output_error"):
         label = {"denoiser_unavailable": "The denoiser is unavailable", "engine_unavailable": "The render engine is unavailable",
                  "blend_invalid": "The .blend cannot be read", "output_error": "The output could not be written"}[type_id]
@@ -669,7 +676,7 @@ def _summary(type_id: str, fatal: bool, ctx: _Context, at: str, tb: _Traceback |
             path = next((p for f in s._first.get(type_id, ()) if (p := _path_in(f.text))), None)
             if path:
                 label = f"The output {path!r} could not be written"
-        return f"{label}{at if type_id == 'output_error' else ''} ({text}): {_ADVICE[type_id]}."
+        return f"{label}{at if type_id == 'output_error' else ''} ({text}): {_advice(type_id)}."
     if type_id == "missing_file":
         blend = s.first("missing_file", "blend")
         if fatal and blend is not None:
@@ -683,9 +690,9 @@ def _summary(type_id: str, fatal: bool, ctx: _Context, at: str, tb: _Traceback |
                 paths.append(p)
         name = ", ".join(repr(p) for p in paths[:3]) or f"({text})"
         if fatal:
-            return f"A missing input file {name} stopped the render{_where(py_frames)}: restore or relink it."
+            return f"A missing input file {name} stopped the render{_where(py_frames)}: {_advice(type_id)}."
         return (f"Missing input file {name}: the render went on without it, so the frames are wrong; "
-                "restore or relink it.")
+                f"{_advice(type_id)}.")
     if type_id == "python_error":
         exc = f"{tb.exc_type}: {_quote(tb.message or '', 120)}" if tb and tb.exc_type else text
         where = _where(tuple(tb.frames)) if tb else ""
@@ -697,8 +704,8 @@ def _summary(type_id: str, fatal: bool, ctx: _Context, at: str, tb: _Traceback |
         else:
             origin = ""
         if fatal:
-            return f"Python error{origin and ' ' + origin}{at}{how}: {exc}{where}; fix the script."
-        return f"Python error{origin and ' ' + origin}{at}: {exc}{where}; the render went on (fix the script)."
+            return f"Python error{origin and ' ' + origin}{at}{how}: {exc}{where}; {_advice(type_id)}."
+        return f"Python error{origin and ' ' + origin}{at}: {exc}{where}; the render went on ({_advice(type_id)})."
     if type_id in ("segfault", "abort"):
         detail = ""
         if ctx.crash is not None and ctx.crash.exception and ctx.crash.exception not in (ctx.how or ""):
@@ -706,16 +713,16 @@ def _summary(type_id: str, fatal: bool, ctx: _Context, at: str, tb: _Traceback |
         elif text and not ctx.how:
             detail = f" ({text})"
         name = "crashed" if type_id == "segfault" else "aborted"
-        return f"Blender {name}{how}{detail}{at}{_where(py_frames)}: {_ADVICE[type_id]}."
+        return f"Blender {name}{how}{detail}{at}{_where(py_frames)}: {_advice(type_id)}."
     if type_id == "killed":
-        return f"Blender was killed{how}{at} with no other evidence: {_ADVICE[type_id]}."
+        return f"Blender was killed{how}{at} with no other evidence: {_advice(type_id)}."
     if type_id == "interrupted":
         if not fatal:
             return (f"The render was interrupted{at} ({text}) and went on: the frame in flight was probably "
                     "saved incomplete; check it or render it again.")
         return f"The render was interrupted{how}{at}" + (f" ({text})" if text else "") + "."
     if type_id == "stall":
-        return f"Blender stopped making progress{at} and was stopped by the healer: {_ADVICE[type_id]}."
+        return f"Blender stopped making progress{at} and was stopped by the healer: {_advice(type_id)}."
     # unknown
     last_err = s._last.get("unknown") or s._first.get("unknown")
     if last_err:

@@ -5,11 +5,15 @@ Usage::
     err = classify(evidence)            # healer.classify -> a RenderError subclass instance
     err.type, err.fatal, err.summary    # "gpu_oom", True, "GPU out of memory: ..."
     err.to_dict()                       # the `renderwatch classify --json` shape
+
+What each type is, how it ranks and what the healer does about it: `healer.diagnosis.catalog`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from healer.diagnosis.catalog import TYPES
 
 
 @dataclass(frozen=True)
@@ -55,42 +59,81 @@ class RenderError:
             "python_frames": [list(f) for f in self.python_frames],
         }
 
-
-def _error(type_id: str, doc: str, severity: str = "error") -> type[RenderError]:
-    # No new fields: the subclass inherits the frozen dataclass's __init__/__eq__/__repr__ (which
-    # names the subclass), so it needs no @dataclass of its own (that would cost ~1 ms per class at import).
-    cls = type(_camel(type_id), (RenderError,), {"__doc__": doc, "type": type_id, "severity": severity,
-                                                 "__module__": __name__})
-    globals()[cls.__name__] = cls   # importable (and picklable) under its class name too: SegfaultError
-    return cls
+    def __init_subclass__(cls, **kw: object) -> None:
+        # The row of the catalog is the truth: a class whose type is not there is a bug, found at import.
+        super().__init_subclass__(**kw)
+        row = TYPES[cls.type]
+        cls.severity = row.severity
+        cls.__doc__ = cls.__doc__ or row.doc
 
 
-def _camel(type_id: str) -> str:
-    return "".join(p.capitalize() for p in type_id.split("_")) + ("" if type_id.endswith("error") else "Error")
+
+# One class per row of healer.diagnosis.catalog; the class name is what Sentry and the webhooks show.
+class OkError(RenderError):
+    type = "ok"
 
 
-Ok = _error("ok", "The render finished and nothing went wrong.", "info")
-Segfault = _error("segfault", "Blender crashed with SIGSEGV / an access violation.")
-Abort = _error("abort", "Blender aborted (SIGABRT, failed assert, uncaught C++ exception).")
-Killed = _error("killed", "Blender was killed from outside (SIGKILL) with no other evidence.")
-Interrupted = _error("interrupted", "The render was interrupted on purpose (Ctrl-C, SIGTERM, SIGINT).", "warning")
-HostOom = _error("host_oom", "The host ran out of memory (malloc failures, bad_alloc, kernel OOM kill).")
-GpuOom = _error("gpu_oom", "The GPU ran out of memory.")
-GpuError = _error("gpu_error", "A GPU fault other than out-of-memory (illegal address, launch failure, OptiX).")
-PythonError = _error("python_error", "A Python exception in a script or handler.")
-MissingFile = _error("missing_file", "An input file (the .blend, a texture, a library, a cache) is missing.")
-BlendInvalid = _error("blend_invalid", "The .blend cannot be read (corrupt, unsupported or newer format).")
-OutputError = _error("output_error", "The output could not be written.")
-DenoiserUnavailable = _error("denoiser_unavailable", "The scene asks for a denoiser this build or CPU lacks.")
-EngineUnavailable = _error("engine_unavailable", "The render engine is not available (no Cycles, no display).")
-Stall = _error("stall", "Blender stopped making progress (hang) and was stopped by the healer.")
-Unknown = _error("unknown", "Blender failed and no known pattern explains why.")
+class SegfaultError(RenderError):
+    type = "segfault"
 
-ERROR_TYPES: dict[str, type[RenderError]] = {
-    c.type: c for c in (Ok, Segfault, Abort, Killed, Interrupted, HostOom, GpuOom, GpuError, PythonError,
-                        MissingFile, BlendInvalid, OutputError, DenoiserUnavailable, EngineUnavailable,
-                        Stall, Unknown)
-}
+
+class AbortError(RenderError):
+    type = "abort"
+
+
+class KilledError(RenderError):
+    type = "killed"
+
+
+class InterruptedError(RenderError):  # noqa: A001 - the name incidents have always carried
+    type = "interrupted"
+
+
+class HostOomError(RenderError):
+    type = "host_oom"
+
+
+class GpuOomError(RenderError):
+    type = "gpu_oom"
+
+
+class GpuError(RenderError):
+    type = "gpu_error"
+
+
+class PythonError(RenderError):
+    type = "python_error"
+
+
+class MissingFileError(RenderError):
+    type = "missing_file"
+
+
+class BlendInvalidError(RenderError):
+    type = "blend_invalid"
+
+
+class OutputError(RenderError):
+    type = "output_error"
+
+
+class DenoiserUnavailableError(RenderError):
+    type = "denoiser_unavailable"
+
+
+class EngineUnavailableError(RenderError):
+    type = "engine_unavailable"
+
+
+class StallError(RenderError):
+    type = "stall"
+
+
+class UnknownError(RenderError):
+    type = "unknown"
+
+
+ERROR_TYPES: dict[str, type[RenderError]] = {c.type: c for c in RenderError.__subclasses__()}
 
 
 def error_class(type_id: str) -> type[RenderError]:

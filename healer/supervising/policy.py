@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
+from healer.diagnosis.catalog import REPORT_TYPES, TYPES
 from healer.diagnosis.errors import RenderError
 
 KINDS = ("restart", "retry_gpu_then_cpu", "restart_fewer_threads", "fail_fast", "report_only")
@@ -43,29 +44,10 @@ class Rule:
             raise ValueError(f"jitter {self.jitter}: must be between 0 and 1")
 
 
+# The default rule of every type, from the catalog (its `policy`, `fix` and `rule` columns).
 DEFAULT_RULES: dict[str, Rule] = {
-    "segfault": Rule("restart"),
-    "abort": Rule("restart"),
-    "killed": Rule("restart"),
-    "stall": Rule("restart"),
-    "unknown": Rule("restart", max_restarts=3),
-    "host_oom": Rule("restart_fewer_threads"),
-    "gpu_oom": Rule("retry_gpu_then_cpu"),
-    "gpu_error": Rule("retry_gpu_then_cpu"),
-    "python_error": Rule("report_only", message="a Python script or handler raised; see the traceback"),
-    "missing_file": Rule("fail_fast", message="an input file is missing: fix the path or restore the file"),
-    "blend_invalid": Rule("fail_fast", message="the .blend cannot be read: re-save it with this Blender "
-                          "version or use the Blender it was made with"),
-    "output_error": Rule("fail_fast", message="the output cannot be written: check the output path exists, "
-                         "is writable and has free space"),
-    "denoiser_unavailable": Rule("fail_fast", message="this Blender build or CPU has no denoiser: turn "
-                                 "denoising off in the scene or use a build with OpenImageDenoise"),
-    "engine_unavailable": Rule("fail_fast", message="the render engine is not available: enable the add-on "
-                               "(Cycles) or use an engine that runs headless"),
-    "interrupted": Rule("fail_fast", message="Blender was interrupted from outside (Ctrl-C or SIGTERM)"),
+    t.id: Rule(t.policy, message=t.fix, **t.rule) for t in TYPES.values() if t.policy
 }
-# Types reported but not fatal to the job unless --strict (when the frames still came out).
-REPORT_TYPES = frozenset({"python_error", "missing_file"})
 
 
 @dataclass(frozen=True)
@@ -84,13 +66,11 @@ class Policy:
                        max_restarts: int | None = None, backoff_base_s: float | None = None,
                        strict: bool | None = None) -> Policy:
         """A copy with per-type overrides ({"segfault": {"max_restarts": 2}}); errors name the key."""
-        from healer.diagnosis.errors import ERROR_TYPES
-
         rules = dict(self.rules)
         names = {f.name for f in fields(Rule)}
         for type_id, values in (overrides or {}).items():
-            if type_id not in ERROR_TYPES:
-                raise ValueError(f"policy.{type_id}: unknown error type; valid: {', '.join(ERROR_TYPES)}")
+            if type_id not in TYPES:
+                raise ValueError(f"policy.{type_id}: unknown error type; valid: {', '.join(TYPES)}")
             for key in values:
                 if key not in names:
                     raise ValueError(f"policy.{type_id}.{key}: unknown setting; valid: {', '.join(sorted(names))}")
