@@ -16,10 +16,10 @@ import sys
 import time
 from collections.abc import Sequence
 
+from blender_hooks.settings import ENV_SENTRY_DSN, ENV_WEBHOOK_URL
 from healer.config import ConfigError, HealerConfig, load_config
+from healer.diagnosis.catalog import EXIT_USAGE
 from healer.supervising.frames import FrameSpecError, parse_frames
-
-EXIT_USAGE = 2
 
 
 def _render_options(p: argparse.ArgumentParser) -> None:
@@ -121,7 +121,6 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
          blender_args: Sequence[str]) -> int:
     from healer.supervising.progress import ProgressDisplay
     from healer.supervising.report import build_report, summary, write_report
-    from healer.supervising.supervisor import EXIT_USAGE as SUP_USAGE
     from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
 
     try:
@@ -154,7 +153,7 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
         result = asyncio.run(main())
     except RequestError as e:
         print(f"renderwatch: {e}", file=sys.stderr)
-        return SUP_USAGE
+        return EXIT_USAGE
     finally:
         close = getattr(incidents, "close", None)
         if close:
@@ -169,7 +168,7 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
 
 # What turns incidents on (healer.incidents reads them); without any, the CLI skips loading the Sentry
 # SDK and the webhook machinery: that import is a measurable part of a short render's overhead.
-_INCIDENT_ENV = ("SENTRY_DSN", "RENDERWATCH_WEBHOOK_URL")
+_INCIDENT_ENV = (ENV_SENTRY_DSN, ENV_WEBHOOK_URL)
 
 
 def _incidents(cfg: HealerConfig):

@@ -12,9 +12,9 @@ from healer.config import ConfigError, load_config
 from healer.supervising.blender_argv import BlenderArgvError, parse_blender_argv
 from healer.supervising.launch import CPU_EXPR, MARKER_EXPR, LaunchSpec, build_argv, check_user_args
 from healer.supervising.ledger import Ledger
+from healer.supervising.preflight import job_id_for
 from healer.supervising.progress import ProgressDisplay, parse_line
 from healer.supervising.report import build_report
-from healer.supervising.supervisor import job_id_for
 
 
 def test_attempt_argv_order_scripts_before_render_args():
@@ -80,6 +80,34 @@ def test_config_layers_and_errors_name_the_key(tmp_path: Path):
         load_config(str(toml), env={})
 
 
+def test_every_table_is_validated_at_load(tmp_path: Path):
+    """A bad [incidents] table or alert rule stops the healer at start; it used to switch incidents off."""
+    toml = tmp_path / "rw.toml"
+    toml.write_text('[incidents]\nqueue_size = -1\n')
+    with pytest.raises(ConfigError, match="incidents.queue_size"):
+        load_config(str(toml), env={})
+    toml.write_text('[[incidents.webhooks]]\nurl = "ftp://x"\n')
+    with pytest.raises(ConfigError, match=r"incidents.webhooks\[0\]"):
+        load_config(str(toml), env={})
+    toml.write_text('[[healer.alert_rules]]\nalertname = "RenderStalled"\naction = "reboot"\nlabels = ["job"]\n')
+    with pytest.raises(ConfigError, match=r"healer.alert_rules\[0\].action"):
+        load_config(str(toml), env={})
+    toml.write_text('[[healer.alert_rules]]\nalertname = "RenderStalled"\naction = "restart_job"\nlabels = ["job"]\n'
+                    "matchers = ['severity=\"page\"']\n")
+    rules = load_config(str(toml), env={}).alert_rules
+    assert [(r.alertname, r.action, r.labels) for r in rules] == [("RenderStalled", "restart_job", ("job",))]
+
+
+def test_one_config_error_and_one_set_of_setting_names():
+    import agent.config
+    import healer.config
+    from blender_hooks import settings
+
+    assert agent.config.ConfigError is healer.config.ConfigError is settings.ConfigError
+    names = [v for k, v in vars(settings).items() if k.startswith("ENV_")]
+    assert len(names) == len(set(names)), "a variable named twice"
+
+
 def test_parse_line_both_formats_and_the_marker():
     assert parse_line("Saved: '/s/f_0001.png'").path == "/s/f_0001.png"
     five = parse_line("00:00.327  render           | Saved: '/s/f_0002.exr'")
@@ -99,7 +127,7 @@ def test_progress_display_tty_and_plain():
     d.update(2, restarts=1, frame=3)
     assert "\r\x1b[2K" in tty.getvalue() and "frame 2/4" in tty.getvalue() and "restarts 1" in tty.getvalue()
     plain = io.StringIO()
-    d = ProgressDisplay(total=4, stream=plain, tty=False, interval_s=1000)
+    d = ProgressDisplay(total=4, stream=plain, tty=False, interval_s=1000, clock=lambda: 2000.0)
     d.update(1)
     d.update(2)                                   # throttled
     d.update(4)                                   # the last frame is always shown
@@ -107,6 +135,15 @@ def test_progress_display_tty_and_plain():
     lines = plain.getvalue().splitlines()
     assert lines[0].startswith("renderwatch: frame 1/4") and "frame 4/4" in lines[1] and lines[-1] == "done"
     assert "\x1b" not in plain.getvalue()
+
+
+def test_the_first_plain_line_shows_right_after_boot():
+    """time.monotonic() counts from boot: below interval_s the first line was suppressed."""
+    plain = io.StringIO()
+    d = ProgressDisplay(total=4, stream=plain, tty=False, interval_s=10, clock=lambda: 5.0)
+    d.update(1)
+    d.update(2)                                   # throttled: 0 s since the first
+    assert plain.getvalue().splitlines() == ["renderwatch: " + d.line(1)]
 
 
 def test_report_shape(tmp_path):

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from healer.config import ConfigError, HealerConfig
 from healer.service.alerts import ALERTMANAGER_PATH, ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
@@ -135,7 +135,7 @@ class JobManager:
                              stall_timeout=stall, strict=strict, job=job)
 
     def submit(self, req: RenderRequest) -> Job:
-        from healer.supervising.supervisor import job_id_for
+        from healer.supervising.preflight import job_id_for
 
         job_id = req.job or job_id_for(req.scene, req.frames or (), req.output, req.blender_args)
         existing = self.jobs.get(job_id)
@@ -268,13 +268,15 @@ def create_app(cfg: HealerConfig, *, registry: CollectorRegistry | None = None, 
     app.cleanup_ctx.append(_manager_ctx(incidents))
     am_token = cfg.env.get(ENV_ALERTMANAGER_TOKEN)
     if am_token:
-        add_alertmanager_routes(app, token=am_token, actions=_LazyActions(app), registry=metrics.registry)
+        add_alertmanager_routes(app, token=am_token, rules=cfg.alert_rules, actions=_LazyActions(app),
+                                registry=metrics.registry)
     app.router.add_post("/api/v1/jobs", submit_job)
     app.router.add_get("/api/v1/jobs", list_jobs)
     app.router.add_get("/api/v1/jobs/{id}", get_job)
     app.router.add_post("/api/v1/jobs/{id}/cancel", cancel_job)
     app.router.add_post("/api/v1/jobs/{id}/restart", restart_job)
-    app.router.add_get("/metrics", metrics_view)
+    # prometheus_client's own handler: text or OpenMetrics, as the scraper's Accept header asks
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_get("/healthz", healthz)
     add_openapi_route(app, spec(alertmanager=bool(am_token)))
     return app
@@ -288,7 +290,7 @@ def _manager_ctx(incidents: Any):
             try:
                 from healer.incidents.dispatch import Incidents
                 cfg = app[CONFIG]
-                inc, owned = Incidents.from_config(cfg.incidents, env=cfg.env, registry=app[METRICS].registry), True
+                inc, owned = Incidents.from_config(cfg.incidents, env=cfg.env, counter=app[METRICS].incidents), True
             except Exception as e:
                 log.warning("incidents disabled: %s", e)
         mgr = JobManager(app[CONFIG], app[METRICS], inc)
@@ -372,11 +374,6 @@ async def restart_job(request: web.Request) -> web.Response:
     except RequestError as e:
         return web.json_response({"error": str(e)}, status=409)
     return web.json_response(job.view(), status=202)
-
-
-async def metrics_view(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:

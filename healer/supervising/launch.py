@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blender_hooks.settings import ENV_ATTEMPT, ENV_JOB_ID  # noqa: F401 (names read from here)
 from healer.supervising.frames import render_args
+from healer.supervising.ledger import process_alive
 
-ENV_JOB_ID = "RENDERWATCH_JOB_ID"
-ENV_ATTEMPT = "RENDERWATCH_ATTEMPT"
 MARKER = "[renderwatch] frame_start "
 LOG_TAIL_LINES = 500
 
@@ -201,3 +201,17 @@ async def stop_group(pgid: int, grace_s: float, exited: Callable[[], bool]) -> N
 def exit_status(rc: int) -> tuple[int | None, int | None]:
     """(exit_code, exit_signal) from a returncode (negative = killed by that signal)."""
     return (None, -rc) if rc < 0 else (rc, None)
+
+
+class ProcessLauncher:
+    """The real `seams.Launcher`: Blender as a child process in its own process group."""
+
+    async def start(self, argv: Sequence[str], *, env: dict[str, str],
+                    on_line: Callable[[str, float], None]) -> BlenderProcess:
+        return await BlenderProcess.start(argv, env=env, on_line=on_line)
+
+    def alive(self, pid: int | None, create_time: float | None) -> bool:
+        return process_alive(pid, create_time)
+
+    async def stop_orphan(self, pid: int, create_time: float | None, grace_s: float) -> None:
+        await stop_group(pid, grace_s, lambda: not self.alive(pid, create_time))

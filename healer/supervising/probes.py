@@ -155,3 +155,52 @@ def _cgroup_memory_limit() -> int | None:
         return None if raw == "max" else int(raw)
     except (OSError, ValueError):
         return None
+
+
+class SystemProbes:
+    """The real `seams.HostProbes`: psutil, the cgroup's memory.events, statvfs, a ResourceSampler."""
+
+    def __init__(self, sampler: ResourceSampler | None = None, cgroup: str = "/sys/fs/cgroup"):
+        import psutil
+
+        self._psutil = psutil
+        self.sampler = sampler
+        self.cgroup = cgroup
+
+    def process_status(self, pid: int) -> str | None:
+        try:
+            return str(self._psutil.Process(pid).status())
+        except self._psutil.Error:
+            return None
+
+    def process_create_time(self, pid: int) -> float | None:
+        try:
+            return float(self._psutil.Process(pid).create_time())
+        except self._psutil.Error:
+            return None
+
+    def oom_kills(self) -> int | None:
+        """The cgroup's OOM-kill count, to tell a kernel OOM kill from a plain SIGKILL."""
+        try:
+            with open(f"{self.cgroup}/memory.events") as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def full_disk(self, path: str, min_free: int = 1 << 20) -> str | None:
+        """The directory of `path` if its filesystem has less than `min_free` bytes available."""
+        import os
+
+        d = os.path.dirname(os.path.abspath(path))
+        try:
+            st = os.statvfs(d)
+        except OSError:
+            return None
+        return d if st.f_bavail * st.f_frsize < min_free else None
+
+    def resources(self, pid: int) -> dict:
+        return self.sampler.sample(pid) if self.sampler is not None else {}

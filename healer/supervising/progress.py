@@ -75,7 +75,7 @@ class ProgressDisplay:
         self.quiet = quiet
         self.clock = clock
         self.started = clock()
-        self._last_plain = 0.0
+        self._last_plain: float | None = None   # none shown yet: the first line always is
         self._last_key: tuple | None = None
         self._first_done: int | None = None
 
@@ -105,7 +105,8 @@ class ProgressDisplay:
             if key != self._last_key:
                 self.stream.write("\r\x1b[2K" + self.line(done, restarts, frame, note))
                 self.stream.flush()
-        elif key != self._last_key and (now - self._last_plain >= self.interval_s or done == self.total
+        elif key != self._last_key and (self._last_plain is None or now - self._last_plain >= self.interval_s
+                                        or done == self.total
                                         or note):
             self.stream.write("renderwatch: " + self.line(done, restarts, frame, note) + "\n")
             self.stream.flush()

@@ -74,7 +74,7 @@ def test_hostile_paths_and_args_reach_blender_literally(tmp_path: Path, scene_fa
 @pytest.mark.parametrize("name", ["-scene.blend", ".hidden.blend", "--.blend"])
 def test_leading_dash_scene_name_gets_a_valid_job_id(name: str) -> None:
     from healer.supervising.ledger import job_dir
-    from healer.supervising.supervisor import job_id_for
+    from healer.supervising.preflight import job_id_for
 
     job_dir(job_id_for(f"/shots/{name}", [1], None, []), {"RENDERWATCH_HOME": "/nonexistent"})
 

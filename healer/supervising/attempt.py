@@ -1,0 +1,195 @@
+"""One attempt: one Blender for the frames still missing, watched line by line until it exits.
+
+Every output line feeds the classifier's scanner and the progress parser; a `Saved:` line verifies
+that frame on disk and records it in the ledger (fsynced), so nothing verified is rendered again. A
+probe loop stops Blender on a stall or a cancel. When Blender exits the attempt is classified.
+
+Usage::
+
+    error = await run_attempt(ctx, ledger, frames=[3, 4], action=action)   # a RenderError ("ok" too)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+
+from healer.diagnosis import errors
+from healer.diagnosis.classify import LogScanner
+from healer.diagnosis.crashfile import read_crash_file
+from healer.supervising.context import AttemptState, JobContext
+from healer.supervising.launch import LaunchSpec, attempt_env, build_argv, exit_status
+from healer.supervising.ledger import Attempt, Ledger
+from healer.supervising.outputs import verify_image
+from healer.supervising.policy import Action
+from healer.supervising.probes import ProbeSnapshot, evaluate, stall_timeout
+from healer.supervising.progress import parse_line
+from healer.supervising.seams import RunningBlender
+
+
+async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: Action) -> errors.RenderError:
+    req = ctx.req
+    att = led.new_attempt(frames, action.reason)
+    att.device, att.threads = action.device, action.threads
+    argv = build_argv(LaunchSpec(blender=req.blender, scene=led.scene, frames=frames, output=output_arg(req.output),
+                                 user_args=req.blender_args, device=action.device, threads=action.threads))
+    att.argv = argv
+    ctx.attempt = st = AttemptState(last_progress_at=ctx.clock())
+    scanner = LogScanner()
+    oom_before = ctx.probes.oom_kills()
+    try:
+        proc = await ctx.launcher.start(argv, env=attempt_env(led.job, att.attempt, ctx.env),
+                                        on_line=lambda line, now: _on_line(ctx, scanner, led, att, line, now))
+    except OSError as e:
+        att.ended_at = ctx.wall()
+        att.error_type = "engine_unavailable"
+        att.error_summary = f"cannot start Blender {req.blender!r}: {e}"
+        led.save()
+        return errors.EngineUnavailableError(summary=att.error_summary)
+    ctx.proc = proc
+    att.pid = proc.pid
+    att.pid_create_time = ctx.probes.process_create_time(proc.pid)
+    att.started_at = ctx.wall()
+    led.status = "running"
+    led.save()
+    watcher = asyncio.create_task(_watch(ctx, led, proc, st))
+    try:
+        rc = await proc.wait()
+    finally:
+        watcher.cancel()
+        ctx.proc = None
+    exit_code, exit_signal = exit_status(rc)
+    in_flight = att.frame_in_flight
+    oom_after = ctx.probes.oom_kills()
+    crash_file = st.crash_file or scanner.crash_file
+    crash_text = read_crash_file(crash_file) if crash_file else None
+    error = scanner.finish(exit_code, exit_signal, crash_file=crash_file, crash_text=crash_text,
+                           stalled=bool(st.stalled), frame=in_flight,
+                           oom_killed=exit_signal == 9 and oom_before is not None and (oom_after or 0) > oom_before)
+    if st.stalled and error.type == "stall":
+        error = dataclasses.replace(error, summary=f"{st.stalled}; {error.summary}" if error.summary else st.stalled)
+    if ctx.cancelled:
+        error = errors.InterruptedError(summary="cancelled", exit_code=exit_code, exit_signal=exit_signal)
+    if error.frame is None and in_flight is not None:
+        error = dataclasses.replace(error, frame=in_flight)
+    if st.disk_full and not ctx.cancelled and error.type in ("ok", "unknown", "output_error"):
+        # Blender prints `Saved:` and exits 0 even when the write hit a full disk: trust the disk.
+        error = errors.OutputError(summary=f"no space left on {st.disk_full}: Blender reported frames saved "
+                                           "but the files are empty or incomplete; free space there and run "
+                                           "the same command again", exit_code=exit_code,
+                                   exit_signal=exit_signal, frame=in_flight, findings=error.findings)
+    # Frames Blender saved but whose line we missed, and partial files left by the crash.
+    for f in frames:
+        ok, why = led.verify_frame(f)
+        if ok and f not in att.frames_rendered:
+            att.frames_rendered.append(f)
+        elif not ok and "removed" in why:
+            att.frames_rendered[:] = [x for x in att.frames_rendered if x != f]
+            ctx.say(why)
+    att.frame_in_flight = in_flight if in_flight not in led.frames else None
+    att.exit_code, att.exit_signal = exit_code, exit_signal
+    att.error_type = error.type
+    att.error_summary = error.summary or None
+    att.ended_at = ctx.wall()
+    ctx.record_warnings(error)
+    led.save()
+    ctx.update_metrics()
+    if ctx.metrics:
+        ctx.metrics.attempts.labels(error.type).inc()
+    if error.type != "ok" and error.fatal and not ctx.cancelled:
+        kind = "render.stalled" if error.type == "stall" else "render.crashed"
+        ctx.incidents.emit(kind, ctx.info(frame=error.frame, log_tail=list(proc.tail), crash_file=st.crash_file,
+                                          message=error.summary), error)
+    return error
+
+
+def output_arg(out: str | None) -> str | None:
+    """The -o pattern as Blender gets it: absolute, except Blender's own `//` (beside the .blend)."""
+    if out and not out.startswith("//"):
+        out = os.path.abspath(os.path.expanduser(out)) + ("/" if out.endswith("/") else "")
+    return out
+
+
+def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, line: str, now: float) -> None:
+    scanner.feed(line)
+    ev = parse_line(line)
+    st = ctx.attempt
+    if ev.kind == "progress":
+        if ev.text != st.last_progress_text or ev.frame != st.current_frame:
+            st.last_progress_at = now
+            st.last_progress_text = ev.text
+        if st.current_frame is None:
+            st.current_frame = ev.frame
+    elif ev.kind == "frame_start" and ev.frame is not None:
+        st.current_frame, st.frame_started_at, st.last_progress_at = ev.frame, now, now
+        if ev.path:
+            led.expected_paths[ev.frame] = ev.path
+        if ev.frame in led.frame_render_counts and ctx.metrics:
+            ctx.metrics.frames_rerendered.labels(led.job).inc()
+        led.frame_started(ev.frame, att)
+        led.save()
+        ctx.show()
+    elif ev.kind == "saved" and ev.path:
+        st.last_progress_at = now
+        frame = _frame_for(led, att, ev.path, st.current_frame)
+        if frame is None:
+            return
+        v = verify_image(ev.path)
+        if not v.ok:
+            full = ctx.probes.full_disk(ev.path)
+            if full:
+                st.disk_full = full
+            return
+        led.frame_verified(frame, ev.path, v.size, att)
+        if st.frame_started_at is not None:
+            ctx.frame_times.append(now - st.frame_started_at)
+        st.frame_started_at = None
+        led.save()
+        ctx.update_metrics()
+        ctx.show()
+    elif ev.kind == "crash_file":
+        st.crash_file = ev.path
+
+
+def _frame_for(led: Ledger, att: Attempt, path: str, current: int | None) -> int | None:
+    apath = os.path.abspath(path)
+    if current is not None and current in led.frames_requested:
+        expected = led.expected_paths.get(current)
+        if expected is None or os.path.abspath(expected) == apath:
+            return current
+    for f in att.frames_planned:
+        p = led.path_for(f)
+        if p and os.path.abspath(p) == apath:
+            return f
+    return None
+
+
+async def _watch(ctx: JobContext, led: Ledger, proc: RunningBlender, st: AttemptState) -> None:
+    """Probe loop: metrics every tick, stop the process group on a stall or a cancel."""
+    last_sample, res = 0.0, {}
+    while proc.returncode() is None:
+        await asyncio.sleep(ctx.probe_interval_s)
+        if ctx.cancelled:
+            await proc.stop(ctx.kill_grace_s)
+            return
+        now = ctx.clock()
+        if now - last_sample >= 1.0:
+            res, last_sample = ctx.probes.resources(proc.pid), now
+        snap = ProbeSnapshot(now=now, started_at=st.last_progress_at, status=ctx.probes.process_status(proc.pid),
+                             last_output_at=proc.last_output_at, last_progress_at=st.last_progress_at,
+                             frame_times=ctx.frame_times, stall_timeout=ctx.req.stall_timeout, **res)
+        findings = evaluate(snap)
+        if ctx.metrics:
+            for f in findings:
+                ctx.metrics.probe_healthy.labels(led.job, f.probe).set(1 if f.healthy else 0)
+        stall = next((f for f in findings if f.action == "kill_stall"), None)
+        if stall is not None and proc.returncode() is None and not st.stalled:
+            frame = st.current_frame
+            st.stalled = f"{stall.detail}" + (f" at frame {frame}" if frame is not None else "")
+            if ctx.metrics:   # how late the probe loop noticed, past the timeout itself
+                late = now - st.last_progress_at - stall_timeout(ctx.req.stall_timeout, ctx.frame_times)
+                ctx.metrics.stall_detect.observe(max(0.0, late))
+            ctx.say(f"stall: {st.stalled}: stopping Blender (pid {proc.pid})")
+            await proc.stop(ctx.kill_grace_s)
+            return

@@ -1,0 +1,131 @@
+"""The state of one supervised job while it runs, shared by the supervisor's parts (pre-flight, one
+attempt, the endings): the request, the ledger, the collaborators passed in, and the few helpers
+every part needs (say, warn, the incident info, the metrics of the ledger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from healer.diagnosis import errors
+from healer.diagnosis.catalog import REPORT_TYPES
+from healer.supervising.ledger import Ledger
+from healer.supervising.progress import ProgressDisplay
+from healer.supervising.seams import HostProbes, IncidentSink, Launcher, RunningBlender, SupervisorMetrics
+
+log = logging.getLogger("healer.supervising.supervisor")
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    scene: str
+    frames: tuple[int, ...] | None = None     # None: the scene's own frame range
+    output: str | None = None
+    blender: str = "blender"
+    blender_args: tuple[str, ...] = ()
+    stall_timeout: float | None = None
+    strict: bool = False
+    job: str | None = None
+    origin: str = "cli"                        # "service": the healer service resumes it after a restart
+
+
+@dataclass
+class AttemptState:
+    """What the output of the running attempt told so far."""
+
+    current_frame: int | None = None
+    frame_started_at: float | None = None
+    crash_file: str | None = None
+    last_progress_at: float = 0.0
+    last_progress_text: str = ""
+    stalled: str | None = None
+    disk_full: str | None = None          # output directory found full after a failed verification
+
+
+@dataclass
+class JobContext:
+    req: RenderRequest
+    launcher: Launcher
+    probes: HostProbes
+    incidents: IncidentSink
+    metrics: SupervisorMetrics | None
+    display: ProgressDisplay | None
+    env: dict[str, str]
+    kill_grace_s: float
+    probe_interval_s: float
+    clock: Callable[[], float]                 # monotonic seconds: probes, stall detection
+    wall: Callable[[], float]                  # epoch seconds: the ledger, the report, the policy window
+    job: str | None = None
+    ledger: Ledger | None = None
+    frame_times: list[float] = field(default_factory=list)
+    cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
+    proc: RunningBlender | None = None
+    attempt: AttemptState = field(default_factory=AttemptState)
+    started_at: float = 0.0
+    announced_complete: bool = False           # an earlier healer announced render.completed already
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    # -- telling --------------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        if self.display:
+            self.display.message(text)
+        else:
+            log.info("%s: %s", self.job, text)
+
+    def show(self) -> None:
+        led = self.ledger
+        if self.display and led:
+            self.display.update(len(led.completed()), led.restarts, self.attempt.current_frame)
+
+    def update_metrics(self) -> None:
+        led = self.ledger
+        if self.metrics and led:
+            self.metrics.frames_completed.labels(led.job).set(len(led.completed()))
+
+    def info(self, **extra: Any) -> dict:
+        """The job as incidents describe it."""
+        led = self.ledger
+        info: dict[str, Any] = {"job": self.job, "scene": os.path.abspath(self.req.scene)}
+        if led is not None:
+            fr = led.frames_requested
+            info.update(frames=[fr[0], fr[-1]] if fr else [], frames_total=len(fr),
+                        frames_completed=len(led.completed()), restarts=led.restarts,
+                        attempt=led.attempts[-1].attempt if led.attempts else 0,
+                        duration_s=self.wall() - self.started_at)
+        info.update({k: v for k, v in extra.items() if v is not None})
+        return info
+
+    # -- warnings (reported, not fatal unless --strict) -----------------------------------------
+    def warning_types(self) -> tuple[str, ...]:
+        led = self.ledger
+        return tuple(sorted({w["type"] for w in led.warnings if w.get("type") in REPORT_TYPES})) if led else ()
+
+    def record_warnings(self, error: errors.RenderError) -> None:
+        seen = []
+        if error.type in REPORT_TYPES and not error.fatal:
+            seen.append((error.type, error.summary))
+        for f in error.findings:
+            if f.type in REPORT_TYPES and (f.type, f.text) not in seen:
+                seen.append((f.type, f.text))
+        for etype, text in seen:
+            self.warn(etype, text, error=error)
+
+    def warn(self, etype: str, message: str, *, error: errors.RenderError | None = None,
+             incident: bool = True) -> None:
+        led = self.ledger
+        if led is None or any(w["type"] == etype and w["message"] == message for w in led.warnings):
+            return
+        led.warnings.append({"type": etype, "message": message, "at": self.wall()})
+        self.say(f"warning: {etype}: {message}")
+        if incident:
+            if error is None and etype in errors.ERROR_TYPES:
+                error = errors.error_class(etype)(summary=message, fatal=False)
+            self.incidents.emit("render.warning", self.info(message=message), error)

@@ -1,0 +1,63 @@
+"""How a supervised job ends: complete, failed (with its typed reason) or cancelled. Each ending
+saves the ledger, updates the metrics, tells the incident sink once and gives the exit status.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from healer.diagnosis import errors
+from healer.diagnosis.catalog import EXIT_CANCELLED, EXIT_OK
+from healer.supervising.context import JobContext
+from healer.supervising.ledger import Ledger, job_dir
+from healer.supervising.preflight import EarlyFailure, job_id_for
+
+
+@dataclass
+class RenderResult:
+    status: str                       # complete | failed | cancelled
+    exit_code: int
+    ledger: Ledger
+    error: dict | None = None
+
+
+def finish_complete(ctx: JobContext, led: Ledger) -> RenderResult:
+    led.status, led.error = "complete", None
+    led.save()
+    ctx.update_metrics()
+    if not ctx.announced_complete:
+        ctx.incidents.emit("render.completed", ctx.info(message="every requested frame has a verified output"))
+    return RenderResult("complete", EXIT_OK, led)
+
+
+def finish_failed(ctx: JobContext, led: Ledger, etype: str, message: str, code: int) -> RenderResult:
+    led.status, led.error = "failed", {"type": etype, "message": message}
+    led.save()
+    ctx.update_metrics()
+    cls = errors.ERROR_TYPES.get(etype, errors.UnknownError)
+    if ctx.metrics:
+        ctx.metrics.gave_up.labels(led.job, etype).inc()
+    ctx.incidents.emit("render.gave_up", ctx.info(message=message), cls(summary=message))
+    return RenderResult("failed", code, led, led.error)
+
+
+def finish_cancelled(ctx: JobContext, led: Ledger) -> RenderResult:
+    led.status, led.error = "cancelled", {"type": "interrupted", "message": "cancelled"}
+    led.save()
+    ctx.update_metrics()
+    return RenderResult("cancelled", EXIT_CANCELLED, led, led.error)
+
+
+def fail_early(ctx: JobContext, failure: EarlyFailure) -> RenderResult:
+    """A failure before any Blender ran: an unsaved ledger carries it to the report."""
+    req = ctx.req
+    job = ctx.job or job_id_for(req.scene, failure.frames, req.output, req.blender_args)
+    led = Ledger(job=job, scene=os.path.abspath(req.scene), frames_requested=sorted(failure.frames),
+                 path=job_dir(job, ctx.env) / "ledger.json")
+    led.status = "failed"
+    led.error = {"type": failure.type, "message": failure.message}
+    ctx.ledger = led
+    ctx.incidents.emit("render.gave_up", ctx.info(message=failure.message),
+                       errors.error_class(failure.type)(summary=failure.message))
+    return RenderResult("failed", failure.exit_code, led, led.error)

@@ -1,0 +1,126 @@
+"""Before any Blender runs: the request checked, the scene's settings and dependencies read, the job
+named. A few milliseconds that save a launch (and GPU time) on a job that cannot succeed.
+
+Usage::
+
+    plan = prepare(request)            # RequestError: bad arguments (exit status 2)
+    if isinstance(plan, EarlyFailure): ...   # the job fails before any launch (missing .blend, movie)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from healer.diagnosis.catalog import EXIT_INPUT, EXIT_STRICT
+from healer.supervising.assets import BlendReadError, SceneInfo, check_assets, read_scene_info
+from healer.supervising.context import RenderRequest
+from healer.supervising.launch import check_user_args, split_user_args
+from healer.supervising.outputs import MOVIE_FORMATS, OutputPattern
+
+log = logging.getLogger("healer.supervising.supervisor")
+
+
+class RequestError(ValueError):
+    """A render request that cannot start (bad arguments); exit status 2."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    scene: str                       # absolute path
+    frames: tuple[int, ...]
+    pattern: OutputPattern | None    # where frames are written (None: learnt from Blender's output)
+    job: str
+
+
+@dataclass(frozen=True)
+class EarlyFailure:
+    type: str
+    message: str
+    exit_code: int
+    frames: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class AssetVerdict:
+    failure: EarlyFailure | None            # missing linked files (or --strict with any missing file)
+    warnings: tuple[tuple[str, str], ...]   # (type, message) to report
+    notes: tuple[tuple[str, str], ...]      # (type, message) to say without an incident
+
+
+def job_id_for(scene: str, frames: Sequence[int], output: str | None, args: Sequence[str]) -> str:
+    """The same command line gives the same job id, so running it again resumes the job."""
+    h = hashlib.sha256(repr((os.path.abspath(scene), list(frames), output, list(args))).encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(scene))[0]).lstrip("._-")[:40] or "job"
+    return f"{stem}-{h}"
+
+
+def arg_value(args: Sequence[str], *names: str) -> str | None:
+    value = None
+    for i, a in enumerate(args[:-1]):
+        if a in names:
+            value = args[i + 1]
+    return value
+
+
+def prepare(req: RenderRequest) -> Prepared | EarlyFailure:
+    """Check the request and read the scene. Raises RequestError for bad arguments."""
+    scene = os.path.abspath(req.scene)
+    frames = list(req.frames or ())
+    try:
+        check_user_args(req.blender_args)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+    if shutil.which(req.blender) is None:
+        raise RequestError(f"Blender executable {req.blender!r} not found: install Blender, pass --blender "
+                           "or set RENDERWATCH_BLENDER")
+    if not os.path.isfile(scene):
+        return EarlyFailure("missing_file", f"the .blend file does not exist: {scene}", EXIT_INPUT, tuple(frames))
+    info: SceneInfo | None = None
+    try:
+        info = read_scene_info(scene)
+    except BlendReadError as e:
+        if "not a blend file" in str(e).lower():
+            return EarlyFailure("blend_invalid", f"not a .blend file: {scene}", EXIT_INPUT, tuple(frames))
+        log.warning("cannot read render settings from %s (%s): relying on Blender's output", scene, e)
+    if not frames:
+        if info is None:
+            raise RequestError(f"cannot read the frame range of {scene}: pass --frames")
+        frames = list(range(info.frame_start, info.frame_end + 1, info.frame_step))
+    before, _ = split_user_args(req.blender_args)
+    fmt = arg_value(before, "-F", "--render-format") or (info.file_format if info else None)
+    if fmt in MOVIE_FORMATS:
+        return EarlyFailure("output_error", f"the scene writes a movie ({fmt}): a movie cannot be resumed "
+                            "frame by frame; choose an image format (-- -F PNG or OPEN_EXR)", EXIT_INPUT, tuple(frames))
+    use_ext = arg_value(before, "-x", "--use-extension")
+    pattern_src = req.output or (info.output if info else None)
+    pattern = (OutputPattern.from_blender(pattern_src, os.path.dirname(scene), fmt,
+                                          use_ext != "0" if use_ext is not None else (info.use_extension if info else True))
+               if pattern_src else None)
+    job = req.job or job_id_for(scene, frames, req.output, req.blender_args)
+    return Prepared(scene=scene, frames=tuple(frames), pattern=pattern, job=job)
+
+
+def judge_assets(scene: str, *, strict: bool, resuming_mid_range: bool) -> AssetVerdict:
+    """blender-asset-tracer over the .blend: what is missing, and whether the job can start."""
+    rep = check_assets(scene)
+    if rep.fatal:
+        listing = "; ".join(f"{m.kind} {m.path}" for m in rep.fatal)
+        return AssetVerdict(EarlyFailure("missing_file", f"missing linked files: {listing}; restore them or fix "
+                                         "the paths in the .blend", EXIT_INPUT), (), ())
+    soft = [m for m in rep.missing if not m.fatal]
+    warnings = tuple(("missing_file", f"missing {m.kind} {m.path} (used by {m.block})") for m in soft)
+    if soft and strict:
+        listing = "; ".join(f"{m.kind} {m.path}" for m in soft)
+        return AssetVerdict(EarlyFailure("missing_file", f"--strict: missing files: {listing}", EXIT_STRICT),
+                            warnings, ())
+    notes: tuple[tuple[str, str], ...] = ()
+    if rep.simulations and resuming_mid_range:
+        notes = (("simulation", "resuming mid-range in a scene with unbaked simulations; frames rendered after "
+                  f"the restart may differ: {', '.join(rep.simulations)}"),)
+    return AssetVerdict(None, warnings, notes)

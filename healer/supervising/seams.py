@@ -1,0 +1,82 @@
+"""What the supervisor is given, as Protocols: how Blender is run, what the host is asked, where
+incidents and metrics go. The real implementations are `launch.ProcessLauncher` and
+`probes.SystemProbes`; tests pass a Blender that replays recorded runs (tests/fake_blender.py).
+
+Usage::
+
+    sup = Supervisor(request, launcher=ProcessLauncher(), probes=SystemProbes(), clock=time.monotonic)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from healer.diagnosis.errors import RenderError
+
+LineHandler = Callable[[str, float], None]     # (line without newline, clock time it was read)
+
+
+class RunningBlender(Protocol):
+    """One Blender process of one attempt."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def tail(self) -> Sequence[str]: ...            # the last lines of its output
+    @property
+    def last_output_at(self) -> float: ...          # clock time of its last output
+
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int: ...                       # negative: killed by that signal
+    async def stop(self, grace_s: float) -> None: ...      # SIGTERM its group, SIGKILL after grace_s
+
+
+class Launcher(Protocol):
+    """Starts Blender, and stops a Blender a dead healer left behind."""
+
+    async def start(self, argv: Sequence[str], *, env: dict[str, str], on_line: LineHandler) -> RunningBlender: ...
+    def alive(self, pid: int | None, create_time: float | None) -> bool: ...
+    async def stop_orphan(self, pid: int, create_time: float | None, grace_s: float) -> None: ...
+
+
+class HostProbes(Protocol):
+    """What the supervisor asks the host about a running Blender."""
+
+    def process_status(self, pid: int) -> str | None: ...        # psutil's status, None when gone
+    def process_create_time(self, pid: int) -> float | None: ...
+    def oom_kills(self) -> int | None: ...                        # cgroup memory.events oom_kill
+    def full_disk(self, path: str) -> str | None: ...             # the directory of path if its disk is full
+    def resources(self, pid: int) -> dict[str, Any]: ...          # probes.ResourceSampler.sample, or {}
+
+
+class IncidentSink(Protocol):
+    """Where incidents go (healer.incidents.dispatch.Incidents): never blocks, never raises."""
+
+    def emit(self, kind: str, info: Any = None, error: RenderError | None = None) -> None: ...
+    def job_started(self, info: Any) -> None: ...
+
+
+class SupervisorMetrics(Protocol):
+    """The healer's Prometheus metrics the supervisor updates (healer.service.metrics.HealerMetrics)."""
+
+    probe_healthy: Gauge
+    restarts: Counter
+    gave_up: Counter
+    attempts: Counter
+    frames_requested: Gauge
+    frames_completed: Gauge
+    frames_rerendered: Counter
+    stall_detect: Histogram
+
+
+class NoIncidents:
+    """An IncidentSink that drops everything (a CLI run without incident targets)."""
+
+    def emit(self, kind: str, info: Any = None, error: RenderError | None = None) -> None:
+        pass
+
+    def job_started(self, info: Any) -> None:
+        pass

@@ -1,0 +1,169 @@
+"""A Blender that replays real recorded runs (tests/fixtures/runs/, made by tests/fixtures/record_runs.py
+with Debian's Blender 3.4), behind the supervisor's `seams.Launcher`: the same output lines in the same
+order (time compressed), the same exit status or signal, the same crash file, and a real image file
+for every `Saved:` line, written where the line says. So every restart and failure path of the
+supervisor runs in milliseconds, with no Blender. The real-Blender tests stay in tests/integration.
+
+    launcher = ReplayLauncher(["segfault_at_2", "ok_2-3"])      # one recorded run per attempt
+    sup = Supervisor(req, launcher=launcher, probes=ReplayProbes(launcher), probe_interval_s=0.01)
+    ...
+    launcher.argvs           # what the supervisor asked for, attempt by attempt
+
+A run recorded for other frames than the attempt asks for is an AssertionError naming both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from healer.supervising.frames import render_args
+
+RUNS = Path(__file__).resolve().parent / "fixtures" / "runs"
+SCENE = Path(__file__).resolve().parent / "fixtures" / "scenes" / "tiny.blend"
+
+
+def load_run(name: str) -> dict:
+    return json.loads((RUNS / f"{name}.json").read_text())
+
+
+def png(width: int = 32, height: int = 18) -> bytes:
+    """A complete, valid PNG (what verify_image accepts as a rendered frame)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    raw = b"".join(b"\x00" + b"\x40\x40\x40" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+class ReplayedBlender:
+    """One replayed run (a `seams.RunningBlender`)."""
+
+    def __init__(self, run: dict, pid: int, subst: dict[str, str], on_line: Callable[[str, float], None],
+                 clock: Callable[[], float], speed: float):
+        self.run, self.pid, self._subst, self._on_line = run, pid, subst, on_line
+        self._clock, self._speed = clock, speed
+        self.tail: collections.deque[str] = collections.deque(maxlen=500)
+        self.last_output_at = clock()
+        self._rc: int | None = None
+        self._stop = asyncio.Event()
+        self._done = asyncio.Event()
+        self._task = asyncio.create_task(self._play())
+
+    def _text(self, text: str) -> str:
+        for k, v in self._subst.items():
+            text = text.replace(k, v)
+        return text
+
+    async def _play(self) -> None:
+        t_prev = 0.0
+        crash = self.run.get("crash_file")
+        for t, raw in self.run["lines"]:
+            if self._stop.is_set():
+                break
+            await asyncio.sleep(max(0.0, (t - t_prev) * self._speed))
+            t_prev = t
+            line = self._text(raw)
+            if line.startswith("Saved: "):          # Blender writes the file, then says so
+                path = Path(line.split("'")[1] if "'" in line else line[7:].strip())
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(png())
+            if line.startswith("Writing: ") and crash is not None:
+                Path(line[9:].strip()).write_text(self._text(crash))
+            now = self._clock()
+            self.last_output_at = now
+            self.tail.append(line)
+            self._on_line(line, now)
+        if self.run.get("hang") and not self._stop.is_set():
+            await self._stop.wait()                # a stall: alive until stopped, then the recorded signal
+        self._rc = int(self.run["exit"])
+        self._done.set()
+
+    def returncode(self) -> int | None:
+        return self._rc
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        assert self._rc is not None
+        return self._rc
+
+    async def stop(self, grace_s: float) -> None:
+        if self._rc is None:
+            self._stop.set()
+            await self._done.wait()
+            if not self.run.get("hang"):           # stopped mid-run: SIGTERM, as a real group stop
+                self._rc = -15
+
+
+class ReplayLauncher:
+    """A `seams.Launcher` that plays one recorded run per attempt, in order."""
+
+    def __init__(self, runs: Sequence[str | dict], *, speed: float = 0.01, clock: Callable[[], float] | None = None):
+        import time
+
+        self.runs = [load_run(r) if isinstance(r, str) else r for r in runs]
+        self.speed = speed
+        self.clock = clock or time.monotonic
+        self.argvs: list[list[str]] = []
+        self.envs: list[dict[str, str]] = []
+        self.current: ReplayedBlender | None = None
+        self.orphans_stopped: list[int] = []
+        self._pid = 40000
+
+    async def start(self, argv: Sequence[str], *, env: dict[str, str],
+                    on_line: Callable[[str, float], None]) -> ReplayedBlender:
+        if len(self.argvs) >= len(self.runs):
+            raise AssertionError(f"attempt {len(self.argvs) + 1} launched, but only {len(self.runs)} runs were "
+                                 f"given; argv: {list(argv)}")
+        run = self.runs[len(self.argvs)]
+        self.argvs.append(list(argv))
+        self.envs.append(dict(env))
+        want = render_args(run["frames"])
+        if not any(list(argv[i:i + len(want)]) == want for i in range(len(argv))):
+            raise AssertionError(f"attempt {len(self.argvs)} asks {list(argv)[-8:]}, the run recorded {want}")
+        scene = Path(argv[argv.index("-b") + 1])
+        self._pid += 1
+        import tempfile
+
+        self.current = ReplayedBlender(run, self._pid, {"{scene_dir}": str(scene.parent),
+                                                        "{tmp}": tempfile.gettempdir()},
+                                       on_line, self.clock, self.speed)
+        return self.current
+
+    def alive(self, pid: int | None, create_time: float | None) -> bool:
+        return False
+
+    async def stop_orphan(self, pid: int, create_time: float | None, grace_s: float) -> None:
+        self.orphans_stopped.append(pid)
+
+
+class ReplayProbes:
+    """A `seams.HostProbes` over the replayed Blender: running until its run ends; no OOM kills, no
+    full disk, no resource samples (the host parts have their own tests)."""
+
+    def __init__(self, launcher: ReplayLauncher, *, oom_kills: Sequence[int] | None = None):
+        self.launcher = launcher
+        self._oom = list(oom_kills) if oom_kills is not None else None
+
+    def process_status(self, pid: int) -> str | None:
+        cur = self.launcher.current
+        return "running" if cur is not None and cur.pid == pid and cur.returncode() is None else None
+
+    def process_create_time(self, pid: int) -> float | None:
+        return 1.0
+
+    def oom_kills(self) -> int | None:
+        if not self._oom:
+            return None
+        return self._oom.pop(0) if len(self._oom) > 1 else self._oom[0]
+
+    def full_disk(self, path: str) -> str | None:
+        return None
+
+    def resources(self, pid: int) -> dict:
+        return {}
