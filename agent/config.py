@@ -19,20 +19,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from blender_hooks.settings import ENV_AGENT_CONFIG as ENV_CONFIG
+from blender_hooks.settings import ENV_AGENT_DATA_DIR as ENV_DATA_DIR
+from blender_hooks.settings import ENV_AGENT_LISTEN as ENV_LISTEN
+from blender_hooks.settings import (  # noqa: F401 (names read from here)
+    ENV_JOB_GRACE,
+    ENV_MAX_BODY,
+    ENV_SAMPLE_INTERVAL,
+    ENV_SPOOL_DIR,
+    ENV_STALE_AFTER,
+    ENV_TOKEN,
+    ConfigError,
+)
 from renderwatch.listen import is_loopback
 from renderwatch.listen import parse_listen as _parse_listen
 from renderwatch.paths import DEFAULT_AGENT_LISTEN, home
 
 # Environment variables the agent reads (documented in the README's agent section).
-ENV_LISTEN = "RENDERWATCH_AGENT_LISTEN"
-ENV_TOKEN = "RENDERWATCH_TOKEN"
-ENV_DATA_DIR = "RENDERWATCH_AGENT_DATA_DIR"
-ENV_SPOOL_DIR = "RENDERWATCH_SPOOL_DIR"
-ENV_JOB_GRACE = "RENDERWATCH_JOB_GRACE_SECONDS"
-ENV_SAMPLE_INTERVAL = "RENDERWATCH_SAMPLE_INTERVAL_SECONDS"
-ENV_MAX_BODY = "RENDERWATCH_MAX_BODY_BYTES"
-ENV_STALE_AFTER = "RENDERWATCH_STALE_AFTER_SECONDS"
-ENV_CONFIG = "RENDERWATCH_CONFIG"
 # The standard OpenTelemetry variables (the SDK also reads headers, timeouts, TLS and
 # OTEL_RESOURCE_ATTRIBUTES itself).
 OTEL_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -48,8 +51,6 @@ PROTOCOLS = ("http/protobuf", "grpc")
 DEFAULT_SERVICE_NAME = "renderwatch-agent"
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from blender_hooks.settings import ENV_TOKEN  # noqa: F401 (names read from here)
 from renderwatch.paths import DEFAULT_AGENT, ENV_AGENT
 
-ENV_TOKEN = "RENDERWATCH_TOKEN"
 BAR = 20
 
 

@@ -28,12 +28,11 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import events, spool
+from .settings import ENV_ATTEMPT, ENV_JOB_ID  # noqa: F401 (names read from here)
 from .stats import cli_frames, frame_range, parse_frame_list, parse_memory, phase_of
 
 log = logging.getLogger("renderwatch.hooks")
 
-ENV_JOB_ID = "RENDERWATCH_JOB_ID"      # job id shared by every attempt of a job (set by the healer)
-ENV_ATTEMPT = "RENDERWATCH_ATTEMPT"    # attempt number of this run (set by the healer)
 MARK = "_renderwatch_hook"             # attribute on our handlers, whichever copy of the module
 FLUSH_AT_EXIT_S = 0.5
 STATS_MAX_OBJECTS = 2000               # scene.statistics() is O(objects): skip it on big scenes

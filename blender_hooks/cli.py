@@ -21,10 +21,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from blender_hooks.settings import ENV_JOB_ID
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 STARTUP = PACKAGE_DIR / "startup.py"
 # What runs inside Blender: the standard-library modules (not this CLI nor the wheel's).
-PACKAGE_FILES = ("__init__.py", "addon.py", "events.py", "spool.py", "stats.py", "transport.py", "blender_manifest.toml")
+PACKAGE_FILES = ("__init__.py", "addon.py", "events.py", "settings.py", "spool.py", "stats.py", "transport.py",
+                 "blender_manifest.toml")
 ADDON_ID = "renderwatch_hooks"
 EXTENSIONS_REPO = "user_default"
 EXTENSION_MIN = (4, 2, 0)
@@ -271,7 +274,7 @@ def check(exe: str, timeout: float = 120.0) -> Check:
         return c
     c.add("ok", f"Blender {info['version_string']} at {exe}")
     job = f"hooks-check-{os.urandom(4).hex()}"
-    env = {**os.environ, "RENDERWATCH_JOB_ID": job}
+    env = {**os.environ, ENV_JOB_ID: job}
     with tempfile.TemporaryDirectory(prefix="renderwatch-check-") as tmp:
         out = os.path.join(tmp, "f_")
         argv = [exe, "-b", "--factory-startup", "--python", str(STARTUP), "--python-exit-code", "3",

@@ -39,15 +39,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from .settings import ENV_AGENT, ENV_HOME, ENV_SPOOL_DIR, ENV_SPOOL_MAX, ENV_TOKEN  # noqa: F401 (names read from here)
 from .transport import HttpPoster
 
 log = logging.getLogger("renderwatch.hooks.spool")
 
-ENV_HOME = "RENDERWATCH_HOME"                  # state root (as renderwatch.paths)
-ENV_SPOOL_DIR = "RENDERWATCH_SPOOL_DIR"        # the spool directory itself (default <home>/spool)
-ENV_SPOOL_MAX = "RENDERWATCH_SPOOL_MAX_BYTES"  # bound on the whole spool directory
-ENV_AGENT = "RENDERWATCH_AGENT"                # agent base URL; "off" = spool only, no HTTP
-ENV_TOKEN = "RENDERWATCH_TOKEN"                # optional bearer token for the agent
 DEFAULT_AGENT = "http://127.0.0.1:9464"
 EVENTS_PATH = "/api/v1/events"
 

@@ -34,22 +34,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from blender_hooks.settings import ENV_BLENDER, ConfigError  # noqa: F401 (names read from here)
+from blender_hooks.settings import ENV_HEALER_BACKOFF as ENV_BACKOFF
+from blender_hooks.settings import ENV_HEALER_CONCURRENCY as ENV_CONCURRENCY
+from blender_hooks.settings import ENV_HEALER_CONFIG as ENV_CONFIG
+from blender_hooks.settings import ENV_HEALER_KILL_GRACE as ENV_KILL_GRACE
+from blender_hooks.settings import ENV_HEALER_LISTEN as ENV_LISTEN
+from blender_hooks.settings import ENV_HEALER_MAX_RESTARTS as ENV_MAX_RESTARTS
+from blender_hooks.settings import ENV_HEALER_STALL_TIMEOUT as ENV_STALL_TIMEOUT
+from blender_hooks.settings import ENV_HEALER_TOKEN as ENV_TOKEN
+from healer.service.alerts import DEFAULT_RULES, AlertRule, load_alert_rules
 from healer.supervising.policy import Policy
 from renderwatch.paths import DEFAULT_HEALER_LISTEN
-
-ENV_CONFIG = "RENDERWATCH_HEALER_CONFIG"
-ENV_BLENDER = "RENDERWATCH_BLENDER"
-ENV_LISTEN = "RENDERWATCH_HEALER_LISTEN"
-ENV_TOKEN = "RENDERWATCH_HEALER_TOKEN"
-ENV_CONCURRENCY = "RENDERWATCH_HEALER_CONCURRENCY"
-ENV_STALL_TIMEOUT = "RENDERWATCH_HEALER_STALL_TIMEOUT"
-ENV_MAX_RESTARTS = "RENDERWATCH_HEALER_MAX_RESTARTS"
-ENV_BACKOFF = "RENDERWATCH_HEALER_BACKOFF_S"
-ENV_KILL_GRACE = "RENDERWATCH_HEALER_KILL_GRACE_S"
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key (and where it came from)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +61,7 @@ class HealerConfig:
     probe_interval_s: float = 0.25
     allowed_blenders: tuple[str, ...] = ("blender", "renderwatch-blender", "renderwatch-blender5")
     policy_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    alert_rules: tuple[AlertRule, ...] = DEFAULT_RULES               # [[healer.alert_rules]]
     incidents: Mapping[str, Any] | None = None      # the file's [incidents] table (healer.incidents reads it)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -113,6 +110,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     env = dict(os.environ if env is None else env)
     values: dict[str, Any] = {}
     policy: dict[str, dict[str, Any]] = {}
+    alert_rules: tuple[AlertRule, ...] = DEFAULT_RULES
     incidents: Mapping[str, Any] | None = None
     path = path or env.get(ENV_CONFIG)
     if path:
@@ -132,16 +130,29 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
                 if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                     raise ConfigError(f"{path}: healer.policy must hold tables like [healer.policy.segfault]")
                 policy = {k: dict(v) for k, v in value.items()}
+            elif key == "alert_rules":
+                try:
+                    alert_rules = load_alert_rules(value, f"{path}: healer.alert_rules")
+                except ValueError as e:
+                    raise ConfigError(str(e)) from None
             elif key in _KEYS:
                 values[key] = _coerce(key, value, f"{path}: healer")
             else:
-                raise ConfigError(f"{path}: healer.{key}: unknown key; valid: {', '.join(sorted(_KEYS))}, policy")
+                raise ConfigError(f"{path}: healer.{key}: unknown key; valid: {', '.join(sorted(_KEYS))}, policy, "
+                                  "alert_rules")
     for name, key in _ENV_KEYS.items():
         if env.get(name):
             values[key] = _coerce(key, env[name], name)
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
-    cfg = HealerConfig(policy_overrides=policy, incidents=incidents, env=env, **values)
+    if incidents is not None:   # a bad [incidents] table stops the service, it does not silence it
+        from healer.incidents.config import load_incidents_config  # sentry-sdk: only when configured
+
+        try:
+            load_incidents_config(incidents, env)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    cfg = HealerConfig(policy_overrides=policy, incidents=incidents, env=env, alert_rules=alert_rules, **values)
     cfg.policy()          # validate the policy table now, not at the first crash
     return cfg

@@ -29,9 +29,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from blender_hooks.settings import ENV_BLENDER
+from blender_hooks.settings import ENV_BLENDER_VERSIONS as ENV_VERSIONS  # noqa: F401 (names read from here)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ENV_VERSIONS = "RENDERWATCH_BLENDER_VERSIONS"
-ENV_REQUIRED = "RENDERWATCH_MATRIX_REQUIRED"
 RESULTS = REPO_ROOT / ".venvs" / "matrix-results.json"   # written by the test run (tests/blender_matrix.py)
 README_BEGIN = "<!-- support-table:begin (python -m renderwatch.matrix table --readme) -->"
 README_END = "<!-- support-table:end -->"
@@ -64,7 +65,7 @@ class BlenderVersion:
     def command(self, root: Path = REPO_ROOT) -> list[str] | None:
         """argv prefix that runs this Blender like a binary, or None when it is not set up here."""
         if self.binary:
-            found = os.environ.get("RENDERWATCH_BLENDER") or shutil.which("blender")
+            found = os.environ.get(ENV_BLENDER) or shutil.which("blender")
             return [found] if found else None
         venv = self.venv(root)
         assert venv is not None

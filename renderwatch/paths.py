@@ -10,8 +10,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-ENV_HOME = "RENDERWATCH_HOME"      # root of all state (spool, journal, ledgers, traces); default below
-ENV_AGENT = "RENDERWATCH_AGENT"    # agent base URL the hooks and the healer talk to
+from blender_hooks.settings import ENV_AGENT, ENV_HOME  # noqa: F401 (names read from here)
+
 DEFAULT_AGENT = "http://127.0.0.1:9464"
 DEFAULT_AGENT_LISTEN = "127.0.0.1:9464"
 DEFAULT_HEALER_LISTEN = "127.0.0.1:9465"

@@ -13,12 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from blender_hooks.settings import ENV_BLENDER
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def find_blender(explicit: str | None = None) -> str | None:
     """The Blender executable to use: explicit, $RENDERWATCH_BLENDER, then `blender` on PATH."""
-    cand = explicit or os.environ.get("RENDERWATCH_BLENDER") or "blender"
+    cand = explicit or os.environ.get(ENV_BLENDER) or "blender"
     return shutil.which(cand)
 
 

@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from healer_support import RecordingActions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -35,22 +36,9 @@ TOKEN = "am-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class RecordingActions:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.fail_next = False
-
-    def restart_job(self, job: str) -> None:
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("no such job")
-        self.calls.append(("restart_job", job))
-
+class AsyncActions(RecordingActions):
     async def pause_gpu(self, uuid: str) -> None:     # async actions are awaited
         self.calls.append(("pause_gpu", uuid))
-
-    def resume_gpu(self, uuid: str) -> None:
-        self.calls.append(("resume_gpu", uuid))
 
 
 def alert(name: str, status: str = "firing", starts: str = "2026-01-01T00:00:00Z", **labels: str) -> dict:
@@ -66,10 +54,11 @@ def payload(*alerts: dict, status: str = "firing") -> dict:
 
 @pytest.fixture
 async def client():
-    actions = RecordingActions()
+    actions = AsyncActions()
     app = web.Application()
     registry = CollectorRegistry()
-    add_alertmanager_routes(app, token=TOKEN, rules=DEFAULT_RULES, actions=actions, registry=registry)
+    rules = (*DEFAULT_RULES, AlertRule("GPUOverheating", "pause_gpu", ("uuid", "gpu")))   # the mechanism
+    add_alertmanager_routes(app, token=TOKEN, rules=rules, actions=actions, registry=registry)
     async with TestClient(TestServer(app)) as c:
         c.actions = actions
         c.registry = registry
@@ -192,7 +181,7 @@ async def test_gpu_paused_until_every_alert_on_it_resolves(client):
 
 def test_token_is_required():
     with pytest.raises(ValueError, match="token"):
-        add_alertmanager_routes(web.Application(), token="", actions=RecordingActions())
+        add_alertmanager_routes(web.Application(), token="", actions=AsyncActions())
     assert isinstance(DEFAULT_RULES[0], AlertRule)
 
 
@@ -206,7 +195,7 @@ def served_url():
 
     async def start() -> None:
         app = web.Application()
-        add_alertmanager_routes(app, token=TOKEN, actions=RecordingActions())
+        add_alertmanager_routes(app, token=TOKEN, actions=AsyncActions())
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blender_hooks.settings import (  # noqa: F401 (names read from here)
+    ENV_SENTRY_DSN,
+    ENV_SENTRY_ENVIRONMENT,
+    ENV_SENTRY_RELEASE,
+    ENV_WEBHOOK_SECRET,
+    ENV_WEBHOOK_URL,
+)
 from healer.incidents.notify import WebhookTarget
 from healer.incidents.sentry import DEFAULT_MONITOR_CONFIG, SentryConfig
 
 # Environment variables read by the incidents loader (the standard Sentry ones work as usual).
-ENV_SENTRY_DSN = "SENTRY_DSN"
-ENV_SENTRY_RELEASE = "SENTRY_RELEASE"
-ENV_SENTRY_ENVIRONMENT = "SENTRY_ENVIRONMENT"
-ENV_WEBHOOK_URL = "RENDERWATCH_WEBHOOK_URL"          # one extra renderwatch-format target, all kinds
-ENV_WEBHOOK_SECRET = "RENDERWATCH_WEBHOOK_SECRET"    # its HMAC secret
 
 @dataclass(frozen=True)
 class IncidentsConfig:

@@ -11,7 +11,7 @@ Rules (config, `[[healer.alert_rules]]`, or `DEFAULT_RULES`)::
 
     [{"alertname": "RenderStalled", "action": "restart_job", "labels": ["job"]},
      {"alertname": "GPUOverheating", "action": "pause_gpu", "labels": ["uuid", "gpu"],
-      "matchers": ["severity=~\\"critical|page\\""]}]
+      "matchers": ["severity=~\\"critical|page\\""]}]     # (the second: not a default, see DEFAULT_RULES)
 
 Usage::
 
@@ -33,10 +33,11 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from blender_hooks.settings import ENV_ALERTMANAGER_TOKEN  # noqa: F401 (names read from here)
+
 log = logging.getLogger(__name__)
 
 ALERTMANAGER_PATH = "/api/v1/alertmanager"
-ENV_ALERTMANAGER_TOKEN = "RENDERWATCH_ALERTMANAGER_TOKEN"   # the bearer token Alertmanager must send
 PAYLOAD_VERSION = "4"
 METRIC_ALERTS = "renderwatch_healer_alerts"   # exported as renderwatch_healer_alerts_total
 
@@ -127,9 +128,10 @@ class AlertRule:
         return labels.get("alertname") == self.alertname and all(mt.matches(labels) for mt in self.matchers)
 
 
+# GPUOverheating -> pause_gpu is not a default: the healer service does not place renders on GPUs
+# yet, so pausing one would do nothing. A configured rule may still name the action.
 DEFAULT_RULES: tuple[AlertRule, ...] = (
     AlertRule("RenderStalled", "restart_job", ("job",)),
-    AlertRule("GPUOverheating", "pause_gpu", ("uuid", "gpu")),
 )
 
 

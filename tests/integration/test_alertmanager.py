@@ -18,25 +18,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from healer_support import RecordingActions
 from prometheus_client import CollectorRegistry
 
-from healer.service.alerts import DEFAULT_RULES, add_alertmanager_routes
+from healer.service.alerts import DEFAULT_RULES, AlertRule, add_alertmanager_routes
 
 TOKEN = "am-integration-token-42"
-
-
-class RecordingActions:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def restart_job(self, job: str) -> None:
-        self.calls.append(("restart_job", job))
-
-    def pause_gpu(self, uuid: str) -> None:
-        self.calls.append(("pause_gpu", uuid))
-
-    def resume_gpu(self, uuid: str) -> None:
-        self.calls.append(("resume_gpu", uuid))
 
 
 def free_port() -> int:
@@ -61,7 +48,8 @@ async def healer_app():
     actions = RecordingActions()
     registry = CollectorRegistry()
     app = web.Application()
-    add_alertmanager_routes(app, token=TOKEN, rules=DEFAULT_RULES, actions=actions, registry=registry)
+    rules = (*DEFAULT_RULES, AlertRule("GPUOverheating", "pause_gpu", ("uuid", "gpu")))   # the mechanism
+    add_alertmanager_routes(app, token=TOKEN, rules=rules, actions=actions, registry=registry)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

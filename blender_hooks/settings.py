@@ -1,0 +1,57 @@
+"""Every environment variable renderwatch reads, by name, and the one configuration error type.
+
+Standard library only and free of imports, so the hooks inside Blender (where this file is copied
+with the add-on) read the same names as the agent and the healer. Each loader that reads a variable
+imports its name from here; docs/ and the README list them with their defaults.
+
+Usage::
+
+    from blender_hooks.settings import ENV_TOKEN, ConfigError
+"""
+
+# -- shared by the hooks, the agent and the healer --------------------------------------------------
+ENV_HOME = "RENDERWATCH_HOME"                   # state root: spool, journal, ledgers, traces
+ENV_AGENT = "RENDERWATCH_AGENT"                 # the agent's base URL the hooks send to; "off": spool only
+ENV_TOKEN = "RENDERWATCH_TOKEN"                 # the agent's bearer token (required off loopback)
+ENV_BLENDER = "RENDERWATCH_BLENDER"             # the Blender executable (healer, demo, hooks install/check)
+
+# -- the hooks --------------------------------------------------------------------------------------
+ENV_SPOOL_DIR = "RENDERWATCH_SPOOL_DIR"         # the spool directory (default <home>/spool)
+ENV_SPOOL_MAX = "RENDERWATCH_SPOOL_MAX_BYTES"   # bound on the whole spool directory
+ENV_JOB_ID = "RENDERWATCH_JOB_ID"               # job id of every attempt of a job (set by the healer)
+ENV_ATTEMPT = "RENDERWATCH_ATTEMPT"             # attempt number of this run (set by the healer)
+
+# -- the agent --------------------------------------------------------------------------------------
+ENV_AGENT_CONFIG = "RENDERWATCH_CONFIG"
+ENV_AGENT_LISTEN = "RENDERWATCH_AGENT_LISTEN"
+ENV_AGENT_DATA_DIR = "RENDERWATCH_AGENT_DATA_DIR"
+ENV_JOB_GRACE = "RENDERWATCH_JOB_GRACE_SECONDS"
+ENV_SAMPLE_INTERVAL = "RENDERWATCH_SAMPLE_INTERVAL_SECONDS"
+ENV_MAX_BODY = "RENDERWATCH_MAX_BODY_BYTES"
+ENV_STALE_AFTER = "RENDERWATCH_STALE_AFTER_SECONDS"
+
+# -- the healer -------------------------------------------------------------------------------------
+ENV_HEALER_CONFIG = "RENDERWATCH_HEALER_CONFIG"
+ENV_HEALER_LISTEN = "RENDERWATCH_HEALER_LISTEN"
+ENV_HEALER_TOKEN = "RENDERWATCH_HEALER_TOKEN"
+ENV_HEALER_CONCURRENCY = "RENDERWATCH_HEALER_CONCURRENCY"
+ENV_HEALER_STALL_TIMEOUT = "RENDERWATCH_HEALER_STALL_TIMEOUT"
+ENV_HEALER_MAX_RESTARTS = "RENDERWATCH_HEALER_MAX_RESTARTS"
+ENV_HEALER_BACKOFF = "RENDERWATCH_HEALER_BACKOFF_S"
+ENV_HEALER_KILL_GRACE = "RENDERWATCH_HEALER_KILL_GRACE_S"
+ENV_ALERTMANAGER_TOKEN = "RENDERWATCH_ALERTMANAGER_TOKEN"   # the bearer token Alertmanager must send
+
+# -- incidents (the standard Sentry variables work as the SDK's do) ---------------------------------
+ENV_SENTRY_DSN = "SENTRY_DSN"
+ENV_SENTRY_RELEASE = "SENTRY_RELEASE"
+ENV_SENTRY_ENVIRONMENT = "SENTRY_ENVIRONMENT"
+ENV_WEBHOOK_URL = "RENDERWATCH_WEBHOOK_URL"     # one extra renderwatch-format webhook target, all kinds
+ENV_WEBHOOK_SECRET = "RENDERWATCH_WEBHOOK_SECRET"   # its HMAC secret
+
+# -- tests and benchmarks ---------------------------------------------------------------------------
+ENV_BLENDER_VERSIONS = "RENDERWATCH_BLENDER_VERSIONS"   # rows of the version matrix to run
+ENV_MATRIX_REQUIRED = "RENDERWATCH_MATRIX_REQUIRED"     # 1: a row that is not set up fails
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: the message names the key and where it came from (file, variable, flag)."""
