@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent.config import AgentConfig
 from agent.gpu import GpuSampler
@@ -65,6 +65,7 @@ class Agent:
     tracer: RenderTracer | None = None
     started: float = 0.0
     hostname: str = ""
+    metrics_handler: Any = None       # prometheus_client's aiohttp handler over `registry`
 
 
 AGENT = web.AppKey("agent", Agent)
@@ -83,6 +84,7 @@ def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, expor
     agent.registry.register(agent.procs)
     agent.registry.register(agent.gpus)
     stats.journal_errors = lambda: agent.journal.errors
+    agent.metrics_handler = make_aiohttp_handler(agent.registry)
     app = web.Application(client_max_size=config.max_body_bytes)
     app[AGENT] = agent
     app.cleanup_ctx.extend([_core(exporter), _loop(_spool_loop), _loop(_sample_loop), _loop(_expiry_loop)])
@@ -241,10 +243,7 @@ async def _metrics(request: web.Request) -> web.Response:
     a = request.app[AGENT]
     if not check_token(request, a.config.token):
         return _unauthorized()
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    resp = web.Response(body=encoder(a.registry))
-    resp.headers["Content-Type"] = content_type
-    return resp
+    return await a.metrics_handler(request)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -280,8 +279,7 @@ async def start_site(app: web.Application, cfg: AgentConfig) -> tuple[web.AppRun
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
     await site.start()
-    server = getattr(site, "_server", None)
-    port = server.sockets[0].getsockname()[1] if server and server.sockets else cfg.port
+    port = runner.addresses[0][1] if runner.addresses else cfg.port
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     return runner, f"http://{host}:{port}"
 

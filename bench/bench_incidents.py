@@ -27,7 +27,7 @@ import sentry_sdk
 from prometheus_client import CollectorRegistry
 from sentry_sdk.envelope import Envelope
 
-from healer.diagnosis.errors import RenderError, Segfault
+from healer.diagnosis.errors import RenderError, SegfaultError
 from healer.incidents.dispatch import Incidents
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "blender-logs"
@@ -112,7 +112,7 @@ def _crash_info(i: int, crash: Path) -> tuple[dict, RenderError]:
     info = {"job": f"bench-{i}", "scene": "/mnt/projects/shot010/monkey.blend", "host": "bench", "frames": [1, 4],
             "frames_completed": [1, 2], "frame": 3, "attempt": 1, "log_tail": (lines * 5)[-500:],
             "render_settings": {"engine": "CYCLES", "samples": 16}}
-    return info, Segfault(summary=f"SIGSEGV #{i}", frame=3, exit_signal=11, crash_file=str(crash))
+    return info, SegfaultError(summary=f"SIGSEGV #{i}", frame=3, exit_signal=11, crash_file=str(crash))
 
 
 def bench_sentry(n: int, crash: Path) -> tuple[list[float], list[float]]:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import CollectorRegistry
 
-from healer.diagnosis.errors import Segfault
+from healer.diagnosis.errors import SegfaultError
 from healer.incidents.config import load_incidents_config
-from healer.incidents.dispatch import Incidents
+from healer.incidents.dispatch import Incidents, incidents_counter
 from healer.incidents.model import KINDS, RENDER_COMPLETED, RENDER_CRASHED, RENDER_STARTED, Incident
 
 
@@ -53,7 +53,7 @@ def test_emit_returns_at_once_while_the_exporter_is_slow():
     inc = Incidents([rec])
     t0 = time.perf_counter()
     for i in range(20):
-        inc.emit(RENDER_CRASHED, {"job": f"j{i}"}, Segfault())
+        inc.emit(RENDER_CRASHED, {"job": f"j{i}"}, SegfaultError())
     assert time.perf_counter() - t0 < 0.5    # vs 4 s if emit() waited for the exporter
     inc.close(timeout=0.1)
 
@@ -80,7 +80,7 @@ def test_dataclass_info_and_normalized_job_view():
 
     rec = Recording()
     with Incidents([rec]) as inc:
-        inc.emit(RENDER_CRASHED, Job("j", "/x/shot.blend", [1, 2, 3, 4, 8], [1, 2]), Segfault(frame=3))
+        inc.emit(RENDER_CRASHED, Job("j", "/x/shot.blend", [1, 2, 3, 4, 8], [1, 2]), SegfaultError(frame=3))
     job = rec.got[0].job()
     assert job["frame_start"] == 1 and job["frame_end"] == 8 and job["frames_total"] == 5
     assert job["frames_completed"] == 2 and job["progress"] == 0.4 and job["frame"] == 3
@@ -92,11 +92,11 @@ def test_close_drains_and_counts(tmp_path):
     rec = Recording(delay=0.01)
     inc = Incidents([rec], registry=reg)
     for _ in range(10):
-        inc.emit(RENDER_CRASHED, {}, Segfault())
+        inc.emit(RENDER_CRASHED, {}, SegfaultError())
     assert inc.close(timeout=5)
     assert len(rec.got) == 10 and rec.flushed >= 1 and rec.shut == 1
     assert sample(reg, RENDER_CRASHED, "rec", "sent") == 10
-    inc.emit(RENDER_CRASHED, {}, Segfault())        # after close: ignored, no error
+    inc.emit(RENDER_CRASHED, {}, SegfaultError())        # after close: ignored, no error
     assert inc.close() is True
 
 
@@ -117,13 +117,13 @@ def test_a_failing_exporter_does_not_stop_the_others():
     bad, good = Recording(fail=True), Recording()
     bad.name = "bad"
     with Incidents([bad, good], registry=reg) as inc:
-        inc.emit(RENDER_CRASHED, {}, Segfault())
+        inc.emit(RENDER_CRASHED, {}, SegfaultError())
     assert len(good.got) == 1
     assert sample(reg, RENDER_CRASHED, "bad", "error") == 1
 
 
 def test_noop_and_job_started():
-    Incidents.noop().emit(RENDER_CRASHED, {}, Segfault())
+    Incidents.noop().emit(RENDER_CRASHED, {}, SegfaultError())
     rec = Recording()
     with Incidents([rec]) as inc:
         inc.job_started({"job": "j"})
@@ -133,8 +133,9 @@ def test_noop_and_job_started():
 
 def test_same_registry_reused_after_restart():
     reg = CollectorRegistry()
-    Incidents([Recording()], registry=reg).close()
-    second = Incidents([Recording()], registry=reg)
+    counter = incidents_counter(reg)          # the registry's owner keeps it (healer.service.metrics)
+    Incidents([Recording()], counter=counter).close()
+    second = Incidents([Recording()], counter=counter)
     second.emit(RENDER_CRASHED, {})
     second.close()
     assert sample(reg, RENDER_CRASHED, "rec", "sent") == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from healer.diagnosis.errors import GpuOom, Segfault
+from healer.diagnosis.errors import GpuOomError, SegfaultError
 from healer.incidents.dispatch import Incidents
 from healer.incidents.model import Incident
 from healer.incidents.notify import (
@@ -129,7 +129,7 @@ def test_signature_verifies_and_rejects_tampering_and_old_timestamps():
 
 
 def test_payload_v1_is_documented_shape_and_scrubbed():
-    err = GpuOom(summary="Out of memory in CUDA queue enqueue (integrator_shade_surface)", frame=4)
+    err = GpuOomError(summary="Out of memory in CUDA queue enqueue (integrator_shade_surface)", frame=4)
     inc = Incident(kind="render.crashed", info=info(), error=err)
     p = build_payload(inc, Scrubber(include_env=False))
     assert p["version"] == "1" and p["id"] == inc.id and p["kind"] == "render.crashed"
@@ -145,7 +145,7 @@ def test_payload_v1_is_documented_shape_and_scrubbed():
 
 
 def test_slack_format_has_text_and_blocks():
-    inc = Incident(kind="render.gave_up", info=info(), error=Segfault(summary="SIGSEGV at frame 4"))
+    inc = Incident(kind="render.gave_up", info=info(), error=SegfaultError(summary="SIGSEGV at frame 4"))
     body = json.loads(render_body(inc, WebhookTarget(url="https://hooks.example/x", format="slack")))
     assert set(body) == {"text", "blocks"}
     assert body["blocks"][0]["type"] == "header"
@@ -188,7 +188,7 @@ def test_receivers_down_then_up_get_each_delivery_exactly_once_signed(tmp_path):
                           {"name": "chat", "url": b.url, "secret": SECRET, "format": "slack",
                            "kinds": ["render.crashed"]}], reg)
     try:
-        inc.emit("render.crashed", info(), Segfault(summary="SIGSEGV"))
+        inc.emit("render.crashed", info(), SegfaultError(summary="SIGSEGV"))
         inc.emit("render.restarted", {**info(), "attempt": 2, "restarts": 1})
         inc.emit("render.completed", {**info(), "frames_completed": list(range(1, 11))})
         assert wait_until(lambda: (reg.get_sample_value("renderwatch_healer_incidents_total",
@@ -218,8 +218,8 @@ def test_outbox_survives_a_healer_restart(tmp_path):
     r = Receiver(free_port())
     targets = [{"name": "ops", "url": r.url, "secret": SECRET}]
     first = make(tmp_path, targets)
-    first.emit("render.crashed", info("j1"), Segfault(summary="SIGSEGV"))
-    first.emit("render.gave_up", info("j1"), Segfault(summary="SIGSEGV"))
+    first.emit("render.crashed", info("j1"), SegfaultError(summary="SIGSEGV"))
+    first.emit("render.gave_up", info("j1"), SegfaultError(summary="SIGSEGV"))
     assert first.close(timeout=0.3) is False            # target down: not delivered in time
     files = sorted(n for n in os.listdir(tmp_path / "outbox") if n.endswith(".json"))
     assert len(files) == 2
@@ -243,7 +243,7 @@ def test_refused_delivery_moves_to_failed_without_retrying(tmp_path):
     reg = CollectorRegistry()
     inc = make(tmp_path, [{"name": "gone", "url": r.url}], reg)
     try:
-        inc.emit("render.crashed", info(), Segfault(summary="x"))
+        inc.emit("render.crashed", info(), SegfaultError(summary="x"))
         assert inc.force_flush(3)
         time.sleep(0.3)
         assert len(r.got) == 1
@@ -277,10 +277,10 @@ def test_a_hanging_target_delays_neither_emit_nor_a_healthy_target(tmp_path):
     inc = make(tmp_path, [{"name": "hang", "url": hang.url, "timeout_s": 30},
                           {"name": "ok", "url": ok.url}])
     try:
-        inc.emit("render.crashed", info("warmup"), Segfault(summary="x"))
+        inc.emit("render.crashed", info("warmup"), SegfaultError(summary="x"))
         assert wait_until(lambda: len(ok.got) == 1)
         t0 = time.perf_counter()
-        inc.emit("render.crashed", info("j2"), Segfault(summary="y"))
+        inc.emit("render.crashed", info("j2"), SegfaultError(summary="y"))
         emit_s = time.perf_counter() - t0
         assert emit_s < 0.05   # a queue put; slack for GIL hand-offs on a loaded 2-core CI machine
         assert wait_until(lambda: len(ok.got) == 2, timeout=1.0)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from healer.diagnosis.errors import GpuOom, MissingFile, Ok, PythonError, Segfault
+from healer.diagnosis.classify import last_traceback
+from healer.diagnosis.errors import GpuOomError, MissingFileError, OkError, PythonError, SegfaultError
 from healer.incidents.config import load_incidents_config
 from healer.incidents.model import Incident
 from healer.incidents.scrub import Scrubber
@@ -15,7 +16,6 @@ from healer.incidents.sentry import (
     monitor_slug,
     native_frame,
     parse_crash_file,
-    parse_python_traceback,
     stack_frames,
     top_in_app_frame,
 )
@@ -51,7 +51,7 @@ def test_native_frames_and_order():
 
 
 def test_python_traceback_from_a_real_log(blender_logs):
-    frames, exc = parse_python_traceback((blender_logs / "pyerr_handler_3.4.log").read_text())
+    frames, exc = last_traceback((blender_logs / "pyerr_handler_3.4.log").read_text())
     assert frames == [("/mnt/pipeline/hooks/pyerr.py", 3, "pre")]
     assert exc == "RuntimeError: pipeline hook failed: asset server unreachable"
 
@@ -64,17 +64,17 @@ def test_python_traceback_blender5_prefix_and_last_wins():
         '  File "/usr/lib/python3.11/json/__init__.py", line 346, in loads',
         "KeyError: 'x'",
     ]
-    frames, exc = parse_python_traceback(log)
+    frames, exc = last_traceback(log)
     assert frames == [("/b.py", 2, "g"), ("/usr/lib/python3.11/json/__init__.py", 346, "loads")]
     assert exc == "KeyError: 'x'"
-    assert parse_python_traceback("no traceback here") == ([], None)
+    assert last_traceback("no traceback here") == ([], None)
 
 
 def _crash(blender_logs, **info):
     base = {"job": "j1", "scene": "/mnt/a/shot010/monkey.blend", "host": "node-1", "attempt": 1, "frame": 3}
     base.update(info)
     return Incident(kind="render.crashed", info=base,
-                    error=Segfault(summary="SIGSEGV", frame=base["frame"],
+                    error=SegfaultError(summary="SIGSEGV", frame=base["frame"],
                                    crash_file=str(blender_logs / "segfault_3.4.crash.txt")))
 
 
@@ -84,7 +84,7 @@ def test_fingerprint_groups_across_hosts_retries_frames_and_mounts(blender_logs)
     assert a["fingerprint"] == b["fingerprint"] == ["SegfaultError", "monkey.blend", "seg.py:pre"]
     other_scene = build_event(_crash(blender_logs, scene="/mnt/a/forest.blend"), SCRUB).event
     assert other_scene["fingerprint"] != a["fingerprint"]
-    oom = Incident(kind="render.crashed", info={"scene": "/mnt/a/monkey.blend"}, error=GpuOom(summary="oom"))
+    oom = Incident(kind="render.crashed", info={"scene": "/mnt/a/monkey.blend"}, error=GpuOomError(summary="oom"))
     assert build_event(oom, SCRUB).event["fingerprint"] == ["GpuOomError", "monkey.blend", "<no stack>"]
 
 
@@ -113,11 +113,11 @@ def test_log_tail_from_file(tmp_path, blender_logs):
 
 
 @pytest.mark.parametrize("kind, error, level", [
-    ("render.crashed", Segfault(), "error"),
+    ("render.crashed", SegfaultError(), "error"),
     ("render.warning", PythonError(fatal=False), "warning"),
-    ("render.warning", MissingFile(fatal=False, summary="texture missing"), "warning"),
-    ("render.gave_up", Segfault(), "fatal"),
-    ("render.completed", Ok(), "info"),
+    ("render.warning", MissingFileError(fatal=False, summary="texture missing"), "warning"),
+    ("render.gave_up", SegfaultError(), "fatal"),
+    ("render.completed", OkError(), "info"),
 ])
 def test_levels(kind, error, level):
     assert level_for(kind, error) == level

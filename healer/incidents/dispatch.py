@@ -28,7 +28,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -47,16 +47,11 @@ METRIC_INCIDENTS = "renderwatch_healer_incidents"   # exported as renderwatch_he
 
 
 
-def _counter(registry: CollectorRegistry) -> Counter:
-    try:
-        return Counter(METRIC_INCIDENTS, "Incidents handed to each target, by kind and outcome.",
-                       ["kind", "target", "outcome"], registry=registry)
-    except ValueError:
-        # Already registered in this registry (the healer re-created its Incidents): reuse it.
-        existing = registry._names_to_collectors.get(METRIC_INCIDENTS + "_total")  # noqa: SLF001
-        if isinstance(existing, Counter):
-            return existing
-        raise
+def incidents_counter(registry: CollectorRegistry) -> Counter:
+    """The incidents counter, registered in `registry` (once per registry: whoever owns the registry
+    keeps it and hands it to every Incidents it makes, as healer.service.metrics does)."""
+    return Counter(METRIC_INCIDENTS, "Incidents handed to each target, by kind and outcome.",
+                   ["kind", "target", "outcome"], registry=registry)
 
 
 _STOP = object()
@@ -66,9 +61,10 @@ class Incidents:
     """Non-blocking fan-out of incidents to exporters (see module docstring)."""
 
     def __init__(self, exporters: Iterable[IncidentExporter] = (), *, registry: CollectorRegistry | None = None,
-                 queue_size: int = 1000, on_checkin: Callable[[Incident, str], None] | None = None) -> None:
+                 queue_size: int = 1000, counter: Counter | None = None) -> None:
         self._exporters = list(exporters)
-        self._counter = _counter(registry if registry is not None else CollectorRegistry())
+        self._counter = counter if counter is not None else incidents_counter(
+            registry if registry is not None else CollectorRegistry())
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._closed = False
         self._dropped_logged = False
@@ -91,7 +87,7 @@ class Incidents:
 
     @classmethod
     def from_config(cls, cfg: Any = None, *, registry: CollectorRegistry | None = None,
-                    env: Mapping[str, str] | None = None) -> Incidents:
+                    env: Mapping[str, str] | None = None, counter: Counter | None = None) -> Incidents:
         """Build from an IncidentsConfig, an `[incidents]` mapping, or an object with an `incidents` attribute.
 
         Sentry is enabled only when a DSN is configured or SENTRY_DSN is set.
@@ -112,7 +108,7 @@ class Incidents:
             exporters.append(WebhookNotifier(config.webhooks, outbox=outbox, scrubber=scrubber,
                                              retry_base_s=config.retry_base_s, retry_max_s=config.retry_max_s,
                                              max_age_s=config.max_age_s))
-        return cls(exporters, registry=registry, queue_size=config.queue_size)
+        return cls(exporters, registry=registry, queue_size=config.queue_size, counter=counter)
 
     # -- the hot path ---------------------------------------------------------------------------------
     def emit(self, kind: str, info: Any = None, error: RenderError | None = None) -> None:

@@ -34,9 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import sentry_sdk
+from sentry_sdk.crons import capture_checkin
 from sentry_sdk.scope import Scope
 
 from healer.diagnosis import crashfile
+from healer.diagnosis.classify import last_traceback
+from healer.diagnosis.crashfile import read_crash_file
 from healer.diagnosis.errors import RenderError
 from healer.incidents.model import CHECKIN_STATUS, RENDER_STARTED, Incident
 from healer.incidents.scrub import Scrubber
@@ -48,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 500
-MAX_CRASH_FILE_BYTES = 1 << 20
 TARGET = "sentry"
 TARGET_CRON = "sentry_cron"
 # Check-ins with this config create/update the monitor (upsert): a job that started and neither
@@ -63,8 +65,6 @@ _NOT_IN_APP = re.compile(
     r"[/\\]\d+\.\d+[/\\](scripts[/\\](startup|modules|addons|addons_core|freestyle|presets)|python)[/\\]|"
     r"^<frozen |^<string>$"
 )
-_PY_FRAME_LOG = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>.+?)\s*$')
-_LOG50_PREFIX = re.compile(r"^\d\d:\d\d\.\d{3}\s+\S+\s+\| ")
 _NATIVE = re.compile(r"^(?P<pkg>[^()\[\]]*?)\((?P<sym>[^()+]*)(?:\+(?P<off>0x[0-9a-fA-F]+))?\)\s*\[(?P<addr>0x[0-9a-fA-F]+)\]")
 
 
@@ -88,32 +88,6 @@ class SentryConfig:
 
 
 # -- stack frames (pure) -----------------------------------------------------------------------------
-def parse_python_traceback(text: str | Sequence[str]) -> tuple[list[tuple[str, int, str]], str | None]:
-    """The last `Traceback (most recent call last):` in a log: frames (file, line, function) outermost
-    first, and the final `Type: message` line (None if the log was cut before it)."""
-    lines = text.splitlines() if isinstance(text, str) else list(text)
-    start = None
-    for i in range(len(lines) - 1, -1, -1):
-        if "Traceback (most recent call last):" in lines[i]:
-            start = i
-            break
-    if start is None:
-        return [], None
-    frames: list[tuple[str, int, str]] = []
-    exc_line = None
-    for raw in lines[start + 1:]:
-        line = _LOG50_PREFIX.sub("", raw.rstrip("\n"))
-        m = _PY_FRAME_LOG.match(line)
-        if m:
-            frames.append((m["file"], int(m["line"]), m["func"]))
-        elif line.startswith((" ", "\t")) or not line.strip():
-            continue  # source line under a frame, or a blank
-        else:
-            exc_line = line.strip()
-            break
-    return frames, exc_line
-
-
 def parse_crash_file(text: str) -> tuple[list[tuple[str, int, str]], list[str]]:
     """(python frames outermost first, native lines as written: innermost first) from a crash file."""
     parsed = crashfile.parse_crash_file(text)
@@ -157,7 +131,7 @@ def stack_frames(error: RenderError | None, crash_text: str | None, log_lines: S
     if crash_text and not (py or native):
         py, native = parse_crash_file(crash_text)
     if not py and log_lines:
-        py, _ = parse_python_traceback(log_lines)
+        py, _ = last_traceback(log_lines)
     frames = [native_frame(n) for n in reversed(native)]
     frames += [python_frame(f, ln, fn, include, exclude) for f, ln, fn in py]
     return frames
@@ -216,16 +190,6 @@ def log_tail_lines(info: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def _read_crash_file(path: str | None) -> str | None:
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return f.read(MAX_CRASH_FILE_BYTES).decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
 # -- the event (pure over the incident) -----------------------------------------------------------------
 @dataclass
 class EventParts:
@@ -240,7 +204,7 @@ def build_event(incident: Incident, scrubber: Scrubber, *, include: Sequence[str
     assert error is not None
     info = incident.info
     crash_path = error.crash_file or info.get("crash_file")
-    crash_text = _read_crash_file(crash_path)
+    crash_text = read_crash_file(crash_path) if crash_path else None
     lines = log_tail_lines(info)
     frames = stack_frames(error, crash_text, lines, include, exclude)
     type_name = type(error).__name__
@@ -379,18 +343,15 @@ class SentryReporter:
         duration = incident.info.get("duration_s")
         if duration is None and status != "in_progress" and job in self._started:
             duration = now - self._started[job]
-        event: dict[str, Any] = {
-            "type": "check_in",
-            "monitor_slug": monitor_slug(incident.scene, self.config.monitor_slug),
-            "check_in_id": uuid.uuid5(uuid.NAMESPACE_URL, f"renderwatch:job:{job}").hex,
-            "status": status,
-            "duration": float(duration) if duration is not None else None,
-            "environment": self.client.options.get("environment"),
-            "release": self.client.options.get("release"),
-        }
-        if self.config.monitor_config:
-            event["monitor_config"] = dict(self.config.monitor_config)
-        return self.client.capture_event(cast("Event", event))
+        # sentry-sdk's own check-in, sent through this reporter's private client (never the host
+        # application's global one): a scope of our own carries the client.
+        with sentry_sdk.new_scope() as scope:
+            scope.set_client(self.client)
+            return capture_checkin(
+                monitor_slug=monitor_slug(incident.scene, self.config.monitor_slug),
+                check_in_id=uuid.uuid5(uuid.NAMESPACE_URL, f"renderwatch:job:{job}").hex,
+                status=status, duration=float(duration) if duration is not None else None,
+                monitor_config=cast("Any", dict(self.config.monitor_config)) if self.config.monitor_config else None)
 
     def _breadcrumb(self, incident: Incident) -> None:
         crumbs = self._crumbs.setdefault(incident.job_id, deque(maxlen=100))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from healer.incidents.dispatch import incidents_counter
+
 
 class HealerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
@@ -32,6 +34,7 @@ class HealerMetrics:
                                          "Frame renders started for a frame already started before",
                                          ["job"], registry=r)
         self.jobs = Gauge("renderwatch_healer_jobs", "Jobs known to the healer by status", ["status"], registry=r)
+        self.incidents = incidents_counter(r)     # every Incidents the service makes counts here
         self.stall_detect = Histogram("renderwatch_healer_stall_detect_seconds",
                                       "Time from the last progress to the stall kill, minus the timeout",
                                       buckets=(0.1, 0.25, 0.5, 1, 2, 5), registry=r)

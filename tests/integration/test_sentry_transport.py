@@ -17,12 +17,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from sentry_sdk.envelope import Envelope
 
-from healer.diagnosis.errors import PythonError, Segfault
+from healer.diagnosis.errors import PythonError, SegfaultError
 from healer.incidents.dispatch import Incidents
 from healer.incidents.model import RENDER_COMPLETED, RENDER_CRASHED
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "blender-logs"
+# Our own real captures (a user's clone has no ../shared): Debian's 3.4 segfault with its crash file,
+# and a handler error (4.5 prints it the same way).
+FIXTURES = REPO / "tests" / "fixtures" / "blender-logs-3.4"
+HANDLER_ERROR_LOG = REPO / "tests" / "fixtures" / "blender-logs-4.5" / "pyerr_handler_4.5.log"
 PUBLIC_KEY = "5f1c0ffee0ddba11cafe000000000042"
 
 
@@ -130,7 +133,7 @@ async def test_crash_becomes_one_scrubbed_event_with_blender_stack(receiver, tmp
         "render_settings": {"engine": "CYCLES", "samples": 16, "output": "/home/alice/renders/f_####.png",
                             "api_token": "tok_live_abcdef123456"},
     }
-    err = Segfault(summary="Blender crashed with SIGSEGV at frame 3", frame=3, exit_code=139, exit_signal=11,
+    err = SegfaultError(summary="Blender crashed with SIGSEGV at frame 3", frame=3, exit_code=139, exit_signal=11,
                    crash_file=str(crash))
     incidents.emit(RENDER_CRASHED, info, err)
     incidents.emit("render.restarted", {**info, "attempt": 2, "restarts": 1}, err)  # same error: not sent again
@@ -183,7 +186,7 @@ async def test_crash_becomes_one_scrubbed_event_with_blender_stack(receiver, tmp
 
 async def test_python_error_from_log_traceback_is_a_warning(receiver, tmp_path):
     incidents = _incidents(receiver, tmp_path)
-    log_lines = (FIXTURES / "pyerr_handler_3.4.log").read_text().splitlines()
+    log_lines = HANDLER_ERROR_LOG.read_text().splitlines()
     err = PythonError(summary="RuntimeError: pipeline hook failed: asset server unreachable", fatal=False, frame=2)
     incidents.emit("render.warning", {"job": "job-8", "scene": "/mnt/projects/shot010/monkey.blend",
                                       "log_tail": log_lines}, err)
@@ -217,7 +220,7 @@ async def test_job_health_check_ins(receiver, tmp_path):
 async def test_nothing_is_sent_without_a_dsn(receiver, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTRY_")}
     incidents = Incidents.from_config({}, env=env)
-    incidents.emit(RENDER_CRASHED, {"job": "j"}, Segfault(summary="boom"))
+    incidents.emit(RENDER_CRASHED, {"job": "j"}, SegfaultError(summary="boom"))
     await _close(incidents)
     await asyncio.sleep(0.1)
     assert receiver.items == []
