@@ -111,7 +111,7 @@ def test_host_oom_halves_threads_until_one():
 
 
 def test_clean_exit_with_frames_missing_is_an_unexplained_failure():
-    act = _plan(errors.Ok(summary="fine", fatal=False), [_fail("ok")])
+    act = _plan(errors.OkError(summary="fine", fatal=False), [_fail("ok")])
     assert act.kind == "launch" and act.error_type == "unknown"
 
 
@@ -119,7 +119,7 @@ def test_clean_exits_that_render_nothing_count_against_max_restarts():
     # Blender on a full disk prints Saved:, exits 0 and leaves nothing verifiable: this must end.
     pol = Policy.default().with_overrides({"unknown": {"max_restarts": 2, "window_s": 600}})
     hist = [Outcome(ended_at=NOW - i, error_type=None, frames_planned=(2, 3), frames_rendered=()) for i in (3, 2, 1)]
-    act = _plan(errors.Ok(summary="fine", fatal=False), hist, policy=pol)
+    act = _plan(errors.OkError(summary="fine", fatal=False), hist, policy=pol)
     assert act.kind == "give_up" and "gave up after 2 restarts" in act.reason
 
 

@@ -22,6 +22,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from healer_support import RecordingActions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -435,20 +436,6 @@ def test_alert_payload_random(obj: object) -> None:
     assert all(a.status in ("firing", "resolved") for a in note.alerts)
 
 
-class _Actions:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def restart_job(self, job: str) -> None:
-        self.calls.append(("restart_job", job))
-
-    def pause_gpu(self, uuid: str) -> None:
-        self.calls.append(("pause_gpu", uuid))
-
-    def resume_gpu(self, uuid: str) -> None:
-        self.calls.append(("resume_gpu", uuid))
-
-
 @pytest.fixture(scope="module")
 def alert_url():
     """The receiver mounted on a real aiohttp server in a thread (as the healer mounts it)."""
@@ -467,7 +454,7 @@ def alert_url():
 
         async def run() -> None:
             app = web.Application()
-            add_alertmanager_routes(app, token=TOKEN, actions=_Actions())
+            add_alertmanager_routes(app, token=TOKEN, actions=RecordingActions())
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -232,7 +232,10 @@ def test_writer_counts_and_drops_on_disk_full(tmp_path, caplog):
     assert not w.append(ev(1))
     assert not w.append(ev(2))  # within the 1 s retry pause: dropped without a syscall storm
     assert w.dropped == 2
-    assert len([r for r in caplog.records if "not writable" in r.message]) == 1
+    said = [r.message for r in caplog.records if "not writable" in r.message]
+    # The write itself hit ENOSPC (not an open that failed for another reason, not a write never tried).
+    assert len(said) == 1 and "No space left on device" in said[0], said
+    assert os.path.islink(tmp_path / "s1.000001.ndjson")          # the segment it wrote to is /dev/full
     w.close()
 
 
