@@ -90,7 +90,7 @@ class SyntheticNode:
         self.turn = 0                      # jobs take turns finishing frames
         self._set_static()
 
-    # -- registries shaped like agent/metrics.py, agent/gpu.py, agent/process.py, healer/metrics.py
+    # -- registries shaped like agent/metrics.py, agent/gpu.py, agent/process.py, healer/service/metrics.py
     def _build_agent(self) -> None:
         r = self.agent
         fl = ["scene", "engine", "device_type"]
