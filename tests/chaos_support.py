@@ -7,8 +7,8 @@ and one or two faults at moments drawn from `random.Random(f"{seed}:{round}")`:
 - ``blender_sigkill``, ``blender_sigsegv``: the signal to Blender's pid (SIGSEGV runs its crash handler);
 - ``blender_stall``: SIGSTOP; the healer's --stall-timeout finds it and stops the process group;
 - ``agent_kill``: SIGKILL the agent, restart it on the same port after a random pause;
-- ``healer_kill``: SIGKILL the healer (Blender keeps rendering, an orphan), then re-run the same
-  command: the new healer adopts the job from the ledger and stops the orphan.
+- ``healer_kill``: SIGKILL the healer (its Blender dies with it: the kernel's parent-death signal),
+  then re-run the same command: the new healer adopts the job from the ledger and resumes it.
 
 Then `check_round` asserts the invariants: every frame on disk exactly once and verified, no verified
 frame rendered twice, every frame's telemetry in the agent exactly once, every incident notified

@@ -23,6 +23,7 @@ import asyncio
 import collections
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -139,9 +140,15 @@ class BlenderProcess:
     @classmethod
     async def start(cls, argv: Sequence[str], *, env: dict[str, str], cwd: str | None = None,
                     on_line: Callable[[str, float], None]) -> BlenderProcess:
+        # Blender gets a process group of its own (the healer stops it and what it started with one
+        # killpg) but stays in the caller's session, where a farm's accounting looks (RQD sums its
+        # frame's session). It must never outlive the healer: a farm cancels by SIGKILL to the
+        # healer's group (OpenJD, RQD), which does not reach Blender's group, so the kernel kills
+        # Blender the moment its parent dies (PR_SET_PDEATHSIG).
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+            stderr=asyncio.subprocess.STDOUT, env=env, cwd=cwd, process_group=0,
+            preexec_fn=_die_with_parent(os.getpid()))
         return cls(proc, on_line)
 
     async def _read(self) -> None:
@@ -183,6 +190,27 @@ class BlenderProcess:
     async def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM the whole process group, then SIGKILL after `grace_s`."""
         await stop_group(self.pid, grace_s, lambda: self.proc.returncode is not None)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """The child's pre-exec step: SIGKILL when the healer dies (Linux; elsewhere nothing to set)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl   # resolved here: the child only calls it
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    sigkill = int(signal.SIGKILL)
+
+    def pre_exec() -> None:
+        prctl(PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if os.getppid() != parent:      # the healer died between fork and prctl
+            os._exit(1)
+
+    return pre_exec
 
 
 async def stop_group(pgid: int, grace_s: float, exited: Callable[[], bool]) -> None:

@@ -8,11 +8,12 @@ supervisor only executes it. What it is given comes in through `seams`: the laun
 child process group; tests: a Blender replaying recorded runs), the host probes, the clock, the
 incident and metric sinks.
 
-Healer restarts: the ledger names the attempt in progress and its Blender pid. A new supervisor for
-the same job takes the lock (refused while the old healer lives), and if that Blender still runs
-(an orphan: its output has nobody to read it, so it can be neither classified nor stall-checked) it
-is stopped deliberately (SIGTERM to its process group, SIGKILL after the grace period). Frames it
-saved meanwhile are found on disk and kept; only its frame in flight is rendered again.
+Healer restarts: Blender dies with the healer that started it (the kernel's parent-death signal,
+launch.py), whatever killed the healer, a farm's SIGKILL to its process group included. The ledger
+names the attempt in progress and its Blender pid; a new supervisor for the same job takes the lock
+(refused while the old healer lives), credits the frames that attempt saved, and renders the rest.
+Where no parent-death signal exists (not Linux) and that Blender still runs (an orphan: its output has
+nobody to read it), it is stopped deliberately (SIGTERM to its group, SIGKILL after the grace period).
 
 Usage::
 
