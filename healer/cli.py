@@ -32,7 +32,9 @@ def _render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
     p.add_argument("--strict", action="store_true",
                    help="fail the job on reported errors too (Python errors, missing textures)")
-    p.add_argument("--job", help="job id (default: derived from the command, so a re-run resumes)")
+    p.add_argument("--job", help="job id (default: derived from the command and the farm's job and task, so a "
+                   "retry resumes)")
+    p.add_argument("--fresh", action="store_true", help="forget verified frames and render every frame again")
     p.add_argument("--quiet", action="store_true", help="no live progress, only the final summary")
     p.add_argument("--config", help="TOML config file (default $RENDERWATCH_HEALER_CONFIG)")
 
@@ -129,9 +131,11 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
     except ConfigError as e:
         print(f"renderwatch: config: {e}", file=sys.stderr)
         return EXIT_USAGE
+    from healer.supervising.farm import farm_identity
+
     req = RenderRequest(scene=scene, frames=frames, output=output, blender=cfg.blender,
                         blender_args=tuple(blender_args), stall_timeout=cfg.stall_timeout, strict=args.strict,
-                        job=args.job)
+                        job=args.job, fresh=args.fresh, farm=farm_identity(cfg.env))
     display = ProgressDisplay(total=len(frames or ()), stream=sys.stderr, quiet=args.quiet)
     incidents = _incidents(cfg)
     # No metrics registry here: a CLI render serves no /metrics (the healer service does).
@@ -163,6 +167,8 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
     display.finish(summary(led, time.monotonic() - t0))
     if args.report:
         write_report(args.report, build_report(led, result.exit_code))
+    if result.exit_code == 0:
+        sup.delivered()
     return result.exit_code
 
 

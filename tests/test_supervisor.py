@@ -191,3 +191,64 @@ async def test_a_run_for_other_frames_is_refused(scene, tmp_path):
     sup, _l, _s, _m = supervise(scene, tmp_path, ["ok_2-3"])
     with pytest.raises(AssertionError, match="the run recorded"):
         await sup.run()
+
+
+# -- when verified frames are reused (farm requeue, retry, a changed scene, --fresh) -------------------
+
+async def _complete(scene, tmp_path, **req):
+    sup, launcher, sink, _m = supervise(scene, tmp_path, ["ok_1-3"], **req)
+    result = await sup.run()
+    assert result.exit_code == EXIT_OK
+    return sup, launcher, sink
+
+
+async def test_a_requeue_of_a_finished_task_renders_again_a_retry_resumes(scene, tmp_path):
+    sup, _l, _s = await _complete(scene, tmp_path)
+    # Not reported yet (the healer was killed before exit 0): the farm's retry resumes, renders nothing.
+    sup, launcher, sink, _m = supervise(scene, tmp_path, [])
+    result = await sup.run()
+    assert result.exit_code == EXIT_OK and launcher.argvs == [] and "render.completed" not in sink.kinds
+    sup.delivered()                                   # now it was: exit 0 reached the farm
+    sup, launcher, sink, _m = supervise(scene, tmp_path, ["ok_1-3"])
+    result = await sup.run()                          # the farm requeued the finished task
+    assert result.exit_code == EXIT_OK and len(launcher.argvs) == 1
+    assert result.ledger.frame_render_counts == {1: 2, 2: 2, 3: 2}
+
+
+async def test_a_changed_scene_invalidates_verified_frames(scene, tmp_path):
+    await _complete(scene, tmp_path)
+    scene.touch()                                     # saved again
+    sup, launcher, _s, _m = supervise(scene, tmp_path, ["ok_1-3"])
+    result = await sup.run()
+    assert len(launcher.argvs) == 1 and sorted(result.ledger.completed()) == [1, 2, 3]
+
+
+async def test_fresh_renders_everything_again(scene, tmp_path):
+    await _complete(scene, tmp_path)
+    sup, launcher, _s, _m = supervise(scene, tmp_path, ["ok_1-3"], fresh=True)
+    assert (await sup.run()).exit_code == EXIT_OK and len(launcher.argvs) == 1
+
+
+async def test_frames_of_another_run_are_kept_only_if_newer_than_the_scene(scene, tmp_path):
+    await _complete(scene, tmp_path / "other-home")   # another job (its own ledger) rendered them
+    sup, launcher, _s, _m = supervise(scene, tmp_path, [])
+    assert (await sup.run()).exit_code == EXIT_OK and launcher.argvs == []   # newer than the .blend: kept
+    scene.touch()
+    import os
+    os.utime(scene, (time.time() + 5, time.time() + 5))   # the scene saved after those frames
+    sup, launcher, _s, _m = supervise(scene, tmp_path / "third", ["ok_1-3"])
+    assert (await sup.run()).exit_code == EXIT_OK and len(launcher.argvs) == 1
+
+
+def test_farm_jobs_never_share_a_ledger_a_retry_of_a_task_does():
+    from healer.supervising.farm import farm_identity
+    from healer.supervising.preflight import job_id_for
+
+    def jid(**env):
+        return job_id_for("/shots/a.blend", [1, 2], None, [], farm_identity(env))
+
+    a = jid(DEADLINE_JOB_ID="job-a", DEADLINE_STEP_ID="s", DEADLINE_TASK_ID="t1", DEADLINE_SESSIONACTION_ID="x1")
+    retry = jid(DEADLINE_JOB_ID="job-a", DEADLINE_STEP_ID="s", DEADLINE_TASK_ID="t1", DEADLINE_SESSIONACTION_ID="x2")
+    b = jid(DEADLINE_JOB_ID="job-b", DEADLINE_STEP_ID="s", DEADLINE_TASK_ID="t1")
+    cue = jid(CUE_JOB="show-shot-lighting", CUE_JOB_ID="9f1c", CUE_LAYER="render", CUE_FRAME="0001-render")
+    assert a == retry and len({a, b, cue, jid()}) == 4

@@ -167,6 +167,8 @@ class JobManager:
                 result = await sup.run()
             job.state = result.status
             job.exit_code = result.exit_code
+            if result.exit_code == 0:
+                sup.delivered()      # answered as complete: submitting it again renders it again
         except RequestError as e:
             job.state, job.exit_code, job.error = "failed", 2, str(e)
         except asyncio.CancelledError:

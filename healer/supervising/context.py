@@ -14,6 +14,7 @@ from typing import Any
 
 from healer.diagnosis import errors
 from healer.diagnosis.catalog import REPORT_TYPES
+from healer.supervising.farm import FarmIdentity
 from healer.supervising.ledger import Ledger
 from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, RunningBlender, SupervisorMetrics
@@ -32,6 +33,8 @@ class RenderRequest:
     strict: bool = False
     job: str | None = None
     origin: str = "cli"                        # "service": the healer service resumes it after a restart
+    fresh: bool = False                        # forget verified frames: render everything again
+    farm: FarmIdentity | None = None           # the farm manager's identity of this job (farm.py)
 
 
 @dataclass
@@ -94,6 +97,8 @@ class JobContext:
         """The job as incidents describe it."""
         led = self.ledger
         info: dict[str, Any] = {"job": self.job, "scene": os.path.abspath(self.req.scene)}
+        if self.req.farm is not None:
+            info["farm"] = self.req.farm.to_dict()
         if led is not None:
             fr = led.frames_requested
             info.update(frames=[fr[0], fr[-1]] if fr else [], frames_total=len(fr),

@@ -52,7 +52,7 @@ def finish_cancelled(ctx: JobContext, led: Ledger) -> RenderResult:
 def fail_early(ctx: JobContext, failure: EarlyFailure) -> RenderResult:
     """A failure before any Blender ran: an unsaved ledger carries it to the report."""
     req = ctx.req
-    job = ctx.job or job_id_for(req.scene, failure.frames, req.output, req.blender_args)
+    job = ctx.job or job_id_for(req.scene, failure.frames, req.output, req.blender_args, req.farm)
     led = Ledger(job=job, scene=os.path.abspath(req.scene), frames_requested=sorted(failure.frames),
                  path=job_dir(job, ctx.env) / "ledger.json")
     led.status = "failed"

@@ -97,6 +97,8 @@ class Ledger:
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     spec: dict = field(default_factory=dict)    # what was asked (blender, args, strict...) for resume
+    fingerprint: dict = field(default_factory=dict)   # the scene file and render settings the frames were made with
+    delivered: bool = False       # a run ended complete and said so (exit 0): running it again is a requeue
 
     # ------------------------------------------------------------------ persistence
     @classmethod
@@ -133,7 +135,8 @@ class Ledger:
             attempts=[Attempt(**a) for a in raw.get("attempts", [])],
             status=raw.get("status", "pending"), error=raw.get("error"), warnings=raw.get("warnings", []),
             created_at=raw.get("created_at", time.time()), updated_at=raw.get("updated_at", time.time()),
-            spec=raw.get("spec", {}),
+            spec=raw.get("spec", {}), fingerprint=raw.get("fingerprint", {}),
+            delivered=bool(raw.get("delivered", False)),
         )
 
     def to_dict(self) -> dict:
@@ -145,7 +148,7 @@ class Ledger:
             "expected_paths": {str(k): v for k, v in sorted(self.expected_paths.items())},
             "attempts": [asdict(a) for a in self.attempts], "status": self.status, "error": self.error,
             "warnings": self.warnings, "created_at": self.created_at, "updated_at": self.updated_at,
-            "spec": self.spec,
+            "spec": self.spec, "fingerprint": self.fingerprint, "delivered": self.delivered,
         }
 
     def save(self) -> None:
@@ -204,6 +207,48 @@ class Ledger:
             remove_partial(path)
             return False, f"{path}: {v.reason} (removed, will render again)"
         return False, v.reason
+
+    def renew(self, fingerprint: dict, *, fresh: bool = False) -> str | None:
+        """Forget the verified frames that may no longer be right; returns why, or None.
+
+        They are forgotten when asked (`fresh`), when the run that completed the job said so (the farm
+        requeued a finished task: render it again; a retry after a failure resumes), and when the
+        scene file or the render settings changed since they were made.
+        """
+        why = None
+        if fresh:
+            why = "--fresh: rendering every frame again"
+        elif self.status == "complete" and self.delivered:
+            why = "the job finished before (a requeue): rendering every frame again"
+        elif self.fingerprint and self.fingerprint != fingerprint:
+            changed = sorted(k for k in set(fingerprint) | set(self.fingerprint)
+                             if fingerprint.get(k) != self.fingerprint.get(k))
+            why = f"{' and '.join(changed)} changed since the frames were verified: rendering them again"
+        self.fingerprint = dict(fingerprint)
+        if why is None:
+            return None
+        self.frames.clear()
+        self.status, self.error, self.delivered = "pending", None, False
+        return why
+
+    def adopt_existing(self, newer_than: float) -> tuple[list[int], list[str]]:
+        """Frames already on disk from another run, kept only when complete and written after
+        `newer_than` (the scene file's last save: an older file was rendered from an older scene).
+        Returns (frames kept, notes on partial files removed)."""
+        kept, notes = [], []
+        for frame in self.missing():
+            path = self.path_for(frame)
+            try:
+                if not path or os.stat(path).st_mtime <= newer_than:
+                    continue
+            except OSError:
+                continue
+            ok, why = self.verify_frame(frame)
+            if ok:
+                kept.append(frame)
+            elif "removed" in why:
+                notes.append(why)
+        return kept, notes
 
     def reverify(self, frames: list[int] | None = None) -> list[str]:
         """Re-check recorded and expected outputs (at launch and after an exit); returns notes on removals."""

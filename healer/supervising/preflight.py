@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from healer.diagnosis.catalog import EXIT_INPUT, EXIT_STRICT
 from healer.supervising.assets import BlendReadError, SceneInfo, check_assets, read_scene_info
 from healer.supervising.context import RenderRequest
+from healer.supervising.farm import FarmIdentity
 from healer.supervising.launch import check_user_args, split_user_args
 from healer.supervising.outputs import MOVIE_FORMATS, OutputPattern
 
@@ -36,6 +37,8 @@ class Prepared:
     frames: tuple[int, ...]
     pattern: OutputPattern | None    # where frames are written (None: learnt from Blender's output)
     job: str
+    fingerprint: dict                # what the frames are made from: the scene file, the render settings
+    scene_saved_at: float            # the .blend's mtime
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,14 @@ class AssetVerdict:
     notes: tuple[tuple[str, str], ...]      # (type, message) to say without an incident
 
 
-def job_id_for(scene: str, frames: Sequence[int], output: str | None, args: Sequence[str]) -> str:
-    """The same command line gives the same job id, so running it again resumes the job."""
-    h = hashlib.sha256(repr((os.path.abspath(scene), list(frames), output, list(args))).encode()).hexdigest()[:12]
+def job_id_for(scene: str, frames: Sequence[int], output: str | None, args: Sequence[str],
+               farm: FarmIdentity | None = None) -> str:
+    """The same command line gives the same job id, so running it again resumes the job; under a farm,
+    the farm's job and task are part of it, so two farm jobs of one scene never share a ledger."""
+    key: tuple = (os.path.abspath(scene), list(frames), output, list(args))
+    if farm is not None and (farm.job or farm.task):
+        key += (farm.discriminator(),)
+    h = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(scene))[0]).lstrip("._-")[:40] or "job"
     return f"{stem}-{h}"
 
@@ -102,8 +110,12 @@ def prepare(req: RenderRequest) -> Prepared | EarlyFailure:
     pattern = (OutputPattern.from_blender(pattern_src, os.path.dirname(scene), fmt,
                                           use_ext != "0" if use_ext is not None else (info.use_extension if info else True))
                if pattern_src else None)
-    job = req.job or job_id_for(scene, frames, req.output, req.blender_args)
-    return Prepared(scene=scene, frames=tuple(frames), pattern=pattern, job=job)
+    job = req.job or job_id_for(scene, frames, req.output, req.blender_args, req.farm)
+    st = os.stat(scene)
+    fingerprint = {"the scene file": [st.st_size, st.st_mtime_ns],
+                   "the render settings": [req.blender, list(req.blender_args), req.output]}
+    return Prepared(scene=scene, frames=tuple(frames), pattern=pattern, job=job, fingerprint=fingerprint,
+                    scene_saved_at=st.st_mtime)
 
 
 def judge_assets(scene: str, *, strict: bool, resuming_mid_range: bool) -> AssetVerdict:

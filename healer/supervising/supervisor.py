@@ -113,6 +113,13 @@ class Supervisor:
             if self._lock:
                 self._lock.release()
 
+    def delivered(self) -> None:
+        """The caller has reported the completed job (exit 0): running it again is a requeue."""
+        led = self.ctx.ledger
+        if led is not None and led.status == "complete":
+            led.delivered = True
+            led.save()
+
     # ------------------------------------------------------------------ preparation
     async def _run(self) -> RenderResult:
         ctx, req = self.ctx, self.req
@@ -142,8 +149,18 @@ class Supervisor:
         if ctx.metrics:
             ctx.metrics.frames_requested.labels(prepared.job).set(len(prepared.frames))
         await self._adopt_orphan(led)
-        for note in led.reverify():
+        new_job = not led.fingerprint and not led.attempts
+        why = led.renew(prepared.fingerprint, fresh=req.fresh)
+        if why:
+            ctx.say(why)
+        for note in led.reverify(led.completed()):
             ctx.say(note)
+        # Frames another run left on disk: kept by a new job if written after the scene's last save.
+        kept, notes = led.adopt_existing(newer_than=prepared.scene_saved_at) if new_job and not req.fresh else ([], [])
+        for note in notes:
+            ctx.say(note)
+        if kept:
+            ctx.say(f"{len(kept)} frame(s) already on disk, written after the scene was last saved: kept")
         led.save()
         ctx.update_metrics()
         ctx.incidents.job_started(ctx.info())
