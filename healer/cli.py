@@ -45,12 +45,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Blender unchanged. Exit status 0 iff every frame has a verified output.")
     r.add_argument("scene", metavar="SCENE.blend")
     _render_options(r)
+    r.add_argument("--blender-output", action="store_true",
+                   help="pass Blender's own output through to stdout (renderwatch's lines stay on stderr)")
     r.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_render)
 
     e = sub.add_parser("exec", help="drop-in `blender` wrapper: renderwatch exec -- blender ARGS...",
                        description="Parse a blender command line (scene, -s/-e/-f/-a/-o) and run it supervised.")
     _render_options(e)
+    e.add_argument("--no-blender-output", dest="blender_output", action="store_false",
+                   help="do not pass Blender's output through (by default it goes to stdout unchanged, as "
+                        "Blender's would: a farm's task log shows it)")
+    e.set_defaults(blender_output=True)
     e.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     e.set_defaults(func=cmd_exec)
 
@@ -78,8 +84,10 @@ def _split_rest(rest: Sequence[str]) -> tuple[list[str], list[str]]:
 def _reparse(args: argparse.Namespace, pre: list[str]) -> argparse.Namespace:
     """Options given after SCENE (argparse's REMAINDER keeps them): parse them into `args`."""
     if pre:
-        p = argparse.ArgumentParser(prog="renderwatch render", add_help=False)
+        p = argparse.ArgumentParser(prog="renderwatch render", add_help=False, argument_default=argparse.SUPPRESS)
         _render_options(p)
+        p.add_argument("--blender-output", dest="blender_output", action="store_true")
+        p.add_argument("--no-blender-output", dest="blender_output", action="store_false")
         p.parse_args(pre, namespace=args)
     return args
 
@@ -119,6 +127,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return _run(args, parsed.scene, frames, args.output or parsed.output, parsed.passthrough)
 
 
+def _echo(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
 def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, output: str | None,
          blender_args: Sequence[str]) -> int:
     from healer.supervising.progress import ProgressDisplay
@@ -136,12 +148,18 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
     req = RenderRequest(scene=scene, frames=frames, output=output, blender=cfg.blender,
                         blender_args=tuple(blender_args), stall_timeout=cfg.stall_timeout, strict=args.strict,
                         job=args.job, fresh=args.fresh, farm=farm_identity(cfg.env))
-    display = ProgressDisplay(total=len(frames or ()), stream=sys.stderr, quiet=args.quiet)
+    echo = None
+    if getattr(args, "blender_output", False):
+        # Blender's lines unchanged on stdout, renderwatch's own (marked "renderwatch:") on stderr.
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        echo = _echo
+    display = ProgressDisplay(total=len(frames or ()), stream=sys.stderr, quiet=args.quiet,
+                              tty=False if echo else None)
     incidents = _incidents(cfg)
     # No metrics registry here: a CLI render serves no /metrics (the healer service does).
     sup = Supervisor(req, policy=policy, incidents=incidents, metrics=None, display=display,
                      env=cfg.env, kill_grace_s=cfg.kill_grace_s, probe_interval_s=cfg.probe_interval_s,
-                     sampler=_sampler())
+                     sampler=_sampler(), echo=echo)
     t0 = time.monotonic()
 
     async def main():

@@ -112,6 +112,8 @@ def output_arg(out: str | None) -> str | None:
 
 
 def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, line: str, now: float) -> None:
+    if ctx.echo is not None:
+        ctx.echo(line)
     scanner.feed(line)
     ev = parse_line(line)
     st = ctx.attempt

@@ -14,7 +14,7 @@ from typing import Any
 
 from healer.diagnosis import errors
 from healer.diagnosis.catalog import REPORT_TYPES
-from healer.supervising.farm import FarmIdentity
+from healer.supervising.farm import FarmIdentity, OpenJDLines
 from healer.supervising.ledger import Ledger
 from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, RunningBlender, SupervisorMetrics
@@ -71,6 +71,8 @@ class JobContext:
     attempt: AttemptState = field(default_factory=AttemptState)
     started_at: float = 0.0
     announced_complete: bool = False           # an earlier healer announced render.completed already
+    echo: Callable[[str], None] | None = None  # Blender's own lines, passed through as they come
+    openjd: OpenJDLines | None = None          # progress/status/fail lines for Open Job Description
 
     @property
     def cancelled(self) -> bool:
@@ -87,6 +89,8 @@ class JobContext:
         led = self.ledger
         if self.display and led:
             self.display.update(len(led.completed()), led.restarts, self.attempt.current_frame)
+        if self.openjd and led:
+            self.openjd.progress(len(led.completed()), len(led.frames_requested))
 
     def update_metrics(self) -> None:
         led = self.ledger

@@ -123,9 +123,17 @@ class Action:
     restart: bool = False              # counts against max_restarts
 
 
+DETERMINISTIC_AFTER = 2   # the same type at the same frame this many attempts in a row: not a flake
+
+
 def plan(state: JobState, error: RenderError | None, policy: Policy, history: Sequence[Outcome], *,
-         now: float, cpu_count: int = 1, rand: Callable[[], float] = random.random) -> Action:
-    """Decide the next step after an attempt ended (error = its classification, None = clean exit)."""
+         now: float, cpu_count: int = 1, rand: Callable[[], float] = random.random,
+         earlier: Sequence[Outcome] = ()) -> Action:
+    """Decide the next step after an attempt ended (error = its classification, None = clean exit).
+
+    `history`: this run's attempts (the one that just ended last); `earlier`: the attempts of earlier
+    runs of the same job (a farm's retries of the task), read only to see a deterministic failure.
+    """
     etype = error.type if error is not None else "ok"
     missing = tuple(state.missing)
     if not missing:
@@ -156,6 +164,13 @@ def plan(state: JobState, error: RenderError | None, policy: Policy, history: Se
         return Action("give_up", reason=f"{etype} stopped the render: {summary}; {rule.message}".rstrip("; "),
                       error_type=etype)
 
+    if rule.kind == "restart" and error is not None and error.frame is not None:
+        run = _same_failure_in_a_row([*earlier, *history], etype, error.frame)
+        if run >= DETERMINISTIC_AFTER:
+            return Action("give_up", error_type=etype,
+                          reason=f"{etype} at frame {error.frame} on {run} attempts in a row: it fails the same "
+                                 f"way every time, so it is not retried again: {summary}")
+
     # An attempt that exited cleanly but rendered none of its frames is a failure too (else a
     # Blender that keeps "succeeding" without output would be restarted forever).
     recent = [o for o in history if (o.error_type not in (None, "ok") or not o.frames_rendered)
@@ -184,6 +199,16 @@ def plan(state: JobState, error: RenderError | None, policy: Policy, history: Se
                       reason=f"{etype}: restarting with {threads} render threads (was {current})")
     return Action("launch", frames=frames, delay_s=delay, device=device, threads=threads, restart=True,
                   error_type=etype, reason=f"{etype}: restarting for {len(frames)} missing frames")
+
+
+def _same_failure_in_a_row(outcomes: Sequence[Outcome], etype: str, frame: int) -> int:
+    """How many of the last attempts failed with `etype` at `frame`, counting back from the newest."""
+    n = 0
+    for o in reversed(outcomes):
+        if o.error_type != etype or o.frame != frame:
+            break
+        n += 1
+    return n
 
 
 def backoff(rule: Rule, n: int, rand: Callable[[], float] = random.random) -> float:

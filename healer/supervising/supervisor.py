@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 
-from healer.diagnosis.catalog import EXIT_STRICT, exit_status
+from healer.diagnosis.catalog import EXIT_STRICT, REPORT_TYPES, exit_status
 from healer.supervising.attempt import run_attempt
 from healer.supervising.context import JobContext, RenderRequest
 from healer.supervising.endings import (
@@ -38,6 +39,7 @@ from healer.supervising.endings import (
     finish_complete,
     finish_failed,
 )
+from healer.supervising.farm import OpenJDLines
 from healer.supervising.launch import ProcessLauncher
 from healer.supervising.ledger import JobLocked, Ledger, SupervisorLock, job_dir
 from healer.supervising.policy import Action, JobState, Outcome, Policy, plan
@@ -55,14 +57,16 @@ class Supervisor:
                  env: Mapping[str, str] | None = None, kill_grace_s: float = 5.0,
                  probe_interval_s: float = 0.25, sampler: ResourceSampler | None = None,
                  launcher: Launcher | None = None, probes: HostProbes | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 echo: Callable[[str], None] | None = None):
         self.req = request
         self.policy = (policy or Policy.default()).with_overrides(strict=request.strict)
         self.ctx = JobContext(
             req=request, launcher=launcher or ProcessLauncher(), probes=probes or SystemProbes(sampler),
             incidents=incidents if incidents is not None else NoIncidents(), metrics=metrics, display=display,
             env=dict(os.environ if env is None else env), kill_grace_s=kill_grace_s,
-            probe_interval_s=probe_interval_s, clock=clock, wall=wall, job=request.job, started_at=wall())
+            probe_interval_s=probe_interval_s, clock=clock, wall=wall, job=request.job, started_at=wall(),
+            echo=echo, openjd=OpenJDLines(sys.stdout) if request.farm and request.farm.engine == "openjd" else None)
         self._session_first_attempt = 0
         self._lock: SupervisorLock | None = None
         self._kick_task: asyncio.Task | None = None
@@ -179,6 +183,11 @@ class Supervisor:
             action = plan(JobState((), ctx.warning_types()), None, self.policy, [], now=ctx.wall())
         return await self._loop(led, action)
 
+    def _tell_failure(self, led: Ledger, error) -> None:
+        """Say at once why the attempt ended, with its evidence (not only when the job gives up)."""
+        att = led.attempts[-1]
+        self.ctx.say(f"attempt {att.attempt} ended: {error.type}: {error.summary}{_evidence(error)}")
+
     async def _adopt_orphan(self, led: Ledger) -> None:
         """The previous healer died with an attempt in progress: stop its Blender, credit its frames."""
         ctx = self.ctx
@@ -209,10 +218,14 @@ class Supervisor:
                 return finish_complete(ctx, led)
             if action.kind == "give_up":
                 etype = action.error_type or "unknown"
+                if ctx.openjd:
+                    ctx.openjd.fail(f"renderwatch gave up: {action.reason}")
                 code = EXIT_STRICT if action.reason.startswith("--strict") else exit_status(etype)
                 return finish_failed(ctx, led, etype, action.reason, code)
             if action.restart:
                 ctx.say(f"restart: {action.reason}" + (f" (in {action.delay_s:.1f} s)" if action.delay_s else ""))
+                if ctx.openjd:
+                    ctx.openjd.status(f"renderwatch restart {led.restarts + 1}: {action.reason}")
                 if ctx.metrics:
                     ctx.metrics.restarts.labels(led.job, action.error_type or "unknown").inc()
                 ctx.incidents.emit("render.restarted", ctx.info(message=action.reason))
@@ -226,12 +239,22 @@ class Supervisor:
             error = await run_attempt(ctx, led, frames, action)
             if ctx.cancelled:
                 return finish_cancelled(ctx, led)
+            if error.type != "ok" and (error.fatal or error.type not in REPORT_TYPES):
+                self._tell_failure(led, error)
             history = [_outcome(a) for a in led.attempts[self._session_first_attempt:]
                        if a.pid is not None and a.ended_at is not None]
+            earlier = [_outcome(a) for a in led.attempts[:self._session_first_attempt]
+                       if a.pid is not None and a.ended_at is not None]
             action = plan(JobState(tuple(led.missing()), ctx.warning_types()), error, self.policy, history,
-                          now=ctx.wall(), cpu_count=os.cpu_count() or 1)
+                          now=ctx.wall(), cpu_count=os.cpu_count() or 1, earlier=earlier)
             if action.kind == "complete" and any(o.error_type not in (None, "ok") for o in history):
                 ctx.incidents.emit("render.recovered", ctx.info(message="every frame rendered after restarts"))
+
+
+def _evidence(error) -> str:
+    """The first line of the output that shows what happened (the farm log's reader starts there)."""
+    f = next((f for f in error.findings if f.line > 0), None)
+    return f" [line {f.line}: {f.text[:200]}]" if f is not None else ""
 
 
 def _outcome(a) -> Outcome:
