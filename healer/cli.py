@@ -124,7 +124,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if args.blender is None:
         args.blender = parsed.blender
     frames = tuple(parse_frames(args.frames)) if args.frames else parsed.frames
-    return _run(args, parsed.scene, frames, args.output or parsed.output, parsed.passthrough)
+    return _run(args, parsed.scene, frames, args.output or parsed.output, parsed.passthrough,
+                after=parsed.after, frame_range=(parsed.range_start, parsed.range_end, parsed.range_step))
 
 
 def _echo(line: str) -> None:
@@ -132,7 +133,8 @@ def _echo(line: str) -> None:
 
 
 def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, output: str | None,
-         blender_args: Sequence[str]) -> int:
+         blender_args: Sequence[str], *, after: Sequence[str] = (),
+         frame_range: tuple[int | None, int | None, int] = (None, None, 1)) -> int:
     from healer.supervising.progress import ProgressDisplay
     from healer.supervising.report import build_report, summary, write_report
     from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
@@ -147,7 +149,8 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
 
     req = RenderRequest(scene=scene, frames=frames, output=output, blender=cfg.blender,
                         blender_args=tuple(blender_args), stall_timeout=cfg.stall_timeout, strict=args.strict,
-                        job=args.job, fresh=args.fresh, farm=farm_identity(cfg.env))
+                        job=args.job, fresh=args.fresh, farm=farm_identity(cfg.env), after_args=tuple(after),
+                        range_start=frame_range[0], range_end=frame_range[1], range_step=frame_range[2])
     echo = None
     if getattr(args, "blender_output", False):
         # Blender's lines unchanged on stdout, renderwatch's own (marked "renderwatch:") on stderr.

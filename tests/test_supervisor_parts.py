@@ -39,15 +39,31 @@ def test_exec_parses_a_blender_command_line():
                             "-o", "//out/f_", "-s", "3", "-e", "5", "-a", "-f", "9,11..12", "--", "x"])
     assert (p.blender, p.scene, p.output) == ("/opt/blender", "shot.blend", "//out/f_")
     assert p.frames == (3, 4, 5, 9, 11, 12)
-    assert p.passthrough == ["--python", "hook.py", "-E", "CYCLES", "--", "x"]
+    assert p.passthrough == ["--python", "hook.py", "-E", "CYCLES"] and p.after == ["--", "x"]
     assert parse_blender_argv(["blender", "-b", "s.blend", "-a"]).frames is None     # the scene's range
+
+
+def test_exec_keeps_blenders_argument_order_and_open_ranges():
+    """What came after the render runs after it (it was moved before it); -s N -a alone renders N to
+    the scene's end (it was refused)."""
+    p = parse_blender_argv(["blender", "-b", "s.blend", "--python", "pre.py", "-a", "--python", "post.py",
+                            "--", "x"])
+    assert p.passthrough == ["--python", "pre.py"] and p.after == ["--python", "post.py", "--", "x"]
+    argv = build_argv(LaunchSpec(blender="blender", scene="s.blend", frames=[1, 2], user_args=p.passthrough,
+                                 after_render=p.after, hooks=None))
+    assert argv[argv.index("pre.py") + 1:argv.index("post.py") - 1][-1] == "-a"
+    assert argv[-3:] == ["post.py", "--", "x"]
+    start = parse_blender_argv(["blender", "-b", "s.blend", "-s", "7", "-a"])
+    assert (start.frames, start.range_start, start.range_end) == (None, 7, None)
+    end = parse_blender_argv(["blender", "-b", "s.blend", "-e", "4", "-j", "2", "-a"])
+    assert (end.frames, end.range_start, end.range_end, end.range_step) == (None, None, 4, 2)
 
 
 @pytest.mark.parametrize("argv, words", [
     (["blender", "-b", "-a"], "no .blend"),
     (["blender", "-b", "s.blend"], "nothing to render"),
     (["blender", "-b", "s.blend", "-f", "-1"], "relative"),
-    (["blender", "-b", "s.blend", "-s", "1", "-a"], "only one of"),
+    (["blender", "-b", "s.blend", "-f", "1", "--python", "x.py", "-f", "2"], "between two render actions"),
     (["blender", "-b", "s.blend", "-s"], "needs a value"),
 ])
 def test_exec_refuses_what_it_cannot_supervise(argv, words):

@@ -33,7 +33,8 @@ async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: A
     att = led.new_attempt(frames, action.reason)
     att.device, att.threads = action.device, action.threads
     argv = build_argv(LaunchSpec(blender=req.blender, scene=led.scene, frames=frames, output=output_arg(req.output),
-                                 user_args=req.blender_args, device=action.device, threads=action.threads))
+                                 user_args=req.blender_args, device=action.device, threads=action.threads,
+                                 after_render=req.after_args))
     att.argv = argv
     ctx.attempt = st = AttemptState(last_progress_at=ctx.clock())
     scanner = LogScanner()

@@ -2,7 +2,11 @@
 
 Blender executes its arguments left to right: `-s`/`-e`/`-j` set the range, `-a` renders it, `-f`
 renders frames (`1,3,5..10`). The supervisor needs the scene, the frames, the output pattern, and
-every other argument to pass through unchanged (in order; script arguments after `--` stay last).
+every other argument to pass through unchanged and in its place: what came before the render runs
+before it, what came after (`-a --python post.py`) runs after it; script arguments after `--` stay
+last. `-s N -a` alone renders N to the scene's end, `-e N -a` alone its start to N, as Blender does.
+Arguments between two render actions (`-f 1 --python x.py -f 2`) are refused: one supervised
+render cannot run something between two of its frames.
 
 Usage::
 
@@ -13,7 +17,7 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from healer.supervising.frames import FrameSpecError, parse_frames
 
@@ -37,9 +41,13 @@ class BlenderArgvError(ValueError):
 class ParsedArgv:
     blender: str
     scene: str
-    frames: tuple[int, ...] | None          # None: -a over the scene's own range (read from the .blend)
+    frames: tuple[int, ...] | None          # None: -a over the scene's range (read from the .blend)
     output: str | None
-    passthrough: list[str]
+    passthrough: list[str]                  # Blender's other arguments before the render (in order)
+    after: list[str] = field(default_factory=list)   # arguments after the render, then `--` script args
+    range_start: int | None = None          # -s N -a without -e: from N to the scene's end
+    range_end: int | None = None            # -e N -a without -s: from the scene's start to N
+    range_step: int = 1
 
 
 def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
@@ -57,6 +65,7 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
     frames: list[int] = []
     scene_range = False
     passthrough: list[str] = []
+    renders: list[int] = []      # where in passthrough each render action came
     i = 0
     while i < len(args):
         a = args[i]
@@ -76,6 +85,11 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
             elif a in ("-o", "--render-output"):
                 output = v
             elif a in ("-f", "--render-frame"):
+                if renders and len(passthrough) > renders[-1]:
+                    raise BlenderArgvError(f"arguments between two render actions "
+                                           f"({' '.join(passthrough[renders[-1]:])}): Blender would run them "
+                                           "between the renders; put them before or after")
+                renders.append(len(passthrough))
                 frames.extend(_frame_list(v))
             else:
                 passthrough += [a, v]
@@ -86,10 +100,12 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
             i += 5
             continue
         if a in ("-a", "--render-anim"):
+            if renders and len(passthrough) > renders[-1]:
+                raise BlenderArgvError(f"arguments between two render actions ({' '.join(passthrough[renders[-1]:])}): "
+                                       "Blender would run them between the renders; put them before or after")
+            renders.append(len(passthrough))
             if start is None or end is None:
-                if start is not None or end is not None:
-                    raise BlenderArgvError("-a with only one of -s/-e: give both, or neither (scene range)")
-                scene_range = True
+                scene_range = True          # -s N alone: N to the scene's end; -e N alone: its start to N
             else:
                 frames.extend(range(start, end + 1, step))
             i += 1
@@ -106,8 +122,11 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
         raise BlenderArgvError("-a over the scene's range mixed with explicit frames: give -s/-e with -a")
     if not frames and not scene_range:
         raise BlenderArgvError("nothing to render: add -a (animation) or -f FRAMES")
+    cut = renders[0] if renders else len(passthrough)
     return ParsedArgv(blender, scene, None if scene_range else tuple(sorted(set(frames))), output,
-                      passthrough + script)
+                      passthrough[:cut], passthrough[cut:] + script,
+                      range_start=start if scene_range else None, range_end=end if scene_range else None,
+                      range_step=step)
 
 
 def _int(opt: str, v: str) -> int:

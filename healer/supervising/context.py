@@ -34,6 +34,10 @@ class RenderRequest:
     job: str | None = None
     origin: str = "cli"                        # "service": the healer service resumes it after a restart
     fresh: bool = False                        # forget verified frames: render everything again
+    after_args: tuple[str, ...] = ()           # Blender arguments that run after the render (`-a --python x.py`)
+    range_start: int | None = None             # frames None: the scene's range, from here (`-s N -a`)
+    range_end: int | None = None               # ... to here (`-e N -a`)
+    range_step: int = 1
     farm: FarmIdentity | None = None           # the farm manager's identity of this job (farm.py)
 
 

@@ -4,7 +4,7 @@ Argument order matters to Blender (it executes arguments left to right, and a `-
 after `-a` would run after the render), so an attempt is always:
 
     BLENDER -b SCENE --python-expr MARKER [--python HOOKS] [USER ARGS] [-o PATTERN] [-t N]
-            [--python-expr CPU] RENDER-CHUNKS [-- SCRIPT ARGS]
+            [--python-expr CPU] RENDER-CHUNKS [USER ARGS AFTER THE RENDER] [-- SCRIPT ARGS]
 
 MARKER is a tiny render_pre handler that prints `[renderwatch] frame_start N PATH` before any other
 handler runs: the supervisor learns which frame is in flight and where Blender will save it, even
@@ -101,10 +101,12 @@ class LaunchSpec:
     device: str | None = None            # "CPU" forces Cycles onto the CPU
     threads: int | None = None
     hooks: str | None = field(default_factory=hooks_startup)
+    after_render: Sequence[str] = ()      # user arguments that run after the render, in their order
 
 
 def build_argv(spec: LaunchSpec) -> list[str]:
-    before, after = split_user_args(spec.user_args)
+    before, script = split_user_args(spec.user_args)
+    after_render, script_after = split_user_args(spec.after_render)
     argv = [spec.blender, "-b", spec.scene, "--python-expr", MARKER_EXPR]
     if spec.hooks:
         argv += ["--python", spec.hooks]
@@ -116,7 +118,7 @@ def build_argv(spec: LaunchSpec) -> list[str]:
     if spec.device == "CPU":
         argv += ["--python-expr", CPU_EXPR]
     argv += render_args(spec.frames)
-    return argv + after
+    return argv + after_render + (script or script_after)
 
 
 def attempt_env(job: str, attempt: int, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -82,6 +82,7 @@ def prepare(req: RenderRequest) -> Prepared | EarlyFailure:
     frames = list(req.frames or ())
     try:
         check_user_args(req.blender_args)
+        check_user_args(req.after_args)
     except ValueError as e:
         raise RequestError(str(e)) from None
     if shutil.which(req.blender) is None:
@@ -99,7 +100,12 @@ def prepare(req: RenderRequest) -> Prepared | EarlyFailure:
     if not frames:
         if info is None:
             raise RequestError(f"cannot read the frame range of {scene}: pass --frames")
-        frames = list(range(info.frame_start, info.frame_end + 1, info.frame_step))
+        first = info.frame_start if req.range_start is None else req.range_start
+        last = info.frame_end if req.range_end is None else req.range_end
+        step = info.frame_step if req.range_start is None and req.range_end is None else req.range_step
+        frames = list(range(first, last + 1, max(1, step)))
+        if not frames:
+            raise RequestError(f"no frames to render: {first}..{last} of {scene} is empty")
     before, _ = split_user_args(req.blender_args)
     fmt = arg_value(before, "-F", "--render-format") or (info.file_format if info else None)
     if fmt in MOVIE_FORMATS:
@@ -110,10 +116,11 @@ def prepare(req: RenderRequest) -> Prepared | EarlyFailure:
     pattern = (OutputPattern.from_blender(pattern_src, os.path.dirname(scene), fmt,
                                           use_ext != "0" if use_ext is not None else (info.use_extension if info else True))
                if pattern_src else None)
-    job = req.job or job_id_for(scene, frames, req.output, req.blender_args, req.farm)
+    args = [*req.blender_args, *(["<after>", *req.after_args] if req.after_args else [])]
+    job = req.job or job_id_for(scene, frames, req.output, args, req.farm)
     st = os.stat(scene)
     fingerprint = {"the scene file": [st.st_size, st.st_mtime_ns],
-                   "the render settings": [req.blender, list(req.blender_args), req.output]}
+                   "the render settings": [req.blender, list(req.blender_args), list(req.after_args), req.output]}
     return Prepared(scene=scene, frames=tuple(frames), pattern=pattern, job=job, fingerprint=fingerprint,
                     scene_saved_at=st.st_mtime)
 
