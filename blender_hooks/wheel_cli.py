@@ -26,6 +26,7 @@ import sys
 OPTIONS: dict[str, tuple[str, bool]] = {
     "-b": ("background", False), "--background": ("background", False),
     "--factory-startup": ("factory_startup", False), "-noaudio": ("noaudio", False),
+    "--python-use-system-env": ("noaudio", False),   # a module already uses the system's environment
     "-E": ("engine", True), "--engine": ("engine", True),
     "-o": ("output", True), "--render-output": ("output", True),
     "-F": ("format", True), "--render-format": ("format", True),

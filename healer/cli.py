@@ -116,6 +116,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not argv:
         print("renderwatch exec: usage: renderwatch exec [OPTIONS] -- blender ARGS...", file=sys.stderr)
         return EXIT_USAGE
+    from healer.supervising.supervise_only import drives_itself
+
+    if drives_itself(argv):
+        return _supervise_only(args, argv)
     try:
         parsed = parse_blender_argv(argv)
     except BlenderArgvError as e:
@@ -126,6 +130,32 @@ def cmd_exec(args: argparse.Namespace) -> int:
     frames = tuple(parse_frames(args.frames)) if args.frames else parsed.frames
     return _run(args, parsed.scene, frames, args.output or parsed.output, parsed.passthrough,
                 after=parsed.after, frame_range=(parsed.range_start, parsed.range_end, parsed.range_step))
+
+
+def _supervise_only(args: argparse.Namespace, argv: list[str]) -> int:
+    """No frames on the command line (a farm's client drives Blender): watch, pass through, report."""
+    from healer.supervising.farm import farm_identity
+    from healer.supervising.supervise_only import supervise_only
+
+    try:
+        cfg = _config(args)
+    except ConfigError as e:
+        print(f"renderwatch: config: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.blender_output:
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    incidents = _incidents(cfg)
+    try:
+        return asyncio.run(supervise_only(argv, env=dict(cfg.env), incidents=incidents,
+                                          echo=_echo if args.blender_output else None,
+                                          farm=farm_identity(cfg.env), report=args.report, job=args.job))
+    except OSError as e:
+        print(f"renderwatch exec: cannot start {argv[0]!r}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        close = getattr(incidents, "close", None)
+        if close:
+            close(timeout=5)
 
 
 def _echo(line: str) -> None:
