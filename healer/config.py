@@ -43,7 +43,7 @@ from blender_hooks.settings import ENV_HEALER_LISTEN as ENV_LISTEN
 from blender_hooks.settings import ENV_HEALER_MAX_RESTARTS as ENV_MAX_RESTARTS
 from blender_hooks.settings import ENV_HEALER_STALL_TIMEOUT as ENV_STALL_TIMEOUT
 from blender_hooks.settings import ENV_HEALER_TOKEN as ENV_TOKEN
-from healer.service.alerts import DEFAULT_RULES, AlertRule, load_alert_rules
+from healer.service.alert_rules import DEFAULT_RULES, AlertRule, load_alert_rules
 from healer.supervising.policy import Policy
 from renderwatch.paths import DEFAULT_HEALER_LISTEN
 
