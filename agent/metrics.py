@@ -95,7 +95,12 @@ class StateCollector(Collector):
                                  labels=["job", "kind"])
         info = GaugeMetricFamily("renderwatch_job_info", "Job description (value 1)",
                                  labels=["job", "scene", "engine", "device_type", "host", "blender_version", "status"])
+        # Group by farm job with a join on `job` (one series per live job, gone with it: bounded).
+        farm = GaugeMetricFamily("renderwatch_job_farm_info", "The farm manager's job and task of a job (value 1)",
+                                 labels=["job", "farm_engine", "farm_job", "farm_task"])
         for j in jobs:
+            if j.farm_engine:
+                farm.add_metric([j.id, j.farm_engine, j.farm_job, j.farm_task], 1)
             g["progress_ratio"].add_metric([j.id], j.progress)
             g["frames_done"].add_metric([j.id], j.frames_done)
             g["frames_expected"].add_metric([j.id], j.frames_total)
@@ -112,6 +117,7 @@ class StateCollector(Collector):
         yield from g.values()
         yield peak
         yield info
+        yield farm
         yield from self._totals()
 
     def _totals(self) -> Iterator[Metric]:

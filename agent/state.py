@@ -55,6 +55,10 @@ class Job:
     current_frame: int | None = None
     frame_started: dict[int, float] = field(default_factory=dict)
     phases: dict[int, list[tuple[str, float, str]]] = field(default_factory=dict)
+    farm_engine: str = ""
+    farm_job: str = ""
+    farm_task: str = ""
+    traceparent: str = ""
 
     @property
     def attempts(self) -> int:
@@ -169,7 +173,8 @@ class State:
         job = self.job_for(ev)
         if ev["session"] not in job.sessions:
             job.sessions.append(ev["session"])
-        for name in ("scene", "engine", "device_type", "blend_file", "blender_version", "output_path"):
+        for name in ("scene", "engine", "device_type", "blend_file", "blender_version", "output_path",
+                     "farm_engine", "farm_job", "farm_task", "traceparent"):
             if ev.get(name):
                 setattr(job, name, ev[name])
         if ev.get("samples") is not None:

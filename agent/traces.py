@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import socket
 from collections.abc import Sequence
 
@@ -44,6 +45,27 @@ def job_ids(job_id: str) -> tuple[int, int]:
     """(trace id, root span id) of a job: the same on every agent, attempt and restart."""
     d = _h("renderwatch/job", job_id)
     return int.from_bytes(d[:16], "big") or 1, int.from_bytes(d[16:24], "big") or 1
+
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def farm_parent(job: Job) -> SpanContext | None:
+    """The context a job's root span joins: the farm's TRACEPARENT when it gave one, else one trace per
+    farm job (the same trace id on every node and task of it), else None (a trace of its own)."""
+    m = _TRACEPARENT.match(job.traceparent.strip().lower()) if job.traceparent else None
+    if m and int(m.group(1), 16) and int(m.group(2), 16):
+        return SpanContext(int(m.group(1), 16), int(m.group(2), 16), is_remote=True, trace_flags=_SAMPLED)
+    if job.farm_job:
+        d = _h("renderwatch/farm-job", job.farm_engine, job.farm_job)
+        return SpanContext(int.from_bytes(d[:16], "big") or 1, int.from_bytes(d[16:24], "big") or 1,
+                           is_remote=True, trace_flags=_SAMPLED)
+    return None
+
+
+def farm_attributes(job: Job) -> dict[str, str]:
+    return {k: v for k, v in (("render.farm.engine", job.farm_engine), ("render.farm.job", job.farm_job),
+                              ("render.farm.task", job.farm_task)) if v}
 
 
 def span_id(*parts: object) -> int:
@@ -140,6 +162,9 @@ class RenderTracer:
 
     def _root(self, job: Job) -> tuple[int, SpanContext]:
         tid, rid = job_ids(job.id)
+        farm = farm_parent(job)
+        if farm is not None:
+            tid = farm.trace_id
         return tid, SpanContext(tid, rid, is_remote=False, trace_flags=_SAMPLED)
 
     def _frame(self, fd: FrameDone, pos: int) -> None:
@@ -148,7 +173,7 @@ class RenderTracer:
         attempt = job.sessions.index(fd.session) + 1 if fd.session in job.sessions else job.attempts
         attrs: dict = {"render.job.id": job.id, "render.frame": fd.frame, "render.frame.seconds": float(ev["seconds"]),
                        "render.saved": bool(ev["saved"]), "render.attempt": attempt, "render.scene": job.scene,
-                       "render.engine": job.engine, "render.device": job.device_type}
+                       "render.engine": job.engine, "render.device": job.device_type, **farm_attributes(job)}
         for kind, key in (("blender", "peak_memory_blender_bytes"), ("rss", "max_rss_bytes"),
                           ("vram", "peak_vram_bytes")):
             if ev.get(key):
@@ -174,7 +199,8 @@ class RenderTracer:
                        max(ts, fd.start), min(max(end, ts), fd.end), pattrs, pos)
 
     def _job(self, job: Job, pos: int) -> None:
-        tid, rid = job_ids(job.id)
+        tid, root = self._root(job)
+        rid = root.span_id
         attrs = {"render.job.id": job.id, "render.scene": job.scene, "render.engine": job.engine,
                  "render.device": job.device_type, "render.blend_file": job.blend_file,
                  "render.status": job.status, "render.frames.done": job.frames_done,
@@ -186,8 +212,9 @@ class RenderTracer:
             attrs["render.resolution"] = job.resolution
         status = {"complete": Status(StatusCode.OK),
                   "stale": Status(StatusCode.ERROR, "the render stopped reporting")}.get(job.status, _UNSET)
+        attrs.update(farm_attributes(job))
         end = job.ended_at if job.ended_at is not None else job.last_event_ts
-        self._span("render.job", None, tid, rid, job.started_at, end, attrs, pos, status)
+        self._span("render.job", farm_parent(job), tid, rid, job.started_at, end, attrs, pos, status)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.processor.force_flush(timeout_millis)

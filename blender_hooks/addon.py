@@ -28,6 +28,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import events, spool
+from .farm import farm_identity
 from .settings import ENV_ATTEMPT, ENV_JOB_ID  # noqa: F401 (names read from here)
 from .stats import cli_frames, frame_range, parse_frame_list, parse_memory, phase_of
 
@@ -60,6 +61,9 @@ class Hooks:
         except ValueError:
             self.attempt = None
         self.argv_frames = cli_frames(sys.argv) if bpy.app.background else None
+        f = farm_identity(os.environ)
+        self.farm: dict = {} if f is None else {k: v for k, v in (
+            ("farm_engine", f.engine), ("farm_job", f.job), ("farm_task", f.task), ("traceparent", f.traceparent)) if v}
         self.job_n = 0
         self.new_job = True          # next render_init starts a new job id
         self.job = self.env_job or f"{self.host}-{self.pid}-1"
@@ -102,7 +106,7 @@ class Hooks:
         self.emit("job_start", blend_file=bpy.data.filepath, frame_start=first, frame_end=last,
                   frame_step=step, samples=render_samples(scene), resolution_x=r.resolution_x,
                   resolution_y=r.resolution_y, resolution_percentage=r.resolution_percentage,
-                  blender_version=bpy.app.version_string, output_path=bpy.path.abspath(r.filepath))
+                  blender_version=bpy.app.version_string, output_path=bpy.path.abspath(r.filepath), **self.farm)
         self.sender.wake()
 
     def frame_start(self, scene) -> None:

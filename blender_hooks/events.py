@@ -62,6 +62,9 @@ FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "device_type": (str, True), "samples": (int, False), "resolution_x": (int, False),
         "resolution_y": (int, False), "resolution_percentage": (int, False),
         "blender_version": (str, True), "output_path": (str, False),
+        # the farm manager's identity of the job (blender_hooks.farm), when there is one
+        "farm_engine": (str, False), "farm_job": (str, False), "farm_task": (str, False),
+        "traceparent": (str, False),
     },
     "frame_start": {"frame": (int, True)},
     "phase": {"frame": (int, True), "name": (str, True), "detail": (str, False)},

@@ -134,7 +134,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def _supervise_only(args: argparse.Namespace, argv: list[str]) -> int:
     """No frames on the command line (a farm's client drives Blender): watch, pass through, report."""
-    from healer.supervising.farm import farm_identity
+    from blender_hooks.farm import farm_identity
     from healer.supervising.supervise_only import supervise_only
 
     try:
@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
     except ConfigError as e:
         print(f"renderwatch: config: {e}", file=sys.stderr)
         return EXIT_USAGE
-    from healer.supervising.farm import farm_identity
+    from blender_hooks.farm import farm_identity
 
     req = RenderRequest(scene=scene, frames=frames, output=output, blender=cfg.blender,
                         blender_args=tuple(blender_args), stall_timeout=cfg.stall_timeout, strict=args.strict,

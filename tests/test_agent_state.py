@@ -148,3 +148,20 @@ def test_cursor_memory_is_bounded(monkeypatch):
     for i in range(5):
         assert st.accept({"session": f"s{i}", "seq": 1})
     assert list(st.cursors) == ["s2", "s3", "s4"]
+
+
+def test_the_farm_job_is_a_metric_to_group_by():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.metrics import StateCollector
+
+    st = State()
+    s = JobStream("task-7")
+    for ev in [s.start(1, 1, farm_engine="opencue", farm_job="show-shot-lighting", farm_task="render/0001"),
+               *s.frame(1)]:
+        st.apply(ev) if st.accept(ev) else None
+    reg = CollectorRegistry()
+    reg.register(StateCollector(st, 300.0, lambda: s.t))
+    text = generate_latest(reg).decode()
+    assert ('renderwatch_job_farm_info{farm_engine="opencue",farm_job="show-shot-lighting",'
+            'farm_task="render/0001",job="task-7"} 1.0') in text

@@ -149,3 +149,41 @@ def test_unwritable_trace_dir_is_counted_not_raised(tmp_path):
     tracer.force_flush()
     assert out.export(mem.get_finished_spans()) is SpanExportResult.FAILURE and out.failures == 1
     tracer.shutdown()
+
+
+def _farm_job(tracer, job: str, session: str, **farm) -> None:
+    s = JobStream(job, session=session)
+    run_job(tracer, [s.start(1, 1, **farm), *s.frame(1), s.end()])
+
+
+def test_a_farm_job_is_one_trace_across_its_tasks_and_nodes(tmp_path):
+    """Two tasks of one Deadline job (two renderwatch jobs, maybe two hosts): one trace, each task's
+    render.job span under the farm job's context, with the farm's ids as attributes."""
+    mem = InMemorySpanExporter()
+    tracer = RenderTracer(agent_config(tmp_path), ExportMark(tmp_path), exporter=mem)
+    farm = {"farm_engine": "deadline", "farm_job": "job-8f2c"}
+    _farm_job(tracer, "task-1-of-job", "aaaa1111", farm_task="render/1", **farm)
+    _farm_job(tracer, "task-2-of-job", "bbbb2222", farm_task="render/2", **farm)
+    _farm_job(tracer, "unrelated", "cccc3333")
+    tracer.force_flush()
+    spans = mem.get_finished_spans()
+    roots = {sp.attributes["render.job.id"]: sp for sp in spans if sp.name == "render.job"}
+    a, b, other = roots["task-1-of-job"], roots["task-2-of-job"], roots["unrelated"]
+    assert a.context.trace_id == b.context.trace_id != other.context.trace_id
+    assert a.parent is not None and a.parent.is_remote and a.parent == b.parent and other.parent is None
+    assert a.attributes["render.farm.job"] == "job-8f2c" and a.attributes["render.farm.task"] == "render/1"
+    frames = [sp for sp in spans if sp.name == "render.frame" and sp.attributes["render.job.id"] == "task-2-of-job"]
+    assert frames[0].context.trace_id == a.context.trace_id and frames[0].attributes["render.farm.engine"] == "deadline"
+
+
+def test_a_traceparent_from_the_farm_is_joined(tmp_path):
+    mem = InMemorySpanExporter()
+    tracer = RenderTracer(agent_config(tmp_path), ExportMark(tmp_path), exporter=mem)
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    _farm_job(tracer, "j", "dddd4444", farm_engine="otel", traceparent=tp)
+    _farm_job(tracer, "bad", "eeee5555", farm_engine="otel", traceparent="not-a-traceparent")
+    tracer.force_flush()
+    roots = {sp.attributes["render.job.id"]: sp for sp in mem.get_finished_spans() if sp.name == "render.job"}
+    assert roots["j"].context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736
+    assert roots["j"].parent.span_id == 0x00f067aa0ba902b7
+    assert roots["bad"].parent is None and roots["bad"].context.trace_id == job_ids("bad")[0]

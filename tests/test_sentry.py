@@ -140,3 +140,16 @@ def test_sentry_needs_a_dsn():
         SentryReporter(load_incidents_config({"sentry": {"release": "x"}}, env={}).sentry)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="incidents.sentry.in_app_include"):
         load_incidents_config({"sentry": {"in_app_include": "/studio"}}, env={})
+
+
+def test_the_farm_job_is_named_in_the_event_and_the_webhook():
+    from healer.incidents.notify import build_payload
+    from healer.incidents.sentry import build_event
+
+    farm = {"engine": "deadline", "job": "job-8f2c", "task": "render/7", "farm_id": "farm-1"}
+    inc = Incident(kind="render.crashed", info={"job": "j1", "scene": "/mnt/a/s.blend", "farm": farm},
+                   error=SegfaultError(summary="SIGSEGV", frame=7))
+    event = build_event(inc, Scrubber()).event
+    assert event["tags"]["farm.job"] == "job-8f2c" and event["tags"]["farm.engine"] == "deadline"
+    assert event["contexts"]["job"]["farm"]["task"] == "render/7"
+    assert build_payload(inc)["job"]["farm"]["job"] == "job-8f2c"

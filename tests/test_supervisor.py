@@ -241,7 +241,7 @@ async def test_frames_of_another_run_are_kept_only_if_newer_than_the_scene(scene
 
 
 def test_farm_jobs_never_share_a_ledger_a_retry_of_a_task_does():
-    from healer.supervising.farm import farm_identity
+    from blender_hooks.farm import farm_identity
     from healer.supervising.preflight import job_id_for
 
     def jid(**env):

@@ -102,6 +102,7 @@ class Incident:
             "attempt": _int_or_none(self.info.get("attempt")), "restarts": _int_or_none(self.info.get("restarts")),
             "blender_version": self.info.get("blender_version"), "engine": self.info.get("engine"),
             "device": self.info.get("device"), "gpu_name": self.info.get("gpu_name"),
+            "farm": dict(self.info["farm"]) if isinstance(self.info.get("farm"), Mapping) else None,
         }
         return {k: v for k, v in out.items() if v is not None}
 

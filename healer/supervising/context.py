@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from blender_hooks.farm import FarmIdentity, OpenJDLines
 from healer.diagnosis import errors
 from healer.diagnosis.catalog import REPORT_TYPES
-from healer.supervising.farm import FarmIdentity, OpenJDLines
 from healer.supervising.ledger import Ledger
 from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, RunningBlender, SupervisorMetrics

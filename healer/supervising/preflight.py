@@ -17,10 +17,10 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from blender_hooks.farm import FarmIdentity
 from healer.diagnosis.catalog import EXIT_INPUT, EXIT_STRICT
 from healer.supervising.assets import BlendReadError, SceneInfo, check_assets, read_scene_info
 from healer.supervising.context import RenderRequest
-from healer.supervising.farm import FarmIdentity
 from healer.supervising.launch import check_user_args, split_user_args
 from healer.supervising.outputs import MOVIE_FORMATS, OutputPattern
 

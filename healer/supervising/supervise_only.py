@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from blender_hooks.farm import FarmIdentity
 from healer.diagnosis.classify import LogScanner
 from healer.diagnosis.crashfile import read_crash_file
 from healer.diagnosis.errors import RenderError
-from healer.supervising.farm import FarmIdentity
 from healer.supervising.launch import MARKER_EXPR, ProcessLauncher, attempt_env, exit_status, hooks_startup
 from healer.supervising.progress import parse_line
 from healer.supervising.seams import IncidentSink, Launcher, NoIncidents

@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 
+from blender_hooks.farm import OpenJDLines
 from healer.diagnosis.catalog import EXIT_STRICT, REPORT_TYPES, exit_status
 from healer.supervising.attempt import run_attempt
 from healer.supervising.context import JobContext, RenderRequest
@@ -39,7 +40,6 @@ from healer.supervising.endings import (
     finish_complete,
     finish_failed,
 )
-from healer.supervising.farm import OpenJDLines
 from healer.supervising.launch import ProcessLauncher
 from healer.supervising.ledger import JobLocked, Ledger, SupervisorLock, job_dir
 from healer.supervising.policy import Action, JobState, Outcome, Policy, plan

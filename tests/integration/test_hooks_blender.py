@@ -490,3 +490,16 @@ def test_spool_events_are_schema_valid_json(blender, scene_copy, tmp_path):
     assert raw.endswith(b"\n") and raw.isascii()
     for line in raw.splitlines():
         assert json.loads(line)["v"] == 1 and decode(line)
+
+
+def test_the_farms_identity_rides_on_job_start(blender, scene_copy, tmp_path):
+    """Blender run by OpenCue's RQD (its CUE_* variables): the hooks name the farm job and task, with
+    or without a healer in between."""
+    scene = scene_copy(frames=4)
+    env = hooks_env(tmp_path, "off", CUE_JOB="show-shot-lighting", CUE_JOB_ID="9f1c2", CUE_LAYER="render",
+                    CUE_FRAME="0001-render", TRACEPARENT="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    p = run(render_argv(blender, scene, "-f", "1"), env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    start = next(e for e in spooled(tmp_path) if e["type"] == "job_start")
+    assert (start["farm_engine"], start["farm_job"], start["farm_task"]) == ("opencue", "9f1c2", "render/0001-render")
+    assert start["traceparent"].startswith("00-4bf92f35")

@@ -4,7 +4,9 @@ AWS Deadline Cloud's worker agent sets DEADLINE_FARM_ID, DEADLINE_QUEUE_ID, DEAD
 DEADLINE_STEP_ID, DEADLINE_TASK_ID, DEADLINE_SESSION_ID and DEADLINE_SESSIONACTION_ID; OpenCue's RQD
 sets CUE_JOB, CUE_JOB_ID, CUE_LAYER, CUE_FRAME, CUE_FRAME_ID, CUE_SHOW, CUE_SHOT, CUE_GPUS,
 CUE_THREADS...; `openjd run` sets OPENJD_SESSION_WORKING_DIR. OpenTelemetry carries a trace context
-in TRACEPARENT / TRACESTATE. Pure: a mapping in, a value out.
+in TRACEPARENT / TRACESTATE. Pure and standard library only: the healer reads it for job ids and
+incidents, the hooks inside Blender for the events (so a farm's Blender with the add-on installed and
+no healer still reports its farm job).
 
 Usage::
 
