@@ -216,7 +216,7 @@ def build_event(incident: Incident, scrubber: Scrubber, *, include: Sequence[str
         "device": info.get("device"), "gpu_name": info.get("gpu_name"), "frame": incident.frame,
         "attempt": info.get("attempt"), "job": incident.job_id or None, "scene": incident.scene_name or None,
     }
-    farm = info.get("farm") if isinstance(info.get("farm"), Mapping) else {}
+    farm: Mapping[str, Any] = info["farm"] if isinstance(info.get("farm"), Mapping) else {}
     tags.update({"farm.engine": farm.get("engine"), "farm.job": farm.get("job"), "farm.task": farm.get("task")})
     contexts: dict[str, Any] = {"job": {k: v for k, v in job.items() if k not in ("host",)}}
     memory = info.get("memory")
