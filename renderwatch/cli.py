@@ -24,12 +24,20 @@ from renderwatch import __version__
 _CLI_MODULES = ("blender_hooks.cli", "agent.cli", "healer.cli", "renderwatch.demo")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Which module registers each command: a farm runs `renderwatch exec` once per frame, so only the
+# command's own module is imported for it (the others' imports cost tens of milliseconds per launch).
+_COMMANDS = {"hooks": "blender_hooks.cli", "agent": "agent.cli", "status": "agent.cli", "render": "healer.cli",
+             "exec": "healer.cli", "healer": "healer.cli", "classify": "healer.cli", "demo": "renderwatch.demo"}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="renderwatch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"renderwatch {__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _CLI_MODULES:
+    command = next((a for a in (argv or []) if not a.startswith("-")), None)
+    modules = [_COMMANDS[command]] if command in _COMMANDS and "-h" not in (argv or [])[:1] else _CLI_MODULES
+    for name in modules:
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -41,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_in = sys.argv[1:] if argv is None else argv
+    parser = build_parser(args_in)
+    args = parser.parse_args(args_in)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -177,3 +177,32 @@ def test_report_shape(tmp_path):
     assert set(doc["attempts"][0]) == {"attempt", "pid", "frames_planned", "frames_rendered", "exit_code",
                                        "exit_signal", "error_type", "error_summary", "started_at", "ended_at"}
     assert doc["error"]["type"] == "segfault"
+
+
+def test_the_scene_is_read_once_per_version_and_its_files_checked_every_time(tmp_path, monkeypatch):
+    import json
+    import os
+    import shutil
+
+    from fake_blender import SCENE as TINY_SCENE
+
+    from healer.supervising import assets
+
+    scene = tmp_path / "tiny.blend"
+    shutil.copy(TINY_SCENE, scene)
+    cache = tmp_path / "cache"
+    info, why, rep = assets.scan_scene(scene, cache)
+    assert why is None and (info.frame_start, info.frame_end) == (1, 3) and not rep.missing
+    (entry,) = list(cache.iterdir())
+    doc = json.loads(entry.read_text())
+    doc["deps"].append({"path": str(tmp_path / "gone.png"), "kind": "image", "block": "albedo"})
+    entry.write_text(json.dumps(doc))
+
+    def no_reading(*_a, **_k):
+        raise AssertionError("the .blend was read again")
+    monkeypatch.setattr(assets, "read_scene_info", no_reading)
+    info2, _why, rep2 = assets.scan_scene(scene, cache)
+    assert info2 == info and [m.path for m in rep2.missing] == [str(tmp_path / "gone.png")]   # checked again
+    os.utime(scene, None)                                   # saved again: read again
+    with pytest.raises(AssertionError, match="read again"):
+        assets.scan_scene(scene, cache)

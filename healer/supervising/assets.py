@@ -118,23 +118,7 @@ def read_scene_info(path: str | os.PathLike[str]) -> SceneInfo:
 
 def check_assets(path: str | os.PathLike[str]) -> AssetReport:
     """Missing external files and unbaked simulations of a .blend (never raises: see `.error`)."""
-    from blender_asset_tracer import trace
-
-    report = AssetReport()
-    try:
-        for usage in trace.deps(Path(path).resolve()):
-            if _exists(usage):
-                continue
-            kind = _KIND.get(bytes(usage.block.code), usage.block.dna_type_name)
-            report.missing.append(MissingAsset(str(usage.abspath), kind, _str(usage.block_name)[2:]))
-    except Exception as e:
-        report.error = f"asset check failed: {type(e).__name__}: {e}"
-        log.warning("%s: %s", path, report.error)
-    try:
-        report.simulations = _simulations(_open(path))
-    except Exception as e:
-        log.debug("simulation scan failed for %s: %s", path, e)
-    return report
+    return _scan_assets(str(Path(path).resolve()))[0]
 
 
 def _exists(usage) -> bool:
@@ -180,3 +164,96 @@ def _sim(owner: str, kind: str, baked: bool | None) -> str:
     if baked:
         return ""
     return f"{owner}: {kind} ({'not baked' if baked is False else 'bake state unknown'})"
+
+
+# -- one read per scene version: a farm launches the same .blend for every frame --------------------
+
+CACHE_VERSION = 1
+
+
+def _stamp(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def scan_scene(path: str | os.PathLike[str], cache_dir: Path | None = None) -> tuple[SceneInfo | None, str | None,
+                                                                                        AssetReport]:
+    """(scene info or None, why not, asset report) of a .blend, read once per version of the file.
+
+    The reading (blender-asset-tracer decodes the whole file and every linked library: tens of ms on
+    a small scene, more on a big one) is cached in `cache_dir`, keyed by the size, modification time
+    and inode of the .blend and of each linked library. Whether each dependency exists is checked
+    again every time (a texture can go missing without the .blend changing).
+    """
+    spath = str(Path(path).resolve())
+    key_file = None
+    if cache_dir is not None:
+        import hashlib
+        import json
+
+        key_file = cache_dir / (hashlib.sha256(spath.encode()).hexdigest()[:24] + ".json")
+        try:
+            doc = json.loads(key_file.read_text())
+            if (doc.get("v") == CACHE_VERSION and doc.get("stamp") == _stamp(spath)
+                    and all(_stamp(p) == s for p, s in doc.get("libraries", []))):
+                cached = SceneInfo(**doc["info"]) if doc.get("info") else None
+                report = AssetReport(missing=[MissingAsset(d["path"], d["kind"], d["block"])
+                                              for d in doc["deps"] if not os.path.exists(d["path"])],
+                                     simulations=list(doc.get("simulations", [])))
+                return cached, doc.get("info_error"), report
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    info: SceneInfo | None = None
+    why: str | None = None
+    try:
+        info = read_scene_info(spath)
+    except BlendReadError as e:
+        why = str(e)
+    report, deps, libraries, cacheable = _scan_assets(spath)
+    if key_file is not None and cacheable and why is None:
+        import dataclasses
+        import json
+
+        from renderwatch.files import write_atomic
+
+        try:
+            key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            doc = {"v": CACHE_VERSION, "stamp": _stamp(spath), "info": dataclasses.asdict(info) if info else None,
+                   "info_error": why, "deps": deps, "libraries": libraries, "simulations": report.simulations}
+            write_atomic(key_file, json.dumps(doc).encode(), sync=False)
+        except OSError as e:
+            log.debug("scene cache not written (%s): %s", key_file, e)
+    return info, why, report
+
+
+def _scan_assets(path: str) -> tuple[AssetReport, list[dict], list[list], bool]:
+    """check_assets, plus what the cache needs: every dependency and each library's stamp."""
+    from blender_asset_tracer import trace
+
+    report = AssetReport()
+    deps: list[dict] = []
+    libraries: list[list] = []
+    cacheable = True
+    try:
+        for usage in trace.deps(Path(path)):
+            kind = _KIND.get(bytes(usage.block.code), usage.block.dna_type_name)
+            entry = {"path": str(usage.abspath), "kind": kind, "block": _str(usage.block_name)[2:]}
+            if usage.is_sequence:
+                cacheable = False          # a sequence's files are matched by pattern: not cached
+            deps.append(entry)
+            if kind == "library":
+                libraries.append([entry["path"], _stamp(entry["path"])])
+            if not _exists(usage):
+                report.missing.append(MissingAsset(entry["path"], kind, entry["block"]))
+    except Exception as e:
+        report.error = f"asset check failed: {type(e).__name__}: {e}"
+        log.warning("%s: %s", path, report.error)
+        cacheable = False
+    try:
+        report.simulations = _simulations(_open(path))
+    except Exception as e:
+        log.debug("simulation scan failed for %s: %s", path, e)
+    return report, deps, libraries, cacheable

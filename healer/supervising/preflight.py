@@ -16,10 +16,11 @@ import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from blender_hooks.farm import FarmIdentity
 from healer.diagnosis.catalog import EXIT_INPUT, EXIT_STRICT
-from healer.supervising.assets import BlendReadError, SceneInfo, check_assets, read_scene_info
+from healer.supervising.assets import AssetReport, scan_scene
 from healer.supervising.context import RenderRequest
 from healer.supervising.launch import check_user_args, split_user_args
 from healer.supervising.outputs import MOVIE_FORMATS, OutputPattern
@@ -39,6 +40,7 @@ class Prepared:
     job: str
     fingerprint: dict                # what the frames are made from: the scene file, the render settings
     scene_saved_at: float            # the .blend's mtime
+    assets: AssetReport              # what the scene uses that is missing, and unbaked simulations
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,9 @@ def arg_value(args: Sequence[str], *names: str) -> str | None:
     return value
 
 
-def prepare(req: RenderRequest) -> Prepared | EarlyFailure:
-    """Check the request and read the scene. Raises RequestError for bad arguments."""
+def prepare(req: RenderRequest, cache_dir: Path | None = None) -> Prepared | EarlyFailure:
+    """Check the request and read the scene (once per version of it, cached in `cache_dir`).
+    Raises RequestError for bad arguments."""
     scene = os.path.abspath(req.scene)
     frames = list(req.frames or ())
     try:
@@ -90,13 +93,11 @@ def prepare(req: RenderRequest) -> Prepared | EarlyFailure:
                            "or set RENDERWATCH_BLENDER")
     if not os.path.isfile(scene):
         return EarlyFailure("missing_file", f"the .blend file does not exist: {scene}", EXIT_INPUT, tuple(frames))
-    info: SceneInfo | None = None
-    try:
-        info = read_scene_info(scene)
-    except BlendReadError as e:
-        if "not a blend file" in str(e).lower():
+    info, why, assets = scan_scene(scene, cache_dir)
+    if why is not None:
+        if "not a blend file" in why.lower():
             return EarlyFailure("blend_invalid", f"not a .blend file: {scene}", EXIT_INPUT, tuple(frames))
-        log.warning("cannot read render settings from %s (%s): relying on Blender's output", scene, e)
+        log.warning("cannot read render settings from %s (%s): relying on Blender's output", scene, why)
     if not frames:
         if info is None:
             raise RequestError(f"cannot read the frame range of {scene}: pass --frames")
@@ -122,12 +123,11 @@ def prepare(req: RenderRequest) -> Prepared | EarlyFailure:
     fingerprint = {"the scene file": [st.st_size, st.st_mtime_ns],
                    "the render settings": [req.blender, list(req.blender_args), list(req.after_args), req.output]}
     return Prepared(scene=scene, frames=tuple(frames), pattern=pattern, job=job, fingerprint=fingerprint,
-                    scene_saved_at=st.st_mtime)
+                    scene_saved_at=st.st_mtime, assets=assets)
 
 
-def judge_assets(scene: str, *, strict: bool, resuming_mid_range: bool) -> AssetVerdict:
-    """blender-asset-tracer over the .blend: what is missing, and whether the job can start."""
-    rep = check_assets(scene)
+def judge_assets(rep: AssetReport, *, strict: bool, resuming_mid_range: bool) -> AssetVerdict:
+    """What the .blend uses that is missing (blender-asset-tracer), and whether the job can start."""
     if rep.fatal:
         listing = "; ".join(f"{m.kind} {m.path}" for m in rep.fatal)
         return AssetVerdict(EarlyFailure("missing_file", f"missing linked files: {listing}; restore them or fix "

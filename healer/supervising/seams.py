@@ -10,11 +10,12 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import Counter, Gauge, Histogram
+if TYPE_CHECKING:   # for the annotations only: a CLI render imports no prometheus_client
+    from prometheus_client import Counter, Gauge, Histogram
 
-from healer.diagnosis.errors import RenderError
+    from healer.diagnosis.errors import RenderError
 
 LineHandler = Callable[[str, float], None]     # (line without newline, clock time it was read)
 

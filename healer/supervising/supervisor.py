@@ -47,6 +47,7 @@ from healer.supervising.preflight import EarlyFailure, RequestError, judge_asset
 from healer.supervising.probes import ResourceSampler, SystemProbes
 from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, NoIncidents, SupervisorMetrics
+from renderwatch.paths import home
 
 __all__ = ["RenderRequest", "RenderResult", "RequestError", "Supervisor"]
 
@@ -127,7 +128,7 @@ class Supervisor:
     # ------------------------------------------------------------------ preparation
     async def _run(self) -> RenderResult:
         ctx, req = self.ctx, self.req
-        prepared = prepare(req)
+        prepared = prepare(req, home(ctx.env) / "healer" / "scenes")
         if isinstance(prepared, EarlyFailure):
             return fail_early(ctx, prepared)
         ctx.job = prepared.job
@@ -170,7 +171,7 @@ class Supervisor:
         ctx.incidents.job_started(ctx.info())
 
         action = Action("launch", frames=tuple(led.missing()), reason="resume" if led.attempts else "initial")
-        verdict = judge_assets(prepared.scene, strict=req.strict,     # a few ms: before any Blender (or GPU) time
+        verdict = judge_assets(prepared.assets, strict=req.strict,     # before any Blender (or GPU) time
                                resuming_mid_range=bool(led.completed() and led.missing()))
         for etype, message in verdict.warnings:
             ctx.warn(etype, message)
