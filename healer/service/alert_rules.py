@@ -89,10 +89,10 @@ class AlertRule:
         return labels.get("alertname") == self.alertname and all(mt.matches(labels) for mt in self.matchers)
 
 
-# GPUOverheating -> pause_gpu is not a default: the healer service does not place renders on GPUs
-# yet, so pausing one would do nothing. A configured rule may still name the action.
+# GPUOverheating pauses placement on that GPU (healer.service.gpus) until the alert resolves.
 DEFAULT_RULES: tuple[AlertRule, ...] = (
     AlertRule("RenderStalled", "restart_job", ("job",)),
+    AlertRule("GPUOverheating", "pause_gpu", ("uuid", "gpu")),
 )
 
 

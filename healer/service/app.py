@@ -43,6 +43,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from healer.config import ConfigError, HealerConfig
 from healer.service.alerts import ALERTMANAGER_PATH, ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
+from healer.service.gpus import GpuPlacer
 from healer.service.metrics import HealerMetrics
 from healer.service.openapi import JOB_ID_PATTERN, spec
 from healer.supervising.frames import MAX_FRAME, MAX_FRAMES_PER_JOB, MIN_FRAME, FrameSpecError, parse_frames
@@ -68,6 +69,7 @@ class Job:
     exit_code: int | None = None
     error: str | None = None
     submitted_at: float = field(default_factory=time.time)
+    gpu: str | None = None            # the GPU (UUID) the placer gave it, when there are GPUs
 
     def view(self) -> dict:
         sup = self.supervisor.status() if self.supervisor else {}
@@ -80,10 +82,11 @@ class Job:
 class JobManager:
     """The service's jobs; runs each in a task under a concurrency semaphore."""
 
-    def __init__(self, cfg: HealerConfig, metrics: HealerMetrics, incidents: Any = None):
+    def __init__(self, cfg: HealerConfig, metrics: HealerMetrics, incidents: Any = None, nvml: Any = None):
         self.cfg = cfg
         self.metrics = metrics
         self.incidents = incidents
+        self.placer = GpuPlacer(nvml)
         self.policy = cfg.policy()
         self.jobs: dict[str, Job] = {}
         self.slots = asyncio.Semaphore(cfg.concurrency)
@@ -162,9 +165,17 @@ class JobManager:
                 if sup.cancelled:
                     job.state, job.exit_code = "cancelled", 130
                     return
+                gpu = None
+                if self.placer.wants_placement(self.cfg.env):
+                    gpu = await self.placer.acquire(job.id)     # waits while every GPU is busy or paused
+                    sup.place_on(gpu.index)
                 job.state = "running"
+                job.gpu = gpu.uuid if gpu else None
                 self._count()
-                result = await sup.run()
+                try:
+                    result = await sup.run()
+                finally:
+                    self.placer.release(job.id)
             job.state = result.status
             job.exit_code = result.exit_code
             if result.exit_code == 0:
@@ -198,11 +209,11 @@ class JobManager:
             return "restarted"
         return "nothing"
 
-    def pause_gpu(self, uuid: str) -> None:
-        log.warning("alert asks to pause GPU %s: renders are not pinned to GPUs here; nothing done", uuid)
+    def pause_gpu(self, uuid: str) -> str:
+        return "paused" if self.placer.pause(uuid) else "no such GPU here"
 
-    def resume_gpu(self, uuid: str) -> None:
-        log.info("alert resolved for GPU %s", uuid)
+    def resume_gpu(self, uuid: str) -> str:
+        return "resumed" if self.placer.resume(uuid) else "was not paused"
 
     def restart(self, job: Job) -> None:
         if job.state in ("queued", "running"):
@@ -261,13 +272,15 @@ def parse_listen(cfg: HealerConfig) -> tuple[str, int]:
     return host, port
 
 
-def create_app(cfg: HealerConfig, *, registry: CollectorRegistry | None = None, incidents: Any = None) -> web.Application:
+def create_app(cfg: HealerConfig, *, registry: CollectorRegistry | None = None, incidents: Any = None,
+               nvml: Any = None) -> web.Application:
+    """The healer service. Seams: incidents= (a sink), nvml= (pynvml-shaped, for GPU placement)."""
     parse_listen(cfg)
     app = web.Application(middlewares=[_auth_middleware(cfg.token)])
     metrics = HealerMetrics(registry if registry is not None else CollectorRegistry())
     app[CONFIG] = cfg
     app[METRICS] = metrics
-    app.cleanup_ctx.append(_manager_ctx(incidents))
+    app.cleanup_ctx.append(_manager_ctx(incidents, nvml))
     am_token = cfg.env.get(ENV_ALERTMANAGER_TOKEN)
     if am_token:
         add_alertmanager_routes(app, token=am_token, rules=cfg.alert_rules, actions=_LazyActions(app),
@@ -284,7 +297,7 @@ def create_app(cfg: HealerConfig, *, registry: CollectorRegistry | None = None, 
     return app
 
 
-def _manager_ctx(incidents: Any):
+def _manager_ctx(incidents: Any, nvml: Any = None):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         inc = incidents
         owned = False
@@ -295,7 +308,7 @@ def _manager_ctx(incidents: Any):
                 inc, owned = Incidents.from_config(cfg.incidents, env=cfg.env, counter=app[METRICS].incidents), True
             except Exception as e:
                 log.warning("incidents disabled: %s", e)
-        mgr = JobManager(app[CONFIG], app[METRICS], inc)
+        mgr = JobManager(app[CONFIG], app[METRICS], inc, nvml)
         app[MANAGER] = mgr
         resumed = mgr.resume_interrupted()
         if resumed:

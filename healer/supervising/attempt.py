@@ -34,13 +34,13 @@ async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: A
     att.device, att.threads = action.device, action.threads
     argv = build_argv(LaunchSpec(blender=req.blender, scene=led.scene, frames=frames, output=output_arg(req.output),
                                  user_args=req.blender_args, device=action.device, threads=action.threads,
-                                 after_render=req.after_args))
+                                 after_render=req.after_args, gpu=ctx.gpu if action.device != "CPU" else None))
     att.argv = argv
     ctx.attempt = st = AttemptState(last_progress_at=ctx.clock())
     scanner = LogScanner()
     oom_before = ctx.probes.oom_kills()
     try:
-        proc = await ctx.launcher.start(argv, env=attempt_env(led.job, att.attempt, ctx.env),
+        proc = await ctx.launcher.start(argv, env=attempt_env(led.job, att.attempt, ctx.env, ctx.gpu),
                                         on_line=lambda line, now: _on_line(ctx, scanner, led, att, line, now))
     except OSError as e:
         att.ended_at = ctx.wall()

@@ -77,6 +77,7 @@ class JobContext:
     announced_complete: bool = False           # an earlier healer announced render.completed already
     echo: Callable[[str], None] | None = None  # Blender's own lines, passed through as they come
     openjd: OpenJDLines | None = None          # progress/status/fail lines for Open Job Description
+    gpu: int | None = None                     # the GPU the healer service placed this job on
 
     @property
     def cancelled(self) -> bool:

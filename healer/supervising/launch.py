@@ -51,6 +51,22 @@ MARKER_EXPR = (
     "        print('[renderwatch] marker failed: %r' % (e,), flush=True)\n"
     "bpy.app.handlers.render_pre.insert(0, bpy.app.handlers.persistent(_renderwatch_frame_start))\n"
 )
+# Cycles on the one GPU CUDA_VISIBLE_DEVICES leaves visible (the healer service placed the render there):
+# OptiX if this build and driver have it, else CUDA; the scene's own device setting is kept.
+GPU_EXPR = (
+    "import bpy\n"
+    "p = bpy.context.preferences.addons['cycles'].preferences\n"
+    "for t in ('OPTIX', 'CUDA'):\n"
+    "    try:\n"
+    "        p.compute_device_type = t\n"
+    "    except TypeError:\n"
+    "        continue\n"
+    "    p.get_devices()\n"
+    "    if any(d.type == t for d in p.devices):\n"
+    "        for d in p.devices: d.use = d.type == t\n"
+    "        break\n"
+    "print('[renderwatch] GPU placement:', p.compute_device_type, [d.name for d in p.devices if d.use], flush=True)\n"
+)
 CPU_EXPR = (
     "import bpy\n"
     "for s in bpy.data.scenes:\n"
@@ -102,6 +118,7 @@ class LaunchSpec:
     threads: int | None = None
     hooks: str | None = field(default_factory=hooks_startup)
     after_render: Sequence[str] = ()      # user arguments that run after the render, in their order
+    gpu: int | None = None                # placed on this GPU: Cycles set to use it (GPU_EXPR)
 
 
 def build_argv(spec: LaunchSpec) -> list[str]:
@@ -117,14 +134,20 @@ def build_argv(spec: LaunchSpec) -> list[str]:
         argv += ["-t", str(int(spec.threads))]
     if spec.device == "CPU":
         argv += ["--python-expr", CPU_EXPR]
+    elif spec.gpu is not None:
+        argv += ["--python-expr", GPU_EXPR]
     argv += render_args(spec.frames)
     return argv + after_render + (script or script_after)
 
 
-def attempt_env(job: str, attempt: int, base: dict[str, str] | None = None) -> dict[str, str]:
+def attempt_env(job: str, attempt: int, base: dict[str, str] | None = None, gpu: int | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env[ENV_JOB_ID] = job
     env[ENV_ATTEMPT] = str(attempt)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    elif env.get("CUE_GPU_CORES") and not env.get("CUDA_VISIBLE_DEVICES"):
+        env["CUDA_VISIBLE_DEVICES"] = env["CUE_GPU_CORES"]     # OpenCue's RQD reserved these GPUs for the frame
     return env
 
 

@@ -88,6 +88,10 @@ class Supervisor:
     def cancel(self) -> None:
         self.ctx.cancel_event.set()
 
+    def place_on(self, gpu: int | None) -> None:
+        """Render on this GPU (its index): CUDA_VISIBLE_DEVICES and Cycles' device (the service's placer)."""
+        self.ctx.gpu = gpu
+
     def kick(self, reason: str) -> bool:
         """Stop the running Blender as stalled (e.g. Alertmanager's RenderStalled): the policy restarts it."""
         ctx = self.ctx
