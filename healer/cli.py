@@ -153,9 +153,14 @@ def _supervise_only(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"renderwatch exec: cannot start {argv[0]!r}: {e}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        close = getattr(incidents, "close", None)
-        if close:
-            close(timeout=5)
+        _close(incidents)
+
+
+def _close(incidents) -> None:
+    """Drain and stop the incident dispatcher (webhooks not delivered by then stay in the outbox)."""
+    close = getattr(incidents, "close", None)
+    if close:
+        close(timeout=5)
 
 
 def _echo(line: str) -> None:
@@ -210,9 +215,7 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
         print(f"renderwatch: {e}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        close = getattr(incidents, "close", None)
-        if close:
-            close(timeout=5)
+        _close(incidents)
     led = result.ledger
     display.total = len(led.frames_requested)
     display.finish(summary(led, time.monotonic() - t0))
