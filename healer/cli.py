@@ -111,7 +111,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
     from healer.supervising.blender_argv import BlenderArgvError, parse_blender_argv
 
-    pre, argv = _split_rest(args.rest)
+    if "--" not in args.rest and args.rest and not args.rest[0].startswith("-"):
+        pre, argv = [], list(args.rest)        # `renderwatch exec blender ARGS...`: the `--` is optional
+    else:
+        pre, argv = _split_rest(args.rest)
     _reparse(args, pre)
     if not argv:
         print("renderwatch exec: usage: renderwatch exec [OPTIONS] -- blender ARGS...", file=sys.stderr)

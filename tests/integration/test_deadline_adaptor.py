@@ -13,10 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from healer_support import healer_env
-
-from blender_hooks import spool
-from blender_hooks.events import decode
+from healer_support import healer_env, spooled_events
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -36,19 +33,13 @@ def _adaptor(tmp_path: Path, scene: Path, frame: int, blender_executable: str, *
                           timeout=240), out
 
 
-def _spooled(home: Path) -> list[dict]:
-    d = home / "spool"
-    return [decode(line) for s, idx in spool.list_segments(d).items() for i in idx
-            for line in (d / f"{s}.{i:06d}.ndjson").read_bytes().splitlines()]
-
-
 def test_the_adaptor_renders_through_renderwatch(scene_copy, tmp_path, blender34):
     scene = scene_copy(frames=4)
     p, out = _adaptor(tmp_path, scene, 2, str(BIN / "renderwatch-exec-blender"), RENDERWATCH_BLENDER=blender34)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "BlenderClient: Finished Rendering Frame 2" in p.stdout + p.stderr   # passed through unchanged
     assert [x.name for x in out.iterdir()] == ["ViewLayer_f_0002.png"]
-    ends = [e for e in _spooled(tmp_path / "home") if e["type"] == "frame_end"]
+    ends = [e for e in spooled_events(tmp_path / "home" / "spool") if e["type"] == "frame_end"]
     assert [e["frame"] for e in ends] == [2] and ends[0]["saved"] is True       # the hooks counted it
 
 

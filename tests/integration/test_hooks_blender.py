@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from blender_matrix import BlenderCmd
+from healer_support import spooled_events
 
-from blender_hooks import spool
 from blender_hooks.cli import STARTUP
 from blender_hooks.events import decode
 
@@ -52,12 +52,7 @@ def hooks_env(tmp_path: Path, agent: str, **extra: str) -> dict[str, str]:
 
 
 def spooled(tmp_path: Path) -> list[dict]:
-    d = tmp_path / "rwhome" / "spool"
-    out = []
-    for session, indices in spool.list_segments(d).items():
-        for i in indices:
-            out += [decode(line) for line in (d / f"{session}.{i:06d}.ndjson").read_bytes().splitlines()]
-    return out
+    return spooled_events(tmp_path / "rwhome" / "spool")
 
 
 def render_argv(blender: list[str], scene: Path, *args: str, hooks: bool = True) -> list[str]:
