@@ -112,7 +112,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from healer.supervising.blender_argv import BlenderArgvError, parse_blender_argv
 
     if "--" not in args.rest and args.rest and not args.rest[0].startswith("-"):
-        pre, argv = [], list(args.rest)        # `renderwatch exec blender ARGS...`: the `--` is optional
+        pre: list[str] = []                    # `renderwatch exec blender ARGS...`: the `--` is optional
+        argv = list(args.rest)
     else:
         pre, argv = _split_rest(args.rest)
     _reparse(args, pre)

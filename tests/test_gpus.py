@@ -6,28 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from nvml_fakes import NoDriver, TwoGpus
 
 from healer.service.gpus import GpuPlacer
 from healer.supervising.launch import GPU_EXPR, LaunchSpec, attempt_env, build_argv
-
-
-class TwoGpus:
-    def nvmlInit(self):
-        pass
-
-    def nvmlDeviceGetCount(self):
-        return 2
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return i
-
-    def nvmlDeviceGetUUID(self, h):
-        return f"GPU-{h}000".encode()
-
-
-class NoDriver:
-    def nvmlInit(self):
-        raise OSError("NVML Shared Library Not Found")
 
 
 async def test_each_render_gets_its_own_gpu_and_waits_for_a_free_one():

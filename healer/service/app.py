@@ -74,7 +74,7 @@ class Job:
     def view(self) -> dict:
         sup = self.supervisor.status() if self.supervisor else {}
         return {"id": self.id, "state": self.state, "scene": self.request.scene, "exit_code": self.exit_code,
-                "submitted_at": self.submitted_at, "error": self.error or sup.get("error"),
+                "submitted_at": self.submitted_at, "error": self.error or sup.get("error"), "gpu": self.gpu,
                 **{k: sup.get(k) for k in ("frames_requested", "frames_completed", "restarts", "pid",
                                            "frame_in_flight")}}
 
@@ -150,7 +150,7 @@ class JobManager:
         return job
 
     def _start(self, job: Job) -> None:
-        job.state, job.exit_code, job.error = "queued", None, None
+        job.state, job.exit_code, job.error, job.gpu = "queued", None, None, None
         job.supervisor = Supervisor(job.request, policy=self.policy, incidents=self.incidents, metrics=self.metrics,
                                     env=self.cfg.env,
                                     kill_grace_s=self.cfg.kill_grace_s, probe_interval_s=self.cfg.probe_interval_s)
@@ -168,6 +168,10 @@ class JobManager:
                 gpu = None
                 if self.placer.wants_placement(self.cfg.env):
                     gpu = await self.placer.acquire(job.id)     # waits while every GPU is busy or paused
+                    if sup.cancelled:                           # cancelled while it waited
+                        self.placer.release(job.id)
+                        job.state, job.exit_code = "cancelled", 130
+                        return
                     sup.place_on(gpu.index)
                 job.state = "running"
                 job.gpu = gpu.uuid if gpu else None
@@ -183,8 +187,10 @@ class JobManager:
         except RequestError as e:
             job.state, job.exit_code, job.error = "failed", 2, str(e)
         except asyncio.CancelledError:
-            job.state = "cancelled"
-            raise
+            self.placer.release(job.id)
+            job.state, job.exit_code = "cancelled", 130
+            if asyncio.current_task() is not job.task or not sup.cancelled:
+                raise               # the service is shutting down (a user's cancel ends here)
         except Exception as e:   # one broken job must not take the service down
             log.exception("job %s crashed the supervisor", job.id)
             job.state, job.exit_code, job.error = "failed", 1, f"{type(e).__name__}: {e}"
@@ -194,6 +200,8 @@ class JobManager:
     def cancel(self, job: Job) -> None:
         if job.supervisor:
             job.supervisor.cancel()
+        if job.state == "queued" and job.task and not job.task.done():
+            job.task.cancel()           # waiting for a slot or a GPU: nothing to stop, end the wait
 
     # Alertmanager actions (healer.alerts.AlertActions)
     def restart_job(self, job_id: str) -> str:

@@ -40,7 +40,7 @@ SCHEMAS: dict[str, Any] = {
     "Job": {
         "type": "object",
         "required": ["id", "state", "scene", "exit_code", "submitted_at", "error", "frames_requested",
-                     "frames_completed", "restarts", "pid", "frame_in_flight"],
+                     "frames_completed", "restarts", "pid", "frame_in_flight", "gpu"],
         "properties": {
             "id": {"type": "string"},
             "state": {"type": "string", "enum": ["queued", "running", "complete", "failed", "cancelled"]},
@@ -48,7 +48,9 @@ SCHEMAS: dict[str, Any] = {
             "error": {"nullable": True, "description": "why it failed: a message or the ledger's {type, message}",
                       "oneOf": [{"type": "string"}, {"type": "object"}]},
             "frames_requested": _INT_OR_NULL, "frames_completed": _INT_OR_NULL, "restarts": _INT_OR_NULL,
-            "pid": _INT_OR_NULL, "frame_in_flight": _INT_OR_NULL}},
+            "pid": _INT_OR_NULL, "frame_in_flight": _INT_OR_NULL,
+            "gpu": {"type": "string", "nullable": True,
+                    "description": "UUID of the GPU the service placed the render on (null: not placed)"}}},
     "JobWithReport": {"allOf": [ref("Job"), {"type": "object", "properties": {"report": ref("Report")}}]},
     "Report": {
         "type": "object", "description": "the `renderwatch render --report` document (healer.report)",

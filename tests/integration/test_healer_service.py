@@ -131,3 +131,66 @@ def test_service_cli_refuses_non_loopback_without_token(service_env):
     proc = subprocess.run([sys.executable, "-m", "renderwatch", "healer", "--listen", "0.0.0.0:0"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "RENDERWATCH_HEALER_TOKEN" in proc.stderr
+
+
+def _blender_env(job_view: dict) -> dict[str, str]:
+    """The environment the job's running Blender was started with (Linux /proc)."""
+    import psutil
+
+    return psutil.Process(job_view["pid"]).environ()
+
+
+async def _alert(client: TestClient, status: str, uuid: str) -> None:
+    alert = {"version": "4", "status": status, "receiver": "healer", "groupLabels": {}, "commonLabels": {},
+             "commonAnnotations": {}, "externalURL": "http://am", "groupKey": "g", "truncatedAlerts": 0,
+             "alerts": [{"status": status, "labels": {"alertname": "GPUOverheating", "uuid": uuid, "gpu": "1"},
+                         "annotations": {}, "startsAt": "2026-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                         "generatorURL": "", "fingerprint": f"hot-{uuid}"}]}
+    resp = await client.post("/api/v1/alertmanager", json=alert, headers={"Authorization": "Bearer am-token"})
+    assert resp.status == 200, await resp.text()
+
+
+async def test_gpu_placement_through_the_api(scene_copy, tmp_path, service_env, blender34):
+    """Two GPUs behind the NVML seam (no GPU here), real Blender: each render its own GPU, none on a GPU
+    that GPUOverheating paused until it resolves, a render waiting for a GPU can be cancelled."""
+    from nvml_fakes import TwoGpus
+
+    scene = scene_copy(frames=4)
+    env = {**service_env, "RENDERWATCH_BLENDER": blender34, "RENDERWATCH_ALERTMANAGER_TOKEN": "am-token",
+           "RENDERWATCH_HEALER_CONCURRENCY": "3", "FAULT_SLEEP": "1.5"}
+    async with TestClient(TestServer(create_app(load_config(env=env), nvml=TwoGpus()))) as client:
+        await _alert(client, "firing", "GPU-1000")                       # GPU 1 is hot: paused
+
+        async def submit(name: str) -> str:
+            resp = await client.post("/api/v1/jobs", json={
+                "scene": str(scene), "frames": "1-3", "output": str(tmp_path / name / "f_####"),
+                "args": ["--python", fault("slow")]})
+            assert resp.status == 201, await resp.text()
+            return (await resp.json())["id"]
+
+        a = await submit("a")
+        view_a = await _wait(client, a, {"running"})
+        assert view_a["gpu"] == "GPU-0000"
+        b, c = await submit("b"), await submit("c")
+        await asyncio.sleep(1.0)
+        waiting = [await (await client.get(f"/api/v1/jobs/{j}")).json() for j in (b, c)]
+        assert [v["state"] for v in waiting] == ["queued", "queued"]     # GPU 0 busy, GPU 1 paused
+        assert (await client.post(f"/api/v1/jobs/{c}/cancel")).status == 202
+        assert (await _wait(client, c, {"cancelled"}, timeout=5))["exit_code"] == 130
+
+        deadline = time.monotonic() + 30
+        while (view_a := await (await client.get(f"/api/v1/jobs/{a}")).json()).get("pid") is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert _blender_env(view_a)["CUDA_VISIBLE_DEVICES"] == "0"
+
+        await _alert(client, "resolved", "GPU-1000")                     # cooled down: GPU 1 places again
+        view_b = await _wait(client, b, {"running"}, timeout=10)
+        assert view_b["gpu"] == "GPU-1000"
+        assert (await (await client.get(f"/api/v1/jobs/{a}")).json())["state"] == "running"   # b did not wait for a
+        while (view_b := await (await client.get(f"/api/v1/jobs/{b}")).json()).get("pid") is None:
+            await asyncio.sleep(0.1)
+        assert _blender_env(view_b)["CUDA_VISIBLE_DEVICES"] == "1"
+
+        for j in (a, b):
+            assert (await _wait(client, j, {"complete", "failed"}, timeout=120))["state"] == "complete"
