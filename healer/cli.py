@@ -109,7 +109,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from healer.supervising.blender_argv import BlenderArgvError, parse_blender_argv
+    from healer.supervising.blender_argv import BlenderArgvError, drives_itself, parse_blender_argv
 
     if "--" not in args.rest and args.rest and not args.rest[0].startswith("-"):
         pre: list[str] = []                    # `renderwatch exec blender ARGS...`: the `--` is optional
@@ -120,8 +120,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not argv:
         print("renderwatch exec: usage: renderwatch exec [OPTIONS] -- blender ARGS...", file=sys.stderr)
         return EXIT_USAGE
-    from healer.supervising.supervise_only import drives_itself
-
     if drives_itself(argv):
         return _supervise_only(args, argv)
     try:

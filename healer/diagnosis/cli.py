@@ -16,12 +16,11 @@ import argparse
 import json
 import os
 import sys
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from healer.diagnosis.classify import LogScanner
-from healer.diagnosis.crashfile import read_crash_file
-from healer.diagnosis.errors import RenderError
-from healer.diagnosis.logformat import iter_lines
+if TYPE_CHECKING:    # the classifier is imported when `classify` runs, not when the CLI registers it
+    from healer.diagnosis.classify import LogScanner
+    from healer.diagnosis.errors import RenderError
 
 EXIT_OK, EXIT_UNREADABLE = 0, 2
 
@@ -43,6 +42,9 @@ def add_classify_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 def cmd_classify(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None,
                  stdin: BinaryIO | None = None) -> int:
+    from healer.diagnosis.classify import LogScanner
+    from healer.diagnosis.crashfile import read_crash_file
+
     out = stdout or sys.stdout
     err_out = stderr or sys.stderr
     scanner = LogScanner()
@@ -81,6 +83,8 @@ def cmd_classify(args: argparse.Namespace, stdout: TextIO | None = None, stderr:
 
 
 def _scan(scanner: LogScanner, stream: BinaryIO) -> None:
+    from healer.diagnosis.logformat import iter_lines
+
     feed = scanner.feed
     for line in iter_lines(stream):
         feed(line)

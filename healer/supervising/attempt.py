@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 from healer.diagnosis import errors
-from healer.diagnosis.classify import LogScanner
-from healer.diagnosis.crashfile import read_crash_file
 from healer.supervising.context import AttemptState, JobContext
 from healer.supervising.launch import LaunchSpec, attempt_env, build_argv, exit_status
 from healer.supervising.ledger import Attempt, Ledger
@@ -26,6 +25,9 @@ from healer.supervising.policy import Action
 from healer.supervising.probes import ProbeSnapshot, evaluate, stall_timeout
 from healer.supervising.progress import parse_line
 from healer.supervising.seams import RunningBlender
+
+if TYPE_CHECKING:
+    from healer.diagnosis.classify import LogScanner
 
 
 async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: Action) -> errors.RenderError:
@@ -37,17 +39,26 @@ async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: A
                                  after_render=req.after_args, gpu=ctx.gpu if action.device != "CPU" else None))
     att.argv = argv
     ctx.attempt = st = AttemptState(last_progress_at=ctx.clock())
-    scanner = LogScanner()
     oom_before = ctx.probes.oom_kills()
+    scanner: LogScanner | None = None
+
+    def on_line(line: str, now: float) -> None:
+        nonlocal scanner
+        if scanner is None:
+            scanner = _new_scanner()
+        _on_line(ctx, scanner, led, att, line, now)
+
     try:
         proc = await ctx.launcher.start(argv, env=attempt_env(led.job, att.attempt, ctx.env, ctx.gpu),
-                                        on_line=lambda line, now: _on_line(ctx, scanner, led, att, line, now))
+                                        on_line=on_line)
     except OSError as e:
         att.ended_at = ctx.wall()
         att.error_type = "engine_unavailable"
         att.error_summary = f"cannot start Blender {req.blender!r}: {e}"
         led.save()
         return errors.EngineUnavailableError(summary=att.error_summary)
+    if scanner is None:
+        scanner = _new_scanner()
     ctx.proc = proc
     att.pid = proc.pid
     att.pid_create_time = ctx.probes.process_create_time(proc.pid)
@@ -64,6 +75,8 @@ async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: A
     in_flight = att.frame_in_flight
     oom_after = ctx.probes.oom_kills()
     crash_file = st.crash_file or scanner.crash_file
+    from healer.diagnosis.crashfile import read_crash_file
+
     crash_text = read_crash_file(crash_file) if crash_file else None
     error = scanner.finish(exit_code, exit_signal, crash_file=crash_file, crash_text=crash_text,
                            stalled=bool(st.stalled), frame=in_flight,
@@ -110,6 +123,14 @@ def output_arg(out: str | None) -> str | None:
     if out and not out.startswith("//"):
         out = os.path.abspath(os.path.expanduser(out)) + ("/" if out.endswith("/") else "")
     return out
+
+
+def _new_scanner() -> LogScanner:
+    """The classifier is imported once Blender runs, so that Blender's start-up hides its cost (a farm
+    launches one Blender per frame)."""
+    from healer.diagnosis.classify import LogScanner
+
+    return LogScanner()
 
 
 def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, line: str, now: float) -> None:

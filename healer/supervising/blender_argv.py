@@ -143,3 +143,15 @@ def _frame_list(v: str) -> list[int]:
         return parse_frames(v)
     except FrameSpecError as e:
         raise BlenderArgvError(f"-f {v!r}: {e}") from None
+
+
+RENDER_ACTIONS = {"-a", "--render-anim", "-f", "--render-frame"}
+
+
+def drives_itself(argv: Sequence[str]) -> bool:
+    """No render action on the command line: a script (or a farm's client) renders, not Blender's -a/-f
+    (renderwatch exec then supervises only: healer.supervising.supervise_only)."""
+    args = list(argv[1:])
+    if "--" in args:
+        args = args[:args.index("--")]
+    return not any(a in RENDER_ACTIONS for a in args)

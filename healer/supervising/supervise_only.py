@@ -32,16 +32,6 @@ from healer.supervising.progress import parse_line
 from healer.supervising.seams import IncidentSink, Launcher, NoIncidents
 from renderwatch.files import write_atomic
 
-RENDER_ACTIONS = {"-a", "--render-anim", "-f", "--render-frame"}
-
-
-def drives_itself(argv: Sequence[str]) -> bool:
-    """No render action on the command line: a script (or a farm's client) renders, not Blender's -a/-f."""
-    args = list(argv[1:])
-    if "--" in args:
-        args = args[:args.index("--")]
-    return not any(a in RENDER_ACTIONS for a in args)
-
 
 def supervised_argv(argv: Sequence[str], hooks: str | None) -> list[str]:
     """Blender's own command line with the frame marker and the hooks first (before any of its scripts)."""
