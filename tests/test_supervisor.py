@@ -213,6 +213,10 @@ async def test_a_requeue_of_a_finished_task_renders_again_a_retry_resumes(scene,
     result = await sup.run()                          # the farm requeued the finished task
     assert result.exit_code == EXIT_OK and len(launcher.argvs) == 1
     assert result.ledger.frame_render_counts == {1: 2, 2: 2, 3: 2}
+    assert result.ledger.restarts == 0                # a requeue is not a restart of the run before it
+    sup.delivered()
+    sup, launcher, _s, _m = supervise(scene, tmp_path, ["ok_1-3"])
+    assert (await sup.run()).ledger.restarts == 0     # nor is a second one (it said "1 restarts")
 
 
 async def test_a_changed_scene_invalidates_verified_frames(scene, tmp_path):

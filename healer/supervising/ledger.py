@@ -99,6 +99,7 @@ class Ledger:
     spec: dict = field(default_factory=dict)    # what was asked (blender, args, strict...) for resume
     fingerprint: dict = field(default_factory=dict)   # the scene file and render settings the frames were made with
     delivered: bool = False       # a run ended complete and said so (exit 0): running it again is a requeue
+    run_from: int = 0             # first attempt of this rendering (attempts before it made frames since forgotten)
 
     # ------------------------------------------------------------------ persistence
     @classmethod
@@ -136,7 +137,7 @@ class Ledger:
             status=raw.get("status", "pending"), error=raw.get("error"), warnings=raw.get("warnings", []),
             created_at=raw.get("created_at", time.time()), updated_at=raw.get("updated_at", time.time()),
             spec=raw.get("spec", {}), fingerprint=raw.get("fingerprint", {}),
-            delivered=bool(raw.get("delivered", False)),
+            delivered=bool(raw.get("delivered", False)), run_from=int(raw.get("run_from", 0)),
         )
 
     def to_dict(self) -> dict:
@@ -149,6 +150,7 @@ class Ledger:
             "attempts": [asdict(a) for a in self.attempts], "status": self.status, "error": self.error,
             "warnings": self.warnings, "created_at": self.created_at, "updated_at": self.updated_at,
             "spec": self.spec, "fingerprint": self.fingerprint, "delivered": self.delivered,
+            "run_from": self.run_from,
         }
 
     def save(self) -> None:
@@ -229,6 +231,7 @@ class Ledger:
             return None
         self.frames.clear()
         self.status, self.error, self.delivered = "pending", None, False
+        self.run_from = len(self.attempts)          # a requeue is not a restart of the run before it
         return why
 
     def adopt_existing(self, newer_than: float) -> tuple[list[int], list[str]]:
@@ -268,7 +271,9 @@ class Ledger:
 
     @property
     def restarts(self) -> int:
-        return max(0, len([a for a in self.attempts if a.pid is not None]) - 1)
+        """Blender launches after the first, since the verified frames were last forgotten (a retry
+        that resumes counts the failed run's; a requeue, --fresh or a changed scene starts from 0)."""
+        return max(0, len([a for a in self.attempts[self.run_from:] if a.pid is not None]) - 1)
 
     def running_attempt(self) -> Attempt | None:
         return next((a for a in reversed(self.attempts) if a.running and a.pid is not None), None)
