@@ -144,3 +144,13 @@ def test_policy_table_is_data():
     assert table["gpu_oom"]["kind"] == "retry_gpu_then_cpu"
     assert table["host_oom"]["kind"] == "restart_fewer_threads"
     assert table["python_error"]["kind"] == "report_only"
+
+
+def test_the_same_crash_at_the_same_point_of_a_frame_fails_fast_a_signal_from_outside_does_not():
+    scene_crash = [_fail("segfault", frame=1, frame_age_s=0.02), _fail("segfault", frame=1, frame_age_s=0.03)]
+    assert _plan(_err("segfault", frame=1), scene_crash, missing=(1, 2)).kind == "give_up"
+    # chaos: two SIGSEGVs sent from outside, both during frame 1 but a second apart into it (it gave up)
+    outside = [_fail("segfault", frame=1, frame_age_s=1.45), _fail("segfault", frame=1, frame_age_s=0.44)]
+    assert _plan(_err("segfault", frame=1), outside, missing=(1, 2)).kind == "launch"
+    unknown = [_fail("segfault", frame=1), _fail("segfault", frame=1)]            # no marker seen: as before
+    assert _plan(_err("segfault", frame=1), unknown, missing=(1, 2)).kind == "give_up"

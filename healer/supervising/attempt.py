@@ -102,6 +102,8 @@ async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: A
             att.frames_rendered[:] = [x for x in att.frames_rendered if x != f]
             ctx.say(why)
     att.frame_in_flight = in_flight if in_flight not in led.frames else None
+    if att.frame_in_flight is not None and st.frame_started_at is not None:
+        att.frame_age_s = round(ctx.clock() - st.frame_started_at, 3)
     att.exit_code, att.exit_signal = exit_code, exit_signal
     att.error_type = error.type
     att.error_summary = error.summary or None

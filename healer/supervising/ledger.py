@@ -61,6 +61,7 @@ class Attempt:
     frame_in_flight: int | None = None
     device: str | None = None          # "CPU" when the policy forced a CPU render
     threads: int | None = None         # -t N when the policy reduced threads
+    frame_age_s: float | None = None   # how far into the frame in flight it ended (from its start marker)
 
     REPORT_KEYS = ("attempt", "pid", "frames_planned", "frames_rendered", "exit_code", "exit_signal",
                    "error_type", "error_summary", "started_at", "ended_at")

@@ -101,6 +101,7 @@ class Outcome:
     frames_rendered: tuple[int, ...] = ()
     device: str | None = None
     threads: int | None = None
+    frame_age_s: float | None = None    # how far into `frame` it failed (None: not known)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class Action:
 
 
 DETERMINISTIC_AFTER = 2   # the same type at the same frame this many attempts in a row: not a flake
+SAME_POINT_S, SAME_POINT_FRACTION = 0.5, 0.25   # ...and this close into the frame (seconds, or a fraction)
 
 
 def plan(state: JobState, error: RenderError | None, policy: Policy, history: Sequence[Outcome], *,
@@ -202,13 +204,23 @@ def plan(state: JobState, error: RenderError | None, policy: Policy, history: Se
 
 
 def _same_failure_in_a_row(outcomes: Sequence[Outcome], etype: str, frame: int) -> int:
-    """How many of the last attempts failed with `etype` at `frame`, counting back from the newest."""
-    n = 0
+    """How many of the last attempts failed with `etype` at `frame` at about the same point into it,
+    counting back from the newest. A crash of the scene repeats where it happened (a handler, a tile);
+    a signal from outside (a chaos SIGSEGV, a user's kill) lands anywhere: two such at the same frame
+    but seconds apart into it are not the same failure."""
+    n, age = 0, None
     for o in reversed(outcomes):
         if o.error_type != etype or o.frame != frame:
             break
+        if age is not None and o.frame_age_s is not None and not _same_point(age, o.frame_age_s):
+            break
+        age = o.frame_age_s if age is None else age
         n += 1
     return n
+
+
+def _same_point(a: float, b: float) -> bool:
+    return abs(a - b) <= max(SAME_POINT_S, SAME_POINT_FRACTION * max(a, b))
 
 
 def backoff(rule: Rule, n: int, rand: Callable[[], float] = random.random) -> float:

@@ -265,4 +265,5 @@ def _evidence(error) -> str:
 def _outcome(a) -> Outcome:
     return Outcome(ended_at=a.ended_at or 0.0, error_type=None if a.error_type in (None, "ok") else a.error_type,
                    frame=a.frame_in_flight, frames_planned=tuple(a.frames_planned),
-                   frames_rendered=tuple(a.frames_rendered), device=a.device, threads=a.threads)
+                   frames_rendered=tuple(a.frames_rendered), device=a.device, threads=a.threads,
+                   frame_age_s=a.frame_age_s)
