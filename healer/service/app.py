@@ -189,7 +189,7 @@ class JobManager:
         except asyncio.CancelledError:
             self.placer.release(job.id)
             job.state, job.exit_code = "cancelled", 130
-            if asyncio.current_task() is not job.task or not sup.cancelled:
+            if not sup.cancelled:
                 raise               # the service is shutting down (a user's cancel ends here)
         except Exception as e:   # one broken job must not take the service down
             log.exception("job %s crashed the supervisor", job.id)
