@@ -258,22 +258,22 @@ def test_farm_jobs_never_share_a_ledger_a_retry_of_a_task_does():
     assert a == retry and len({a, b, cue, jid()}) == 4
 
 
-async def test_the_same_crash_at_the_same_frame_twice_fails_fast(scene, tmp_path):
-    sup, launcher, sink, _m = supervise(scene, tmp_path, ["segfault_at_2", "segfault_at_2"])
-    seg = launcher.runs[1]
-    launcher.runs[1] = dict(seg, frames=[2, 3], lines=[x for x in seg["lines"]
-                                                        if "frame_start 1" not in x[1] and "f_0001" not in x[1]])
+def _seg_again():
+    """segfault_at_2 relaunched for the missing frames: frame 1 is verified, it crashes at 2 again."""
+    seg = load_run("segfault_at_2")
+    return dict(seg, frames=[2, 3], lines=[x for x in seg["lines"] if "frame_start 1" not in x[1] and "f_0001" not in x[1]])
+
+
+async def test_the_same_crash_at_the_same_frame_three_times_fails_fast(scene, tmp_path):
+    sup, launcher, sink, _m = supervise(scene, tmp_path, ["segfault_at_2", _seg_again(), _seg_again()])
     result = await sup.run()
-    assert result.exit_code == EXIT_FAILED and len(launcher.argvs) == 2          # not 6 launches
-    assert "segfault at frame 2 on 2 attempts in a row" in result.error["message"]
+    assert result.exit_code == EXIT_FAILED and len(launcher.argvs) == 3          # not 6 launches
+    assert "segfault at frame 2 on 3 attempts in a row" in result.error["message"]
 
 
 async def test_a_farm_retry_of_a_deterministic_crash_fails_after_one_attempt(scene, tmp_path):
-    policy = Policy.default().with_overrides({"segfault": {"max_restarts": 0}}, backoff_base_s=0.0)
-    sup, _l, _s, _m = supervise(scene, tmp_path, ["segfault_at_2"], policy=policy)
-    assert (await sup.run()).exit_code == EXIT_FAILED                              # the farm's first try
-    seg = load_run("segfault_at_2")
-    retry = dict(seg, frames=[2, 3], lines=[x for x in seg["lines"] if "frame_start 1" not in x[1] and "f_0001" not in x[1]])
-    sup, launcher, _s, _m = supervise(scene, tmp_path, [retry])
+    sup, launcher, _s, _m = supervise(scene, tmp_path, ["segfault_at_2", _seg_again(), _seg_again()])
+    assert (await sup.run()).exit_code == EXIT_FAILED and len(launcher.argvs) == 3  # the farm's first try
+    sup, launcher, _s, _m = supervise(scene, tmp_path, [_seg_again()])
     result = await sup.run()                                                       # the farm's retry
-    assert len(launcher.argvs) == 1 and "in a row" in result.error["message"]
+    assert len(launcher.argvs) == 1 and "on 4 attempts in a row" in result.error["message"]

@@ -124,7 +124,11 @@ class Action:
     restart: bool = False              # counts against max_restarts
 
 
-DETERMINISTIC_AFTER = 2   # the same type at the same frame this many attempts in a row: not a flake
+# The same type at the same frame this many attempts in a row is not a flake. Two are not enough:
+# a signal from outside (a user's kill, a chaos SIGSEGV) is told from a crash of the scene only by
+# where into the frame it lands, and in a short frame every point is "the same point" (chaos seed
+# 861119098: two outside SIGSEGVs early in a 0.45 s frame gave up). Three such in a row are not chance.
+DETERMINISTIC_AFTER = 3
 SAME_POINT_S, SAME_POINT_FRACTION = 0.5, 0.25   # ...and this close into the frame (seconds, or a fraction)
 
 
