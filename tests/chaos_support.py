@@ -327,8 +327,9 @@ class _Round:
         self.r.sessions.append(len(led["attempts"]) if led else 0)
         log = self.r.root / f"healer-{len(self.r.sessions)}.log"
         with open(log, "wb") as f:
+            # cwd: a Blender that crashes before its temp dir is set writes blender.crash.txt there
             self.healer = subprocess.Popen(self.cmd, env=self.env, stdout=f, stderr=subprocess.STDOUT,
-                                           start_new_session=True)
+                                           start_new_session=True, cwd=self.r.root)
 
     def _note_blenders(self) -> None:
         led = _ledger(self.home)
