@@ -7,7 +7,7 @@ from healer.diagnosis import errors
 
 def test_every_issue_id_exists_with_a_distinct_class():
     ids = ["ok", "segfault", "abort", "killed", "interrupted", "host_oom", "gpu_oom", "gpu_error",
-           "python_error", "missing_file", "blend_invalid", "output_error", "denoiser_unavailable",
+           "python_error", "missing_file", "blend_invalid", "output_error", "denoiser_unavailable", "scene_limit",
            "engine_unavailable", "stall", "unknown"]
     assert list(errors.ERROR_TYPES) == ids
     classes = {errors.error_class(i) for i in ids}

@@ -60,6 +60,12 @@ _ROWS = (
                      "OpenImageDenoise on a CPU with SSE4.1",
               fix="this Blender build or CPU has no denoiser: turn denoising off in the scene or use a build "
                   "with OpenImageDenoise"),
+    ErrorType("scene_limit", "The scene exceeds a limit of the renderer that no device lifts (emissive triangles).",
+              "cause", "fail_fast", EXIT_INPUT,
+              advice="enable the Light Tree (Cycles > Light Paths) or turn Emission Sampling off on some emissive "
+                     "materials",
+              fix="the scene exceeds a Cycles limit on every device: enable the Light Tree or turn Emission Sampling "
+                  "off on some emissive materials"),
     ErrorType("engine_unavailable", "The render engine is not available (no Cycles, no display).", "cause",
               "fail_fast", EXIT_INPUT,
               advice="enable the engine (Cycles add-on) or give EEVEE/Workbench a GPU/EGL display, or render "

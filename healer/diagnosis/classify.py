@@ -61,19 +61,42 @@ _TB_FRAMES_MAX = 64
 # the one cheap gate every line goes through (most lines match none). Within one line the first
 # match of each type is kept, so specific rules come first.
 _RULES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
-    # GPU memory (Cycles CUDA/HIP/OptiX/Metal; current, queue and legacy formats)
-    ("gpu_oom", "cause", ("Out of memory",), r"Out of memory in \S"),
-    ("gpu_oom", "cause", ("ut of memory",), r"(?:CUDA|HIP|OptiX|Metal|oneAPI)[\w ]*error[^\n]*?[Oo]ut of memory"),
+    # GPU memory (Cycles CUDA/HIP/OptiX/Metal/oneAPI; current, queue and legacy formats). Cycles'
+    # device code reports `<cuewErrorString> in <call> (<file>:<line>)` and `<name> in CUDA queue <op>
+    # (<kernels>)`; the texture-size limits are here too: the same frame fits on the CPU.
+    ("gpu_oom", "cause", ("Out of memory",), r"Out of memory in \S|Out of memory - couldn't allocate"),
+    ("gpu_oom", "cause", ("ut of memory",), r"(?:CUDA|HIP|OptiX|Metal|oneAPI)[\w ]*error[^\n]*?[Oo]ut of (?:device )?memory"),
     ("gpu_oom", "cause", ("out of GPU",), r"System is out of GPU(?: and shared host)? memory"),
-    ("gpu_oom", "cause", ("Out of memory",), r"Failed to retain CUDA context \(Out of memory\)"),
-    ("gpu_oom", "cause", ("OUT_OF_MEMORY", "OutOfMemory", "MemoryAllocation"),
-     r"CUDA_ERROR_OUT_OF_MEMORY|hipErrorOutOfMemory|cudaErrorMemoryAllocation"),
-    # other GPU faults
+    ("gpu_oom", "cause", ("Out of memory",), r"Failed to (?:retain|create) (?:CUDA|HIP) context \(Out of memory\)"),
+    ("gpu_oom", "cause", ("OUT_OF_MEMORY", "OutOfMemory", "MemoryAllocation", "OUT_OF_DEVICE_MEMORY"),
+     r"CUDA_ERROR_OUT_OF_MEMORY|hipErrorOutOfMemory|cudaErrorMemoryAllocation|OPTIX_ERROR_\w*OUT_OF_MEMORY"
+     r"|\w*_ERROR_OUT_OF_DEVICE_MEMORY"),
+    ("gpu_oom", "cause", ("likely exceeded", "texture size exceeded", "Texture exceeds maximum", "image allocation failed"),
+     r"Maximum GPU image size or available GPU memory was likely exceeded|Maximum GPU 2D texture size exceeded"
+     r"|Texture exceeds maximum allowed size|GPU image allocation failed"),
+    ("gpu_oom", "cause", ("Failed to allocate ",), r"Failed to allocate [\w ]+ for (?:BLAS|TLAS)"),
+    # other GPU faults: any other CUDA/HIP/OptiX call that failed, device set-up, kernels, BVH, denoisers
     ("gpu_error", "cause", ("Illegal ", "Launch ", "Misaligned address", "Invalid value", "Unknown error"),
      r"(?:Illegal address|Launch failed|Launch exceeded timeout|Misaligned address|Illegal instruction"
      r"|Invalid value|Unknown error) in (?:CUDA|HIP|cu|hip|optix)"),
-    ("gpu_error", "cause", ("OptiX", "OPTIX_ERROR_"), r"OptiX (?:CUDA )?error|Failed loading OptiX kernel|OPTIX_ERROR_\w+"),
-    ("gpu_error", "cause", ("CUDA ",), r"CUDA kernel compilation failed|CUDA device supported only with compute capability"),
+    ("gpu_error", "cause", (" in cu", " in hip", " in optix"), r"\b[A-Z][A-Za-z -]{2,60} in (?:cu|hip|hiprt|optix)[A-Z]\w*\("),
+    ("gpu_error", "cause", ("OptiX", "OPTIX_ERROR_"),
+     r"OptiX (?:CUDA )?error|Failed loading OptiX kernel|OPTIX_ERROR_\w+|Failed to load OptiX [\w ]*kernel"
+     r"|Unable to compile OptiX kernels|OptiX headers not found|Failed to build OptiX acceleration structure"
+     r"|Failed to (?:create|set up) OptiX denoiser|maximum supported with OptiX"),
+    ("gpu_error", "cause", ("CUDA", "HIP"),
+     r"CUDA kernel compilation failed|CUDA device supported only with compute capability"
+     r"|(?:CUDA|HIP) backend requires|(?:CUDA|HIP) binary kernel for this graphics card|CUDA nvcc compiler not found"
+     r"|Failed to load (?:CUDA|HIP) kernel from|Failed to (?:initialize (?:CUDA|HIP) runtime|get (?:CUDA|HIP) device handle"
+     r"|configure CUDA context|retain CUDA context|create HIP context|create HIPRT|enable peer access on (?:CUDA|HIP))"),
+    ("gpu_error", "cause", ("BLAS", "TLAS"), r"Failed to (?:build|create) (?:BLAS|TLAS)|Failed to get scratch buffer size for"),
+    ("gpu_error", "cause", ("oneAPI", "BVH failed to migrate"),
+     r"oneAPI [\w ]*(?:error|initialization|execution|loading)[\w ]*: got (?:a )?runtime exception"
+     r"|oneAPI kernel \"[^\"]*\" execution error|BVH failed to migrate to the GPU"),
+    ("gpu_error", "cause", ("pipeline for", "compile library", "Command buffer not completed"),
+     r"Could not activate pipeline for|Failed to compile library:|Command buffer not completed"),
+    ("gpu_error", "cause", ("GPU denoiser", "OIDN device", "denoising kernel"),
+     r"GPU denoiser (?:creation|configuration) has failed|Failed to create OIDN device|Failed loading denoising kernel"),
     ("gpu_error", "cause", ("Refer to the Cycles GPU",), r"Refer to the Cycles GPU rendering documentation"),
     ("gpu_error", "cause", (" error", "CUDA_ERROR_", "hipError", " queue "),
      r"\b(?:CUDA|HIP|Metal|oneAPI) error\b|CUDA_ERROR_\w+|hipError\w+| in (?:CUDA|HIP) queue "),
@@ -81,11 +104,15 @@ _RULES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("host_oom", "cause", ("returns null", "Malloc array"),
      r"(?:Malloc|Calloc) returns null|Malloc array aborted due to integer overflow"),
     ("host_oom", "cause", ("bad_alloc", "MemoryError"), r"std::bad_alloc|^MemoryError\b"),
-    ("host_oom", "cause", ("Killed process", "oom-kill"), r"Out of memory: Killed process|invoked oom-killer|oom-kill:"),
+    ("host_oom", "cause", ("Killed process", "oom-kill", "oom_reaper"),
+     r"(?i:out of memory): Killed process|invoked oom-killer|oom-kill:|oom_reaper: reaped process"),
     # denoiser
-    ("denoiser_unavailable", "cause", ("OpenImageDenoise", "denoise on"),
+    ("denoiser_unavailable", "cause", ("OpenImageDenoise", "denoise on", "OIDN CPU"),
      r"Build without OpenImageDenoise|build has no OpenImageDenoise support"
-     r"|OpenImageDenoiser? is not supported on this CPU|OpenImageDenoise error|No device available to denoise on"),
+     r"|OpenImageDenoiser? is not supported on this (?:CPU|platform)|OpenImageDenoise error|No device available to denoise on"
+     r"|Failed to create OIDN CPU device"),
+    # a limit of the scene that no device lifts
+    ("scene_limit", "cause", ("exceeds the limit",), r"Number of emissive triangles exceeds the limit"),
     # engine / display
     ("engine_unavailable", "cause", ("not available", "engine not found", "Cycles is not enabled", "open a display"),
      r"Engine '[^']*' not available|engine not found '|Cycles is not enabled|Unable to open a display"),
@@ -214,7 +241,8 @@ class LogScanner:
             line = line[:MAX_LINE]
         line = line.rstrip("\r\n")
         msg = line
-        if line[:1].isdigit():
+        c = line[:1]
+        if c.isdigit() or (c == " " and line[:8] == "        "):      # 5.0: a prefixed or continued line
             msg, _module, _clock, level = split_prefix(line)
             if level == "ERROR" or level == "FATAL":
                 msg = f"{level} {msg}"          # keep it: an ERROR line is evidence for `unknown`
@@ -669,8 +697,9 @@ def _summary(type_id: str, fatal: bool, ctx: _Context, at: str, tb: _Traceback |
         if text:
             return f"The host ran out of memory{at} ({text}): {_advice(type_id)}."
         return f"Blender was killed by the kernel OOM killer{at}: {_advice(type_id)}."
-    if type_id in ("denoiser_unavailable", "engine_unavailable", "blend_invalid", "output_error"):
+    if type_id in ("denoiser_unavailable", "scene_limit", "engine_unavailable", "blend_invalid", "output_error"):
         label = {"denoiser_unavailable": "The denoiser is unavailable", "engine_unavailable": "The render engine is unavailable",
+                 "scene_limit": "The scene exceeds a limit of Cycles",
                  "blend_invalid": "The .blend cannot be read", "output_error": "The output could not be written"}[type_id]
         if type_id == "output_error" and text:
             path = next((p for f in s._first.get(type_id, ()) if (p := _path_in(f.text))), None)

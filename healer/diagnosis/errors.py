@@ -121,6 +121,10 @@ class DenoiserUnavailableError(RenderError):
     type = "denoiser_unavailable"
 
 
+class SceneLimitError(RenderError):
+    type = "scene_limit"
+
+
 class EngineUnavailableError(RenderError):
     type = "engine_unavailable"
 

@@ -67,9 +67,15 @@ class LogLine:
     save_s: float | None = None        # of which saving
 
 
-# `00:00.327  render           | msg` (optionally with hours); the message may start with a level word.
-_PREFIX = re.compile(r"((?:\d+:)?\d+:\d\d\.\d+) +([\w.]+) *\| ?")
+# Blender ≥ 5.0 (intern/clog): `MM:SS.mmm  ` (`HH:MM:SS.mmm  ` after an hour), with
+# --log-show-memory a `123M   ` column, the log type padded to 16, `| `, a level word below INFO
+# (FATAL, ERROR, WARNING; INFO and finer print none), the message. A message of several lines (and
+# the --log-show-source line) goes on in lines indented to the message with `| ` just before it.
+# On a terminal the level and source are coloured with ANSI escapes.
+_PREFIX = re.compile(r"((?:\d+:)?\d+:\d\d\.\d+) +(?:\d+M +)?([\w.]+) *\| ?")
 _LEVEL = re.compile(r"(FATAL|ERROR|WARNING|WARN|INFO|DEBUG|TRACE) ")
+_CONTINUATION = re.compile(r" {8,}\| ")
+_ANSI = re.compile(r"\x1b\[[\d;]*m")
 
 _MB = r"(\d+(?:\.\d+)?[KMG]?)"  # float(): no digit limit (a huge value is inf)
 # Digit runs that go to int() are capped: int() refuses > 4300 digits, and a frame needs 9.
@@ -101,8 +107,17 @@ _PHASE_RULES = (
 
 
 def split_prefix(line: str) -> tuple[str, str | None, float | None, str | None]:
-    """(message, module, clock_s, level) for a 5.0 line; (line, None, None, None) for a bare line."""
-    if line[:1].isdigit():
+    """(message, module, clock_s, level) for a 5.0 line; (line, None, None, None) for a bare line.
+
+    A 5.0 continuation line (the second and later lines of one message) gives its text with the
+    indentation it had inside the message (a traceback's `  File ...`), and no module."""
+    if "\x1b[" in line:
+        line = _ANSI.sub("", line)
+    c = line[:1]
+    if c == " ":
+        m = _CONTINUATION.match(line)
+        return (line[m.end():] if m else line), None, None, None
+    if c.isdigit():
         m = _PREFIX.match(line)
         if m:
             msg = line[m.end():]
