@@ -66,39 +66,39 @@ _RULES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     # (<kernels>)`; the texture-size limits are here too: the same frame fits on the CPU.
     ("gpu_oom", "cause", ("Out of memory",), r"Out of memory in \S|Out of memory - couldn't allocate"),
     ("gpu_oom", "cause", ("ut of memory",), r"(?:CUDA|HIP|OptiX|Metal|oneAPI)[\w ]*error[^\n]*?[Oo]ut of (?:device )?memory"),
-    ("gpu_oom", "cause", ("out of GPU",), r"System is out of GPU(?: and shared host)? memory"),
+    ("gpu_oom", "cause", ("GPU",), r"System is out of GPU(?: and shared host)? memory"),
     ("gpu_oom", "cause", ("Out of memory",), r"Failed to (?:retain|create) (?:CUDA|HIP) context \(Out of memory\)"),
-    ("gpu_oom", "cause", ("OUT_OF_MEMORY", "OutOfMemory", "MemoryAllocation", "OUT_OF_DEVICE_MEMORY"),
+    ("gpu_oom", "cause", ("OUT_OF_", "OutOfMemory", "MemoryAllocation"),
      r"CUDA_ERROR_OUT_OF_MEMORY|hipErrorOutOfMemory|cudaErrorMemoryAllocation|OPTIX_ERROR_\w*OUT_OF_MEMORY"
      r"|\w*_ERROR_OUT_OF_DEVICE_MEMORY"),
-    ("gpu_oom", "cause", ("likely exceeded", "texture size exceeded", "Texture exceeds maximum", "image allocation failed"),
+    ("gpu_oom", "cause", ("exceed", "GPU"),
      r"Maximum GPU image size or available GPU memory was likely exceeded|Maximum GPU 2D texture size exceeded"
      r"|Texture exceeds maximum allowed size|GPU image allocation failed"),
-    ("gpu_oom", "cause", ("Failed to allocate ",), r"Failed to allocate [\w ]+ for (?:BLAS|TLAS)"),
+    ("gpu_oom", "cause", ("Failed to ",), r"Failed to allocate [\w ]+ for (?:BLAS|TLAS)"),
     # other GPU faults: any other CUDA/HIP/OptiX call that failed, device set-up, kernels, BVH, denoisers
     ("gpu_error", "cause", ("Illegal ", "Launch ", "Misaligned address", "Invalid value", "Unknown error"),
      r"(?:Illegal address|Launch failed|Launch exceeded timeout|Misaligned address|Illegal instruction"
      r"|Invalid value|Unknown error) in (?:CUDA|HIP|cu|hip|optix)"),
-    ("gpu_error", "cause", (" in cu", " in hip", " in optix"), r"\b[A-Z][A-Za-z -]{2,60} in (?:cu|hip|hiprt|optix)[A-Z]\w*\("),
-    ("gpu_error", "cause", ("OptiX", "OPTIX_ERROR_"),
+    ("gpu_error", "cause", ("/device/", "\\device\\"), r"\b[A-Z][A-Za-z -]{2,60} in (?:cu|hip|hiprt|optix)[A-Z]\w*\("),
+    ("gpu_error", "cause", ("OptiX", "OPTIX_ERROR_", "Failed loading"),
      r"OptiX (?:CUDA )?error|Failed loading OptiX kernel|OPTIX_ERROR_\w+|Failed to load OptiX [\w ]*kernel"
      r"|Unable to compile OptiX kernels|OptiX headers not found|Failed to build OptiX acceleration structure"
      r"|Failed to (?:create|set up) OptiX denoiser|maximum supported with OptiX"),
-    ("gpu_error", "cause", ("CUDA", "HIP"),
+    ("gpu_error", "cause", ("CUDA", "HIP", "Failed to "),
      r"CUDA kernel compilation failed|CUDA device supported only with compute capability"
      r"|(?:CUDA|HIP) backend requires|(?:CUDA|HIP) binary kernel for this graphics card|CUDA nvcc compiler not found"
      r"|Failed to load (?:CUDA|HIP) kernel from|Failed to (?:initialize (?:CUDA|HIP) runtime|get (?:CUDA|HIP) device handle"
      r"|configure CUDA context|retain CUDA context|create HIP context|create HIPRT|enable peer access on (?:CUDA|HIP))"),
-    ("gpu_error", "cause", ("BLAS", "TLAS"), r"Failed to (?:build|create) (?:BLAS|TLAS)|Failed to get scratch buffer size for"),
-    ("gpu_error", "cause", ("oneAPI", "BVH failed to migrate"),
+    ("gpu_error", "cause", ("Failed to ",), r"Failed to (?:build|create) (?:BLAS|TLAS)|Failed to get scratch buffer size for"),
+    ("gpu_error", "cause", ("oneAPI", "GPU"),
      r"oneAPI [\w ]*(?:error|initialization|execution|loading)[\w ]*: got (?:a )?runtime exception"
      r"|oneAPI kernel \"[^\"]*\" execution error|BVH failed to migrate to the GPU"),
-    ("gpu_error", "cause", ("pipeline for", "compile library", "Command buffer not completed"),
+    ("gpu_error", "cause", ("Could not activate", "Failed to ", "Command buffer"),
      r"Could not activate pipeline for|Failed to compile library:|Command buffer not completed"),
-    ("gpu_error", "cause", ("GPU denoiser", "OIDN device", "denoising kernel"),
+    ("gpu_error", "cause", ("GPU", "OIDN", "Failed loading"),
      r"GPU denoiser (?:creation|configuration) has failed|Failed to create OIDN device|Failed loading denoising kernel"),
-    ("gpu_error", "cause", ("Refer to the Cycles GPU",), r"Refer to the Cycles GPU rendering documentation"),
-    ("gpu_error", "cause", (" error", "CUDA_ERROR_", "hipError", " queue "),
+    ("gpu_error", "cause", ("GPU",), r"Refer to the Cycles GPU rendering documentation"),
+    ("gpu_error", "cause", (" error", "CUDA", "hipError", " queue "),
      r"\b(?:CUDA|HIP|Metal|oneAPI) error\b|CUDA_ERROR_\w+|hipError\w+| in (?:CUDA|HIP) queue "),
     # host memory
     ("host_oom", "cause", ("returns null", "Malloc array"),
@@ -107,12 +107,12 @@ _RULES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("host_oom", "cause", ("Killed process", "oom-kill", "oom_reaper"),
      r"(?i:out of memory): Killed process|invoked oom-killer|oom-kill:|oom_reaper: reaped process"),
     # denoiser
-    ("denoiser_unavailable", "cause", ("OpenImageDenoise", "denoise on", "OIDN CPU"),
+    ("denoiser_unavailable", "cause", ("OpenImageDenoise", "denoise on", "OIDN"),
      r"Build without OpenImageDenoise|build has no OpenImageDenoise support"
      r"|OpenImageDenoiser? is not supported on this (?:CPU|platform)|OpenImageDenoise error|No device available to denoise on"
      r"|Failed to create OIDN CPU device"),
     # a limit of the scene that no device lifts
-    ("scene_limit", "cause", ("exceeds the limit",), r"Number of emissive triangles exceeds the limit"),
+    ("scene_limit", "cause", ("exceed",), r"Number of emissive triangles exceeds the limit"),
     # engine / display
     ("engine_unavailable", "cause", ("not available", "engine not found", "Cycles is not enabled", "open a display"),
      r"Engine '[^']*' not available|engine not found '|Cycles is not enabled|Unable to open a display"),
