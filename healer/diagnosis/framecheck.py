@@ -1,0 +1,375 @@
+"""What a saved frame is, read from the file: its size, its channels, and whether every pixel is one value.
+
+The failures that exit 0 leave frames that are complete files but wrong pictures: black or one flat
+colour after a GPU error, fully transparent, the wrong size or channels. `inspect_frame` reads what is
+needed to tell, and no more, because it runs on every frame (off Blender's critical path, in a worker
+thread of the healer, but a 4K frame still must cost milliseconds, not the 100-370 ms of a full decode):
+
+- PNG: the header, then the image data inflated a block at a time and compared row by row, still
+  filtered, with the rows a one-value image has for each PNG filter type (or, for Blender's dithered
+  8-bit output, rows of small differences only). A real frame differs in its first rows (an early
+  exit after a few KB); only a frame that may be blank is inflated to the end (and then decoded by
+  Pillow to tell within dither), which is the rare case the check exists for.
+- OpenEXR (scanline, single- and multi-layer): the header and the chunk offset table parsed here
+  (channels, data window, compression): a chunk of one value compresses to almost nothing, so a file
+  with a big chunk is not one value and no pixel is read. Otherwise (and for uncompressed or tiled
+  files) OpenEXR reads the Combined/RGBA channels and each must be one value. (Not the legacy
+  `InputFile`, which reads a range of scanlines but crashed the process when called repeatedly.)
+- JPEG: Pillow's DCT-domain draft at 1/8 scale (a flat JPEG decodes flat, within rounding).
+- Anything else Pillow reads: a full decode (rare formats pay the full price).
+
+`judge_frame` is the pure part: the facts of one frame against what the scene asked for and the job's
+other frames.
+
+Usage::
+
+    facts = inspect_frame("/out/frame_0007.png")      # FrameFacts; never raises
+    suspects = judge_frame(facts, Expected(1920, 1080, "RGBA"), others=[...], seconds=0.2, typical_s=31.0)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from blender_hooks.events import SUSPECT_REASONS  # noqa: F401 (the metric's bounded `reason` label)
+
+TOO_FAST_FRACTION = 0.1     # a frame ten times faster than the job's median frame...
+TOO_FAST_MIN_TYPICAL_S = 1.0   # ...of a job whose frames take at least this long (else noise rules)
+TOO_FAST_MIN_FRAMES = 3     # ...measured on at least this many other frames
+DITHER_LEVELS = 3           # an 8-bit frame within this many levels of one value is one value (dither)
+JPEG_TOLERANCE = 4          # a flat JPEG decodes within this of one value (8-bit levels, dither + DCT)
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_EXR_MAGIC = b"\x76\x2f\x31\x01"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_PNG_MODES = {0: "BW", 2: "RGB", 3: "RGB", 4: "BW", 6: "RGBA"}
+_PNG_ALPHA = {4: True, 6: True}
+_READ = 256 * 1024
+
+
+@dataclass(frozen=True)
+class FrameFacts:
+    """What the file holds. `uniform`: the one value of every pixel (per channel, 0..1), or None."""
+
+    path: str
+    format: str = ""                 # PNG | OPEN_EXR | JPEG | <Pillow's format name>
+    width: int = 0
+    height: int = 0
+    mode: str = ""                   # BW | RGB | RGBA (the colour channels present)
+    uniform: tuple[float, ...] | None = None
+    transparent: bool = False        # an alpha channel that is 0 on every pixel
+    error: str | None = None         # unreadable: nothing is judged, the reason is kept
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the scene asks for (from the hooks' render settings line); None: not known, not judged."""
+
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None          # BW | RGB | RGBA (image_settings.color_mode)
+    file_format: str | None = None   # PNG | JPEG | OPEN_EXR | OPEN_EXR_MULTILAYER | ...
+
+
+@dataclass(frozen=True)
+class Suspect:
+    reason: str                      # one of SUSPECT_REASONS
+    detail: str                      # the evidence, for the report, the span and the incident
+
+
+# ------------------------------------------------------------------------------ the pure judgement
+def judge_frame(facts: FrameFacts, expected: Expected | None, *, others: Iterable[FrameFacts] = (),
+                seconds: float | None = None, other_seconds: Sequence[float] = ()) -> list[Suspect]:
+    """The ways this frame looks wrong. `others`: the job's other inspected frames (a blank frame is
+    suspect only where the job has frames that are not blank: a fade to black is not); `other_seconds`:
+    their render times (a frame far faster than the job's median did not render what the others did)."""
+    if facts.error:
+        return []
+    out: list[Suspect] = []
+    exp = expected or Expected()
+    if exp.width and exp.height and (facts.width, facts.height) != (exp.width, exp.height):
+        out.append(Suspect("resolution", f"the frame is {facts.size}, the scene renders {exp.width}x{exp.height}"))
+    if exp.mode and facts.mode and _comparable(facts.format, exp.file_format) and facts.mode != exp.mode:
+        out.append(Suspect("channels", f"the frame is {facts.mode}, the scene's output is {exp.mode}"))
+    others = [o for o in others if not o.error]
+    if facts.transparent and any(not o.transparent for o in others):
+        out.append(Suspect("transparent", "every pixel is fully transparent (alpha 0), where other frames "
+                                          "of the job are not"))
+    elif facts.uniform is not None and any(o.uniform is None for o in others):
+        out.append(Suspect("blank", f"every pixel is one value {_value(facts.uniform)}, where other frames of "
+                                    "the job are not"))
+    if seconds is not None and len(other_seconds) >= TOO_FAST_MIN_FRAMES:
+        typical = statistics.median(other_seconds)
+        if typical >= TOO_FAST_MIN_TYPICAL_S and seconds < TOO_FAST_FRACTION * typical:
+            out.append(Suspect("too_fast", f"rendered in {seconds:.2f} s where the job's frames take "
+                                           f"{typical:.1f} s (median of {len(other_seconds)})"))
+    return out
+
+
+def _comparable(fmt: str, asked: str | None) -> bool:
+    """Channels are compared only where the file is the format asked for (a multilayer EXR holds passes)."""
+    if not asked:
+        return fmt in ("PNG", "JPEG", "OPEN_EXR")
+    return asked == fmt and asked != "OPEN_EXR_MULTILAYER"
+
+
+def _value(v: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{x:.3g}" for x in v) + ")"
+
+
+# ------------------------------------------------------------------------------ reading the file
+def inspect_frame(path: str | os.PathLike[str]) -> FrameFacts:
+    """The facts of one frame file; an unreadable file gives facts with `error` set (never raises)."""
+    path = os.fspath(path)      # OpenEXR takes only a str
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(0)
+            if head.startswith(_PNG_SIG):
+                return _png(path, f)
+            if head.startswith(_EXR_MAGIC):
+                return _exr(path, f)
+        return _pillow(path)
+    except Exception as e:       # a frame that cannot be read is not judged: the healer goes on
+        return FrameFacts(path, error=f"{type(e).__name__}: {e}"[:300])
+
+
+def _png(path: str, f) -> FrameFacts:
+    f.read(8)
+    length, ctype = struct.unpack(">I4s", f.read(8))
+    if ctype != b"IHDR" or length != 13:
+        raise ValueError("PNG without IHDR first")
+    w, h, depth, color, _comp, _filt, interlace = struct.unpack(">IIBBBBB", f.read(13))
+    f.read(4)
+    if color not in _PNG_CHANNELS:
+        raise ValueError(f"PNG colour type {color}")
+    base = FrameFacts(path, "PNG", w, h, _PNG_MODES[color])
+    if interlace or depth < 8 or color == 3:      # Blender writes none of these: decode them the slow way
+        full = _pillow(path)
+        return FrameFacts(path, "PNG", w, h, _PNG_MODES[color], full.uniform, full.transparent, full.error)
+    channels = _PNG_CHANNELS[color]
+    bpp = channels * depth // 8
+    uniform = _png_uniform(_idat_stream(f), w, h, bpp, depth)
+    if uniform is None:
+        return base
+    if not isinstance(uniform, bytes):   # True: one value within dither, perhaps: the full decode tells
+        full = _pillow(path, tolerance=DITHER_LEVELS)
+        return FrameFacts(path, "PNG", w, h, _PNG_MODES[color], full.uniform, full.transparent, full.error)
+    scale = float((1 << depth) - 1)
+    vals = tuple(int.from_bytes(uniform[i:i + depth // 8], "big") / scale for i in range(0, bpp, depth // 8))
+    transparent = _PNG_ALPHA.get(color, False) and vals[-1] == 0.0
+    return FrameFacts(path, "PNG", w, h, _PNG_MODES[color], vals, transparent)
+
+
+def _idat_stream(f) -> Iterable[bytes]:
+    """The IDAT payloads in file order, a piece at a time (chunks can be megabytes)."""
+    while True:
+        hdr = f.read(8)
+        if len(hdr) < 8:
+            return
+        length, ctype = struct.unpack(">I4s", hdr)
+        if ctype == b"IDAT":
+            left = length
+            while left > 0:
+                piece = f.read(min(left, _READ))
+                if not piece:
+                    raise ValueError("PNG image data cut short")
+                left -= len(piece)
+                yield piece
+            f.read(4)
+        elif ctype == b"IEND":
+            return
+        else:
+            f.seek(length + 4, 1)
+
+
+def _png_uniform(stream: Iterable[bytes], w: int, h: int, bpp: int, depth: int = 8) -> bytes | bool | None:
+    """The one pixel value of the image (bytes); True where it may be one value within dither (decode it
+    to tell); None at the first row that shows it is not.
+
+    Rows are compared still filtered: for a one-value image p, each filter type gives a known row
+    (None: p p p..., Sub: p 0 0..., Up: p p p... on the first row and 0 0 0... after, Average and
+    Paeth likewise), so no unfiltering is needed, only one bytes comparison per row. Blender dithers
+    8-bit output (render.dither_intensity), so a black frame is 0s and 1s: a row that is not exact
+    but whose filtered bytes are all small differences (or, unfiltered, near p) keeps it possible."""
+    stride = 1 + w * bpp
+    z = zlib.decompressobj()
+    buf = bytearray()
+    expected: dict[tuple[bool, int], bytes] = {}
+    p: bytes | None = None
+    near_raw = b""
+    exact, row = True, 0
+    for piece in stream:
+        buf += z.decompress(piece)
+        while len(buf) >= stride and row < h:
+            line = bytes(buf[:stride])
+            del buf[:stride]
+            if p is None:
+                p = line[1:1 + bpp]
+                expected = _uniform_rows(p, w, bpp)
+                near_raw = bytes({(v + d) & 0xFF for v in p for d in range(-DITHER_LEVELS, DITHER_LEVELS + 1)})
+            if exact and line[1:] == expected.get((row == 0, line[0])):
+                row += 1
+                continue
+            exact = False
+            if depth != 8:
+                return None
+            if row > 0:       # the first row's Average/Up residuals are not small: judged by the decode
+                allowed = near_raw if line[0] == 0 else _SMALL
+                if line[1 + bpp:].translate(None, allowed):
+                    return None
+            row += 1
+        if row >= h:
+            return p if exact else True
+    raise ValueError(f"PNG image data ends after {row} of {h} rows")
+
+
+_SMALL = bytes(d & 0xFF for d in range(-DITHER_LEVELS, DITHER_LEVELS + 1))   # filtered residuals of near-p pixels
+
+
+def _uniform_rows(p: bytes, w: int, bpp: int) -> dict[tuple[bool, int], bytes]:
+    zeros = bytes((w - 1) * bpp)
+    half = bytes((b - (b >> 1)) & 0xFF for b in p)        # p - floor(p / 2): Average with only one neighbour
+    rest = w - 1
+    return {
+        (True, 0): p * w, (True, 1): p + zeros, (True, 2): p * w, (True, 3): p + half * rest, (True, 4): p + zeros,
+        (False, 0): p * w, (False, 1): p + zeros, (False, 2): bytes(w * bpp), (False, 3): half + zeros,
+        (False, 4): bytes(w * bpp),
+    }
+
+
+# -- OpenEXR ----------------------------------------------------------------------------------------
+def _exr(path: str, f) -> FrameFacts:
+    data = f.read(1 << 20)          # the header (Blender's multilayer headers are a few KB)
+    version = struct.unpack_from("<I", data, 4)[0]
+    header, end = _exr_header(data, 8)   # of the first part (Blender writes one scanline part)
+    chans = header.get("channels", {})
+    x0, y0, x1, y1 = header.get("dataWindow", (0, 0, -1, -1))
+    w, h = x1 - x0 + 1, y1 - y0 + 1
+    combined = _combined_channels(list(chans))
+    mode = "RGBA" if "A" in combined else ("RGB" if {"R", "G", "B"} <= set(combined) else ("BW" if combined else ""))
+    base = FrameFacts(path, "OPEN_EXR", w, h, mode)
+    if not combined or w <= 0 or h <= 0:
+        return base
+    if not version & 0x1200:     # scanline, single part: the chunk sizes tell a flat image first
+        lines = _EXR_LINES.get(header.get("compression", 0), 0)
+        if lines and not _exr_may_be_flat(f, end, w, h, lines, sum(_EXR_BYTES.get(t, 4) for t in chans.values())):
+            return base
+    uniform = _exr_uniform(path, combined)
+    if uniform is None:
+        return base
+    vals = tuple(uniform[c] for c in sorted(uniform, key="YRGBA".find))
+    return FrameFacts(path, "OPEN_EXR", w, h, mode, vals, uniform.get("A", 1.0) == 0.0)
+
+
+# scanlines per chunk by compression (OpenEXR's numbering); bytes per pixel by pixel type
+_EXR_LINES = {0: 1, 1: 1, 2: 1, 3: 16, 4: 32, 5: 16, 6: 32, 7: 32, 8: 32, 9: 256}
+_EXR_BYTES = {0: 4, 1: 2, 2: 4}
+EXR_FLAT_RATIO = 0.05       # a chunk of one value compresses far below this share of its raw size
+
+
+def _exr_may_be_flat(f, table_at: int, w: int, h: int, lines: int, pixel_bytes: int) -> bool:
+    """False when some chunk is too big to hold one value: its compressed size, from the offset table
+    (no pixel read), is over EXR_FLAT_RATIO of its raw size. Uncompressed files always may be."""
+    n = -(-h // lines)
+    f.seek(table_at)
+    table = f.read(8 * n)
+    if len(table) < 8 * n:
+        raise ValueError("OpenEXR offset table cut short")
+    offsets = sorted(struct.unpack(f"<{n}Q", table))
+    f.seek(0, 2)
+    ends = [*offsets[1:], f.tell()]
+    biggest = max(e - o for o, e in zip(offsets, ends, strict=True))
+    return biggest <= max(4096, EXR_FLAT_RATIO * lines * w * pixel_bytes)
+
+
+def _exr_header(data: bytes, pos: int) -> tuple[dict, int]:
+    out: dict = {}
+    while True:
+        end = data.index(b"\0", pos)
+        name = data[pos:end].decode("latin-1")
+        pos = end + 1
+        if not name:
+            return out, pos
+        end = data.index(b"\0", pos)
+        typ = data[pos:end].decode("latin-1")
+        size = struct.unpack_from("<i", data, end + 1)[0]
+        value = data[end + 5:end + 5 + size]
+        if len(value) < size:
+            raise ValueError("OpenEXR header cut short")
+        pos = end + 5 + size
+        if typ == "chlist":
+            chans, i = {}, 0
+            while i < len(value) and value[i] != 0:
+                j = value.index(b"\0", i)
+                chans[value[i:j].decode("utf-8", "replace")] = struct.unpack_from("<i", value, j + 1)[0]
+                i = j + 1 + 16
+            out[name] = chans
+        elif typ == "box2i":
+            out[name] = struct.unpack("<iiii", value[:16])
+        elif typ == "compression":
+            out[name] = value[0]
+
+
+def _combined_channels(names: Sequence[str]) -> dict[str, str]:
+    """Letter -> channel name of the beauty image: R/G/B/A, or a multilayer file's `<layer>.Combined.R`."""
+    plain = {n: n for n in names if n in ("R", "G", "B", "A", "Y")}
+    if plain:
+        return plain
+    out: dict[str, str] = {}
+    for n in sorted(names):
+        parts = n.split(".")
+        if len(parts) >= 2 and parts[-2] == "Combined" and parts[-1] in ("R", "G", "B", "A") and parts[-1] not in out:
+            out[parts[-1]] = n
+    return out
+
+
+def _exr_uniform(path: str, combined: dict[str, str]) -> dict[str, float] | None:
+    """The one value of each Combined channel, or None (OpenEXR reads the whole file: only a file
+    whose chunks may be flat, or that is uncompressed or tiled, gets here)."""
+    import OpenEXR
+
+    out: dict[str, float] = {}
+    with OpenEXR.File(path, separate_channels=True) as f:
+        chans = f.channels()
+        for letter, name in combined.items():
+            px = chans[name].pixels
+            lo, hi = float(px.min()), float(px.max())
+            if lo != hi or math.isnan(lo):
+                return None
+            out[letter] = lo
+    return out
+
+
+# -- JPEG and the rest, through Pillow -------------------------------------------------------------
+def _pillow(path: str, tolerance: int = 0) -> FrameFacts:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        fmt = im.format or ""
+        w, h = im.size
+        mode = {"L": "BW", "LA": "BW", "I;16": "BW", "RGB": "RGB", "RGBA": "RGBA", "P": "RGB"}.get(im.mode, im.mode)
+        tol = tolerance
+        if fmt == "JPEG":
+            im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
+            tol = JPEG_TOLERANCE
+        if im.mode == "P":
+            im = im.convert("RGBA")
+        ext = im.getextrema()
+        bands = [ext] if not isinstance(ext[0], tuple) else list(ext)
+        if any(hi - lo > tol for lo, hi in bands):
+            return FrameFacts(path, "JPEG" if fmt == "JPEG" else fmt, w, h, mode)
+        top = 65535.0 if im.mode.startswith("I;16") else 255.0
+        vals = tuple(((lo + hi) / 2) / top for lo, hi in bands)
+        transparent = im.mode in ("RGBA", "LA") and bands[-1][1] == 0
+        return FrameFacts(path, "JPEG" if fmt == "JPEG" else fmt, w, h, mode, vals, transparent)
