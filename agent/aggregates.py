@@ -63,6 +63,10 @@ class FrameTotals:
     frames: dict[Labels, int] = field(default_factory=dict)
     seconds: dict[Labels, Hist] = field(default_factory=dict)
     memory: dict[tuple[Labels, str], Hist] = field(default_factory=dict)
+    suspects: dict[str, int] = field(default_factory=dict)    # frames that look wrong, by reason
+
+    def suspect(self, reason: str) -> None:
+        self.suspects[reason] = self.suspects.get(reason, 0) + 1
 
     def record(self, labels: Labels, seconds: float, peaks: dict[str, float]) -> None:
         self.frames[labels] = self.frames.get(labels, 0) + 1
@@ -82,6 +86,7 @@ class FrameTotals:
             "frames": [[list(k), v] for k, v in self.frames.items()],
             "seconds": [[list(k), h.counts, h.sum] for k, h in self.seconds.items()],
             "memory": [[list(k), kind, h.counts, h.sum] for (k, kind), h in self.memory.items()],
+            "suspects": dict(self.suspects),
         }
 
     @classmethod
@@ -95,6 +100,7 @@ class FrameTotals:
         for k, kind, counts, total in d.get("memory", []):
             if len(counts) == len(MEMORY_BUCKETS) + 1:
                 t.memory[(_labels(k), kind)] = Hist(MEMORY_BUCKETS, list(counts), float(total))
+        t.suspects = {str(k): int(v) for k, v in d.get("suspects", {}).items()}
         return t
 
 

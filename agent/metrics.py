@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from agent.aggregates import MEMORY_KINDS
 from agent.state import State
-from blender_hooks.events import REASONS
+from blender_hooks.events import REASONS, SUSPECT_REASONS
 
 FRAME_LABELS = ["scene", "engine", "device_type"]
 
@@ -139,3 +139,10 @@ class StateCollector(Collector):
             if kind in MEMORY_KINDS:
                 mem.add_metric([*labels, kind], h.cumulative(), h.sum)
         yield mem
+        suspect = CounterMetricFamily("renderwatch_frames_suspect",
+                                      "Saved frames that look wrong: blank, transparent, wrong resolution or channels, "
+                                      "too fast for the job, or rendered on the CPU when the scene asked for a GPU",
+                                      labels=["reason"])
+        for reason in SUSPECT_REASONS:        # every reason from the start: rate() and alerts see the first one
+            suspect.add_metric([reason], t.suspects.get(reason, 0))
+        yield suspect

@@ -59,6 +59,8 @@ class Job:
     farm_job: str = ""
     farm_task: str = ""
     traceparent: str = ""
+    frame_spans: dict[int, tuple[str, int]] = field(default_factory=dict)   # frame -> (session, seq) of its span
+    suspects: dict[str, int] = field(default_factory=dict)    # frames found suspect, by reason
 
     @property
     def attempts(self) -> int:
@@ -126,7 +128,20 @@ class JobDone:
     job: Job
 
 
-Effect = FrameDone | JobDone
+@dataclass(frozen=True)
+class FrameCheck:
+    """The healer found a saved frame suspect: a render.frame.check span under the frame's span."""
+
+    job: Job
+    frame: int
+    reason: str
+    detail: str
+    ts: float
+    frame_span: tuple[str, int] | None    # (session, seq) of the frame's render.frame span, if seen
+    event: dict
+
+
+Effect = FrameDone | JobDone | FrameCheck
 
 
 class State:
@@ -223,7 +238,19 @@ class State:
             job.output_path = ev["output_path"]
         if ev["saved"]:      # an unsaved frame_end is a frame cut short (cancel, crash, write error)
             self.totals.record(job.labels, seconds, peaks)
+            job.frame_spans[frame] = (ev["session"], ev["seq"])
+            if is_cpu_fallback(ev):
+                self.totals.suspect("cpu_fallback")
+                job.suspects["cpu_fallback"] = job.suspects.get("cpu_fallback", 0) + 1
         return FrameDone(job, ev["session"], frame, min(start, end), end, ev, phases)
+
+    def _frame_check(self, ev: dict) -> FrameCheck:
+        """The healer found a saved frame that looks wrong (blank, wrong size, too fast...)."""
+        job = self.job_for(ev)
+        self.totals.suspect(ev["reason"])
+        job.suspects[ev["reason"]] = job.suspects.get(ev["reason"], 0) + 1
+        return FrameCheck(job, ev["frame"], ev["reason"], ev.get("detail") or "", ev["ts"],
+                          job.frame_spans.get(ev["frame"]), ev)
 
     def _job_end(self, ev: dict) -> JobDone | None:
         job = self.job_for(ev)
@@ -262,6 +289,11 @@ class State:
         return [j for j in self.jobs.values() if j.ended_at is None or j.ended_at + grace >= now]
 
 
+def is_cpu_fallback(ev: dict) -> bool:
+    """Cycles asked for a GPU rendered on the CPU (the hooks read both from the scene and preferences)."""
+    return str(ev.get("device_asked", "")).startswith("GPU") and ev.get("device_type") == "CPU"
+
+
 def frame_peaks(ev: dict) -> dict[str, float]:
     """Peak memory per kind carried by a frame_end event (the agent adds the sampled ones)."""
     peaks: dict[str, float] = {}
@@ -275,5 +307,5 @@ def frame_peaks(ev: dict) -> dict[str, float]:
 
 _HANDLERS = {
     "job_start": State._job_start, "frame_start": State._frame_start, "phase": State._phase,
-    "frame_end": State._frame_end, "job_end": State._job_end, "_stale": State._stale, "_expire": State._expire,
+    "frame_end": State._frame_end, "job_end": State._job_end, "frame_check": State._frame_check, "_stale": State._stale, "_expire": State._expire,
 }

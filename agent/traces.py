@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from agent.config import AgentConfig
 from agent.exporters import JsonLinesSpanExporter
 from agent.journal import ExportMark
-from agent.state import Effect, FrameDone, Job, JobDone
+from agent.state import Effect, FrameCheck, FrameDone, Job, JobDone, is_cpu_fallback
 
 log = logging.getLogger(__name__)
 SCOPE = "renderwatch.agent"
@@ -157,6 +157,8 @@ class RenderTracer:
                 self._frame(effect, pos)
             elif isinstance(effect, JobDone):
                 self._job(effect.job, pos)
+            elif isinstance(effect, FrameCheck):
+                self._check(effect, pos)
         except Exception:                 # tracing must never break ingest
             log.exception("could not create spans for %s", type(effect).__name__)
 
@@ -188,6 +190,10 @@ class RenderTracer:
         out = ev.get("output_path") or job.output_path
         if out:
             attrs["render.output_path"] = out
+        if ev.get("device_asked"):
+            attrs["render.device.asked"] = ev["device_asked"]
+            if is_cpu_fallback(ev):
+                attrs["render.frame.suspect"] = "cpu_fallback"
         seq = ev["seq"]
         frame_ctx = self._span("render.frame", root, tid, span_id(job.id, fd.session, seq), fd.start, fd.end, attrs, pos)
         for i, (name, ts, detail) in enumerate(fd.phases):
@@ -197,6 +203,22 @@ class RenderTracer:
                 pattrs["render.phase.detail"] = detail
             self._span(f"render.phase.{name}", frame_ctx, tid, span_id(job.id, fd.session, seq, i),
                        max(ts, fd.start), min(max(end, ts), fd.end), pattrs, pos)
+
+    def _check(self, fc: FrameCheck, pos: int) -> None:
+        """A zero-length render.frame.check span, a child of the frame's span where the agent saw it
+        (the check ends after the frame's span went out, and a finished span cannot change)."""
+        tid, root = self._root(fc.job)
+        parent = root
+        if fc.frame_span is not None:
+            parent = SpanContext(tid, span_id(fc.job.id, *fc.frame_span), is_remote=False, trace_flags=_SAMPLED)
+        attrs: dict = {"render.job.id": fc.job.id, "render.frame": fc.frame, "render.frame.suspect": fc.reason,
+                       **farm_attributes(fc.job)}
+        if fc.detail:
+            attrs["render.frame.suspect.detail"] = fc.detail
+        if fc.event.get("rendered"):
+            attrs["render.frame.renders"] = int(fc.event["rendered"])
+        self._span("render.frame.check", parent, tid, span_id(fc.job.id, fc.event["session"], fc.event["seq"]),
+                   fc.ts, fc.ts, attrs, pos, Status(StatusCode.ERROR, f"suspect frame: {fc.reason}"))
 
     def _job(self, job: Job, pos: int) -> None:
         tid, root = self._root(job)

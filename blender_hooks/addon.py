@@ -78,6 +78,8 @@ class Hooks:
         self.peak = 0.0
         self.use_statistics = True
         self.errors = 0
+        self.devices_cache: dict = {}   # compute device type -> ids Cycles can use (enumerated once)
+        self.fallback_logged = ""
 
     # -- emission -------------------------------------------------------------------------------
     def emit(self, type_: str, **fields) -> None:
@@ -96,7 +98,15 @@ class Hooks:
             self.new_job = not self.argv_frames
         r = scene.render
         engine = r.engine
-        self.ctx = {"scene": scene.name, "engine": engine, "device_type": device_type(scene)}
+        asked, used, why = cycles_device(scene, self.devices_cache) if engine == "CYCLES" else (None, None, "")
+        self.ctx = {"scene": scene.name, "engine": engine, "device_type": used or device_type(scene)}
+        if asked:
+            self.ctx["device_asked"] = asked
+        if self.env_job:     # under the healer: what the scene asks, for its checks of each frame
+            say_settings(scene, asked, used, why)
+        if why and self.fallback_logged != why:
+            self.fallback_logged = why
+            log.warning("renderwatch: the scene asks for %s rendering but Cycles renders on the CPU: %s", asked, why)
         if self.attempt is not None:
             self.ctx["attempt"] = self.attempt
         first, last, step = scene.frame_start, scene.frame_end, scene.frame_step
@@ -204,6 +214,89 @@ def device_type(scene) -> str:
                 return f"GPU:{backend}"
         return "CPU"
     return "GPU" if engine.startswith(("BLENDER_EEVEE", "BLENDER_WORKBENCH")) else "CPU"
+
+
+CYCLES_DEVICE_OPT = "--cycles-device"
+
+
+def cycles_device(scene, cache: dict) -> tuple[str, str, str]:
+    """(asked, used, why used is not asked) for Cycles, decided the way Cycles decides it
+    (blender_device_info in intern/cycles/blender/device.cpp): the scene's device GPU, the preferences'
+    compute device type, and the enabled device entries that match a device Cycles found; with none
+    Cycles renders on the CPU and says nothing. `--cycles-device X` after `--` overrides all of it.
+
+    Read-only: the add-on's get_devices() would add entries for new GPUs with use=True, which changes
+    the device Cycles then picks, so the devices Cycles found are asked of `_cycles` directly."""
+    override = _cycles_device_override(sys.argv)
+    if override and override != "CPU":
+        found = _available(override, cache)
+        return f"GPU:{override}", (f"GPU:{override}" if found else "none"), ""
+    if override == "CPU" or getattr(scene.cycles, "device", "CPU") != "GPU":
+        return "CPU", "CPU", ""
+    try:
+        prefs = bpy.context.preferences.addons["cycles"].preferences
+        backend = prefs.compute_device_type
+    except (KeyError, AttributeError):
+        return "GPU", "CPU", "the Cycles add-on's preferences are not available"
+    if not backend or backend == "NONE":
+        return "GPU", "CPU", ("the compute device type in the preferences is None (Preferences > System > "
+                              "Cycles Render Devices; in background, a userpref.blend or --python that sets "
+                              "compute_device_type and enables a device)")
+    asked = f"GPU:{backend}"
+    found = _available(backend, cache)
+    enabled = [d for d in prefs.devices if d.use and d.type == backend]
+    used = [d for d in enabled if d.id in found]
+    if used:
+        return asked, asked, ""
+    if not found:
+        return asked, "CPU", f"Cycles found no {backend} device on this host (driver, or a GPU not visible here)"
+    if not enabled:
+        return asked, "CPU", f"no {backend} device is enabled in the preferences ({len(found)} found)"
+    return asked, "CPU", (f"the enabled {backend} device(s) {', '.join(d.name for d in enabled)} are not on this "
+                          "host (preferences saved on another machine)")
+
+
+def _available(backend: str, cache: dict) -> frozenset:
+    ids = cache.get(backend)
+    if ids is None:
+        try:
+            import _cycles
+
+            ids = frozenset(d[2] for d in _cycles.available_devices(backend) if d[1] == backend)
+        except Exception:
+            ids = frozenset()
+        cache[backend] = ids
+    return ids
+
+
+def _cycles_device_override(argv) -> str | None:
+    """Cycles reads `--cycles-device TYPE` among the arguments after `--` (its own argument parser)."""
+    if "--" not in argv:
+        return None
+    rest = argv[argv.index("--") + 1:]
+    for i, a in enumerate(rest):
+        if a == CYCLES_DEVICE_OPT and i + 1 < len(rest):
+            return rest[i + 1].upper()
+        if a.startswith(CYCLES_DEVICE_OPT + "="):
+            return a.split("=", 1)[1].upper()
+    return None
+
+
+def say_settings(scene, asked, used, why) -> None:
+    """One line for the healer: what each frame of this render should be (size, channels, device)."""
+    import json
+
+    r = scene.render
+    pct = r.resolution_percentage
+    cropped = r.use_border and r.use_crop_to_border
+    facts = {"engine": r.engine, "file_format": r.image_settings.file_format,
+             "color_mode": r.image_settings.color_mode,
+             "width": None if cropped else r.resolution_x * pct // 100,
+             "height": None if cropped else r.resolution_y * pct // 100,
+             "device_asked": asked, "device_used": used, "fallback": why or None}
+    line = events.SETTINGS_MARK + json.dumps(facts, separators=(",", ":")) + "\n"
+    sys.stdout.flush()
+    os.write(1, line.encode("utf-8", "surrogateescape"))
 
 
 def render_samples(scene) -> int | None:

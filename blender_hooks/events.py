@@ -13,7 +13,8 @@ Every event is one JSON object. Common fields (all required):
     host     str    hostname
     pid      int    Blender's process id
 
-Per type (see FIELDS): job_start, frame_start, phase, frame_end, job_end.
+Per type (see FIELDS): job_start, frame_start, phase, frame_end, job_end (from the hooks), and
+frame_check (from the healer: a saved frame that looks wrong, `reason` one of SUSPECT_REASONS).
 
 Usage::
 
@@ -34,9 +35,13 @@ MAX_STR = 4096
 MAX_INT = 2**63 - 1          # JSON allows integers of any size; nothing renderwatch stores needs more
 MAX_FRAME_SPAN = 1_048_574   # Blender's MAXFRAME: no job covers more frames than this
 
-EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end")
+EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end", "frame_check")
 PHASES = ("sync", "bvh", "kernels", "sampling", "denoise", "compositing", "save", "other")
 JOB_END_STATUS = ("complete", "cancel")
+# The line the hooks print under the healer at each render's start: what its frames should be (JSON).
+SETTINGS_MARK = "[renderwatch] render settings "
+# Why a frame is suspect (healer.diagnosis.framecheck): the bounded `reason` label of the metric.
+SUSPECT_REASONS = ("blank", "transparent", "resolution", "channels", "too_fast", "cpu_fallback")
 
 # Rejection reasons (the `reason` label of renderwatch_events_rejected_total).
 REASONS = (
@@ -52,6 +57,9 @@ _COMMON: dict[str, tuple[type | tuple[type, ...], bool]] = {
     # (restarted agent, evicted spool) can still label what it sees.
     "scene": (str, False), "engine": (str, False), "device_type": (str, False),
     "attempt": (int, False),
+    # what the scene asked for where it differs in kind from device_type (Cycles: "GPU:CUDA" asked,
+    # "CPU" used is a silent CPU fallback)
+    "device_asked": (str, False),
 }
 
 # field -> (type, required)
@@ -75,6 +83,9 @@ FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "resolution_x": (int, False), "resolution_y": (int, False),
     },
     "job_end": {"status": (str, True), "frames_done": (int, False), "started_at": (_NUM, False)},
+    # sent by the healer, which inspects each saved frame: a frame that looks wrong, and why
+    "frame_check": {"frame": (int, True), "reason": (str, True), "detail": (str, False),
+                    "rendered": (int, False)},
 }
 
 
@@ -161,6 +172,8 @@ def validate(obj: object) -> dict:
         raise EventError("out_of_range", f"phase 'name' must be one of {', '.join(PHASES)}")
     elif typ == "job_end" and obj["status"] not in JOB_END_STATUS:
         raise EventError("out_of_range", f"job_end 'status' must be one of {', '.join(JOB_END_STATUS)}")
+    elif typ == "frame_check" and obj["reason"] not in SUSPECT_REASONS:
+        raise EventError("out_of_range", f"frame_check 'reason' must be one of {', '.join(SUSPECT_REASONS)}")
     elif typ == "frame_end" and obj["seconds"] < 0:
         raise EventError("out_of_range", "frame_end 'seconds' must be >= 0")
     elif typ == "job_start" and not 0 <= obj["frame_end"] - obj["frame_start"] <= MAX_FRAME_SPAN:

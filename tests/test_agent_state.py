@@ -165,3 +165,41 @@ def test_the_farm_job_is_a_metric_to_group_by():
     text = generate_latest(reg).decode()
     assert ('renderwatch_job_farm_info{farm_engine="opencue",farm_job="show-shot-lighting",'
             'farm_task="render/0001",job="task-7"} 1.0') in text
+
+
+def _suspect_metric(st: State, now: float) -> dict[str, float]:
+    from prometheus_client import CollectorRegistry
+
+    from agent.metrics import StateCollector
+
+    reg = CollectorRegistry()
+    reg.register(StateCollector(st, 300.0, lambda: now))
+    return {r: reg.get_sample_value("renderwatch_frames_suspect_total", {"reason": r}) for r in
+            ("blank", "transparent", "resolution", "channels", "too_fast", "cpu_fallback")}
+
+
+def test_suspect_frames_are_counted_by_reason_and_survive_a_journal_round_trip():
+    from agent.aggregates import FrameTotals
+    from blender_hooks.events import make_event
+
+    st = State()
+    s = JobStream("j-suspect", device="CPU")
+    evs = [s.start(1, 3, device_asked="GPU:CUDA"), *s.frame(1, device_type="CPU", device_asked="GPU:CUDA"),
+           *s.frame(2)]
+    healer = [make_event("frame_check", session="hea1e7", seq=1, job="j-suspect", host="h", pid=1, frame=2,
+                         reason="blank", detail="every pixel is one value (0, 0, 0, 1)", rendered=1)]
+    effects = feed(st, evs + healer)
+    assert _suspect_metric(st, s.t) == {"blank": 1.0, "transparent": 0.0, "resolution": 0.0, "channels": 0.0,
+                                        "too_fast": 0.0, "cpu_fallback": 1.0}
+    check = effects[-1]
+    assert check.frame == 2 and check.reason == "blank" and check.frame_span == (s.session, evs[-1]["seq"])
+    assert FrameTotals.from_dict(st.totals.to_dict()).suspects == {"cpu_fallback": 1, "blank": 1}
+
+
+def test_a_frame_check_with_an_unknown_reason_is_rejected():
+    from blender_hooks.events import EventError, make_event, validate
+
+    ev = make_event("frame_check", session="hea1e7", seq=1, job="j", host="h", pid=1, frame=2, reason="ugly")
+    with pytest.raises(EventError) as e:
+        validate(ev)
+    assert e.value.reason == "out_of_range" and "blank" in e.value.detail

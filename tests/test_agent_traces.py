@@ -187,3 +187,26 @@ def test_a_traceparent_from_the_farm_is_joined(tmp_path):
     assert roots["j"].context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736
     assert roots["j"].parent.span_id == 0x00f067aa0ba902b7
     assert roots["bad"].parent is None and roots["bad"].context.trace_id == job_ids("bad")[0]
+
+
+def test_a_suspect_frame_is_a_check_span_under_its_frame_span(tmp_path):
+    from opentelemetry.trace import StatusCode
+
+    from blender_hooks.events import make_event
+
+    mem = InMemorySpanExporter()
+    tracer = RenderTracer(agent_config(tmp_path), ExportMark(tmp_path), exporter=mem)
+    s = JobStream("job-sus")
+    evs = [s.start(1, 2, device_asked="GPU:OPTIX"), *s.frame(1, device_type="CPU", device_asked="GPU:OPTIX"),
+           *s.frame(2), make_event("frame_check", session="hea1e7", seq=1, job="job-sus", host="h", pid=1,
+                                   frame=2, reason="blank", detail="every pixel is one value", rendered=1), s.end()]
+    run_job(tracer, evs)
+    tracer.force_flush()
+    spans = mem.get_finished_spans()
+    frames = {sp.attributes["render.frame"]: sp for sp in spans if sp.name == "render.frame"}
+    (check,) = [sp for sp in spans if sp.name == "render.frame.check"]
+    assert check.parent.span_id == frames[2].context.span_id
+    assert check.attributes["render.frame.suspect"] == "blank" and check.status.status_code == StatusCode.ERROR
+    assert frames[1].attributes["render.frame.suspect"] == "cpu_fallback"
+    assert frames[1].attributes["render.device.asked"] == "GPU:OPTIX" and frames[1].attributes["render.device"] == "CPU"
+    assert "render.frame.suspect" not in frames[2].attributes
