@@ -71,6 +71,17 @@ def scene_copy(tmp_path, scene_factory):
     return make
 
 
+@pytest.fixture
+def scene(tmp_path) -> Path:
+    """The replayed runs' scene (tests/fake_blender.py) in tmp_path/shot: frames land in shot/frames/."""
+    from fake_blender import SCENE
+
+    dst = tmp_path / "shot" / "tiny.blend"
+    dst.parent.mkdir()
+    shutil.copy(SCENE, dst)
+    return dst
+
+
 # -- the Blender version matrix (tests/blender_matrix.py) -----------------------------------------
 
 _recorder = Recorder()

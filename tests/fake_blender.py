@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import struct
 import zlib
@@ -41,12 +42,33 @@ def png(width: int = 32, height: int = 18) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
+def only_frames(run: dict | str, frames: Sequence[int], *, extra: Sequence[str] = ()) -> dict:
+    """A recorded run cut to some of its frames (each frame's lines run from its marker to its `Saved:`),
+    with `extra` lines said before the first frame (e.g. the hooks' render settings line)."""
+    run = load_run(run) if isinstance(run, str) else run
+    head, blocks, tail, cur = [], {}, [], None
+    for t, line in run["lines"]:
+        if line.startswith("[renderwatch] frame_start "):
+            cur = int(line.split()[2])
+            blocks[cur] = []
+        if cur is None:
+            head.append([t, line])
+        elif cur in blocks and (not blocks[cur] or not blocks[cur][-1][1].startswith("Saved: ")):
+            blocks[cur].append([t, line])
+        else:
+            tail.append([t, line])
+    t0 = head[-1][0] if head else 0.0
+    lines = head + [[t0, x] for x in extra] + [ln for f in frames for ln in blocks[f]] + tail
+    return {**run, "frames": list(frames), "lines": lines}
+
+
 class ReplayedBlender:
     """One replayed run (a `seams.RunningBlender`)."""
 
     def __init__(self, run: dict, pid: int, subst: dict[str, str], on_line: Callable[[str, float], None],
-                 clock: Callable[[], float], speed: float):
+                 clock: Callable[[], float], speed: float, image: Callable[[Path], bytes] | None = None):
         self.run, self.pid, self._subst, self._on_line = run, pid, subst, on_line
+        self._image = image or (lambda _path: png())
         self._clock, self._speed = clock, speed
         self.tail: collections.deque[str] = collections.deque(maxlen=500)
         self.last_output_at = clock()
@@ -72,7 +94,7 @@ class ReplayedBlender:
             if line.startswith("Saved: "):          # Blender writes the file, then says so
                 path = Path(line.split("'")[1] if "'" in line else line[7:].strip())
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(png())
+                path.write_bytes(self._image(path))
             if line.startswith("Writing: ") and crash is not None:
                 Path(line[9:].strip()).write_text(self._text(crash))
             now = self._clock()
@@ -103,9 +125,12 @@ class ReplayedBlender:
 class ReplayLauncher:
     """A `seams.Launcher` that plays one recorded run per attempt, in order."""
 
-    def __init__(self, runs: Sequence[str | dict], *, speed: float = 0.01, clock: Callable[[], float] | None = None):
+    def __init__(self, runs: Sequence[str | dict], *, speed: float = 0.01, clock: Callable[[], float] | None = None,
+                 image: Callable[[int, Path], bytes] | None = None):
+        """`image(attempt, path)`: the bytes written for each `Saved:` line (default: a small flat PNG)."""
         import time
 
+        self.image = image
         self.runs = [load_run(r) if isinstance(r, str) else r for r in runs]
         self.speed = speed
         self.clock = clock or time.monotonic
@@ -132,7 +157,8 @@ class ReplayLauncher:
 
         self.current = ReplayedBlender(run, self._pid, {"{scene_dir}": str(scene.parent),
                                                         "{tmp}": tempfile.gettempdir()},
-                                       on_line, self.clock, self.speed)
+                                       on_line, self.clock, self.speed,
+                                       None if self.image is None else functools.partial(self.image, len(self.argvs)))
         return self.current
 
     def alive(self, pid: int | None, create_time: float | None) -> bool:

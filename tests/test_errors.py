@@ -8,7 +8,7 @@ from healer.diagnosis import errors
 def test_every_issue_id_exists_with_a_distinct_class():
     ids = ["ok", "segfault", "abort", "killed", "interrupted", "host_oom", "gpu_oom", "gpu_error",
            "python_error", "missing_file", "blend_invalid", "output_error", "denoiser_unavailable", "scene_limit",
-           "engine_unavailable", "stall", "unknown"]
+           "engine_unavailable", "cpu_fallback", "suspect_frame", "stall", "unknown"]
     assert list(errors.ERROR_TYPES) == ids
     classes = {errors.error_class(i) for i in ids}
     assert len(classes) == len(ids)
@@ -61,7 +61,7 @@ def test_the_catalog_is_the_one_table():
         if row.policy:
             assert policy.DEFAULT_RULES[type_id].kind == row.policy and policy.DEFAULT_RULES[type_id].message == row.fix
     assert classify._CAUSE_ORDER == catalog.CAUSE_ORDER and classify._CRASH_ORDER == catalog.CRASH_ORDER
-    assert policy.REPORT_TYPES == catalog.REPORT_TYPES == {"python_error", "missing_file"}
+    assert policy.REPORT_TYPES == catalog.REPORT_TYPES == {"python_error", "missing_file", "cpu_fallback", "suspect_frame"}
 
 
 def test_interrupted_has_one_answer_everywhere():

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_blender import SCENE, ReplayLauncher, ReplayProbes, load_run
+from fake_blender import ReplayLauncher, ReplayProbes, load_run
 from prometheus_client import CollectorRegistry
 
 from healer.diagnosis.catalog import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STRICT
@@ -33,14 +33,6 @@ class Sink:
     def job_started(self, info) -> None:
         self.kinds.append("render.started")
         self.errors.append(None)
-
-
-@pytest.fixture
-def scene(tmp_path) -> Path:
-    dst = tmp_path / "shot" / "tiny.blend"
-    dst.parent.mkdir()
-    shutil.copy(SCENE, dst)
-    return dst
 
 
 def supervise(scene: Path, tmp_path: Path, runs, *, frames=(1, 2, 3), policy=None, oom_kills=None, **req):

@@ -99,6 +99,16 @@ _ROWS = (
     ErrorType("killed", "Blender was killed from outside (SIGKILL) with no other evidence.", "crash", "restart",
               advice="check the kernel log and cgroup memory.events for an OOM kill, or who sent the signal"),
     # decided by the supervisor, or by nothing
+    ErrorType("cpu_fallback", "The scene asks for GPU rendering but Cycles renders on the CPU (no GPU device "
+              "enabled or found, or the compute device type is None).", "other", "report_only", severity="warning",
+              advice="enable a GPU device of the compute device type in the preferences Blender runs with "
+                     "(userpref.blend or a --python script), or check the driver with `nvidia-smi`",
+              fix="Cycles rendered on the CPU where the scene asks for a GPU", reportable=True),
+    ErrorType("suspect_frame", "A saved frame looks wrong: blank or transparent where the job's other frames are "
+              "not, the wrong resolution or channels, or far faster than the job's frames.", "other",
+              "report_only", severity="warning",
+              advice="it was rendered again once and came out the same: look at the frame and at the GPU",
+              fix="a saved frame looks wrong after two renders", reportable=True),
     ErrorType("stall", "Blender stopped making progress (hang) and was stopped by the healer.", "other", "restart",
               advice="it is retried; if it hangs again, look for a hanging handler, a network mount or the GPU "
                      "driver"),

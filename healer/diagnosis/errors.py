@@ -129,6 +129,14 @@ class EngineUnavailableError(RenderError):
     type = "engine_unavailable"
 
 
+class CpuFallbackError(RenderError):
+    type = "cpu_fallback"
+
+
+class SuspectFrameError(RenderError):
+    type = "suspect_frame"
+
+
 class StallError(RenderError):
     type = "stall"
 

@@ -25,6 +25,7 @@ from healer.supervising.policy import Action
 from healer.supervising.probes import ProbeSnapshot, evaluate, stall_timeout
 from healer.supervising.progress import parse_line
 from healer.supervising.seams import RunningBlender
+from healer.supervising.suspects import read_settings, review_frames, start_check
 
 if TYPE_CHECKING:
     from healer.diagnosis.classify import LogScanner
@@ -101,6 +102,7 @@ async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: A
         elif not ok and "removed" in why:
             att.frames_rendered[:] = [x for x in att.frames_rendered if x != f]
             ctx.say(why)
+    await review_frames(ctx, led, st)       # frames that are whole files but wrong pictures: rendered again
     att.frame_in_flight = in_flight if in_flight not in led.frames else None
     if att.frame_in_flight is not None and st.frame_started_at is not None:
         att.frame_age_s = round(ctx.clock() - st.frame_started_at, 3)
@@ -168,14 +170,18 @@ def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, li
                 st.disk_full = full
             return
         led.frame_verified(frame, ev.path, v.size, att)
-        if st.frame_started_at is not None:
-            ctx.frame_times.append(now - st.frame_started_at)
+        seconds = now - st.frame_started_at if st.frame_started_at is not None else None
+        if seconds is not None:
+            ctx.frame_times.append(seconds)
+        start_check(ctx, st, frame, ev.path, seconds)
         st.frame_started_at = None
         led.save()
         ctx.update_metrics()
         ctx.show()
     elif ev.kind == "crash_file":
         st.crash_file = ev.path
+    elif ev.kind == "settings":
+        read_settings(ctx, st, ev.text)
 
 
 def _frame_for(led: Ledger, att: Attempt, path: str, current: int | None) -> int | None:

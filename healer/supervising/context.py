@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blender_hooks.farm import FarmIdentity, OpenJDLines
 from healer.diagnosis import errors
@@ -18,6 +18,10 @@ from healer.diagnosis.catalog import REPORT_TYPES
 from healer.supervising.ledger import Ledger
 from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, RunningBlender, SupervisorMetrics
+
+if TYPE_CHECKING:
+    from healer.diagnosis.framecheck import Expected, FrameFacts
+    from healer.supervising.telemetry import AgentEvents
 
 log = logging.getLogger("healer.supervising.supervisor")
 
@@ -52,6 +56,8 @@ class AttemptState:
     last_progress_text: str = ""
     stalled: str | None = None
     disk_full: str | None = None          # output directory found full after a failed verification
+    expected: Expected | None = None      # what each frame should be (the hooks' render settings line)
+    checks: list[tuple[int, float | None, asyncio.Future]] = field(default_factory=list)   # frame inspections
 
 
 @dataclass
@@ -78,6 +84,11 @@ class JobContext:
     echo: Callable[[str], None] | None = None  # Blender's own lines, passed through as they come
     openjd: OpenJDLines | None = None          # progress/status/fail lines for Open Job Description
     gpu: int | None = None                     # the GPU the healer service placed this job on
+    check_frames: bool = True                  # inspect each saved frame (suspects.py)
+    agent: AgentEvents | None = None           # the healer's own events for the host's agent
+    frame_facts: dict[int, FrameFacts] = field(default_factory=dict)     # this run's inspected frames
+    frame_seconds: dict[int, float] = field(default_factory=dict)
+    frame_verdicts: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def cancelled(self) -> bool:
@@ -133,7 +144,7 @@ class JobContext:
             self.warn(etype, text, error=error)
 
     def warn(self, etype: str, message: str, *, error: errors.RenderError | None = None,
-             incident: bool = True) -> None:
+             incident: bool = True, frame: int | None = None) -> None:
         led = self.ledger
         if led is None or any(w["type"] == etype and w["message"] == message for w in led.warnings):
             return
@@ -142,4 +153,4 @@ class JobContext:
         if incident:
             if error is None and etype in errors.ERROR_TYPES:
                 error = errors.error_class(etype)(summary=message, fatal=False)
-            self.incidents.emit("render.warning", self.info(message=message), error)
+            self.incidents.emit("render.warning", self.info(message=message, frame=frame), error)

@@ -101,6 +101,8 @@ class Ledger:
     fingerprint: dict = field(default_factory=dict)   # the scene file and render settings the frames were made with
     delivered: bool = False       # a run ended complete and said so (exit 0): running it again is a requeue
     run_from: int = 0             # first attempt of this rendering (attempts before it made frames since forgotten)
+    # frames whose saved file looked wrong: {"reasons", "detail", "renders", "final", "cleared"} (suspects.py)
+    suspects: dict[int, dict] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ persistence
     @classmethod
@@ -139,6 +141,7 @@ class Ledger:
             created_at=raw.get("created_at", time.time()), updated_at=raw.get("updated_at", time.time()),
             spec=raw.get("spec", {}), fingerprint=raw.get("fingerprint", {}),
             delivered=bool(raw.get("delivered", False)), run_from=int(raw.get("run_from", 0)),
+            suspects={int(k): dict(v) for k, v in raw.get("suspects", {}).items()},
         )
 
     def to_dict(self) -> dict:
@@ -152,6 +155,7 @@ class Ledger:
             "warnings": self.warnings, "created_at": self.created_at, "updated_at": self.updated_at,
             "spec": self.spec, "fingerprint": self.fingerprint, "delivered": self.delivered,
             "run_from": self.run_from,
+            "suspects": {str(k): v for k, v in sorted(self.suspects.items())},
         }
 
     def save(self) -> None:
@@ -231,6 +235,7 @@ class Ledger:
         if why is None:
             return None
         self.frames.clear()
+        self.suspects.clear()
         self.status, self.error, self.delivered = "pending", None, False
         self.run_from = len(self.attempts)          # a requeue is not a restart of the run before it
         return why

@@ -20,13 +20,14 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
+from blender_hooks.events import SETTINGS_MARK
 from healer.diagnosis import logformat
 from healer.supervising.launch import MARKER
 
 
 @dataclass(frozen=True)
 class LineEvent:
-    kind: str                 # frame_start | progress | saved | crash_file | other
+    kind: str                 # frame_start | progress | saved | crash_file | settings | other
     frame: int | None = None
     path: str | None = None
     text: str = ""
@@ -47,6 +48,8 @@ def parse_line(line: str) -> LineEvent:
                 return LineEvent("frame_start", int(num), path.strip() or None)
             except ValueError:
                 pass
+        if rec.text.startswith(SETTINGS_MARK):
+            return LineEvent("settings", text=rec.text[len(SETTINGS_MARK):])
         return LineEvent("other", text=rec.text)
     return LineEvent(_KINDS.get(rec.kind, "other"), rec.frame, rec.path, rec.text)
 

@@ -37,6 +37,7 @@ def build_report(ledger: Ledger, exit_code: int | None = None) -> dict:
         "job": ledger.job,
         "job_status": ledger.status,
         "warnings": ledger.warnings,
+        "suspect_frames": {str(f): v for f, v in sorted(ledger.suspects.items())},
         "ledger": str(ledger.path),
     }
     if ledger.error:

@@ -47,6 +47,7 @@ from healer.supervising.preflight import EarlyFailure, RequestError, judge_asset
 from healer.supervising.probes import ResourceSampler, SystemProbes
 from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, NoIncidents, SupervisorMetrics
+from healer.supervising.telemetry import AgentEvents
 from renderwatch.paths import home
 
 __all__ = ["RenderRequest", "RenderResult", "RequestError", "Supervisor"]
@@ -68,6 +69,7 @@ class Supervisor:
             env=dict(os.environ if env is None else env), kill_grace_s=kill_grace_s,
             probe_interval_s=probe_interval_s, clock=clock, wall=wall, job=request.job, started_at=wall(),
             echo=echo, openjd=OpenJDLines(sys.stdout) if request.farm and request.farm.engine == "openjd" else None)
+        self.ctx.agent = AgentEvents(self.ctx.env)
         self._session_first_attempt = 0
         self._lock: SupervisorLock | None = None
         self._kick_task: asyncio.Task | None = None
@@ -119,6 +121,8 @@ class Supervisor:
         try:
             return await self._run()
         finally:
+            if self.ctx.agent is not None:
+                await asyncio.to_thread(self.ctx.agent.close)
             if self._lock:
                 self._lock.release()
 
