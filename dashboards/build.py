@@ -237,6 +237,12 @@ def farm_overview() -> dashboard.Dashboard:
                          desc="Blender runs that ended in a typed error, over the dashboard's time range."))
         .with_panel(ts("Errors per hour by type",
                        q("error_type:renderwatch_healer_attempts_failed:increase1h", "{{error_type}}"), w=8))
+        .with_panel(bars("Suspect frames by reason", q(
+            f"sum by (reason) (increase(renderwatch_frames_suspect_total{{{HOST}}}[$__range]))", "{{reason}}",
+            instant=True), w=8,
+            desc="Saved frames that look wrong (blank, transparent, resolution, channels, too fast) or were "
+                 "rendered on the CPU when the scene asked for a GPU, over the dashboard's time range. "
+                 "RenderFramesSuspect fires on the first."))
         .with_panel(ts("Restarts per hour by host",
                        q(f"instance:renderwatch_healer_restarts:increase1h{{{HOST}}}", "{{instance}}"), w=8))
         .with_panel(ts("Hook events ingested per second", q(

@@ -37,6 +37,7 @@ THROTTLE_REASONS = ("gpu_idle", "applications_clocks_setting", "sw_power_cap", "
                     "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
                     "display_clock_setting")
 PROBES = ("alive", "progress", "heartbeat", "stall", "memory", "gpu")
+SUSPECT_REASONS = ("blank", "transparent", "resolution", "channels", "too_fast", "cpu_fallback")
 REJECT_REASONS = ("invalid_utf8", "malformed_json", "not_object", "too_large", "unsupported_version",
                   "unknown_type", "missing_field", "wrong_type", "out_of_range")
 GPU_MODELS = ("NVIDIA GeForce RTX 4090", "NVIDIA L40S")
@@ -120,6 +121,9 @@ class SyntheticNode:
             self.rejected.labels(reason)
         self.spool_pending = Gauge("renderwatch_spool_pending_bytes", "Spool bytes not yet ingested", registry=r)
         self.spans = Counter("renderwatch_spans_exported", "Spans exported", registry=r)
+        self.suspect = Counter("renderwatch_frames_suspect", "Saved frames that look wrong", ["reason"], registry=r)
+        for reason in SUSPECT_REASONS:          # the agent exports every reason from 0
+            self.suspect.labels(reason)
 
     def _build_healer(self) -> None:
         r = self.healer
@@ -182,6 +186,7 @@ class SyntheticNode:
         self.probe.labels(job.id, "alive").set(0)
         # A job on another host once ran out of retries on a missing texture library.
         self.gave_up.labels(f"{job.scene}-retake", "missing_file").inc()
+        self.suspect.labels("blank").inc()       # the restart's first frame came out black once
         self.incidents.labels("render.gave_up", "sentry", "delivered").inc()
         self.alerts.labels("restart_job", "firing", "acted").inc()
 

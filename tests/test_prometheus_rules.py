@@ -18,7 +18,7 @@ ALERTMANAGER_YML = REPO / "collector" / "alertmanager" / "alertmanager.yml"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))
 ALERTS = ("RenderStalled", "RenderCrashLoop", "FrameTimeRegression", "GPUMemoryNearFull", "GPUOverheating",
-          "HostMemoryPressure", "AgentDown", "HealerGaveUp")
+          "HostMemoryPressure", "AgentDown", "HealerGaveUp", "RenderFramesSuspect")
 
 
 def run(*argv: str | Path, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess[str]:
