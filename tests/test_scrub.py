@@ -81,3 +81,43 @@ def test_before_send_strips_process_data():
     out = sc.before_send(event, {})
     assert out == {"extra": {"findings": []}, "contexts": {"job": {"id": "j"}}, "message": "see ~/log"}
     assert sc.before_breadcrumb({"message": "/home/x/y"}, {}) == {"message": "~/y"}
+
+
+# -- the real home directories, wherever a studio puts them -------------------------------------------
+
+
+@pytest.mark.parametrize("home", ["/mnt/users/alice", "/net/home/bob", "/u/carol", "/srv/homes/d.e-f"])
+def test_a_home_in_an_unusual_place_never_leaves(home):
+    s = Scrubber(include_env=False, env={"HOME": home + "/"})
+    text = f"scene {home}/shots/010/a.blend, log '{home}' and {home}\\n"
+    out = s.text(text)
+    assert home not in out and "~/shots/010/a.blend" in out
+    event = {"contexts": {"job": {"scene": f"{home}/shots/a.blend", "frames": [1, 2]}},
+             "breadcrumbs": {"values": [{"message": f"cd {home}"}]}, "extra": {"paths": [f"{home}/x.png"]}}
+    assert home not in repr(s.before_send(event))
+    assert home not in s.bytes(f"Read blend: {home}/a.blend".encode()).decode()
+
+
+def test_homes_are_replaced_as_whole_path_components_only():
+    s = Scrubber(include_env=False, homes=["/mnt/users/al"])
+    assert s.text("/mnt/users/al/a.blend /mnt/users/alice/b.blend") == "~/a.blend /mnt/users/alice/b.blend"
+    assert Scrubber(include_env=False, homes=["/"]).text("/mnt/projects/a.blend") == "/mnt/projects/a.blend"
+
+
+def test_host_homes_read_the_password_database_and_resolve_links(tmp_path, monkeypatch):
+    import pwd
+    from types import SimpleNamespace
+
+    from healer.incidents import scrub
+
+    real = tmp_path / "mnt" / "users" / "erin"
+    real.mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "erin").symlink_to(real)
+    entries = [SimpleNamespace(pw_uid=1001, pw_dir=str(tmp_path / "home" / "erin")),
+               SimpleNamespace(pw_uid=2, pw_dir="/bin"), SimpleNamespace(pw_uid=1002, pw_dir="/")]
+    monkeypatch.setattr(pwd, "getpwall", lambda: entries)
+    homes = scrub.host_homes({"HOME": "/net/home/bob"})
+    assert str(real) in homes and str(tmp_path / "home" / "erin") in homes and "/net/home/bob" in homes
+    assert "/bin" not in homes and "/" not in homes
+    assert Scrubber(include_env=False, env={}).text(f"{real}/a.blend") == "~/a.blend"

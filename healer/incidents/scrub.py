@@ -9,8 +9,11 @@ What is removed, in this order:
    AWS, JWT, Sentry auth tokens);
 4. environment dumps: ``NAME=value`` lines (what ``env`` or ``export`` print) and ``environ({...})``
    reprs keep the name and lose the value; ``secret_name=value`` / ``"api_key": "..."`` anywhere;
-5. home directories: ``/home/<user>/``, ``/Users/<user>/``, ``/root/`` and ``C:\\Users\\<user>\\`` become
-   ``~/`` (``~\\`` on Windows), after the configured path rewrites (longest prefix first).
+5. home directories: the real ones of this host's accounts wherever they are (``$HOME``, the running
+   user's and ``$SUDO_USER``'s from the password database, every regular account's, and each one's
+   resolved path: studios put homes under ``/mnt/users/``, ``/net/home/``, ``/u/``), then the usual
+   shapes ``/home/<user>/``, ``/Users/<user>/``, ``/root/`` and ``C:\\Users\\<user>\\``, become ``~``
+   (``~\\`` on Windows), after the configured path rewrites (longest prefix first).
 
 Usage::
 
@@ -21,6 +24,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -62,6 +66,41 @@ _HOME_POSIX = re.compile(r"(?<![\w.~-])(?:/home/[^/\s'\"]+|/Users/[^/\s'\"]+|/ro
 _HOME_WINDOWS = re.compile(r"(?i)\b[a-z]:\\(?:Users|Documents and Settings)\\[^\\\s'\"]+(?=\\|\b|$)")
 
 
+MAX_HOMES = 2000            # accounts read from the password database (a directory service can list more)
+REGULAR_UID = 1000          # accounts below this are system accounts (their homes are /var/lib/..., /bin)
+
+
+def host_homes(env: Mapping[str, str] | None = None) -> list[str]:
+    """The home directories of this host's people, as absolute paths (no `/`): `$HOME`, the running
+    user's and `$SUDO_USER`'s, and every regular account's, each also as its resolved real path."""
+    env = os.environ if env is None else env
+    found: list[str] = []
+    if env.get("HOME"):
+        found.append(env["HOME"])
+    try:
+        import pwd
+
+        with contextlib.suppress(KeyError):
+            found.append(pwd.getpwuid(os.getuid()).pw_dir)
+        if env.get("SUDO_USER"):
+            with contextlib.suppress(KeyError):
+                found.append(pwd.getpwnam(env["SUDO_USER"]).pw_dir)
+        for i, entry in enumerate(pwd.getpwall()):
+            if i >= MAX_HOMES:
+                break
+            if entry.pw_uid >= REGULAR_UID and entry.pw_dir.count("/") >= 2:
+                found.append(entry.pw_dir)
+    except ImportError:          # not POSIX: the Windows shapes below still apply
+        pass
+    homes: set[str] = set()
+    for h in found:
+        for p in (h, os.path.realpath(h) if os.path.isabs(h) else h):
+            p = p.rstrip("/\\")
+            if os.path.isabs(p) and p not in ("", "/") and p.count("/") + p.count("\\") >= 1 and len(p) > 2:
+                homes.add(p)
+    return sorted(homes, key=len, reverse=True)
+
+
 def secret_env_values(env: Mapping[str, str] | None = None) -> list[str]:
     """Values of environment variables whose names look secret (SENTRY_DSN, *_TOKEN, *_PASSWORD...)."""
     env = os.environ if env is None else env
@@ -79,7 +118,7 @@ class Scrubber:
 
     def __init__(self, *, path_rewrites: Mapping[str, str] | Iterable[tuple[str, str]] = (),
                  secrets: Iterable[str] = (), include_env: bool = True,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, homes: Iterable[str] | None = None) -> None:
         items = path_rewrites.items() if isinstance(path_rewrites, Mapping) else path_rewrites
         self._rewrites = sorted(((str(a), str(b)) for a, b in items if a), key=lambda p: -len(p[0]))
         lits = {s for s in secrets if s and len(s) >= 4}
@@ -92,6 +131,11 @@ class Scrubber:
                 lits.update(p for p in re.split(r"[:]", m.group("userinfo")) if len(p) >= 6)
         self._literals = sorted(lits, key=len, reverse=True)
         self._literal_re = re.compile("|".join(re.escape(s) for s in self._literals)) if self._literals else None
+        home_list = sorted({h.rstrip("/") for h in (host_homes(env) if homes is None else homes)
+                            if h and h.strip("/")}, key=len, reverse=True)
+        # A home is replaced where a path starts with it: not inside a longer name (/home/al in /home/alice).
+        self._homes_re = re.compile(r"(?<![\w.~-])(?:" + "|".join(re.escape(h) for h in home_list) +
+                                    r")(?=[/\\\s'\"]|$)") if home_list else None
 
     # -- text ---------------------------------------------------------------------------------------
     def text(self, s: str) -> str:
@@ -123,6 +167,8 @@ class Scrubber:
         for old, new in self._rewrites:
             if old in s:
                 s = s.replace(old, new)
+        if self._homes_re is not None:
+            s = self._homes_re.sub("~", s)
         s = _HOME_POSIX.sub("~", s)
         return _HOME_WINDOWS.sub("~", s)
 
