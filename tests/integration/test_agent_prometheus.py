@@ -4,22 +4,16 @@ after it starts."""
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import subprocess
-import time
-import urllib.parse
-import urllib.request
-from pathlib import Path
 
 import pytest
-from agent_support import JobStream, NoNvml, agent_config, get, ndjson, post, wait_until
+from agent_support import JobStream, NoNvml, agent_config, get, ndjson, post
+from promtools import query, start_prometheus, wait_for
 
 from agent.app import run_in_thread
 
 pytestmark = pytest.mark.slow
-LISTEN = re.compile(r'msg="Listening on" address=([0-9.]+:[0-9]+)')
 
 
 def need(binary: str) -> str:
@@ -40,37 +34,16 @@ def agent(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def prometheus(agent, tmp_path_factory):
-    tmp: Path = tmp_path_factory.mktemp("prom")
-    target = agent.url.removeprefix("http://")
-    cfg = {"global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
-           "scrape_configs": [{"job_name": "renderwatch-agent", "honor_labels": True,
-                               "static_configs": [{"targets": [target]}]}]}
-    (tmp / "prometheus.yml").write_text(json.dumps(cfg))          # JSON is YAML
-    log = open(tmp / "prometheus.log", "wb")
-    proc = subprocess.Popen([need("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp / 'data'}", "--web.listen-address=127.0.0.1:0"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        found: list[str] = []
-        assert wait_until(lambda: bool(found.extend(LISTEN.findall((tmp / "prometheus.log").read_text())) or found),
-                          20), (tmp / "prometheus.log").read_text()
-        yield f"http://{found[0]}"
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()
-
-
-def query(url: str, expr: str) -> list:
-    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=10) as r:
-        return json.loads(r.read())["data"]["result"]
+def prometheus(agent):
+    """Started through promtools, which returns only once /-/ready answers 200: Prometheus logs
+    "Listening on" before its TSDB is open and answers 503 to queries until then (CI hit that)."""
+    need("prometheus")
+    with start_prometheus({"renderwatch-agent": [agent.url.removeprefix("http://")]}, rule_files=()) as prom:
+        yield prom.url
 
 
 def test_prometheus_scrapes_the_agent(prometheus):
-    deadline = time.monotonic() + 30
-    while not query(prometheus, 'up{job="renderwatch-agent"} == 1') and time.monotonic() < deadline:
-        time.sleep(0.25)
+    wait_for(prometheus, 'up{job="renderwatch-agent"} == 1')
     frames = query(prometheus, "sum by (scene) (renderwatch_frames_rendered_total)")
     got = {r["metric"]["scene"]: float(r["value"][1]) for r in frames}
     assert got == {"Scene": 3.0, "Shot B": 2.0}
