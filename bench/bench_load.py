@@ -291,6 +291,7 @@ def bench_healer(n: int, tmp: Path) -> list[dict]:
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_http(port, "/healthz")
+        token = (tmp / "hhome" / "healer" / "token").read_text().strip()    # made by the healer, 0600
         sampler = ProcSampler(healer.pid)
         sampler.start()
 
@@ -298,7 +299,7 @@ def bench_healer(n: int, tmp: Path) -> list[dict]:
             t0 = time.perf_counter()
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             c.request(method, path, body=json.dumps(body).encode() if body is not None else None,
-                      headers={"Content-Type": "application/json"})
+                      headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
             r = c.getresponse()
             doc = json.loads(r.read() or b"{}")
             c.close()

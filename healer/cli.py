@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
 import time
@@ -65,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--concurrency", type=int, help="renders at once (default 2)")
     h.add_argument("--config", help="TOML config file (default $RENDERWATCH_HEALER_CONFIG)")
     h.set_defaults(func=cmd_healer)
+
+    from healer.service.client import register as register_jobs
+    register_jobs(sub)
 
     try:
         from healer.diagnosis.cli import add_classify_parser
@@ -256,14 +260,22 @@ def cmd_healer(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from healer.service.app import create_app, parse_listen
+    from healer.service.auth import ensure_token
 
     try:
         cfg = load_config(args.config, overrides={"listen": args.listen, "concurrency": args.concurrency})
-        host, port = parse_listen(cfg)
-        app = create_app(cfg)
-    except (ConfigError, ValueError) as e:
+        host, port = parse_listen(cfg)            # off loopback only with the operator's token
+        token_file = None
+        if not cfg.token:                         # never open: a token only this account can read
+            made = ensure_token(cfg.env)
+            cfg, token_file = dataclasses.replace(cfg, token=made.value), made.path
+        app = create_app(cfg, token_file=token_file)
+    except (ConfigError, ValueError, OSError) as e:
         print(f"renderwatch healer: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(f"renderwatch healer: listening on http://{host}:{port}", file=sys.stderr)
+    if token_file is not None:
+        print(f"renderwatch healer: API token in {token_file} (this account only; `renderwatch jobs` reads it)",
+              file=sys.stderr)
     web.run_app(app, host=host, port=port, print=None, handle_signals=True)
     return 0

@@ -27,7 +27,7 @@ _CLI_MODULES = ("blender_hooks.cli", "agent.cli", "healer.cli", "renderwatch.dem
 # Which module registers each command: a farm runs `renderwatch exec` once per frame, so only the
 # command's own module is imported for it (the others' imports cost tens of milliseconds per launch).
 _COMMANDS = {"hooks": "blender_hooks.cli", "agent": "agent.cli", "status": "agent.cli", "render": "healer.cli",
-             "exec": "healer.cli", "healer": "healer.cli", "classify": "healer.cli", "demo": "renderwatch.demo"}
+             "exec": "healer.cli", "healer": "healer.cli", "jobs": "healer.cli", "classify": "healer.cli", "demo": "renderwatch.demo"}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

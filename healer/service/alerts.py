@@ -34,10 +34,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from blender_hooks.settings import ENV_ALERTMANAGER_TOKEN  # noqa: F401 (names read from here)
 from healer.service.alert_rules import ACTIONS, DEFAULT_RULES, AlertRule, Matcher, load_alert_rules  # noqa: F401
+from healer.service.auth import ALERTMANAGER_PATH
 
 log = logging.getLogger(__name__)
 
-ALERTMANAGER_PATH = "/api/v1/alertmanager"
 PAYLOAD_VERSION = "4"
 METRIC_ALERTS = "renderwatch_healer_alerts"   # exported as renderwatch_healer_alerts_total
 

@@ -13,9 +13,10 @@ Routes::
     POST /api/v1/alertmanager        Alertmanager webhook (when RENDERWATCH_ALERTMANAGER_TOKEN is set):
                                      RenderStalled -> stop that job's Blender as stalled; the policy restarts it
 
-At most `concurrency` renders run at once; the rest queue. A bearer token (RENDERWATCH_HEALER_TOKEN)
-is required for every route but /healthz and /openapi.json when set, and the service refuses to listen
-off loopback without one (it starts Blender with caller-chosen scripts: only the operator may submit). On
+At most `concurrency` renders run at once; the rest queue. A bearer token is required for every route but
+/healthz and /openapi.json (healer.service.auth): the operator's RENDERWATCH_HEALER_TOKEN, or one that
+`renderwatch healer` makes for its own account; the service refuses to listen off loopback without the
+operator's (it starts Blender with caller-chosen scripts: only the operator may submit). On
 start, jobs this service had submitted and that were still running when it died are resumed.
 
 Usage::
@@ -28,13 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import logging
 import os
 import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -42,7 +43,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from healer.config import ConfigError, HealerConfig
-from healer.service.alerts import ALERTMANAGER_PATH, ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
+from healer.service.alerts import ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
+from healer.service.auth import auth_middleware
 from healer.service.gpus import GpuPlacer
 from healer.service.metrics import HealerMetrics
 from healer.service.openapi import JOB_ID_PATTERN, spec
@@ -52,7 +54,7 @@ from healer.supervising.report import build_report
 from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
 from renderwatch.listen import is_loopback
 from renderwatch.listen import parse_listen as _parse_listen
-from renderwatch.openapi import OPENAPI_PATH, add_openapi_route
+from renderwatch.openapi import add_openapi_route
 
 log = logging.getLogger("renderwatch.healer")
 
@@ -281,10 +283,14 @@ def parse_listen(cfg: HealerConfig) -> tuple[str, int]:
 
 
 def create_app(cfg: HealerConfig, *, registry: CollectorRegistry | None = None, incidents: Any = None,
-               nvml: Any = None) -> web.Application:
-    """The healer service. Seams: incidents= (a sink), nvml= (pynvml-shaped, for GPU placement)."""
-    parse_listen(cfg)
-    app = web.Application(middlewares=[_auth_middleware(cfg.token)])
+               nvml: Any = None, token_file: Path | None = None) -> web.Application:
+    """The healer service. Seams: incidents= (a sink), nvml= (pynvml-shaped, for GPU placement).
+    `token_file`: cfg.token was generated there (healer.service.auth.ensure_token; loopback only)."""
+    host, _ = parse_listen(cfg)
+    if token_file is not None and not is_loopback(host):
+        raise ConfigError(f"listen = {cfg.listen!r} is not loopback: a generated token is for this host only; "
+                          "set RENDERWATCH_HEALER_TOKEN")
+    app = web.Application(middlewares=[auth_middleware(cfg.token, token_file)])
     metrics = HealerMetrics(registry if registry is not None else CollectorRegistry())
     app[CONFIG] = cfg
     app[METRICS] = metrics
@@ -337,19 +343,6 @@ class _LazyActions:
 
     def __getattr__(self, name: str):
         return getattr(self.app[MANAGER], name)
-
-
-def _auth_middleware(token: str | None):
-    @web.middleware
-    async def auth(request: web.Request, handler):
-        # /api/v1/alertmanager checks Alertmanager's own token (healer.alerts).
-        if token and request.path not in ("/healthz", OPENAPI_PATH, ALERTMANAGER_PATH):
-            got = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
-                return web.json_response({"error": "missing or wrong bearer token"}, status=401,
-                                         headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
-    return auth
 
 
 def _job_or_404(request: web.Request) -> Job:

@@ -100,8 +100,9 @@ SCHEMAS: dict[str, Any] = {
 }
 
 _ERROR = json_body(ref("Error"), "")
-_UNAUTHORIZED = {**_ERROR, "description": "A token is configured (RENDERWATCH_HEALER_TOKEN) and the request "
-                                          "lacks it"}
+_UNAUTHORIZED = {**_ERROR, "description": "The bearer token is missing or wrong: the operator's "
+                                          "(RENDERWATCH_HEALER_TOKEN), else the one the healer keeps in "
+                                          "<state home>/healer/token"}
 _NOT_FOUND = {**_ERROR, "description": "No such job"}
 _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": JOB_ID_PATTERN}}]
 
@@ -161,8 +162,9 @@ PATHS: dict[str, Any] = {
 
 _DESCRIPTION = ("Per-host supervision: submit, list, cancel and restart Blender renders; Alertmanager's "
                 "webhook. Every route but /healthz, /openapi.json and the Alertmanager receiver (which has its "
-                "own token) needs the bearer token when one is configured (RENDERWATCH_HEALER_TOKEN; required "
-                "off loopback).")
+                "own token) needs the bearer token: the operator's (RENDERWATCH_HEALER_TOKEN; required off "
+                "loopback), else one the healer makes for its own account in <state home>/healer/token, when "
+                "/metrics is open on loopback.")
 _SECURITY = {"token": BEARER,
              "alertmanager": {**BEARER, "description": f"the token Alertmanager sends ({ENV_ALERTMANAGER_TOKEN})"}}
 

@@ -26,6 +26,7 @@ from promtools import panel_queries, query, start_prometheus, substitute
 from test_agent_gpu import FakeNvml
 
 from agent.app import run_in_thread
+from healer.service.client import call
 
 REPO = Path(__file__).resolve().parents[2]
 FAULTS = REPO / "tests" / "faults"
@@ -38,16 +39,15 @@ EXEMPT = {
 }
 
 
-def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
+def _post(url: str, body: dict, env: dict) -> dict:
+    """As `renderwatch jobs` calls the healer: with the token the healer made for this account."""
+    base, _, path = url.partition("/api/")
+    return call(base, "POST", f"/api/{path}", body, env=env, timeout=10)
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
+def _get(url: str, env: dict) -> dict:
+    base, _, path = url.partition("/api/")
+    return call(base, "GET", f"/api/{path}", env=env, timeout=10)
 
 
 @pytest.mark.blender
@@ -78,13 +78,13 @@ def test_every_panel_has_data_after_a_real_render_with_a_crash(tmp_path: Path, s
         scene = scene_copy(frames=6)
         prom.wait_for_scrapes("renderwatch-agent", 1, timeout=60)
         crash = _post(healer_url + "/api/v1/jobs", {"scene": str(scene), "frames": "1-6", "args": [
-            "--python", str(FAULTS / "segfault.py"), "--python", str(FAULTS / "slow.py")]})
+            "--python", str(FAULTS / "segfault.py"), "--python", str(FAULTS / "slow.py")]}, env)
         # Output under /proc cannot be written: a fail-fast output_error, i.e. a job the healer gives up on.
         gave_up = _post(healer_url + "/api/v1/jobs", {"scene": str(scene), "frames": "1-2",
-                                                      "output": "/proc/renderwatch-test/f_####"})
+                                                      "output": "/proc/renderwatch-test/f_####"}, env)
 
         def state(job_id: str) -> str:
-            return str(_get(f"{healer_url}/api/v1/jobs/{job_id}")["state"])
+            return str(_get(f"{healer_url}/api/v1/jobs/{job_id}", env)["state"])
         running_at: list[float] = []          # moments a user would look at a live job
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not (state(crash["id"]) in ("complete", "failed")
@@ -94,9 +94,9 @@ def test_every_panel_has_data_after_a_real_render_with_a_crash(tmp_path: Path, s
             time.sleep(0.5)
         assert state(crash["id"]) == "complete", (tmp_path / "healer.log").read_text()[-3000:]
         assert len(running_at) >= 4, running_at
-        job = _get(f"{healer_url}/api/v1/jobs/{crash['id']}")
+        job = _get(f"{healer_url}/api/v1/jobs/{crash['id']}", env)
         assert job["state"] == "complete" and job["restarts"] == 1, job
-        assert _get(f"{healer_url}/api/v1/jobs/{gave_up['id']}")["state"] == "failed"
+        assert _get(f"{healer_url}/api/v1/jobs/{gave_up['id']}", env)["state"] == "failed"
 
         prom.wait_for_scrapes("renderwatch-agent", 3, timeout=60)
         prom.wait_for_scrapes("renderwatch-healer", 3, timeout=60)

@@ -156,9 +156,9 @@ def test_services_refuse_to_start_off_loopback_without_token(tmp_path: Path, cmd
 def test_token_comparison_is_constant_time() -> None:
     """Every token check goes through hmac.compare_digest (and never ==)."""
     from agent import ingest
-    from healer.service import alerts, app
+    from healer.service import alerts, auth
 
-    for fn in (ingest.check_token, app._auth_middleware, alerts.AlertmanagerReceiver.handle):
+    for fn in (ingest.check_token, auth.auth_middleware, alerts.AlertmanagerReceiver.handle):
         src = inspect.getsource(fn)
         assert "hmac.compare_digest(" in src, fn
         assert "== token" not in src and "token ==" not in src and "== self._expected" not in src, fn
