@@ -1,9 +1,12 @@
 """Incidents: typed render errors and job events fanned out to Sentry and webhook targets, off the hot path.
 
-The supervisor calls `emit()` at each state change; the call only puts the incident on a bounded queue
-(microseconds, never blocks, never raises) and a worker thread hands it to each exporter: Sentry
-(`healer.incidents.sentry.SentryReporter`, one event per typed error, plus cron check-ins for job health) and
-webhooks (`healer.incidents.notify.WebhookNotifier`, signed deliveries through an on-disk outbox).
+The supervisor calls `emit()` at each state change; the call writes the incident to the on-disk journal
+(`healer.incidents.journal`: one fsynced file, ~1 ms, so the incident survives a healer killed the moment
+after), puts it on a bounded queue, and returns; it never raises. A worker thread hands it to each
+exporter: Sentry (`healer.incidents.sentry.SentryReporter`, one event per typed error, plus cron check-ins
+for job health) and webhooks (`healer.incidents.notify.WebhookNotifier`, signed deliveries through an
+on-disk outbox), and settles the journal file once every exporter holds it. The next healer to start
+replays what a killed one left in the journal.
 
 Usage::
 
@@ -29,12 +32,14 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
 from healer.diagnosis.errors import RenderError
 from healer.incidents.config import IncidentsConfig, load_incidents_config
+from healer.incidents.journal import Journal
 from healer.incidents.model import RENDER_STARTED, Incident, IncidentExporter
 from healer.incidents.notify import WebhookNotifier
 from healer.incidents.scrub import Scrubber
@@ -61,8 +66,16 @@ class Incidents:
     """Non-blocking fan-out of incidents to exporters (see module docstring)."""
 
     def __init__(self, exporters: Iterable[IncidentExporter] = (), *, registry: CollectorRegistry | None = None,
-                 queue_size: int = 1000, counter: Counter | None = None) -> None:
+                 queue_size: int = 1000, counter: Counter | None = None, journal: Journal | None = None,
+                 flush_timeout_s: float = 2.0) -> None:
         self._exporters = list(exporters)
+        self._journal = journal if self._exporters else None
+        self._journal_failed = False
+        self._flush_timeout_s = flush_timeout_s
+        # Exporters whose export() only queues (Sentry's transport): their incidents are settled in the
+        # journal once a flush says they were sent.
+        self._unsent: dict[str, list[str]] = {e.name: [] for e in self._exporters if not getattr(e, "durable", True)}
+        self._unsent_lock = threading.Lock()
         self._counter = counter if counter is not None else incidents_counter(
             registry if registry is not None else CollectorRegistry())
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
@@ -78,6 +91,8 @@ class Incidents:
             bind = getattr(exp, "bind_counter", None)
             if callable(bind):
                 bind(self.count)
+        if self._journal is not None:
+            self._replay(self._journal)
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -108,7 +123,16 @@ class Incidents:
             exporters.append(WebhookNotifier(config.webhooks, outbox=outbox, scrubber=scrubber,
                                              retry_base_s=config.retry_base_s, retry_max_s=config.retry_max_s,
                                              max_age_s=config.max_age_s))
-        return cls(exporters, registry=registry, queue_size=config.queue_size, counter=counter)
+        journal = None
+        if exporters:
+            # beside the webhook outbox where that was configured, else in the healer's state home
+            where = (Path(config.outbox).parent if config.outbox else home(dict(env)) / "healer") / "incidents"
+            try:
+                journal = Journal(where)
+            except OSError as e:
+                log.warning("incident journal %s cannot be used (%s): incidents are kept in memory only until "
+                            "sent; fix the directory's permissions", where, e)
+        return cls(exporters, registry=registry, queue_size=config.queue_size, counter=counter, journal=journal)
 
     # -- the hot path ---------------------------------------------------------------------------------
     def emit(self, kind: str, info: Any = None, error: RenderError | None = None) -> None:
@@ -117,9 +141,10 @@ class Incidents:
             return
         try:
             incident = Incident(kind=kind, info=_snapshot(info), error=error)
+            self._write_ahead(incident)
             with self._idle:
                 self._pending += 1
-            self._queue.put_nowait(incident)
+            self._queue.put_nowait((incident, None))
         except queue.Full:
             with self._idle:
                 self._pending -= 1
@@ -134,6 +159,40 @@ class Incidents:
         """A job (or a resumed job) started: Sentry cron check-in `in_progress`."""
         self.emit(RENDER_STARTED, info)
 
+    def _write_ahead(self, incident: Incident) -> None:
+        """The incident on disk before emit() returns (see healer.incidents.journal)."""
+        if self._journal is None:
+            return
+        try:
+            self._journal.write(incident, [e.name for e in self._exporters])
+        except Exception as e:  # noqa: BLE001 - a full disk must not stop supervision: keep it in memory
+            self._counter.labels(incident.kind, "journal", "error").inc()
+            if not self._journal_failed:
+                log.warning("incident journal: could not write %s (%s): incidents are kept in memory only until "
+                            "sent, and a healer killed before then loses them; free space or fix permissions in %s",
+                            incident.kind, e, self._journal.path)
+                self._journal_failed = True
+
+    def _replay(self, journal: Journal) -> None:
+        """Hand over what a killed healer left in the journal (to the exporters it still owed)."""
+        try:
+            orphans = list(journal.orphans())
+        except Exception:  # noqa: BLE001
+            log.exception("incident journal: could not read %s", journal.path)
+            return
+        for incident, left in orphans:
+            with self._idle:
+                self._pending += 1
+            try:
+                self._queue.put_nowait((incident, left))
+            except queue.Full:
+                with self._idle:
+                    self._pending -= 1
+                break                              # the rest stays on disk for the next start
+            self._counter.labels(incident.kind, "journal", "replayed").inc()
+        if orphans:
+            log.info("incident journal: replaying %d incident(s) a stopped healer had not handed over", len(orphans))
+
     # -- worker ---------------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
@@ -141,25 +200,57 @@ class Incidents:
             if item is _STOP:
                 return
             try:
-                self._dispatch(item)
+                self._dispatch(*item)
             finally:
                 with self._idle:
                     self._pending -= 1
                     if self._pending <= 0:
                         self._idle.notify_all()
 
-    def _dispatch(self, incident: Incident) -> None:
+    def _dispatch(self, incident: Incident, only: set[str] | None = None) -> None:
         for exp in self._exporters:
+            if only is not None and exp.name not in only:
+                continue
             try:
                 outcomes = exp.export([incident])
             except Exception:  # noqa: BLE001 - one exporter's bug must not stop the others
                 log.exception("incident exporter %s failed", exp.name)
                 self._counter.labels(incident.kind, exp.name, "error").inc()
-                continue
+                continue                  # stays in the journal: the next start tries this exporter again
             # An exporter answers {target: outcome} for what it did with the incident.
             if isinstance(outcomes, Mapping):
                 for target, outcome in outcomes.items():
                     self._counter.labels(incident.kind, str(target), str(outcome)).inc()
+            if exp.name in self._unsent:
+                with self._unsent_lock:
+                    self._unsent[exp.name].append(incident.id)
+            elif self._journal is not None:
+                self._journal.done(incident.id, exp.name)
+        self._settle_unsent(self._flush_timeout_s)
+
+    def _settle_unsent(self, timeout: float) -> None:
+        """Flush the exporters that only queue; what they sent is settled in the journal."""
+        for exp in self._exporters:
+            if not self._unsent.get(exp.name):
+                continue
+            with self._unsent_lock:
+                flushing = len(self._unsent[exp.name])
+            try:
+                sent = exp.force_flush(timeout)
+            except Exception:  # noqa: BLE001
+                sent = False
+            if sent:
+                self._mark_sent(exp.name, flushing)
+
+    def _mark_sent(self, name: str, count: int | None = None) -> None:
+        """The first `count` (default: all) incidents queued with exporter `name` were sent."""
+        with self._unsent_lock:
+            ids = self._unsent[name]
+            n = len(ids) if count is None else count
+            sent, ids[:n] = ids[:n], []
+        if self._journal is not None:
+            for incident_id in sent:
+                self._journal.done(incident_id, name)
 
     def count(self, kind: str, target: str, outcome: str) -> None:
         """Count an outcome that happens later (a webhook delivered after retries)."""
@@ -178,6 +269,9 @@ class Incidents:
         ok = True
         for exp in self._exporters:
             ok = exp.force_flush(max(0.0, deadline - time.monotonic())) and ok
+        if ok:
+            for name in self._unsent:
+                self._mark_sent(name)
         return ok
 
     def close(self, timeout: float = 5.0) -> bool:

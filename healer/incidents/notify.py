@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 from healer.incidents.model import DEFAULT_WEBHOOK_KINDS, KINDS, Incident
 from healer.incidents.scrub import Scrubber
 from renderwatch import __version__
+from renderwatch.files import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ class Outbox:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             with contextlib.suppress(OSError):
                 os.chmod(d, 0o700)
+        remove_stale_temps(self.path, prefix=".tmp-", suffix=".json")   # a killed healer's half-written file
 
     @staticmethod
     def filename(record: Mapping[str, Any]) -> str:
@@ -224,7 +226,7 @@ class Outbox:
 
     def put(self, record: Mapping[str, Any]) -> Path:
         dst = self.path / self.filename(record)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-", suffix=".json")
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".tmp-{os.getpid()}-", suffix=".json")
         try:
             with os.fdopen(fd, "w") as f:   # mkstemp creates the file 0600
                 json.dump(record, f, separators=(",", ":"))
@@ -251,6 +253,11 @@ class Outbox:
                           if e.name.startswith(prefix) and e.name.endswith(".json") and e.is_file())
         except FileNotFoundError:
             return []
+
+    def holds(self, target: str, delivery_id: str) -> bool:
+        """Whether a delivery with this id waits for this target."""
+        suffix = f"-{delivery_id}.json"
+        return any(n.endswith(suffix) for n in self.names(target))
 
     def read(self, name: str) -> dict[str, Any] | None:
         try:
@@ -329,6 +336,9 @@ class WebhookNotifier:
         for incident in batch:
             for t in self.targets.values():
                 if not t.accepts(incident.kind):
+                    continue
+                if self.outbox.holds(t.name, incident.id):
+                    outcomes[t.name] = "queued"   # a replay from the journal: the delivery is already here
                     continue
                 body = render_body(incident, t, self.scrubber)
                 self.outbox.put({"id": incident.id, "target": t.name, "kind": incident.kind,

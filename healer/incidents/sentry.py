@@ -238,7 +238,9 @@ def build_event(incident: Incident, scrubber: Scrubber, *, include: Sequence[str
         exc["mechanism"]["meta"] = {"signal": {"number": error.exit_signal}}
     crumbs = [dict(b) for b in breadcrumbs]
     event: dict[str, Any] = {
-        "event_id": uuid.uuid4().hex,
+        # The incident's id: a healer that replays its journal after a kill sends the same event_id,
+        # which Sentry keeps once.
+        "event_id": incident.id if _is_event_id(incident.id) else uuid.uuid4().hex,
         "level": level_for(incident.kind, error),
         "logger": "renderwatch.healer",
         "platform": "python",
@@ -264,11 +266,17 @@ def build_event(incident: Incident, scrubber: Scrubber, *, include: Sequence[str
     return EventParts(event=event, attachments=attachments)
 
 
+def _is_event_id(value: str) -> bool:
+    """Sentry's event_id: 32 lowercase hex digits."""
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
 # -- the reporter --------------------------------------------------------------------------------------
 class SentryReporter:
     """Incident exporter to Sentry (typed errors as events, job start/end as cron check-ins)."""
 
     name = TARGET
+    durable = False        # export() hands events to sentry-sdk's in-memory transport: settled on flush
 
     def __init__(self, config: SentryConfig, *, scrubber: Scrubber | None = None,
                  client_options: Mapping[str, Any] | None = None) -> None:

@@ -110,15 +110,17 @@ async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: A
     att.error_type = error.type
     att.error_summary = error.summary or None
     att.ended_at = ctx.wall()
+    # The incident is on disk (the incident journal) before the ledger records the crash and the
+    # healer acts on it: a healer killed in between loses nothing; the next one replays the journal.
+    if error.type != "ok" and error.fatal and not ctx.cancelled:
+        kind = "render.stalled" if error.type == "stall" else "render.crashed"
+        ctx.incidents.emit(kind, ctx.info(frame=error.frame, log_tail=list(proc.tail), crash_file=st.crash_file,
+                                          message=error.summary), error)
     ctx.record_warnings(error)
     led.save()
     ctx.update_metrics()
     if ctx.metrics:
         ctx.metrics.attempts.labels(error.type).inc()
-    if error.type != "ok" and error.fatal and not ctx.cancelled:
-        kind = "render.stalled" if error.type == "stall" else "render.crashed"
-        ctx.incidents.emit(kind, ctx.info(frame=error.frame, log_tail=list(proc.tail), crash_file=st.crash_file,
-                                          message=error.summary), error)
     return error
 
 

@@ -24,21 +24,21 @@ class RenderResult:
 
 def finish_complete(ctx: JobContext, led: Ledger) -> RenderResult:
     led.status, led.error = "complete", None
+    if not ctx.announced_complete:    # on disk (the incident journal) before the ledger says so
+        ctx.incidents.emit("render.completed", ctx.info(message="every requested frame has a verified output"))
     led.save()
     ctx.update_metrics()
-    if not ctx.announced_complete:
-        ctx.incidents.emit("render.completed", ctx.info(message="every requested frame has a verified output"))
     return RenderResult("complete", EXIT_OK, led)
 
 
 def finish_failed(ctx: JobContext, led: Ledger, etype: str, message: str, code: int) -> RenderResult:
     led.status, led.error = "failed", {"type": etype, "message": message}
+    cls = errors.ERROR_TYPES.get(etype, errors.UnknownError)
+    ctx.incidents.emit("render.gave_up", ctx.info(message=message), cls(summary=message))
     led.save()
     ctx.update_metrics()
-    cls = errors.ERROR_TYPES.get(etype, errors.UnknownError)
     if ctx.metrics:
         ctx.metrics.gave_up.labels(led.job, etype).inc()
-    ctx.incidents.emit("render.gave_up", ctx.info(message=message), cls(summary=message))
     return RenderResult("failed", code, led, led.error)
 
 

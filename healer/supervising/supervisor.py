@@ -232,12 +232,13 @@ class Supervisor:
                 code = EXIT_STRICT if action.reason.startswith("--strict") else exit_status(etype)
                 return finish_failed(ctx, led, etype, action.reason, code)
             if action.restart:
+                # on disk (the incident journal) before the restart is announced or made
+                ctx.incidents.emit("render.restarted", ctx.info(message=action.reason))
                 ctx.say(f"restart: {action.reason}" + (f" (in {action.delay_s:.1f} s)" if action.delay_s else ""))
                 if ctx.openjd:
                     ctx.openjd.status(f"renderwatch restart {led.restarts + 1}: {action.reason}")
                 if ctx.metrics:
                     ctx.metrics.restarts.labels(led.job, action.error_type or "unknown").inc()
-                ctx.incidents.emit("render.restarted", ctx.info(message=action.reason))
             if action.delay_s > 0:
                 try:
                     await asyncio.wait_for(ctx.cancel_event.wait(), action.delay_s)
