@@ -56,6 +56,13 @@ class Hist:
         return out
 
 
+# Totals never expire (they are counters), so the label sets they keep are capped: a host renders a few
+# dozen scenes, not thousands, and a local account inventing scene names through the ingest must not grow
+# /metrics without bound. Frames of label sets past the cap are counted under OTHER (and the folding too).
+MAX_LABEL_SETS = 500
+OTHER: Labels = ("other", "other", "other")
+
+
 @dataclass
 class FrameTotals:
     """frames rendered, frame seconds and peak memory per kind, by (scene, engine, device_type)."""
@@ -64,12 +71,31 @@ class FrameTotals:
     seconds: dict[Labels, Hist] = field(default_factory=dict)
     memory: dict[tuple[Labels, str], Hist] = field(default_factory=dict)
     suspects: dict[str, int] = field(default_factory=dict)    # frames that look wrong, by reason
+    folded: int = 0                                           # frames counted under OTHER (the cap)
+    max_label_sets: int = MAX_LABEL_SETS
 
     def suspect(self, reason: str) -> None:
         self.suspects[reason] = self.suspects.get(reason, 0) + 1
 
-    def record(self, labels: Labels, seconds: float, peaks: dict[str, float]) -> None:
+    def admit(self, labels: Labels) -> Labels:
+        """The label set a frame is counted under: its own, or OTHER once the cap is reached."""
+        if labels in self.frames or len(self.frames) < self.max_label_sets:
+            return labels
+        self.folded += 1
+        return OTHER
+
+    def count(self, labels: Labels) -> None:
+        """A frame rendered whose time and memory are not known (yet): the healer verified it."""
+        labels = self.admit(labels)
         self.frames[labels] = self.frames.get(labels, 0) + 1
+
+    def record(self, labels: Labels, seconds: float, peaks: dict[str, float], *, counted: bool = False) -> None:
+        """A rendered frame's time and peaks; `counted`: the frame itself was counted already (count())."""
+        if counted:
+            labels = labels if labels in self.frames else OTHER if OTHER in self.frames else labels
+        else:
+            labels = self.admit(labels)
+            self.frames[labels] = self.frames.get(labels, 0) + 1
         h = self.seconds.get(labels)
         if h is None:
             h = self.seconds[labels] = Hist(SECONDS_BUCKETS)
@@ -87,6 +113,7 @@ class FrameTotals:
             "seconds": [[list(k), h.counts, h.sum] for k, h in self.seconds.items()],
             "memory": [[list(k), kind, h.counts, h.sum] for (k, kind), h in self.memory.items()],
             "suspects": dict(self.suspects),
+            "folded": self.folded,
         }
 
     @classmethod
@@ -101,6 +128,7 @@ class FrameTotals:
             if len(counts) == len(MEMORY_BUCKETS) + 1:
                 t.memory[(_labels(k), kind)] = Hist(MEMORY_BUCKETS, list(counts), float(total))
         t.suspects = {str(k): int(v) for k, v in d.get("suspects", {}).items()}
+        t.folded = int(d.get("folded", 0))
         return t
 
 

@@ -122,8 +122,9 @@ class StateCollector(Collector):
 
     def _totals(self) -> Iterator[Metric]:
         t = self.state.totals
-        frames = CounterMetricFamily("renderwatch_frames_rendered", "Frames rendered (frame_end events)",
-                                     labels=FRAME_LABELS)
+        frames = CounterMetricFamily("renderwatch_frames_rendered",
+                                     "Frames rendered (frame_end events, and frames the healer verified "
+                                     "after Blender died before reporting them)", labels=FRAME_LABELS)
         for labels, n in t.frames.items():
             frames.add_metric(list(labels), n)
         yield frames
@@ -146,3 +147,6 @@ class StateCollector(Collector):
         for reason in SUSPECT_REASONS:        # every reason from the start: rate() and alerts see the first one
             suspect.add_metric([reason], t.suspects.get(reason, 0))
         yield suspect
+        yield CounterMetricFamily("renderwatch_frames_label_folded",
+                                  f"Frames counted under scene/engine/device \"other\": the agent keeps at most "
+                                  f"{t.max_label_sets} label sets of frame totals", value=t.folded)

@@ -61,6 +61,7 @@ class Job:
     traceparent: str = ""
     frame_spans: dict[int, tuple[str, int]] = field(default_factory=dict)   # frame -> (session, seq) of its span
     suspects: dict[str, int] = field(default_factory=dict)    # frames found suspect, by reason
+    verified_only: set[int] = field(default_factory=set)      # counted from the healer's frame_verified
 
     @property
     def attempts(self) -> int:
@@ -217,9 +218,19 @@ class State:
         job.phases.setdefault(ev["frame"], []).append((ev["name"], ev["ts"], ev.get("detail") or ""))
         job.last_progress_ts = max(job.last_progress_ts, ev["ts"])
 
-    def _frame_end(self, ev: dict) -> FrameDone:
+    def _frame_end(self, ev: dict) -> FrameDone | None:
         job = self.job_for(ev)
         frame, seconds, end = ev["frame"], float(ev["seconds"]), ev["ts"]
+        if ev["saved"] and frame in job.verified_only:
+            # The healer's frame_verified came first (another spool session) and counted this very
+            # render: keep its time and memory, count it and trace it no second time.
+            job.verified_only.discard(frame)
+            job.frame_started.pop(frame, None)
+            job.phases.pop(frame, None)
+            job.recent.append(seconds)
+            job.last_frame_seconds = seconds
+            self.totals.record(job.labels, seconds, frame_peaks(ev), counted=True)
+            return None
         start = job.frame_started.pop(frame, end - seconds)
         phases = tuple(job.phases.pop(frame, ()))
         if ev["saved"]:
@@ -243,6 +254,29 @@ class State:
                 self.totals.suspect("cpu_fallback")
                 job.suspects["cpu_fallback"] = job.suspects.get("cpu_fallback", 0) + 1
         return FrameDone(job, ev["session"], frame, min(start, end), end, ev, phases)
+
+    def _frame_verified(self, ev: dict) -> FrameDone | None:
+        """The healer verified a frame on disk that Blender may have died before reporting. Counted and
+        traced only when no frame_end did (the healer never renders a verified frame again, so a
+        frame_end for it, before or after, is the same render)."""
+        job = self.job_for(ev)
+        frame, end = ev["frame"], ev["ts"]
+        if frame in job.done:
+            return None
+        start = job.frame_started.pop(frame, end)
+        phases = tuple(job.phases.pop(frame, ()))
+        job.done.add(frame)
+        job.verified_only.add(frame)
+        job.frames_rendered += 1
+        job.last_progress_ts = max(job.last_progress_ts, end)
+        if job.current_frame == frame:
+            job.current_frame = None
+        if ev.get("output_path"):
+            job.output_path = ev["output_path"]
+        self.totals.count(job.labels)
+        job.frame_spans[frame] = (ev["session"], ev["seq"])
+        span_ev = {**ev, "seconds": max(0.0, end - start), "saved": True}
+        return FrameDone(job, ev["session"], frame, min(start, end), end, span_ev, phases)
 
     def _frame_check(self, ev: dict) -> FrameCheck:
         """The healer found a saved frame that looks wrong (blank, wrong size, too fast...)."""
@@ -307,5 +341,6 @@ def frame_peaks(ev: dict) -> dict[str, float]:
 
 _HANDLERS = {
     "job_start": State._job_start, "frame_start": State._frame_start, "phase": State._phase,
-    "frame_end": State._frame_end, "job_end": State._job_end, "frame_check": State._frame_check, "_stale": State._stale, "_expire": State._expire,
+    "frame_end": State._frame_end, "job_end": State._job_end, "frame_check": State._frame_check,
+    "frame_verified": State._frame_verified, "_stale": State._stale, "_expire": State._expire,
 }

@@ -13,8 +13,10 @@ Every event is one JSON object. Common fields (all required):
     host     str    hostname
     pid      int    Blender's process id
 
-Per type (see FIELDS): job_start, frame_start, phase, frame_end, job_end (from the hooks), and
-frame_check (from the healer: a saved frame that looks wrong, `reason` one of SUSPECT_REASONS).
+Per type (see FIELDS): job_start, frame_start, phase, frame_end, job_end (from the hooks), and from the
+healer: frame_check (a saved frame that looks wrong, `reason` one of SUSPECT_REASONS) and frame_verified
+(a frame the healer verified on disk after Blender died before its hooks could report it; the agent
+counts it only if no frame_end of the hooks does).
 
 Usage::
 
@@ -35,7 +37,7 @@ MAX_STR = 4096
 MAX_INT = 2**63 - 1          # JSON allows integers of any size; nothing renderwatch stores needs more
 MAX_FRAME_SPAN = 1_048_574   # Blender's MAXFRAME: no job covers more frames than this
 
-EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end", "frame_check")
+EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end", "frame_check", "frame_verified")
 PHASES = ("sync", "bvh", "kernels", "sampling", "denoise", "compositing", "save", "other")
 JOB_END_STATUS = ("complete", "cancel")
 # The line the hooks print under the healer at each render's start: what its frames should be (JSON).
@@ -86,6 +88,9 @@ FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     # sent by the healer, which inspects each saved frame: a frame that looks wrong, and why
     "frame_check": {"frame": (int, True), "reason": (str, True), "detail": (str, False),
                     "rendered": (int, False)},
+    # sent by the healer: a frame it verified on disk whose frame_end the hooks may never have sent
+    # (Blender killed between writing the file and the render_write handler)
+    "frame_verified": {"frame": (int, True), "output_path": (str, False), "attempt": (int, False)},
 }
 
 

@@ -203,3 +203,53 @@ def test_a_frame_check_with_an_unknown_reason_is_rejected():
     with pytest.raises(EventError) as e:
         validate(ev)
     assert e.value.reason == "out_of_range" and "blank" in e.value.detail
+
+
+def _verified(frame: int, seq: int = 1, job: str = "j-v") -> dict:
+    from blender_hooks.events import make_event
+
+    return make_event("frame_verified", session="hea1e7ab", seq=seq, job=job, host="h", pid=1, frame=frame,
+                      output_path=f"/shots/frames/f_{frame:04d}.png", attempt=1)
+
+
+@pytest.mark.parametrize("order", ["healer_first", "hooks_first", "hooks_never"])
+def test_a_frame_the_healer_verified_is_counted_once_whoever_reports_it_first(order):
+    """Blender killed between writing frame 2 and its render_write handler: the healer says
+    frame_verified. The hooks' frame_end may come later (another spool session), earlier, or never."""
+    st, s = State(), JobStream("j-v")
+    head = [s.start(1, 3), *s.frame(1)]
+    frame2 = s.frame(2, seconds=1.5)
+    frame2_start, frame2_end = frame2[:-1], frame2[-1:]
+    healer = [_verified(2)]
+    tail = s.frame(3)
+    body = {"healer_first": frame2_start + healer + frame2_end, "hooks_first": frame2 + healer,
+            "hooks_never": frame2_start + healer}[order]
+    effects = feed(st, head + body + tail)
+    job = st.jobs["j-v"]
+    assert (job.frames_done, job.frames_rendered) == (3, 3)
+    assert st.totals.frames[("Scene", "CYCLES", "CPU")] == 3
+    assert sorted(e.frame for e in effects if isinstance(e, FrameDone)) == [1, 2, 3]   # one frame span each
+    histogram = st.totals.seconds[("Scene", "CYCLES", "CPU")]
+    assert histogram.count == (2 if order == "hooks_never" else 3)      # the time is known when the hooks said it
+    if order != "hooks_never":
+        assert histogram.sum == pytest.approx(0.5 + 1.5 + 0.5)
+
+
+
+def test_frame_totals_keep_a_bounded_number_of_label_sets_and_count_the_rest_as_other():
+    """A local account inventing scene names through the open ingest cannot grow /metrics without bound."""
+    from agent.aggregates import OTHER, FrameTotals
+
+    st = State()
+    st.totals.max_label_sets = 5
+    for n in range(8):
+        s = JobStream(f"j{n}", session=f"sess{n:06d}", scene=f"invented-{n}")
+        feed(st, s.whole(frames=2))
+    assert len(st.totals.frames) == 6                      # 5 real label sets + OTHER
+    assert st.totals.frames[OTHER] == 6 and st.totals.folded == 6
+    assert st.totals.seconds[OTHER].count == 6
+    assert st.totals.frames[("invented-0", "CYCLES", "CPU")] == 2
+    s = JobStream("j0b", session="sess0b0000", scene="invented-0")   # a known scene keeps its own series
+    feed(st, s.whole(frames=1))
+    assert st.totals.frames[("invented-0", "CYCLES", "CPU")] == 3 and st.totals.folded == 6
+    assert FrameTotals.from_dict(st.totals.to_dict()).folded == 6

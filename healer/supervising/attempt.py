@@ -103,6 +103,7 @@ async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: A
             att.frames_rendered[:] = [x for x in att.frames_rendered if x != f]
             ctx.say(why)
     await review_frames(ctx, led, st)       # frames that are whole files but wrong pictures: rendered again
+    tell_agent_verified(ctx, led, att, st.current_frame, exit_code, exit_signal)
     att.frame_in_flight = in_flight if in_flight not in led.frames else None
     if att.frame_in_flight is not None and st.frame_started_at is not None:
         att.frame_age_s = round(ctx.clock() - st.frame_started_at, 3)
@@ -122,6 +123,20 @@ async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: A
     if ctx.metrics:
         ctx.metrics.attempts.labels(error.type).inc()
     return error
+
+
+def tell_agent_verified(ctx: JobContext, led: Ledger, att: Attempt, last: int | None,
+                        exit_code: int | None, exit_signal: int | None) -> None:
+    """Blender died (not a clean exit) on frame `last` (its last frame_start): if that frame is verified on disk,
+    the hooks may have been killed between the file's write and their render_write handler, so the
+    agent never heard of it. Say so (frame_verified); the agent counts it only if no frame_end does."""
+    if last is None or last not in led.frames or last not in att.frames_rendered:
+        return
+    if exit_code == 0 and exit_signal is None:
+        return                              # a clean exit ran every handler
+    if ctx.agent is not None:
+        ctx.agent.send("frame_verified", job=led.job, frame=last, output_path=led.frames[last].path,
+                       attempt=att.attempt)
 
 
 def output_arg(out: str | None) -> str | None:

@@ -1,6 +1,7 @@
 """Chaos: a real 6-frame Blender 3.4 render under `renderwatch render`, a real `renderwatch agent` and a
 webhook receiver, with Blender (SIGKILL, SIGSEGV, SIGSTOP), the agent (SIGKILL + restart) or the healer
-itself (SIGKILL + the same command again) killed at seeded random moments.
+itself (SIGKILL + the same command again) killed at seeded random moments, including the moment the
+healer has recorded a crash and not yet handed its incident on.
 
 Every round must end with every frame on disk exactly once and verified, no verified frame rendered
 twice, every frame's telemetry in the agent exactly once and every incident notified exactly once
@@ -52,6 +53,22 @@ def test_chaos_round(round_no, receiver, chaos_scene, workdir, blender34):
     result = run_round(SEED, round_no, workdir, chaos_scene, receiver, blender=blender34)
     print(f"  faults: {[(f.kind, f.effect) for f in result.faults]}; {result.duration_s:.1f} s")
     check_round(result)
+
+
+@pytest.mark.parametrize("at_s", [0.6, 1.7])
+def test_healer_killed_the_moment_it_records_a_crash_loses_no_incident(at_s, receiver, chaos_scene, workdir,
+                                                                       blender34):
+    """The kill at the incident's moment, aimed rather than drawn: Blender segfaults, and the healer is
+    SIGKILLed as soon as its ledger shows the crash. The render.crashed incident must still be
+    delivered exactly once (the next healer replays the incident journal), with the other invariants."""
+    from chaos_support import Fault
+
+    result = run_round(SEED, 90 + int(at_s * 10), workdir, chaos_scene, receiver, blender=blender34,
+                       faults=[Fault("incident_kill", at_s)])
+    print(f"  faults: {[(f.kind, f.effect) for f in result.faults]}; {result.duration_s:.1f} s")
+    assert not result.faults[0].effect.startswith("skipped"), result.context()
+    check_round(result)
+    assert sum(1 for d in result.deliveries if d.kind == "render.crashed") == 1, result.context()
 
 
 def test_seed_is_reproducible():
@@ -111,11 +128,10 @@ bpy.app.handlers.render_post.append(post)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: Blender killed after writing a frame but before the hooks' "
-                   "render_write handler: the healer keeps the verified file, the agent never hears of the frame")
 def test_frame_killed_between_write_and_render_write_still_reaches_the_agent(tmp_path, chaos_scene, blender34):
     """The chaos window no random kill has hit yet, made deterministic: SIGKILL in render_post of frame 2
-    (Blender 3.4 has written the file by then; the hooks send frame_end from render_write, after it)."""
+    (Blender 3.4 has written the file by then; the hooks send frame_end from render_write, after it).
+    The healer, which verified frame 2 on disk, tells the agent (frame_verified): counted once."""
     import subprocess
     import sys
 
