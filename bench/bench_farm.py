@@ -23,7 +23,7 @@ from renderwatch.scenes import create_demo_scene
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "deploy" / "farms" / "openjd" / "blender-per-frame.yaml"
-RUNS = int(os.environ.get("RENDERWATCH_BENCH_RUNS", "3"))
+RUNS = int(os.environ.get("RENDERWATCH_BENCH_RUNS", "5"))
 TASKS = 4
 GOAL_S = 0.15
 BARE = """specificationVersion: jobtemplate-2023-09
@@ -72,10 +72,13 @@ def run() -> list[dict]:
         for i in range(RUNS):
             for kind in (("rw", "bare") if i % 2 == 0 else ("bare", "rw")):
                 res[kind].append(_job(openjd, TEMPLATE if kind == "rw" else bare, scene, work / "home"))
-    rw, b = statistics.median(res["rw"]), statistics.median(res["bare"])
+    # Best of the runs, as timeit does: on these shared machines one job's time moves by ±0.3 s from
+    # run to run, more than the difference sought, and the noise only ever adds time.
+    rw, b = min(res["rw"]), min(res["bare"])
     added = rw - b
-    return [{"name": f"time added per one-frame task under openjd run ({TASKS} tasks, median of {RUNS}; "
-                     f"{rw:.2f} s vs {b:.2f} s bare)",
+    med = statistics.median(res["rw"]) - statistics.median(res["bare"])
+    return [{"name": f"time added per one-frame task under openjd run ({TASKS} tasks, best of {RUNS} ABBA; "
+                     f"{rw:.2f} s vs {b:.2f} s bare; difference of medians {med:.2f} s)",
              "measured": round(added, 3), "unit": "s", "goal": f"≤ {GOAL_S} s",
              "peer": "the same task with bare blender", "peer_measured": round(b, 3),
              "pass": added <= GOAL_S, "detail": {"rw": res["rw"], "bare": res["bare"]}}]

@@ -17,9 +17,6 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +43,11 @@ def default_url(env: Mapping[str, str]) -> str:
 def call(url: str, method: str, path: str, body: Any = None, *, env: Mapping[str, str],
          timeout: float = 30.0) -> Any:
     """One API call; returns the decoded JSON answer or raises ApiError with what to do."""
+    # Imported here, not at the top: every `renderwatch` command registers this one, and
+    # urllib.request (http.client, ssl, email) is 25 ms of each start.
+    import urllib.error
+    import urllib.request
+
     token, token_file = client_token(env)          # PermissionError: someone else's file
     headers = {"Accept": "application/json"}
     if token:
@@ -132,7 +134,9 @@ def cmd_jobs(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> 
             job = call(url, "POST", "/api/v1/jobs", body, env=env)
             print(job["id"])
         else:
-            path = f"/api/v1/jobs/{urllib.parse.quote(args.id, safe='')}"
+            from urllib.parse import quote
+
+            path = f"/api/v1/jobs/{quote(args.id, safe='')}"
             if action == "show":
                 print(json.dumps(call(url, "GET", path, env=env), indent=2))
             else:

@@ -1,0 +1,25 @@
+"""The per-task start cost: a farm launches `renderwatch exec` / `render` once per frame, so building the
+command line must not import what only other commands use. Found by the farm benchmark: the `jobs`
+client, registered by every command, imported urllib.request (http.client, ssl, email) at the top, about
+25 ms of each start; a fresh interpreter is used so nothing is imported already."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("urllib.request", "aiohttp", "sentry_sdk", "opentelemetry", "prometheus_client", "PIL",
+         "blender_asset_tracer", "http.client")   # (not ssl: asyncio imports it, and exec runs on asyncio)
+PROBE = ("import json, sys\nfrom renderwatch.cli import build_parser\nbuild_parser(sys.argv[1:])\n"
+         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))")
+
+
+@pytest.mark.parametrize("argv", [["exec", "--", "blender", "-b", "a.blend", "-f", "1"],
+                                  ["render", "a.blend", "--frames", "1"], ["jobs", "list"]])
+def test_building_the_command_line_imports_nothing_heavy(argv):
+    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [], f"`renderwatch {argv[0]}` imports {out.stdout.strip()} before it runs"
