@@ -5,6 +5,7 @@ Usage::
     python -m fuzz events                          # until stopped; new inputs go to a temp folder
     python -m fuzz loglines -max_total_time=60     # any libFuzzer flag after the target
     python -m fuzz alertmanager --grow             # new inputs that add coverage go to fuzz/corpus/alertmanager
+    python -m fuzz events crash-0a1b2c...           # run one input again (a crash's reproducer)
     python -m fuzz --list
 
 The repo's corpus (fuzz/corpus/<target>/) seeds every run; a crash is written as crash-<sha1> into the
@@ -42,11 +43,14 @@ def main(argv: list[str]) -> int:
         return 2
     grow = "--grow" in rest
     flags = [a for a in rest if a != "--grow"]
-    seeds = CORPUS / name
-    seeds.mkdir(parents=True, exist_ok=True)
-    # libFuzzer writes new inputs into the first folder: the repo's corpus only when asked to grow it.
-    out = seeds if grow else Path(tempfile.mkdtemp(prefix=f"rw-fuzz-{name}-"))
-    dirs = [str(out)] + ([] if grow else [str(seeds)])
+    if any(not a.startswith("-") for a in flags):
+        dirs: list[str] = []           # inputs named: libFuzzer runs them once each (a crash's reproducer)
+    else:
+        seeds = CORPUS / name
+        seeds.mkdir(parents=True, exist_ok=True)
+        # libFuzzer writes new inputs into the first folder: the repo's corpus only when asked to grow it.
+        out = seeds if grow else Path(tempfile.mkdtemp(prefix=f"rw-fuzz-{name}-"))
+        dirs = [str(out)] + ([] if grow else [str(seeds)])
     atheris.Setup([sys.argv[0], *flags, *dirs], TARGETS[name])
     atheris.Fuzz()
     return 0

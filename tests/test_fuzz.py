@@ -81,3 +81,13 @@ def test_a_short_coverage_guided_run_finds_no_crash(target, tmp_path):
     crashes = list(tmp_path.iterdir())
     assert proc.returncode == 0 and not crashes, f"{crashes}\n{proc.stderr[-3000:]}"
     assert f"Done {runs} runs" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_one_named_input_runs_once_as_a_reproducer():
+    pytest.importorskip("atheris", reason="atheris is not installed (pip install -e '.[test]' installs it)")
+    seed = sorted((CORPUS / "events").iterdir())[0]
+    proc = subprocess.run([sys.executable, "-m", "fuzz", "events", str(seed)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Running: {seed}" in proc.stderr and "fuzzing was not performed" in proc.stderr
