@@ -229,7 +229,14 @@ class State:
             job.phases.pop(frame, None)
             job.recent.append(seconds)
             job.last_frame_seconds = seconds
-            self.totals.record(job.labels, seconds, frame_peaks(ev), counted=True)
+            peaks = frame_peaks(ev)
+            for kind, value in peaks.items():
+                if value > job.peaks.get(kind, 0):
+                    job.peaks[kind] = value
+            self.totals.record(job.labels, seconds, peaks, counted=True)
+            if is_cpu_fallback(ev):
+                self.totals.suspect("cpu_fallback")
+                job.suspects["cpu_fallback"] = job.suspects.get("cpu_fallback", 0) + 1
             return None
         start = job.frame_started.pop(frame, end - seconds)
         phases = tuple(job.phases.pop(frame, ()))

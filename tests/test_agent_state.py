@@ -218,7 +218,7 @@ def test_a_frame_the_healer_verified_is_counted_once_whoever_reports_it_first(or
     frame_verified. The hooks' frame_end may come later (another spool session), earlier, or never."""
     st, s = State(), JobStream("j-v")
     head = [s.start(1, 3), *s.frame(1)]
-    frame2 = s.frame(2, seconds=1.5)
+    frame2 = s.frame(2, seconds=1.5, peak_memory_blender_bytes=400e6)
     frame2_start, frame2_end = frame2[:-1], frame2[-1:]
     healer = [_verified(2)]
     tail = s.frame(3)
@@ -233,6 +233,7 @@ def test_a_frame_the_healer_verified_is_counted_once_whoever_reports_it_first(or
     assert histogram.count == (2 if order == "hooks_never" else 3)      # the time is known when the hooks said it
     if order != "hooks_never":
         assert histogram.sum == pytest.approx(0.5 + 1.5 + 0.5)
+        assert job.peaks == {"blender": 400e6, "rss": 300e6}      # frame 2's memory is kept either way
 
 
 
