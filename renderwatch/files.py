@@ -4,6 +4,7 @@ Usage::
 
     write_atomic(path, data)              # temp file beside it (0600), fsync, rename over the old one
     write_atomic(path, data, sync=False)  # survives a killed process (page cache), not a power loss
+    sync_dir(folder)                      # make a rename in it durable (power loss)
     remove_stale_temps(folder)            # temp files a killed writer left (their pid is in the name)
 """
 
@@ -68,3 +69,17 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def sync_dir(folder: str | os.PathLike[str]) -> None:
+    """fsync a directory, so that a rename into it survives a power loss (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

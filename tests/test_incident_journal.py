@@ -219,13 +219,13 @@ def test_half_written_files_of_a_killed_healer_are_removed_and_a_live_writers_ke
     outbox, journal = tmp_path / "outbox", tmp_path / "journal"
     for d in (outbox, journal):
         d.mkdir()
-    (outbox / f".tmp-{dead}-abc_12.json").write_text("{half")
-    (outbox / f".tmp-{os.getpid()}-def_34.json").write_text("{being written")
+    (outbox / f".w.1-aa.json.{dead}.abc_12.tmp").write_text("{half")
+    (outbox / f".w.2-bb.json.{os.getpid()}.def_34.tmp").write_text("{being written")
     (journal / f".0001-aa.json.{dead}.xyz.tmp").write_text("{half")
     (journal / f".0002-bb.json.{os.getpid()}.uvw.tmp").write_text("{being written")
     Outbox(outbox)
     Journal(journal)
-    assert sorted(p.name for p in outbox.iterdir() if p.is_file()) == [f".tmp-{os.getpid()}-def_34.json"]
+    assert sorted(p.name for p in outbox.iterdir() if p.is_file()) == [f".w.2-bb.json.{os.getpid()}.def_34.tmp"]
     assert sorted(p.name for p in journal.iterdir()) == [f".0002-bb.json.{os.getpid()}.uvw.tmp"]
     write_atomic(journal / "x.json", b"{}")          # the writer's own temp files carry its pid, and go
     assert sorted(p.name for p in journal.iterdir()) == [f".0002-bb.json.{os.getpid()}.uvw.tmp", "x.json"]

@@ -33,7 +33,7 @@ import psutil
 
 from healer.diagnosis.errors import Finding, RenderError, error_class
 from healer.incidents.model import Incident
-from renderwatch.files import remove_stale_temps, write_atomic
+from renderwatch.files import remove_stale_temps, sync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Journal:
                "exporters": sorted(set(exporters)), "done": [], "writer": self._me}
         path = self.path / f"{int(incident.time * 1e9):020d}-{incident.id}.json"
         write_atomic(path, json.dumps(rec, separators=(",", ":"), default=str).encode())
-        _sync_dir(self.path)
+        sync_dir(self.path)
         self._files[incident.id] = (path, rec)
         return path
 
@@ -186,15 +186,6 @@ def _alive(writer: Any) -> bool:
         return start is None or abs(p.create_time() - float(start)) < 1.0
     except (psutil.Error, ValueError, TypeError):
         return False
-
-
-def _sync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 __all__ = ["Journal", "error_from_dict", "error_to_dict"]

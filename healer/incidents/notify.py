@@ -38,7 +38,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 import urllib.error
@@ -53,7 +52,7 @@ from urllib.parse import urlsplit
 from healer.incidents.model import DEFAULT_WEBHOOK_KINDS, KINDS, Incident
 from healer.incidents.scrub import Scrubber
 from renderwatch import __version__
-from renderwatch.files import remove_stale_temps
+from renderwatch.files import remove_stale_temps, sync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +216,7 @@ class Outbox:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             with contextlib.suppress(OSError):
                 os.chmod(d, 0o700)
-        remove_stale_temps(self.path, prefix=".tmp-", suffix=".json")   # a killed healer's half-written file
+        remove_stale_temps(self.path)        # a killed healer's half-written file
 
     @staticmethod
     def filename(record: Mapping[str, Any]) -> str:
@@ -226,23 +225,8 @@ class Outbox:
 
     def put(self, record: Mapping[str, Any]) -> Path:
         dst = self.path / self.filename(record)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".tmp-{os.getpid()}-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:   # mkstemp creates the file 0600
-                json.dump(record, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dst)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):   # make the rename durable
-            dfd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        write_atomic(dst, json.dumps(record, separators=(",", ":")).encode())
+        sync_dir(self.path)                  # make the rename durable
         return dst
 
     def names(self, target: str) -> list[str]:
