@@ -122,13 +122,6 @@ class Journal:
             self._files[incident.id] = (path, rec)
             yield incident, left
 
-    def pending(self) -> int:
-        try:
-            return sum(1 for e in os.scandir(self.path) if e.is_file() and e.name.endswith(".json")
-                       and not e.name.startswith("."))
-        except FileNotFoundError:
-            return 0
-
 
 # -- records ---------------------------------------------------------------------------------------------------
 def error_to_dict(error: RenderError | None) -> dict[str, Any] | None:
