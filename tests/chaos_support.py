@@ -464,7 +464,8 @@ class _Round:
         time.sleep(0.3)
         r.deliveries = self.rx.received(r.webhook_path)
         outbox = self.home / "healer" / "outbox"
-        r.outbox_left = sorted(p.name for p in outbox.rglob("*.json")) if outbox.exists() else []
+        r.outbox_left = sorted(p.name for p in [*outbox.glob("*.json"), *outbox.glob("failed/*.json")]) \
+            if outbox.exists() else []          # (sent/ holds the markers of what was delivered)
 
     def cleanup(self) -> None:
         if self.healer and self.healer.poll() is None:

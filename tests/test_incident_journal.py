@@ -229,3 +229,25 @@ def test_half_written_files_of_a_killed_healer_are_removed_and_a_live_writers_ke
     assert sorted(p.name for p in journal.iterdir()) == [f".0002-bb.json.{os.getpid()}.uvw.tmp"]
     write_atomic(journal / "x.json", b"{}")          # the writer's own temp files carry its pid, and go
     assert sorted(p.name for p in journal.iterdir()) == [f".0002-bb.json.{os.getpid()}.uvw.tmp", "x.json"]
+
+
+def test_a_replay_after_the_outbox_already_delivered_it_is_not_sent_again(tmp_path, receiver, monkeypatch):
+    """A healer killed after its outbox file was written but before the journal was settled leaves both;
+    the next healer's notifier may deliver the outbox file before the journal is replayed. The replayed
+    incident has the same id: it must find the delivery done (found by the chaos test, seed 175226858)."""
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    env = {"RENDERWATCH_HOME": str(tmp_path / "home")}
+    monkeypatch.setattr(Journal, "done", lambda self, incident_id, exporter: None)   # killed before settling
+    first = Incidents.from_config({"webhooks": [{"url": url}]}, env=env)
+    first.emit("render.crashed", {"job": "j", "scene": "/s/a.blend", "frame": 4}, SegfaultError(summary="boom"))
+    assert first.close(10) and len(receiver.got) == 1          # delivered, outbox file gone
+    monkeypatch.undo()
+    journal = tmp_path / "home" / "healer" / "incidents"
+    (left,) = journal.glob("*.json")
+    rec = json.loads(left.read_text())
+    rec["writer"] = {"pid": 2 ** 22 + 12345, "start": 1.0}    # as a killed healer leaves it
+    left.write_text(json.dumps(rec))
+    again = Incidents.from_config({"webhooks": [{"url": url}]}, env=env)
+    assert again.close(10)
+    assert len(receiver.got) == 1, [d["kind"] for d in receiver.got]
+    assert list(journal.glob("*.json")) == []                  # and the journal is settled

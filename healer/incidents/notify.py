@@ -207,16 +207,26 @@ def render_body(incident: Incident, target: WebhookTarget, scrubber: Scrubber | 
 
 # -- the outbox ------------------------------------------------------------------------------------------------
 class Outbox:
-    """One file per undelivered delivery (0600, written atomically), in a 0700 directory."""
+    """One file per undelivered delivery (0600, written atomically), in a 0700 directory. A delivered
+    one leaves an empty marker of the same name in `sent/` (kept `keep_sent_s`), so the same delivery
+    handed over again (a killed healer's journal replayed after its outbox file was delivered) is
+    known and not sent twice."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_sent_s: float = 7 * 24 * 3600.0) -> None:
         self.path = Path(path)
         self.failed = self.path / "failed"
-        for d in (self.path, self.failed):
+        self.sent = self.path / "sent"
+        for d in (self.path, self.failed, self.sent):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             with contextlib.suppress(OSError):
                 os.chmod(d, 0o700)
         remove_stale_temps(self.path)        # a killed healer's half-written file
+        cutoff = time.time() - keep_sent_s
+        with contextlib.suppress(OSError):
+            for e in os.scandir(self.sent):
+                with contextlib.suppress(OSError):
+                    if e.stat().st_mtime < cutoff:
+                        os.unlink(e.path)
 
     @staticmethod
     def filename(record: Mapping[str, Any]) -> str:
@@ -239,9 +249,25 @@ class Outbox:
             return []
 
     def holds(self, target: str, delivery_id: str) -> bool:
-        """Whether a delivery with this id waits for this target."""
+        """Whether a delivery with this id waits for this target, or was delivered or given up already."""
         suffix = f"-{delivery_id}.json"
-        return any(n.endswith(suffix) for n in self.names(target))
+        prefix = target + "."
+        if any(n.endswith(suffix) for n in self.names(target)):
+            return True
+        for d in (self.sent, self.failed):
+            with contextlib.suppress(OSError):
+                if any(e.name.startswith(prefix) and e.name.endswith(suffix) for e in os.scandir(d)):
+                    return True
+        return False
+
+    def was_sent(self, name: str) -> bool:
+        return (self.sent / name).exists()
+
+    def delivered(self, name: str) -> None:
+        """The delivery was accepted: its marker first, then the file (killed between, the marker tells)."""
+        with contextlib.suppress(OSError):
+            os.close(os.open(self.sent / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        self.remove(name)
 
     def read(self, name: str) -> dict[str, Any] | None:
         try:
@@ -409,6 +435,9 @@ class WebhookNotifier:
             log.warning("webhook %s: unreadable outbox file %s moved to failed/", name, fname)
             self.outbox.fail(fname)
             return None
+        if self.outbox.was_sent(fname):        # delivered by a healer killed before it removed the file
+            self.outbox.remove(fname)
+            return None
         kind = str(rec.get("kind", "?"))
         body = rec["body"].encode()
         ts = int(self._clock())
@@ -419,7 +448,7 @@ class WebhookNotifier:
         status, retry_after = self._post(target, body, headers)
         attempts = int(rec.get("attempts", 0)) + 1
         if status is not None and 200 <= status < 300:
-            self.outbox.remove(fname)
+            self.outbox.delivered(fname)
             self._failures[name] = 0
             self._inc(kind, name, "delivered")
             self._transition(name, "up", f"webhook {name}: delivering again")
