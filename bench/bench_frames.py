@@ -2,9 +2,11 @@
 
 Frames are 3840x2160: a render-like RGBA PNG (gradients and noise, written by Pillow at zlib level 6,
 Blender's default 15 % compression being close), the same as a multilayer-free RGBA half-float EXR
-(ZIP), and the case the check exists for: a dithered black PNG (values 0 and 1, as Blender writes a
+(ZIP) and as a multilayer EXR with depth and normal passes (read chunk by chunk), and the case the check exists for: a dithered black PNG (values 0 and 1, as Blender writes a
 black frame) and a black EXR. The goal is the normal frame: a few milliseconds; a blank frame is the
-rare case and may cost a decode. The peer is what a naive check does for every frame: decode it
+rare case and may cost a decode. The half-rendered check: a frame whose file is clearly smaller than
+the job's others (the top half empty, dithered, alpha 0) is decoded with its reference frame; that is
+the rare case, and its cost is the row's figure. The peer is what a naive check does for every frame: decode it
 fully with Pillow (PNG) or OpenEXR (EXR) and take each channel's extrema.
 
 Usage::
@@ -19,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from healer.diagnosis.framecheck import inspect_frame
+from healer.diagnosis.framecheck import empty_cells, inspect_frame, judge_partial, may_be_partial
 
 W, H = 3840, 2160
 RUNS = 5
@@ -43,9 +45,19 @@ def _frames(d: Path) -> dict[str, Path]:
     black[..., :3] = rng.integers(0, 2, (H, W, 3))
     black[..., 3] = 255
     Image.fromarray(black).save(out["black.png"], compress_level=6)
+    half = rgba.copy()
+    half[: H // 2] = 0
+    half[: H // 2, :, :3] = rng.integers(0, 2, (H // 2, W, 3))
+    out["half.png"] = d / "half.png"
+    Image.fromarray(half).save(out["half.png"], compress_level=6)
     f = (rgba.astype(np.float32) / 255).astype(np.float16)
     hdr = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
     OpenEXR.File(hdr, {c: f[..., i] for i, c in enumerate("RGBA")}).write(str(out["render.exr"]))
+    passes = {"ViewLayer.Depth.Z": rng.random((H, W), dtype=np.float32) * 10,
+              **{f"ViewLayer.Normal.{c}": rng.random((H, W), dtype=np.float32) for c in "XYZ"}}
+    out["multilayer.exr"] = d / "multilayer.exr"
+    OpenEXR.File(hdr, {f"ViewLayer.Combined.{c}": f[..., i] for i, c in enumerate("RGBA")} | passes).write(
+        str(out["multilayer.exr"]))
     z = np.zeros((H, W), np.float16)
     OpenEXR.File(hdr, {"R": z, "G": z, "B": z, "A": np.ones((H, W), np.float16)}).write(str(out["black.exr"]))
     return out
@@ -77,6 +89,7 @@ def run() -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         frames = _frames(Path(tmp))
+        half = frames.pop("half.png")
         for name, path in frames.items():
             facts = inspect_frame(path)
             blank = name.startswith("black")
@@ -87,6 +100,25 @@ def run() -> list[dict]:
                          "measured": round(ours, 2), "unit": "ms", "goal": None if blank else f"<= {GOAL_MS:g}",
                          "peer": "full decode + extrema (Pillow / OpenEXR)", "peer_measured": round(peer, 1),
                          "pass": None if blank else ours <= GOAL_MS})
+        ref, bad = inspect_frame(frames["render.png"]), inspect_frame(half)
+        assert may_be_partial(bad, [ref]) and not may_be_partial(ref, [bad])
+
+        def partial(path: Path) -> object:
+            found = judge_partial(empty_cells(path), empty_cells(frames["render.png"]), 1)
+            assert found is not None and found.reason == "partial", found
+            return found
+
+        ours, peer = _ms(partial, half), _ms(_full_decode, half) + _ms(_full_decode, frames["render.png"])
+        rows.append({"name": f"half-rendered check, 4K half-empty PNG ({half.stat().st_size >> 20} MB, "
+                             f"{bad.file_size / ref.file_size:.0%} of its reference): the rare case, both decoded",
+                     "measured": round(ours, 1), "unit": "ms", "goal": None,
+                     "peer": "two full decodes + extrema (Pillow)", "peer_measured": round(peer, 1), "pass": None})
+        t = time.perf_counter()
+        for _ in range(1000):
+            may_be_partial(ref, [bad, ref, ref])
+        rows.append({"name": "half-rendered check, the size step every frame pays", "measured":
+                     round((time.perf_counter() - t) * 1e3, 2), "unit": "us", "goal": "<= 100",
+                     "peer": None, "peer_measured": None, "pass": (time.perf_counter() - t) * 1e3 <= 100})
     return rows
 
 

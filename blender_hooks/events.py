@@ -43,7 +43,7 @@ JOB_END_STATUS = ("complete", "cancel")
 # The line the hooks print under the healer at each render's start: what its frames should be (JSON).
 SETTINGS_MARK = "[renderwatch] render settings "
 # Why a frame is suspect (healer.diagnosis.framecheck): the bounded `reason` label of the metric.
-SUSPECT_REASONS = ("blank", "transparent", "resolution", "channels", "too_fast", "cpu_fallback")
+SUSPECT_REASONS = ("blank", "transparent", "partial", "resolution", "channels", "too_fast", "cpu_fallback")
 
 # Rejection reasons (the `reason` label of renderwatch_events_rejected_total).
 REASONS = (

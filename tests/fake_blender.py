@@ -191,5 +191,8 @@ class ReplayProbes:
     def full_disk(self, path: str) -> str | None:
         return None
 
+    def gl_driver(self, pid: int) -> tuple[str, str] | None:
+        return None
+
     def resources(self, pid: int) -> dict:
         return {}

@@ -37,7 +37,7 @@ THROTTLE_REASONS = ("gpu_idle", "applications_clocks_setting", "sw_power_cap", "
                     "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
                     "display_clock_setting")
 PROBES = ("alive", "progress", "heartbeat", "stall", "memory", "gpu")
-SUSPECT_REASONS = ("blank", "transparent", "resolution", "channels", "too_fast", "cpu_fallback")
+SUSPECT_REASONS = ("blank", "transparent", "partial", "resolution", "channels", "too_fast", "cpu_fallback")
 REJECT_REASONS = ("invalid_utf8", "malformed_json", "not_object", "too_large", "unsupported_version",
                   "unknown_type", "missing_field", "wrong_type", "out_of_range")
 GPU_MODELS = ("NVIDIA GeForce RTX 4090", "NVIDIA L40S")

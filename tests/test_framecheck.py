@@ -166,7 +166,7 @@ def test_exr_multilayer_a_black_render_with_its_passes_is_blank(tmp_path):
 
 def test_exr_big_chunks_are_not_one_value_without_reading_a_pixel(tmp_path, monkeypatch):
     """The offset table decides: a file with a chunk too big for one value is not decoded at all.
-    (So a multilayer file whose other passes are not flat is not judged blank: a known limit.)"""
+    (A multilayer file with other passes is read chunk by chunk instead: the test below.)"""
     np = pytest.importorskip("numpy")
     from healer.diagnosis import framecheck
 
@@ -227,3 +227,52 @@ def test_too_fast_is_relative_to_the_jobs_own_median():
     assert judge_frame(F(), None, seconds=4.0, other_seconds=[30.0, 31.0, 29.0]) == []     # 13 %, not 10 %
     assert judge_frame(F(), None, seconds=2.0, other_seconds=[30.0, 31.0]) == []           # too few frames
     assert judge_frame(F(), None, seconds=0.01, other_seconds=[0.5, 0.4, 0.6]) == []       # frames too short to tell
+
+
+@pytest.mark.parametrize("compression", ["ZIP_COMPRESSION", "ZIPS_COMPRESSION", "RLE_COMPRESSION", "NO_COMPRESSION"])
+@pytest.mark.parametrize("pixel", ["half", "float"])
+def test_exr_multilayer_with_passes_that_vary_is_judged_on_its_combined_only(tmp_path, monkeypatch, compression,
+                                                                              pixel):
+    """A black beauty beside a depth and a normal pass that are not flat (every real multilayer render)
+    is blank; a picture is not, decided at its first chunk without OpenEXR reading the file."""
+    np = pytest.importorskip("numpy")
+    from healer.diagnosis import framecheck
+
+    monkeypatch.setattr(framecheck, "_exr_uniform", lambda *a: pytest.fail("the whole file was read"))
+    h, w = 70, 96
+    dt = np.float16 if pixel == "half" else np.float32
+    rng = np.random.default_rng(6)
+    passes = {"ViewLayer.Depth.Z": rng.random((h, w), dtype=np.float32) * 10,
+              "ViewLayer.Normal.X": rng.random((h, w), dtype=np.float32).astype(dt)}
+    black = {f"ViewLayer.Combined.{c}": np.full((h, w), 1.0 if c == "A" else 0.0, dt) for c in "RGBA"}
+    _exr(tmp_path / "black.exr", black | passes, compression)
+    facts = inspect_frame(tmp_path / "black.exr")
+    assert facts.uniform == (0.0, 0.0, 0.0, 1.0) and facts.mode == "RGBA", facts
+    late = {k: v.copy() for k, v in black.items()}
+    late["ViewLayer.Combined.G"][-1, -1] = 0.25              # black but for its last pixel: not blank
+    _exr(tmp_path / "late.exr", late | passes, compression)
+    assert inspect_frame(tmp_path / "late.exr").uniform is None
+    clear = {f"ViewLayer.Combined.{c}": np.zeros((h, w), dt) for c in "RGBA"}
+    _exr(tmp_path / "clear.exr", clear | passes, compression)
+    assert inspect_frame(tmp_path / "clear.exr").transparent
+    pic = {f"ViewLayer.Combined.{c}": rng.random((h, w), dtype=np.float32).astype(dt) for c in "RGBA"}
+    _exr(tmp_path / "pic.exr", pic | passes, compression)
+    assert inspect_frame(tmp_path / "pic.exr").uniform is None
+
+
+def test_exr_zip_unpacking_whole_and_any_range_matches_the_bytes_packed():
+    """OpenEXR's ZIP packing (even/odd split, byte predictor, zlib) undone whole, and for any range alone
+    (the first line's beauty of a picture is read without undoing the rest of its chunk)."""
+    np = pytest.importorskip("numpy")
+    from healer.diagnosis.framecheck import _exr_unpack, _exr_zip_range
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 11, 1000, 1001):
+        raw = rng.integers(0, 256, n, dtype=np.uint8)
+        t = np.concatenate([raw[0::2], raw[1::2]])
+        d = t.copy()
+        d[1:] = (t[1:].astype(int) - t[:-1].astype(int) + 128) & 0xFF
+        data = zlib.compress(d.tobytes())
+        assert _exr_unpack(data, 3, n) == raw.tobytes()
+        for lo, hi in [(0, n), (0, min(n, 5)), (n // 3, n - n // 4), (n // 2, n // 2), (n - 1, n)]:
+            assert _exr_zip_range(data, n, lo, hi) == raw.tobytes()[lo:hi], (n, lo, hi)

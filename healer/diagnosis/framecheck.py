@@ -21,14 +21,26 @@ thread of the healer, but a 4K frame still must cost milliseconds, not the 100-3
 `judge_frame` is the pure part: the facts of one frame against what the scene asked for and the job's
 other frames.
 
+Half-rendered frames (a GPU error part way through leaves the tiles not rendered empty: 0 in every
+channel, alpha 0) cannot be told from the first rows. They are found in two steps, so that the common
+frame costs nothing more: `may_be_partial` compares the file's size with the job's other frames (an
+empty region compresses to almost nothing, so a frame missing an eighth or more of its picture is a
+clearly smaller file); only such a frame, and the nearest frame that is not small, are decoded by
+`empty_cells` (a coarse grid of the cells where every pixel is empty), and `judge_partial` reports
+the cells empty here and not in that frame.
+
 Usage::
 
     facts = inspect_frame("/out/frame_0007.png")      # FrameFacts; never raises
     suspects = judge_frame(facts, Expected(1920, 1080, "RGBA"), others=[...], seconds=0.2, typical_s=31.0)
+    if may_be_partial(facts, others):
+        found = judge_partial(empty_cells(facts.path), empty_cells(neighbour.path), neighbour=6)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import os
 import statistics
@@ -44,6 +56,10 @@ TOO_FAST_MIN_TYPICAL_S = 1.0   # ...of a job whose frames take at least this lon
 TOO_FAST_MIN_FRAMES = 3     # ...measured on at least this many other frames
 DITHER_LEVELS = 3           # an 8-bit frame within this many levels of one value is one value (dither)
 JPEG_TOLERANCE = 4          # a flat JPEG decodes within this of one value (8-bit levels, dither + DCT)
+PARTIAL_SIZE_RATIO = 0.9    # a frame file this much smaller than the job's median may be part empty...
+PARTIAL_MIN_SHARE = 0.125   # ...and is partial when this share of it is empty where its neighbour is not
+GRID = 32                   # empty_cells: the frame is judged in GRID x GRID cells
+FLOAT_EMPTY = 1e-6          # a float (EXR) value at most this is empty (an unrendered pixel is 0.0)
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _EXR_MAGIC = b"\x76\x2f\x31\x01"
@@ -65,6 +81,7 @@ class FrameFacts:
     uniform: tuple[float, ...] | None = None
     transparent: bool = False        # an alpha channel that is 0 on every pixel
     error: str | None = None         # unreadable: nothing is judged, the reason is kept
+    file_size: int = 0               # bytes on disk (may_be_partial)
 
     @property
     def size(self) -> str:
@@ -79,6 +96,7 @@ class Expected:
     height: int | None = None
     mode: str | None = None          # BW | RGB | RGBA (image_settings.color_mode)
     file_format: str | None = None   # PNG | JPEG | OPEN_EXR | OPEN_EXR_MULTILAYER | ...
+    engine: str | None = None        # CYCLES | BLENDER_EEVEE(_NEXT) | BLENDER_WORKBENCH | ...
 
 
 @dataclass(frozen=True)
@@ -116,6 +134,65 @@ def judge_frame(facts: FrameFacts, expected: Expected | None, *, others: Iterabl
     return out
 
 
+@dataclass(frozen=True)
+class EmptyCells:
+    """A frame cut into rows x cols cells; `cells[r * cols + c]` is 1 where every pixel of that cell is
+    empty (0 in every channel within dither, alpha 0 where there is alpha), as tiles a render never
+    reached are."""
+
+    width: int
+    height: int
+    rows: int
+    cols: int
+    cells: bytes
+
+    def share(self) -> float:
+        return sum(self.cells) / max(1, len(self.cells))
+
+
+def may_be_partial(facts: FrameFacts, others: Iterable[FrameFacts]) -> bool:
+    """Whether the frame's file is small enough against the job's other frames of its format and size
+    that part of it may be empty (worth `empty_cells`). Costs nothing: sizes only."""
+    if facts.error or facts.uniform is not None or facts.transparent or facts.file_size <= 0:
+        return False
+    sizes = [o.file_size for o in _alike(facts, others)]
+    return bool(sizes) and facts.file_size < PARTIAL_SIZE_RATIO * statistics.median(sizes)
+
+
+def partial_reference(facts: FrameFacts, others: dict[int, FrameFacts], frame: int) -> int | None:
+    """The frame to compare a possibly partial frame with: the nearest one (by number) that is not small."""
+    alike = {k: o for k, o in others.items() if k != frame and o in _alike(facts, [o])}
+    if not alike:
+        return None
+    typical = statistics.median(o.file_size for o in alike.values())
+    ok = [k for k, o in alike.items() if o.file_size >= PARTIAL_SIZE_RATIO * typical]
+    return min(ok, key=lambda k: (abs(k - frame), k)) if ok else None
+
+
+def _alike(facts: FrameFacts, others: Iterable[FrameFacts]) -> list[FrameFacts]:
+    return [o for o in others if not o.error and o.uniform is None and not o.transparent and o.file_size > 0
+            and (o.format, o.width, o.height) == (facts.format, facts.width, facts.height)]
+
+
+def judge_partial(this: EmptyCells | None, ref: EmptyCells | None, ref_frame: int) -> Suspect | None:
+    """`partial` when at least PARTIAL_MIN_SHARE of the frame is empty where frame `ref_frame` (of the
+    same job and size) has a picture: a render that stopped part way and saved what it had."""
+    if this is None or ref is None or (this.rows, this.cols, this.width, this.height) != (
+            ref.rows, ref.cols, ref.width, ref.height):
+        return None
+    new = [i for i, (a, b) in enumerate(zip(this.cells, ref.cells, strict=True)) if a and not b]
+    share = len(new) / len(this.cells)
+    if share < PARTIAL_MIN_SHARE or all(this.cells):
+        return None
+    rs = [i // this.cols for i in new]
+    cs = [i % this.cols for i in new]
+    x0, x1 = min(cs) * this.width // this.cols, (max(cs) + 1) * this.width // this.cols - 1   # as empty_cells cuts
+    y0, y1 = min(rs) * this.height // this.rows, (max(rs) + 1) * this.height // this.rows - 1
+    return Suspect("partial", f"{share:.0%} of the picture is empty (nothing rendered: 0 in every channel) "
+                              f"within x {x0}-{x1}, y {y0}-{y1} (from the top left), where frame {ref_frame} "
+                              "has a picture: the render stopped part way and saved what it had")
+
+
 def _comparable(fmt: str, asked: str | None) -> bool:
     """Channels are compared only where the file is the format asked for (a multilayer EXR holds passes)."""
     if not asked:
@@ -133,13 +210,16 @@ def inspect_frame(path: str | os.PathLike[str]) -> FrameFacts:
     path = os.fspath(path)      # OpenEXR takes only a str
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             f.seek(0)
             if head.startswith(_PNG_SIG):
-                return _png(path, f)
-            if head.startswith(_EXR_MAGIC):
-                return _exr(path, f)
-        return _pillow(path)
+                facts = _png(path, f)
+            elif head.startswith(_EXR_MAGIC):
+                facts = _exr(path, f)
+            else:
+                facts = _pillow(path)
+        return dataclasses.replace(facts, file_size=size)
     except Exception as e:       # a frame that cannot be read is not judged: the healer goes on
         return FrameFacts(path, error=f"{type(e).__name__}: {e}"[:300])
 
@@ -261,10 +341,21 @@ def _exr(path: str, f) -> FrameFacts:
     base = FrameFacts(path, "OPEN_EXR", w, h, mode)
     if not combined or w <= 0 or h <= 0:
         return base
+    compression = header.get("compression", 0)
     if not version & 0x1200:     # scanline, single part: the chunk sizes tell a flat image first
-        lines = _EXR_LINES.get(header.get("compression", 0), 0)
-        if lines and not _exr_may_be_flat(f, end, w, h, lines, sum(_EXR_BYTES.get(t, 4) for t in chans.values())):
+        lines = _EXR_LINES.get(compression, 0)
+        passes = len(combined) < len(chans)     # other passes beside the beauty (multilayer): chunks not flat
+        if lines and not passes and not _exr_may_be_flat(f, end, w, h, lines,
+                                                         sum(_EXR_BYTES.get(t, 4) for t in chans.values())):
             return base
+        if compression in _EXR_OWN_CODECS:
+            # the Combined channels' samples read out of each chunk here, stopping at the first chunk
+            # where they vary (OpenEXR would decode every pass of every chunk first)
+            own = _exr_combined_uniform(f, end, header, w, h, combined)
+            if own is None:
+                return base
+            vals = tuple(own[c] for c in sorted(own, key="YRGBA".find))
+            return FrameFacts(path, "OPEN_EXR", w, h, mode, vals, own.get("A", 1.0) == 0.0)
     uniform = _exr_uniform(path, combined)
     if uniform is None:
         return base
@@ -291,6 +382,121 @@ def _exr_may_be_flat(f, table_at: int, w: int, h: int, lines: int, pixel_bytes: 
     ends = [*offsets[1:], f.tell()]
     biggest = max(e - o for o, e in zip(offsets, ends, strict=True))
     return biggest <= max(4096, EXR_FLAT_RATIO * lines * w * pixel_bytes)
+
+
+_EXR_OWN_CODECS = (0, 1, 2, 3)     # NONE, RLE, ZIPS, ZIP: decoded here (Blender's default is ZIP)
+_EXR_STRUCT = {0: "I", 1: "e", 2: "f"}
+
+
+def _exr_combined_uniform(f, table_at: int, header: dict, w: int, h: int,
+                          combined: dict[str, str]) -> dict[str, float] | None:
+    """The one value of each Combined channel, read chunk by chunk (only those channels' bytes are
+    compared); None at the first chunk where one of them varies. A scanline chunk holds, for each of
+    its lines, each channel (in the header's sorted order) as `w` samples."""
+    compression = header.get("compression", 0)
+    chans: dict[str, int] = header["channels"]
+    lines = _EXR_LINES[compression]
+    n = -(-h // lines)
+    f.seek(table_at)
+    offsets = struct.unpack(f"<{n}Q", f.read(8 * n))
+    sizes = {name: _EXR_BYTES.get(t, 4) for name, t in chans.items()}
+    wanted = {name: letter for letter, name in combined.items()}
+    first: dict[str, bytes] = {}
+    order = sorted(chans)
+    starts = list(itertools.accumulate((w * sizes[n] for n in order), initial=0))
+    span = (min(starts[order.index(n)] for n in wanted), max(starts[order.index(n) + 1] for n in wanted))
+    last = b""
+    for i, off in enumerate(offsets):
+        f.seek(off)
+        _y, packed = struct.unpack("<ii", f.read(8))
+        data = f.read(packed)
+        count = min(lines, h - i * lines)
+        raw_size = count * w * sum(sizes.values())
+        if i == 0 and compression in (2, 3) and packed < raw_size:
+            # the common case, a picture: its first line's beauty varies, told from that line's bytes alone
+            line0 = _exr_zip_range(data, raw_size, *span)
+            if any(line0[starts[order.index(n)] - span[0]:starts[order.index(n) + 1] - span[0]]
+                   != line0[starts[order.index(n)] - span[0]:][:sizes[n]] * w for n in wanted):
+                return None
+        if data == last:        # a chunk packed to the same bytes as the one before holds the same samples
+            continue
+        last = data
+        raw = data if packed == raw_size or compression == 0 else _exr_unpack(data, compression, raw_size)
+        if len(raw) != raw_size:
+            raise ValueError(f"OpenEXR chunk {i} holds {len(raw)} bytes, not {raw_size}")
+        pos = 0
+        for _line in range(count):
+            for name in sorted(chans):
+                step = w * sizes[name]
+                if name in wanted:
+                    seg = raw[pos:pos + step]
+                    sample = first.setdefault(name, seg[:sizes[name]])
+                    if seg != sample * w:
+                        return None
+                pos += step
+    out: dict[str, float] = {}
+    for name, sample in first.items():
+        v = float(struct.unpack("<" + _EXR_STRUCT.get(chans[name], "f"), sample)[0])
+        if math.isnan(v):
+            return None
+        out[wanted[name]] = v
+    return out
+
+
+def _exr_zip_range(data: bytes, raw_size: int, lo: int, hi: int) -> bytes:
+    """Bytes lo..hi of a ZIP chunk's unpacked data, inflating no further than they need and undoing the
+    predictor over that range only (a running sum: byte k is the first byte plus the sum of the next
+    k differences)."""
+    import numpy as np
+
+    half = (raw_size + 1) // 2
+    ev = ((lo + 1) // 2, (hi + 1) // 2)               # even output bytes come from t[k], odd from t[half + k]
+    od = (half + lo // 2, half + hi // 2)
+    t = zlib.decompressobj().decompress(data, od[1])
+    d = np.frombuffer(t, np.uint8)
+
+    def pred(k0: int, k1: int) -> np.ndarray:
+        if k1 <= k0:
+            return np.empty(0, np.uint8)
+        base = (int(d[0]) + int(d[1:k0].sum(dtype=np.uint64)) - 128 * max(0, k0 - 1)) & 0xFF if k0 else 0
+        step = d[k0:k1] - np.uint8(128)
+        if k0 == 0:
+            step[0] = d[0]
+        out = np.cumsum(step, dtype=np.uint8)
+        return out + np.uint8(base) if k0 else out
+
+    res = np.empty(hi - lo, np.uint8)
+    res[(lo & 1)::2] = pred(*ev)[: len(res[(lo & 1)::2])]
+    res[1 - (lo & 1)::2] = pred(*od)[: len(res[1 - (lo & 1)::2])]
+    return res.tobytes()
+
+
+def _exr_unpack(data: bytes, compression: int, raw_size: int) -> bytes:
+    """OpenEXR's ZIP/ZIPS (zlib) and RLE chunks: decompress, then undo the byte predictor and the
+    split of even and odd bytes that both apply before compressing."""
+    if compression in (2, 3):
+        t = zlib.decompress(data)
+    else:
+        out = bytearray()
+        i = 0
+        while i < len(data):
+            c = data[i] if data[i] < 128 else data[i] - 256
+            if c < 0:
+                out += data[i + 1:i + 1 - c]
+                i += 1 - c
+            else:
+                out += data[i + 1:i + 2] * (c + 1)
+                i += 2
+        t = bytes(out)
+    import numpy as np
+
+    d = np.frombuffer(t, np.uint8) - np.uint8(128)        # wraps, as the predictor's byte arithmetic does
+    d[0] = t[0]
+    p = np.cumsum(d, dtype=np.uint8)
+    half = (len(p) + 1) // 2
+    res = np.empty(len(p), np.uint8)
+    res[0::2], res[1::2] = p[:half], p[half:]
+    return res.tobytes()
 
 
 def _exr_header(data: bytes, pos: int) -> tuple[dict, int]:
@@ -349,6 +555,56 @@ def _exr_uniform(path: str, combined: dict[str, str]) -> dict[str, float] | None
                 return None
             out[letter] = lo
     return out
+
+
+# -- empty regions (a decode: only for a frame may_be_partial picked, and its reference) ---------------
+def empty_cells(path: str | os.PathLike[str]) -> EmptyCells | None:
+    """The frame's grid of empty cells (see EmptyCells), or None where it cannot be read. Each cell's
+    largest value per channel decides (one pass over the pixels)."""
+    import numpy as np
+
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            exr = f.read(4) == _EXR_MAGIC
+        if exr:
+            import OpenEXR
+
+            with OpenEXR.File(path, separate_channels=True) as ef:
+                chans = ef.channels()
+                combined = _combined_channels(list(chans))
+                if not combined:
+                    return None
+                a = np.stack([np.abs(np.asarray(chans[n].pixels, np.float32)) for n in combined.values()], -1)
+            tol, alpha = FLOAT_EMPTY, False          # every channel (alpha too) at most FLOAT_EMPTY
+            full = (a.shape[1], a.shape[0])
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                full = im.size
+                if im.format == "JPEG":
+                    im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+                if im.mode == "P":
+                    im = im.convert("RGBA")
+                tol = JPEG_TOLERANCE if im.format == "JPEG" else DITHER_LEVELS
+                alpha = im.mode in ("RGBA", "LA")
+                a = np.asarray(im)
+            if a.dtype == np.uint16:
+                tol *= 257
+            if a.ndim == 2:
+                a = a[..., None]
+    except Exception:
+        return None
+    h, w = a.shape[:2]
+    rows, cols = min(GRID, h), min(GRID, w)
+    ys, xs = np.arange(rows) * h // rows, np.arange(cols) * w // cols     # cell edges: every pixel in a cell
+    top = np.maximum.reduceat(np.maximum.reduceat(a, xs, axis=1), ys, axis=0)    # rows x cols x channels (x first: 5x faster)
+    if alpha:       # alpha exactly 0, the colour within dither (Blender dithers an empty region's 0s to 0s and 1s)
+        grid = (top[..., -1] == 0) & (top[..., :-1] <= tol).all(axis=-1)
+    else:
+        grid = (top <= tol).all(axis=-1)
+    return EmptyCells(full[0], full[1], rows, cols, grid.astype(np.uint8).tobytes())
 
 
 # -- JPEG and the rest, through Pillow -------------------------------------------------------------

@@ -25,7 +25,7 @@ from healer.supervising.policy import Action
 from healer.supervising.probes import ProbeSnapshot, evaluate, stall_timeout
 from healer.supervising.progress import parse_line
 from healer.supervising.seams import RunningBlender
-from healer.supervising.suspects import read_settings, review_frames, start_check
+from healer.supervising.suspects import check_raster_gl, read_settings, review_frames, start_check
 
 if TYPE_CHECKING:
     from healer.diagnosis.classify import LogScanner
@@ -191,6 +191,8 @@ def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, li
         if seconds is not None:
             ctx.frame_times.append(seconds)
         start_check(ctx, st, frame, ev.path, seconds)
+        if ctx.proc is not None:
+            check_raster_gl(ctx, st, frame, ctx.proc.pid)
         st.frame_started_at = None
         led.save()
         ctx.update_metrics()

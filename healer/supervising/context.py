@@ -20,7 +20,7 @@ from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, RunningBlender, SupervisorMetrics
 
 if TYPE_CHECKING:
-    from healer.diagnosis.framecheck import Expected, FrameFacts
+    from healer.diagnosis.framecheck import EmptyCells, Expected, FrameFacts
     from healer.supervising.telemetry import AgentEvents
 
 log = logging.getLogger("healer.supervising.supervisor")
@@ -89,6 +89,8 @@ class JobContext:
     frame_facts: dict[int, FrameFacts] = field(default_factory=dict)     # this run's inspected frames
     frame_seconds: dict[int, float] = field(default_factory=dict)
     frame_verdicts: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    frame_cells: dict[tuple[str, int], EmptyCells | None] = field(default_factory=dict)  # (path, size): decoded grids
+    raster_gl: tuple[str, str] | None = None   # EEVEE/Workbench: (software | hardware, evidence), once known
 
     @property
     def cancelled(self) -> bool:

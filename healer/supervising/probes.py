@@ -204,3 +204,53 @@ class SystemProbes:
 
     def resources(self, pid: int) -> dict:
         return self.sampler.sample(pid) if self.sampler is not None else {}
+
+    def gl_driver(self, pid: int) -> tuple[str, str] | None:
+        return gl_driver(pid)
+
+
+# -- which OpenGL/Vulkan driver a raster render (EEVEE, Workbench) runs on --------------------------
+# Blender does not say, and asking it (gpu.platform) from a handler in background mode crashes it, so
+# the healer looks at what the running Blender has loaded and opened, as `lsof` would.
+SOFTWARE_DRIVERS = ("swrast_dri", "kms_swrast_dri", "llvmpipe", "softpipe", "libvulkan_lvp", "swiftshader",
+                    "libGLESv2_swiftshader", "vk_swiftshader")
+HARDWARE_DRIVERS = ("libnvidia-eglcore", "libnvidia-glcore", "libnvidia-glvkspirv", "radeonsi_dri", "iris_dri",
+                    "i965_dri", "crocus_dri", "nouveau_dri", "r600_dri", "amdgpu_dri", "libvulkan_radeon",
+                    "libvulkan_intel", "libvulkan_nouveau", "libamdvlk", "zink_dri")
+GL_LOADERS = ("libEGL", "libGLX", "libGL.so", "libvulkan.so", "libgallium")
+GPU_DEVICE_FILES = ("/dev/dri/renderD", "/dev/dri/card", "/dev/nvidia", "/dev/kfd")
+
+
+def gl_driver(pid: int, proc: str = "/proc") -> tuple[str, str] | None:
+    """("software" | "hardware", evidence) for the GPU API driver process `pid` renders with; None while
+    it has loaded none (no context yet) or where /proc cannot be read. Software: Mesa's swrast/llvmpipe
+    or lavapipe, SwiftShader, or Mesa's one-file driver (libgallium, Mesa 24+) with no GPU device file
+    open; hardware: a vendor driver, or a GPU device file (/dev/dri/renderD*, /dev/nvidia*) open."""
+    import os
+
+    try:
+        with open(f"{proc}/{pid}/maps", encoding="utf-8", errors="replace") as f:
+            libs = {line.rsplit("/", 1)[-1].strip() for line in f if "/" in line}
+    except OSError:
+        return None
+    devices = set()
+    try:
+        for fd in os.listdir(f"{proc}/{pid}/fd"):
+            try:
+                target = os.readlink(f"{proc}/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(GPU_DEVICE_FILES):
+                devices.add(target)
+    except OSError:
+        pass
+    hardware = sorted(lib for lib in libs if lib.startswith(HARDWARE_DRIVERS))
+    if hardware or devices:
+        return "hardware", ", ".join(hardware + sorted(devices))
+    software = sorted(lib for lib in libs if any(name in lib for name in SOFTWARE_DRIVERS))
+    if software:
+        return "software", ", ".join(software) + " loaded, no GPU device open"
+    gallium = sorted(lib for lib in libs if lib.startswith("libgallium"))
+    if gallium:
+        return "software", ", ".join(gallium) + " loaded with no GPU device open (llvmpipe)"
+    return None

@@ -51,6 +51,7 @@ class HostProbes(Protocol):
     def oom_kills(self) -> int | None: ...                        # cgroup memory.events oom_kill
     def full_disk(self, path: str) -> str | None: ...             # the directory of path if its disk is full
     def resources(self, pid: int) -> dict[str, Any]: ...          # probes.ResourceSampler.sample, or {}
+    def gl_driver(self, pid: int) -> tuple[str, str] | None: ...  # probes.gl_driver: software or hardware GL
 
 
 class IncidentSink(Protocol):

@@ -7,6 +7,11 @@ would break its session. So here renderwatch only watches: the hooks and the fra
 `BlenderClient: Finished Rendering Frame N` from it), the exit is classified and reported, and
 Blender dies with its supervisor. The exit status is Blender's (128+N when a signal N killed it).
 
+Each saved frame is inspected as it is saved, as under `renderwatch exec` (healer.supervising.suspects),
+and judged when Blender exits: nothing can be rendered again here, so a frame that looks wrong (blank,
+transparent, partial, the wrong size or channels) is a `suspect_frame` warning straight away, and a
+silent CPU fallback a `cpu_fallback` one.
+
 Usage::
 
     code = await supervise_only(["blender", "--background", "--python", "client.py"], env=os.environ)
@@ -14,7 +19,9 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -24,13 +31,27 @@ from pathlib import Path
 from typing import Any
 
 from blender_hooks.farm import FarmIdentity
+from healer.diagnosis import errors
 from healer.diagnosis.classify import LogScanner
 from healer.diagnosis.crashfile import read_crash_file
 from healer.diagnosis.errors import RenderError
+from healer.diagnosis.framecheck import (
+    EmptyCells,
+    Expected,
+    FrameFacts,
+    Suspect,
+    inspect_frame,
+    may_be_partial,
+    partial_reference,
+)
 from healer.supervising.launch import MARKER_EXPR, ProcessLauncher, attempt_env, exit_status, hooks_startup
 from healer.supervising.progress import parse_line
 from healer.supervising.seams import IncidentSink, Launcher, NoIncidents
+from healer.supervising.suspects import CHECK_WAIT_S, judge_frames, parse_settings
+from healer.supervising.telemetry import AgentEvents
 from renderwatch.files import write_atomic
+
+log = logging.getLogger("healer.supervising.supervise_only")
 
 
 def supervised_argv(argv: Sequence[str], hooks: str | None) -> list[str]:
@@ -42,7 +63,7 @@ def supervised_argv(argv: Sequence[str], hooks: str | None) -> list[str]:
 async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents: IncidentSink | None = None,
                          echo: Callable[[str], None] | None = None, say: Callable[[str], None] | None = None,
                          launcher: Launcher | None = None, farm: FarmIdentity | None = None,
-                         report: str | None = None, job: str | None = None) -> int:
+                         report: str | None = None, job: str | None = None, check_frames: bool = True) -> int:
     incidents = incidents or NoIncidents()
     launcher = launcher or ProcessLauncher()
     say = say or (lambda text: print(f"renderwatch: {text}", file=sys.stderr, flush=True))
@@ -50,20 +71,34 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
     scanner = LogScanner()
     saved: list[str] = []
     crash_file: list[str] = []
+    current: list[int] = []
+    info: dict[str, Any] = {"job": job, "scene": "", "mode": "supervise-only"}
+    if farm is not None:
+        info["farm"] = farm.to_dict()
+
+    def warn(etype: str, message: str, frame: int | None = None) -> None:
+        say(f"warning: {etype}: {message}")
+        incidents.emit("render.warning", {**info, "message": message, **({"frame": frame} if frame is not None else {})},
+                       errors.error_class(etype)(summary=message, fatal=False))
+
+    watch = FrameWatch(job, env, warn)
 
     def on_line(line: str, _now: float) -> None:
         if echo is not None:
             echo(line)
         scanner.feed(line)
         ev = parse_line(line)
+        if ev.kind in ("frame_start", "progress") and ev.frame is not None and ev.frame not in current[-1:]:
+            current.append(ev.frame)
         if ev.kind == "saved" and ev.path:
             saved.append(ev.path)
+            if check_frames:
+                watch.saved(current[-1] if current else len(saved), ev.path)
         elif ev.kind == "crash_file" and ev.path:
             crash_file.append(ev.path)
+        elif ev.kind == "settings":
+            watch.settings(ev.text)
 
-    info: dict[str, Any] = {"job": job, "scene": "", "mode": "supervise-only"}
-    if farm is not None:
-        info["farm"] = farm.to_dict()
     incidents.job_started(info)
     t0 = time.time()
     proc = await launcher.start(supervised_argv(argv, hooks_startup()), env=attempt_env(job, 1, env),
@@ -74,6 +109,7 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
     error: RenderError = scanner.finish(code, sig, crash_file=path,
                                         crash_text=read_crash_file(path) if path else None)
     info.update(frames_completed=len(saved), duration_s=time.time() - t0, log_tail=list(proc.tail))
+    await watch.finish()
     if error.type != "ok" and error.fatal:
         say(f"Blender ended: {error.type}: {error.summary}")
         incidents.emit("render.crashed", {**info, "message": error.summary}, error)
@@ -84,9 +120,88 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
         incidents.emit("render.completed", {**info, "message": f"{len(saved)} frame(s) saved"})
     if report:
         doc = {"mode": "supervise-only", "job": job, "exit_code": (code or 0) if sig is None else 128 + sig,
-               "frames_saved": saved, "error": error.to_dict()}
+               "frames_saved": saved, "error": error.to_dict(),
+               "suspect_frames": {str(f): v for f, v in sorted(watch.suspects.items())}}
         write_atomic(Path(report), (json.dumps(doc, indent=2) + "\n").encode(), sync=False)
     return (code or 0) if sig is None else 128 + sig
+
+
+class FrameWatch:
+    """The saved frames of a Blender someone else drives, judged as they come (so a warning lands in
+    the farm's log of the task that rendered the frame), against the frames seen so far. A frame that
+    can only be told later (one value while every frame so far is; small, with no frame to compare it
+    with yet) is judged again as frames come, and a last time when Blender exits."""
+
+    def __init__(self, job: str, env: dict[str, str], warn: Callable[..., None]):
+        self.job, self.warn = job, warn
+        self.agent = AgentEvents(env)         # opens its spool only if there is something to say
+        self.expected: Expected | None = None
+        self.fallbacks: set[str] = set()
+        self.facts: dict[int, FrameFacts] = {}
+        self.cells: dict[tuple[str, int], EmptyCells | None] = {}
+        self.later: set[int] = set()
+        self.suspects: dict[int, dict] = {}
+        self.queue: asyncio.Queue[tuple[int, asyncio.Future] | None] = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    def settings(self, text: str) -> None:
+        parsed = parse_settings(text)
+        if parsed is None:
+            return
+        self.expected, fallback = parsed
+        if fallback and fallback not in self.fallbacks:
+            self.fallbacks.add(fallback)
+            self.warn("cpu_fallback", fallback)
+
+    def saved(self, frame: int, path: str) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._judge_loop())
+        self.queue.put_nowait((frame, asyncio.get_running_loop().run_in_executor(None, inspect_frame, path)))
+
+    async def finish(self) -> None:
+        if self.task is not None:
+            self.queue.put_nowait(None)
+            try:
+                await asyncio.wait_for(self.task, CHECK_WAIT_S)
+            except TimeoutError:
+                log.warning("frame inspections did not finish in %g s: the rest are not judged", CHECK_WAIT_S)
+            await self._judge(sorted(self.later), final=True)
+        self.agent.close()
+
+    async def _judge_loop(self) -> None:
+        while (item := await self.queue.get()) is not None:
+            frame, fut = item
+            facts = await fut            # inspect_frame never raises
+            self.facts[frame] = facts
+            self.suspects.pop(frame, None)
+            await self._judge([frame, *sorted(self.later - {frame})])
+
+    async def _judge(self, frames: list[int], final: bool = False) -> None:
+        if not frames:
+            return
+        verdicts = await judge_frames(self.facts, frames, self.expected, {}, self.cells)
+        for frame, found in verdicts.items():
+            facts = self.facts[frame]
+            others = [f for k, f in self.facts.items() if k != frame]
+            if found:
+                self.later.discard(frame)
+                self._report(frame, found)
+            elif not final and (facts.uniform is not None or facts.transparent or (
+                    may_be_partial(facts, others) and partial_reference(facts, self.facts, frame) is None)):
+                self.later.add(frame)
+            else:
+                self.later.discard(frame)
+
+    def _report(self, frame: int, found: list[Suspect]) -> None:
+        reasons = sorted(s.reason for s in found)
+        if self.suspects.get(frame, {}).get("reasons") == reasons:
+            return
+        detail = "; ".join(s.detail for s in found)
+        self.suspects[frame] = {"reasons": reasons, "detail": detail}
+        self.warn("suspect_frame", f"frame {frame}: {detail}", frame)
+        for s in found:             # the agent's metric and the frame's trace, as under `renderwatch exec`
+            self.agent.send("frame_check", job=self.job, frame=frame, reason=s.reason, detail=s.detail[:500],
+                            rendered=1)
 
 
 def main_exec_blender(argv: list[str] | None = None) -> int:

@@ -5,6 +5,8 @@ Blender goes on with the next one (`start_check`). When the attempt ends, `revie
 every inspected frame against the scene's settings (the hooks' render settings line) and the job's
 other frames (healer.diagnosis.framecheck.judge_frame):
 
+- a frame whose file is clearly smaller than the job's others is decoded, with the nearest frame that
+  is not, to find a part left empty (`partial`: a render that stopped part way);
 - the first time a frame looks wrong, it is forgotten (no longer verified) so the next attempt
   renders it again, and the healer says why;
 - the second time, it is kept, and reported as a `suspect_frame` warning with its evidence (the
@@ -25,8 +27,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterable
 
-from healer.diagnosis.framecheck import Expected, FrameFacts, inspect_frame, judge_frame
+from healer.diagnosis.framecheck import (
+    EmptyCells,
+    Expected,
+    FrameFacts,
+    Suspect,
+    empty_cells,
+    inspect_frame,
+    judge_frame,
+    judge_partial,
+    may_be_partial,
+    partial_reference,
+)
 from healer.supervising.context import AttemptState, JobContext
 from healer.supervising.ledger import Ledger
 
@@ -45,21 +59,59 @@ def start_check(ctx: JobContext, st: AttemptState, frame: int, path: str, second
 
 def read_settings(ctx: JobContext, st: AttemptState, text: str) -> None:
     """The hooks' render settings line: what each frame should be, and the device Cycles uses."""
+    parsed = parse_settings(text)
+    if parsed is None:
+        return
+    st.expected, fallback = parsed
+    if fallback:
+        ctx.warn("cpu_fallback", fallback)
+
+
+def parse_settings(text: str) -> tuple[Expected, str | None] | None:
+    """(what each frame should be, the silent CPU fallback's message or None); None: not the line's JSON."""
     try:
         d = json.loads(text)
     except ValueError:
-        return
+        return None
     if not isinstance(d, dict):
-        return
+        return None
 
     def num(k: str) -> int | None:
         v = d.get(k)
         return v if isinstance(v, int) and v > 0 else None
 
-    st.expected = Expected(num("width"), num("height"), d.get("color_mode") or None, d.get("file_format") or None)
+    engine = d.get("engine") if isinstance(d.get("engine"), str) else None
+    expected = Expected(num("width"), num("height"), d.get("color_mode") or None, d.get("file_format") or None,
+                        engine)
     asked, used, why = d.get("device_asked"), d.get("device_used"), d.get("fallback")
     if isinstance(asked, str) and asked.startswith("GPU") and used == "CPU":
-        ctx.warn("cpu_fallback", f"the scene asks for {asked} rendering but Cycles renders on the CPU: {why}")
+        return expected, f"the scene asks for {asked} rendering but Cycles renders on the CPU: {why}"
+    return expected, None
+
+
+RASTER_ENGINES = ("BLENDER_EEVEE", "BLENDER_WORKBENCH")
+
+
+def check_raster_gl(ctx: JobContext, st: AttemptState, frame: int, pid: int) -> None:
+    """EEVEE and Workbench render through OpenGL/Vulkan; on a node with no usable GPU, Mesa's software
+    driver renders them on the CPU, silently and many times slower (the raster engines' silent CPU
+    fallback). Asked once per job, when a frame is saved (the context exists by then); every frame
+    after a software finding goes to the agent as `cpu_fallback`."""
+    engine = st.expected.engine if st.expected else None
+    if not engine or not engine.startswith(RASTER_ENGINES):
+        return
+    if ctx.raster_gl is None:
+        found = ctx.probes.gl_driver(pid)
+        if found is None:
+            return
+        ctx.raster_gl = found
+        if found[0] == "software":
+            ctx.warn("cpu_fallback", f"{engine} renders on a software OpenGL/Vulkan driver ({found[1]}): the CPU "
+                                     "draws every frame; give the node a GPU with its driver (and /dev/dri or "
+                                     "/dev/nvidia* inside a container)")
+    if ctx.raster_gl[0] == "software" and ctx.agent is not None and ctx.ledger is not None:
+        ctx.agent.send("frame_check", job=ctx.ledger.job, frame=frame, reason="cpu_fallback",
+                       detail=f"{engine} on a software driver ({ctx.raster_gl[1]})"[:500], rendered=1)
 
 
 async def review_frames(ctx: JobContext, led: Ledger, st: AttemptState) -> list[int]:
@@ -79,15 +131,11 @@ async def review_frames(ctx: JobContext, led: Ledger, st: AttemptState) -> list[
     st.checks.clear()
     if pending:
         ctx.say(f"{len(pending)} frame inspection(s) did not finish in {CHECK_WAIT_S:g} s: those frames are not judged")
+    todo = [f for f in sorted(ctx.frame_facts) if f in led.frames and not (
+        f in ctx.frame_verdicts and not _may_change(ctx.frame_facts[f], ctx.frame_verdicts[f]))]
+    verdicts = await judge_frames(ctx.frame_facts, todo, st.expected, ctx.frame_seconds, ctx.frame_cells)
     again = []
-    for frame in sorted(ctx.frame_facts):
-        facts = ctx.frame_facts[frame]
-        if frame not in led.frames or frame in ctx.frame_verdicts and not _may_change(facts, ctx.frame_verdicts[frame]):
-            continue
-        others = [f for k, f in ctx.frame_facts.items() if k != frame]
-        other_s = [s for k, s in ctx.frame_seconds.items() if k != frame]
-        found = judge_frame(facts, st.expected, others=others, seconds=ctx.frame_seconds.get(frame),
-                            other_seconds=other_s)
+    for frame, found in verdicts.items():
         reasons = tuple(sorted(s.reason for s in found))
         ctx.frame_verdicts[frame] = reasons
         if _settle(ctx, led, frame, reasons, "; ".join(s.detail for s in found), found):
@@ -95,6 +143,35 @@ async def review_frames(ctx: JobContext, led: Ledger, st: AttemptState) -> list[
     if again:
         led.save()
     return again
+
+
+async def judge_frames(facts: dict[int, FrameFacts], frames: Iterable[int], expected: Expected | None,
+                       seconds: dict[int, float], cells: dict[tuple[str, int], EmptyCells | None]
+                       ) -> dict[int, list[Suspect]]:
+    """What is wrong with each of `frames`, judged against the job's other inspected frames. A frame
+    whose file is clearly smaller than the others' is decoded (with the frame it is compared to), in a
+    worker thread; `cells` keeps the decoded grids between calls."""
+    out: dict[int, list[Suspect]] = {}
+    for frame in frames:
+        this = facts[frame]
+        others = [f for k, f in facts.items() if k != frame]
+        other_s = [s for k, s in seconds.items() if k != frame]
+        found = judge_frame(this, expected, others=others, seconds=seconds.get(frame), other_seconds=other_s)
+        ref = partial_reference(this, facts, frame) if may_be_partial(this, others) else None
+        if ref is not None:
+            grids = [await _cells(cells, f) for f in (this, facts[ref])]
+            partial = judge_partial(grids[0], grids[1], ref)
+            if partial is not None:
+                found.append(partial)
+        out[frame] = found
+    return out
+
+
+async def _cells(cache: dict[tuple[str, int], EmptyCells | None], facts: FrameFacts) -> EmptyCells | None:
+    key = (facts.path, facts.file_size)
+    if key not in cache:
+        cache[key] = await asyncio.get_running_loop().run_in_executor(None, empty_cells, facts.path)
+    return cache[key]
 
 
 def _may_change(facts: FrameFacts, verdict: tuple[str, ...]) -> bool:

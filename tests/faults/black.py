@@ -1,6 +1,7 @@
 """A black frame at $FAULT_FRAME (once if $FAULT_MARKER is set): every object hidden from the render
 and the world black for that frame only, so Blender renders, saves and exits 0 as if all were well
-(what a GPU error that leaves the frame black looks like to a farm)."""
+(what a GPU error that leaves the frame black looks like to a farm). With $FAULT_KEEP_OBJECTS=1 only the
+lights are hidden: the beauty is black while the depth and normal passes still show the objects.)"""
 import os
 import sys
 
@@ -14,8 +15,9 @@ _hidden = []
 
 def fault_pre(scene, *_):
     if armed(scene):
+        keep = os.environ.get("FAULT_KEEP_OBJECTS") == "1"
         for ob in scene.objects:
-            if not ob.hide_render:
+            if not ob.hide_render and (not keep or ob.type == "LIGHT"):
                 ob.hide_render = True
                 _hidden.append(ob.name)
         if scene.world is not None:
