@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +113,8 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     incidents: Mapping[str, Any] | None = None
     path = path or env.get(ENV_CONFIG)
     if path:
+        import tomllib  # only where a config file is given: not on every farm task's start
+
         try:
             with open(path, "rb") as f:
                 doc = tomllib.load(f)

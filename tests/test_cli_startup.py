@@ -23,3 +23,18 @@ def test_building_the_command_line_imports_nothing_heavy(argv):
     out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [], f"`renderwatch {argv[0]}` imports {out.stdout.strip()} before it runs"
+
+
+AFTER_SPAWN = ("healer.diagnosis.framecheck", "healer.supervising.suspects", "healer.diagnosis.classify",
+               "numpy", "tomllib", "statistics")
+BEFORE_SPAWN = ("import json, sys\nimport healer.cli\nfrom healer.config import load_config\n"
+                "from healer.supervising.supervisor import Supervisor\nload_config(env={})\n"
+                f"print(json.dumps(sorted(m for m in {AFTER_SPAWN!r} if m in sys.modules)))")
+
+
+def test_what_a_task_imports_before_blender_starts_leaves_the_checks_for_later():
+    """The supervisor, its config and everything up to the launch: the frame checks, the classifier and
+    the TOML reader (no config file) are imported once Blender runs, so its start-up hides their cost."""
+    out = subprocess.run([sys.executable, "-c", BEFORE_SPAWN], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [], f"imported before Blender starts: {out.stdout.strip()}"

@@ -25,7 +25,6 @@ from healer.supervising.policy import Action
 from healer.supervising.probes import ProbeSnapshot, evaluate, stall_timeout
 from healer.supervising.progress import parse_line
 from healer.supervising.seams import RunningBlender
-from healer.supervising.suspects import check_raster_gl, read_settings, review_frames, start_check
 
 if TYPE_CHECKING:
     from healer.diagnosis.classify import LogScanner
@@ -102,6 +101,8 @@ async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: A
         elif not ok and "removed" in why:
             att.frames_rendered[:] = [x for x in att.frames_rendered if x != f]
             ctx.say(why)
+    from healer.supervising.suspects import review_frames
+
     await review_frames(ctx, led, st)       # frames that are whole files but wrong pictures: rendered again
     tell_agent_verified(ctx, led, att, st.current_frame, exit_code, exit_signal)
     att.frame_in_flight = in_flight if in_flight not in led.frames else None
@@ -150,6 +151,7 @@ def _new_scanner() -> LogScanner:
     """The classifier is imported once Blender runs, so that Blender's start-up hides its cost (a farm
     launches one Blender per frame)."""
     from healer.diagnosis.classify import LogScanner
+    from healer.supervising import suspects  # noqa: F401 (the frame checks, needed from the first frame)
 
     return LogScanner()
 
@@ -190,9 +192,11 @@ def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, li
         seconds = now - st.frame_started_at if st.frame_started_at is not None else None
         if seconds is not None:
             ctx.frame_times.append(seconds)
-        start_check(ctx, st, frame, ev.path, seconds)
+        from healer.supervising import suspects  # imported once Blender runs, as the classifier
+
+        suspects.start_check(ctx, st, frame, ev.path, seconds)
         if ctx.proc is not None:
-            check_raster_gl(ctx, st, frame, ctx.proc.pid)
+            suspects.check_raster_gl(ctx, st, frame, ctx.proc.pid)
         st.frame_started_at = None
         led.save()
         ctx.update_metrics()
@@ -200,6 +204,8 @@ def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, li
     elif ev.kind == "crash_file":
         st.crash_file = ev.path
     elif ev.kind == "settings":
+        from healer.supervising.suspects import read_settings
+
         read_settings(ctx, st, ev.text)
 
 
