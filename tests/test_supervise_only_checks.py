@@ -27,6 +27,10 @@ class Said:
         self.lines, self.pid, self.tail, self.last_output_at = lines, 4242, [], 0.0
 
     async def start(self, argv, *, env, on_line):
+        self.said = asyncio.get_running_loop().create_task(self._say(on_line))    # after start returns
+        return self
+
+    async def _say(self, on_line):
         for item in self.lines:
             if isinstance(item, tuple):
                 path, img = item
@@ -34,12 +38,13 @@ class Said:
                 item = f"Saved: '{path}'"
             self.tail.append(item)
             on_line(item, 0.0)
-        return self
+            await asyncio.sleep(0)
 
     def returncode(self):
-        return 0
+        return 0 if self.said.done() else None
 
     async def wait(self):
+        await self.said
         return 0
 
     async def stop(self, grace_s):
@@ -137,3 +142,26 @@ def test_a_black_first_frame_is_told_when_a_frame_that_is_not_comes(tmp_path):
     assert warned == [1, 2]
     code, sink, said, doc = run(tmp_path, frames(tmp_path, {1: black, 2: black}, SETTINGS))
     assert doc["suspect_frames"] == {}          # every frame black: a fade, or the scene; not judged
+
+
+def test_eevee_on_a_software_driver_is_a_cpu_fallback_with_every_frame_told(tmp_path):
+    """The driver is read from the running Blender's /proc (healer.supervising.probes.gl_driver, tested on
+    real Blender in tests/integration/test_suspect_frames.py); here through its seam."""
+    settings = {**SETTINGS, "engine": "BLENDER_EEVEE_NEXT"}
+    asked: list[int] = []
+
+    def driver(pid):
+        asked.append(pid)
+        return "software", "swrast_dri.so loaded, no GPU device open"
+
+    code, sink, said, doc = run(tmp_path, frames(tmp_path, {1: picture(1), 2: picture(2)}, settings),
+                                gl_driver=driver)
+    assert asked == [4242]                      # asked once, of Blender's pid
+    assert [e.type for k, _i, e in sink.got if k == "render.warning"] == ["cpu_fallback"]
+    assert any("BLENDER_EEVEE_NEXT renders on a software OpenGL/Vulkan driver" in s for s in said), said
+    spooled = [events.decode(ln) for seg in sorted((tmp_path / "home" / "spool").glob("*.ndjson"))
+               for ln in seg.read_bytes().splitlines() if ln]
+    assert [(e["frame"], e["reason"]) for e in spooled if e["type"] == "frame_check"] == \
+        [(1, "cpu_fallback"), (2, "cpu_fallback")]
+    code, sink, said, doc = run(tmp_path, frames(tmp_path, {1: picture(1)}, SETTINGS), gl_driver=driver)
+    assert asked == [4242]                      # Cycles: not asked

@@ -44,10 +44,17 @@ from healer.diagnosis.framecheck import (
     may_be_partial,
     partial_reference,
 )
+from healer.supervising import probes
 from healer.supervising.launch import MARKER_EXPR, ProcessLauncher, attempt_env, exit_status, hooks_startup
 from healer.supervising.progress import parse_line
 from healer.supervising.seams import IncidentSink, Launcher, NoIncidents
-from healer.supervising.suspects import CHECK_WAIT_S, judge_frames, parse_settings
+from healer.supervising.suspects import (
+    CHECK_WAIT_S,
+    RASTER_ENGINES,
+    judge_frames,
+    parse_settings,
+    software_gl_message,
+)
 from healer.supervising.telemetry import AgentEvents
 from renderwatch.files import write_atomic
 
@@ -63,7 +70,8 @@ def supervised_argv(argv: Sequence[str], hooks: str | None) -> list[str]:
 async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents: IncidentSink | None = None,
                          echo: Callable[[str], None] | None = None, say: Callable[[str], None] | None = None,
                          launcher: Launcher | None = None, farm: FarmIdentity | None = None,
-                         report: str | None = None, job: str | None = None, check_frames: bool = True) -> int:
+                         report: str | None = None, job: str | None = None, check_frames: bool = True,
+                         gl_driver: Callable[[int], tuple[str, str] | None] | None = None) -> int:
     incidents = incidents or NoIncidents()
     launcher = launcher or ProcessLauncher()
     say = say or (lambda text: print(f"renderwatch: {text}", file=sys.stderr, flush=True))
@@ -81,7 +89,7 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
         incidents.emit("render.warning", {**info, "message": message, **({"frame": frame} if frame is not None else {})},
                        errors.error_class(etype)(summary=message, fatal=False))
 
-    watch = FrameWatch(job, env, warn)
+    watch = FrameWatch(job, env, warn, gl_driver)
 
     def on_line(line: str, _now: float) -> None:
         if echo is not None:
@@ -103,6 +111,7 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
     t0 = time.time()
     proc = await launcher.start(supervised_argv(argv, hooks_startup()), env=attempt_env(job, 1, env),
                                 on_line=on_line)
+    watch.pid = proc.pid
     rc = await proc.wait()
     code, sig = exit_status(rc)
     path = crash_file[-1] if crash_file else scanner.crash_file
@@ -132,8 +141,12 @@ class FrameWatch:
     can only be told later (one value while every frame so far is; small, with no frame to compare it
     with yet) is judged again as frames come, and a last time when Blender exits."""
 
-    def __init__(self, job: str, env: dict[str, str], warn: Callable[..., None]):
+    def __init__(self, job: str, env: dict[str, str], warn: Callable[..., None],
+                 gl_driver: Callable[[int], tuple[str, str] | None] | None = None):
         self.job, self.warn = job, warn
+        self.pid: int | None = None           # Blender's, once started: the raster engines' driver is read from it
+        self.gl_driver = gl_driver or probes.gl_driver
+        self.raster_gl: tuple[str, str] | None = None
         self.agent = AgentEvents(env)         # opens its spool only if there is something to say
         self.expected: Expected | None = None
         self.fallbacks: set[str] = set()
@@ -154,6 +167,14 @@ class FrameWatch:
             self.warn("cpu_fallback", fallback)
 
     def saved(self, frame: int, path: str) -> None:
+        engine = self.expected.engine if self.expected else None
+        if self.raster_gl is None and self.pid is not None and engine and engine.startswith(RASTER_ENGINES):
+            self.raster_gl = self.gl_driver(self.pid)      # as under `renderwatch exec` (suspects.check_raster_gl)
+            if self.raster_gl is not None and self.raster_gl[0] == "software":
+                self.warn("cpu_fallback", software_gl_message(engine, self.raster_gl[1]))
+        if self.raster_gl is not None and self.raster_gl[0] == "software":
+            self.agent.send("frame_check", job=self.job, frame=frame, reason="cpu_fallback",
+                            detail=f"{engine} on a software driver ({self.raster_gl[1]})"[:500], rendered=1)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._judge_loop())
         self.queue.put_nowait((frame, asyncio.get_running_loop().run_in_executor(None, inspect_frame, path)))

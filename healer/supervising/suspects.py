@@ -106,12 +106,15 @@ def check_raster_gl(ctx: JobContext, st: AttemptState, frame: int, pid: int) -> 
             return
         ctx.raster_gl = found
         if found[0] == "software":
-            ctx.warn("cpu_fallback", f"{engine} renders on a software OpenGL/Vulkan driver ({found[1]}): the CPU "
-                                     "draws every frame; give the node a GPU with its driver (and /dev/dri or "
-                                     "/dev/nvidia* inside a container)")
+            ctx.warn("cpu_fallback", software_gl_message(engine, found[1]))
     if ctx.raster_gl[0] == "software" and ctx.agent is not None and ctx.ledger is not None:
         ctx.agent.send("frame_check", job=ctx.ledger.job, frame=frame, reason="cpu_fallback",
                        detail=f"{engine} on a software driver ({ctx.raster_gl[1]})"[:500], rendered=1)
+
+
+def software_gl_message(engine: str, evidence: str) -> str:
+    return (f"{engine} renders on a software OpenGL/Vulkan driver ({evidence}): the CPU draws every frame; give "
+            "the node a GPU with its driver (and /dev/dri or /dev/nvidia* inside a container)")
 
 
 async def review_frames(ctx: JobContext, led: Ledger, st: AttemptState) -> list[int]:
