@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from healer_support import spooled_events
 
 from blender_hooks import events
 from healer.supervising.launch import MARKER
@@ -106,9 +107,8 @@ def test_a_black_frame_and_a_half_empty_one_are_warned_not_rendered_again(tmp_pa
     warned = [(i["frame"], e.type) for k, i, e in sink.got if k == "render.warning"]
     assert warned == [(2, "suspect_frame"), (4, "suspect_frame")]
     assert any(s.startswith("warning: suspect_frame: frame 2: every pixel is one value") for s in said), said
-    spooled = [events.decode(ln) for seg in sorted((tmp_path / "home" / "spool").glob("*.ndjson"))
-               for ln in seg.read_bytes().splitlines() if ln]
-    checks = [(e["job"], e["frame"], e["reason"]) for e in spooled if e["type"] == "frame_check"]
+    checks = [(e["job"], e["frame"], e["reason"]) for e in spooled_events(tmp_path / "home" / "spool")
+              if e["type"] == "frame_check"]
     assert checks == [(doc["job"], 2, "blank"), (doc["job"], 4, "partial")]      # the agent's metric and trace
 
 
@@ -159,9 +159,8 @@ def test_eevee_on_a_software_driver_is_a_cpu_fallback_with_every_frame_told(tmp_
     assert asked == [4242]                      # asked once, of Blender's pid
     assert [e.type for k, _i, e in sink.got if k == "render.warning"] == ["cpu_fallback"]
     assert any("BLENDER_EEVEE_NEXT renders on a software OpenGL/Vulkan driver" in s for s in said), said
-    spooled = [events.decode(ln) for seg in sorted((tmp_path / "home" / "spool").glob("*.ndjson"))
-               for ln in seg.read_bytes().splitlines() if ln]
-    assert [(e["frame"], e["reason"]) for e in spooled if e["type"] == "frame_check"] == \
+    assert [(e["frame"], e["reason"]) for e in spooled_events(tmp_path / "home" / "spool")
+            if e["type"] == "frame_check"] == \
         [(1, "cpu_fallback"), (2, "cpu_fallback")]
     code, sink, said, doc = run(tmp_path, frames(tmp_path, {1: picture(1)}, SETTINGS), gl_driver=driver)
     assert asked == [4242]                      # Cycles: not asked

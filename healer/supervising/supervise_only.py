@@ -48,13 +48,7 @@ from healer.supervising import probes
 from healer.supervising.launch import MARKER_EXPR, ProcessLauncher, attempt_env, exit_status, hooks_startup
 from healer.supervising.progress import parse_line
 from healer.supervising.seams import IncidentSink, Launcher, NoIncidents
-from healer.supervising.suspects import (
-    CHECK_WAIT_S,
-    RASTER_ENGINES,
-    judge_frames,
-    parse_settings,
-    software_gl_message,
-)
+from healer.supervising.suspects import CHECK_WAIT_S, judge_frames, parse_settings, raster_gl_saved
 from healer.supervising.telemetry import AgentEvents
 from renderwatch.files import write_atomic
 
@@ -167,14 +161,11 @@ class FrameWatch:
             self.warn("cpu_fallback", fallback)
 
     def saved(self, frame: int, path: str) -> None:
-        engine = self.expected.engine if self.expected else None
-        if self.raster_gl is None and self.pid is not None and engine and engine.startswith(RASTER_ENGINES):
-            self.raster_gl = self.gl_driver(self.pid)      # as under `renderwatch exec` (suspects.check_raster_gl)
-            if self.raster_gl is not None and self.raster_gl[0] == "software":
-                self.warn("cpu_fallback", software_gl_message(engine, self.raster_gl[1]))
-        if self.raster_gl is not None and self.raster_gl[0] == "software":
-            self.agent.send("frame_check", job=self.job, frame=frame, reason="cpu_fallback",
-                            detail=f"{engine} on a software driver ({self.raster_gl[1]})"[:500], rendered=1)
+        if self.pid is not None:
+            self.raster_gl = raster_gl_saved(
+                self.raster_gl, self.expected.engine if self.expected else None, self.gl_driver, self.pid, frame,
+                self.warn, lambda f, detail: self.agent.send("frame_check", job=self.job, frame=f,
+                                                             reason="cpu_fallback", detail=detail, rendered=1))
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._judge_loop())
         self.queue.put_nowait((frame, asyncio.get_running_loop().run_in_executor(None, inspect_frame, path)))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from healer.diagnosis.framecheck import (
     EmptyCells,
@@ -93,23 +93,35 @@ RASTER_ENGINES = ("BLENDER_EEVEE", "BLENDER_WORKBENCH")
 
 
 def check_raster_gl(ctx: JobContext, st: AttemptState, frame: int, pid: int) -> None:
+    """`raster_gl_saved` for `renderwatch exec`: the job's warning and the agent's events."""
+    def send(frame: int, detail: str) -> None:
+        if ctx.agent is not None and ctx.ledger is not None:
+            ctx.agent.send("frame_check", job=ctx.ledger.job, frame=frame, reason="cpu_fallback", detail=detail,
+                           rendered=1)
+
+    ctx.raster_gl = raster_gl_saved(ctx.raster_gl, st.expected.engine if st.expected else None,
+                                    ctx.probes.gl_driver, pid, frame, ctx.warn, send)
+
+
+def raster_gl_saved(known: tuple[str, str] | None, engine: str | None,
+                    probe: Callable[[int], tuple[str, str] | None], pid: int, frame: int,
+                    warn: Callable[[str, str], None], send: Callable[[int, str], object]) -> tuple[str, str] | None:
     """EEVEE and Workbench render through OpenGL/Vulkan; on a node with no usable GPU, Mesa's software
     driver renders them on the CPU, silently and many times slower (the raster engines' silent CPU
-    fallback). Asked once per job, when a frame is saved (the context exists by then); every frame
-    after a software finding goes to the agent as `cpu_fallback`."""
-    engine = st.expected.engine if st.expected else None
+    fallback). The driver is asked once per job, when a frame is saved (the context exists by then):
+    software is a `cpu_fallback` warning, and every frame from then on is told to the agent. Returns
+    the driver known (`known` for the next frame)."""
     if not engine or not engine.startswith(RASTER_ENGINES):
-        return
-    if ctx.raster_gl is None:
-        found = ctx.probes.gl_driver(pid)
-        if found is None:
-            return
-        ctx.raster_gl = found
-        if found[0] == "software":
-            ctx.warn("cpu_fallback", software_gl_message(engine, found[1]))
-    if ctx.raster_gl[0] == "software" and ctx.agent is not None and ctx.ledger is not None:
-        ctx.agent.send("frame_check", job=ctx.ledger.job, frame=frame, reason="cpu_fallback",
-                       detail=f"{engine} on a software driver ({ctx.raster_gl[1]})"[:500], rendered=1)
+        return known
+    if known is None:
+        known = probe(pid)
+        if known is None:
+            return None
+        if known[0] == "software":
+            warn("cpu_fallback", software_gl_message(engine, known[1]))
+    if known[0] == "software":
+        send(frame, f"{engine} on a software driver ({known[1]})"[:500])
+    return known
 
 
 def software_gl_message(engine: str, evidence: str) -> str:
