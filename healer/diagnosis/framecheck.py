@@ -426,7 +426,7 @@ def _exr_combined_uniform(f, table_at: int, header: dict, w: int, h: int,
             raise ValueError(f"OpenEXR chunk {i} holds {len(raw)} bytes, not {raw_size}")
         pos = 0
         for _line in range(count):
-            for name in sorted(chans):
+            for name in order:
                 step = w * sizes[name]
                 if name in wanted:
                     seg = raw[pos:pos + step]

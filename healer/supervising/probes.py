@@ -217,7 +217,6 @@ SOFTWARE_DRIVERS = ("swrast_dri", "kms_swrast_dri", "llvmpipe", "softpipe", "lib
 HARDWARE_DRIVERS = ("libnvidia-eglcore", "libnvidia-glcore", "libnvidia-glvkspirv", "radeonsi_dri", "iris_dri",
                     "i965_dri", "crocus_dri", "nouveau_dri", "r600_dri", "amdgpu_dri", "libvulkan_radeon",
                     "libvulkan_intel", "libvulkan_nouveau", "libamdvlk", "zink_dri")
-GL_LOADERS = ("libEGL", "libGLX", "libGL.so", "libvulkan.so", "libgallium")
 GPU_DEVICE_FILES = ("/dev/dri/renderD", "/dev/dri/card", "/dev/nvidia", "/dev/kfd")
 
 

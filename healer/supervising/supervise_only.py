@@ -8,9 +8,9 @@ would break its session. So here renderwatch only watches: the hooks and the fra
 Blender dies with its supervisor. The exit status is Blender's (128+N when a signal N killed it).
 
 Each saved frame is inspected as it is saved, as under `renderwatch exec` (healer.supervising.suspects),
-and judged when Blender exits: nothing can be rendered again here, so a frame that looks wrong (blank,
-transparent, partial, the wrong size or channels) is a `suspect_frame` warning straight away, and a
-silent CPU fallback a `cpu_fallback` one.
+and judged then against the frames saved before it (FrameWatch): nothing can be rendered again here, so
+a frame that looks wrong (blank, transparent, partial, the wrong size or channels) is a `suspect_frame`
+warning straight away, and a silent CPU fallback a `cpu_fallback` one.
 
 Usage::
 
@@ -73,7 +73,7 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
     scanner = LogScanner()
     saved: list[str] = []
     crash_file: list[str] = []
-    current: list[int] = []
+    current: int | None = None      # the frame Blender renders (its marker or progress lines)
     info: dict[str, Any] = {"job": job, "scene": "", "mode": "supervise-only"}
     if farm is not None:
         info["farm"] = farm.to_dict()
@@ -86,16 +86,17 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
     watch = FrameWatch(job, env, warn, gl_driver)
 
     def on_line(line: str, _now: float) -> None:
+        nonlocal current
         if echo is not None:
             echo(line)
         scanner.feed(line)
         ev = parse_line(line)
-        if ev.kind in ("frame_start", "progress") and ev.frame is not None and ev.frame not in current[-1:]:
-            current.append(ev.frame)
+        if ev.kind in ("frame_start", "progress") and ev.frame is not None:
+            current = ev.frame
         if ev.kind == "saved" and ev.path:
             saved.append(ev.path)
             if check_frames:
-                watch.saved(current[-1] if current else len(saved), ev.path)
+                watch.saved(current if current is not None else len(saved), ev.path)
         elif ev.kind == "crash_file" and ev.path:
             crash_file.append(ev.path)
         elif ev.kind == "settings":
