@@ -10,7 +10,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import signal
 import sys
@@ -151,6 +150,8 @@ def _supervise_only(args: argparse.Namespace, argv: list[str]) -> int:
     if args.blender_output:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     incidents = _incidents(cfg)
+    import asyncio
+
     try:
         return asyncio.run(supervise_only(argv, env=dict(cfg.env), incidents=incidents,
                                           echo=_echo if args.blender_output else None,
@@ -205,6 +206,14 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
                      env=cfg.env, kill_grace_s=cfg.kill_grace_s, probe_interval_s=cfg.probe_interval_s,
                      sampler=_sampler(), echo=echo)
     t0 = time.monotonic()
+    try:
+        sup.begin()             # the first Blender starts here, before the event loop is even imported
+    except RequestError as e:
+        _close(incidents)
+        print(f"renderwatch: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    # asyncio here: it and what the supervisor's run() imports load while Blender starts up
+    import asyncio
 
     async def main():
         loop = asyncio.get_running_loop()

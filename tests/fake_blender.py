@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import functools
 import json
 import struct
@@ -122,6 +123,16 @@ class ReplayedBlender:
                 self._rc = -15
 
 
+@dataclasses.dataclass(frozen=True)
+class ReplaySpawned:
+    """A replayed Blender that has "started" (`seams.Spawned`): its run plays once attached."""
+
+    run: dict
+    pid: int
+    scene: Path
+    attempt: int
+
+
 class ReplayLauncher:
     """A `seams.Launcher` that plays one recorded run per attempt, in order."""
 
@@ -140,8 +151,7 @@ class ReplayLauncher:
         self.orphans_stopped: list[int] = []
         self._pid = 40000
 
-    async def start(self, argv: Sequence[str], *, env: dict[str, str],
-                    on_line: Callable[[str, float], None]) -> ReplayedBlender:
+    def spawn(self, argv: Sequence[str], *, env: dict[str, str]) -> ReplaySpawned:
         if len(self.argvs) >= len(self.runs):
             raise AssertionError(f"attempt {len(self.argvs) + 1} launched, but only {len(self.runs)} runs were "
                                  f"given; argv: {list(argv)}")
@@ -151,14 +161,17 @@ class ReplayLauncher:
         want = render_args(run["frames"])
         if not any(list(argv[i:i + len(want)]) == want for i in range(len(argv))):
             raise AssertionError(f"attempt {len(self.argvs)} asks {list(argv)[-8:]}, the run recorded {want}")
-        scene = Path(argv[argv.index("-b") + 1])
         self._pid += 1
+        return ReplaySpawned(run, self._pid, Path(argv[argv.index("-b") + 1]), len(self.argvs))
+
+    async def attach(self, spawned: ReplaySpawned, on_line: Callable[[str, float], None]) -> ReplayedBlender:
+        """The recorded run plays from here (a real Blender's output waits in its pipe until then)."""
         import tempfile
 
-        self.current = ReplayedBlender(run, self._pid, {"{scene_dir}": str(scene.parent),
-                                                        "{tmp}": tempfile.gettempdir()},
+        s = spawned
+        self.current = ReplayedBlender(s.run, s.pid, {"{scene_dir}": str(s.scene.parent), "{tmp}": tempfile.gettempdir()},
                                        on_line, self.clock, self.speed,
-                                       None if self.image is None else functools.partial(self.image, len(self.argvs)))
+                                       None if self.image is None else functools.partial(self.image, s.attempt))
         return self.current
 
     def alive(self, pid: int | None, create_time: float | None) -> bool:

@@ -27,8 +27,11 @@ class Said:
     def __init__(self, lines: list[str | tuple[Path, np.ndarray]]):
         self.lines, self.pid, self.tail, self.last_output_at = lines, 4242, [], 0.0
 
-    async def start(self, argv, *, env, on_line):
-        self.said = asyncio.get_running_loop().create_task(self._say(on_line))    # after start returns
+    def spawn(self, argv, *, env):
+        return self
+
+    async def attach(self, spawned, on_line):
+        self.said = asyncio.get_running_loop().create_task(self._say(on_line))    # after attach returns
         return self
 
     async def _say(self, on_line):

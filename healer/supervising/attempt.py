@@ -6,7 +6,8 @@ probe loop stops Blender on a stall or a cancel. When Blender exits the attempt 
 
 Usage::
 
-    error = await run_attempt(ctx, ledger, frames=[3, 4], action=action)   # a RenderError ("ok" too)
+    launched = launch_attempt(ctx, ledger, frames=[3, 4], action=action)    # launch.py: Blender runs
+    error = await run_attempt(ctx, ledger, launched)                        # a RenderError ("ok" too)
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from typing import TYPE_CHECKING
 
 from healer.diagnosis import errors
 from healer.supervising.context import AttemptState, JobContext
-from healer.supervising.launch import LaunchSpec, attempt_env, build_argv, exit_status
+from healer.supervising.launch import Launched, exit_status
 from healer.supervising.ledger import Attempt, Ledger
 from healer.supervising.outputs import verify_image
-from healer.supervising.policy import Action
 from healer.supervising.probes import ProbeSnapshot, evaluate, stall_timeout
 from healer.supervising.progress import parse_line
 from healer.supervising.seams import RunningBlender
@@ -30,41 +30,18 @@ if TYPE_CHECKING:
     from healer.diagnosis.classify import LogScanner
 
 
-async def run_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: Action) -> errors.RenderError:
-    req = ctx.req
-    att = led.new_attempt(frames, action.reason)
-    att.device, att.threads = action.device, action.threads
-    argv = build_argv(LaunchSpec(blender=req.blender, scene=led.scene, frames=frames, output=output_arg(req.output),
-                                 user_args=req.blender_args, device=action.device, threads=action.threads,
-                                 after_render=req.after_args, gpu=ctx.gpu if action.device != "CPU" else None))
-    att.argv = argv
-    ctx.attempt = st = AttemptState(last_progress_at=ctx.clock())
-    oom_before = ctx.probes.oom_kills()
-    scanner: LogScanner | None = None
+async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> errors.RenderError:
+    """Watch the attempt `launch.launch_attempt` started until its Blender exits; classify the exit."""
+    att, frames = launched.attempt, launched.frames
+    ctx.attempt = st = AttemptState(last_progress_at=launched.started_at)
+    oom_before = launched.oom_kills_before
+    scanner = _new_scanner()
 
     def on_line(line: str, now: float) -> None:
-        nonlocal scanner
-        if scanner is None:
-            scanner = _new_scanner()
         _on_line(ctx, scanner, led, att, line, now)
 
-    try:
-        proc = await ctx.launcher.start(argv, env=attempt_env(led.job, att.attempt, ctx.env, ctx.gpu),
-                                        on_line=on_line)
-    except OSError as e:
-        att.ended_at = ctx.wall()
-        att.error_type = "engine_unavailable"
-        att.error_summary = f"cannot start Blender {req.blender!r}: {e}"
-        led.save()
-        return errors.EngineUnavailableError(summary=att.error_summary)
-    if scanner is None:
-        scanner = _new_scanner()
+    proc = await ctx.launcher.attach(launched.spawned, on_line)
     ctx.proc = proc
-    att.pid = proc.pid
-    att.pid_create_time = ctx.probes.process_create_time(proc.pid)
-    att.started_at = ctx.wall()
-    led.status = "running"
-    led.save()
     watcher = asyncio.create_task(_watch(ctx, led, proc, st))
     try:
         rc = await proc.wait()
@@ -140,16 +117,9 @@ def tell_agent_verified(ctx: JobContext, led: Ledger, att: Attempt, last: int | 
                        attempt=att.attempt)
 
 
-def output_arg(out: str | None) -> str | None:
-    """The -o pattern as Blender gets it: absolute, except Blender's own `//` (beside the .blend)."""
-    if out and not out.startswith("//"):
-        out = os.path.abspath(os.path.expanduser(out)) + ("/" if out.endswith("/") else "")
-    return out
-
-
 def _new_scanner() -> LogScanner:
-    """The classifier is imported once Blender runs, so that Blender's start-up hides its cost (a farm
-    launches one Blender per frame)."""
+    """The classifier is imported once Blender runs (this module is imported after the first Blender
+    starts), so that Blender's start-up hides its cost: a farm launches one Blender per frame."""
     from healer.diagnosis.classify import LogScanner
     from healer.supervising import suspects  # noqa: F401 (the frame checks, needed from the first frame)
 

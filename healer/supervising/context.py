@@ -5,7 +5,6 @@ every part needs (say, warn, the incident info, the metrics of the ledger).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, RunningBlender, SupervisorMetrics
 
 if TYPE_CHECKING:
+    import asyncio
+
     from healer.diagnosis.framecheck import EmptyCells, Expected, FrameFacts
     from healer.supervising.telemetry import AgentEvents
 
@@ -76,7 +77,8 @@ class JobContext:
     job: str | None = None
     ledger: Ledger | None = None
     frame_times: list[float] = field(default_factory=list)
-    cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_requested: bool = False
+    wake: asyncio.Event | None = None          # set by a cancel: ends a restart's back-off early (made on the loop)
     proc: RunningBlender | None = None
     attempt: AttemptState = field(default_factory=AttemptState)
     started_at: float = 0.0
@@ -94,7 +96,7 @@ class JobContext:
 
     @property
     def cancelled(self) -> bool:
-        return self.cancel_event.is_set()
+        return self.cancel_requested
 
     # -- telling --------------------------------------------------------------------------------
     def say(self, text: str) -> None:

@@ -1,4 +1,4 @@
-"""Start Blender for one attempt: the argv (a list, never a shell), its environment, its output.
+"""Start Blender for one attempt: the argv (a list, never a shell), its environment, the process.
 
 Argument order matters to Blender (it executes arguments left to right, and a `--python` script
 after `-a` would run after the render), so an attempt is always:
@@ -10,31 +10,40 @@ MARKER is a tiny render_pre handler that prints `[renderwatch] frame_start N PAT
 handler runs: the supervisor learns which frame is in flight and where Blender will save it, even
 when a user handler crashes Blender in the same render_pre call.
 
+Nothing here needs an event loop: a farm starts one renderwatch per frame, and the job's first Blender
+is started before the event loop and the supervisor's other parts are even imported (process.py reads
+its output once they are).
+
 Usage::
 
-    argv = build_argv(LaunchSpec(blender="blender", scene="/s.blend", frames=[1, 2, 3]))
-    proc = await BlenderProcess.start(argv, env=attempt_env(job, attempt), on_line=handle)
-    rc = await proc.wait()
+    launched = launch_attempt(ctx, ledger, frames=[1, 2, 3], action=action)   # Blender runs
+    error = await run_attempt(ctx, ledger, launched)                          # attempt.py
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import os
 import signal
+import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blender_hooks.settings import ENV_ATTEMPT, ENV_JOB_ID  # noqa: F401 (names read from here)
+from healer.diagnosis import errors
 from healer.supervising.frames import render_args
 from healer.supervising.ledger import process_alive
+from healer.supervising.progress import MARKER
 
-MARKER = "[renderwatch] frame_start "
-LOG_TAIL_LINES = 500
+if TYPE_CHECKING:
+    from healer.supervising.context import JobContext
+    from healer.supervising.ledger import Attempt, Ledger
+    from healer.supervising.policy import Action
+    from healer.supervising.process import BlenderProcess
+    from healer.supervising.seams import LineHandler, Spawned
+
 
 # The marker is one os.write of the whole line: print() writes the text and the newline separately,
 # and a thread logging to stderr in between (the hooks' "agent unreachable") tore the line, so the
@@ -151,72 +160,6 @@ def attempt_env(job: str, attempt: int, base: dict[str, str] | None = None, gpu:
     return env
 
 
-class BlenderProcess:
-    """One Blender child in its own process group; stdout+stderr merged and fed line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, on_line: Callable[[str, float], None]):
-        self.proc = proc
-        self.pid = proc.pid
-        self.on_line = on_line
-        self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
-        self.last_output_at = time.monotonic()
-        self._reader = asyncio.create_task(self._read())
-
-    @classmethod
-    async def start(cls, argv: Sequence[str], *, env: dict[str, str], cwd: str | None = None,
-                    on_line: Callable[[str, float], None]) -> BlenderProcess:
-        # Blender gets a process group of its own (the healer stops it and what it started with one
-        # killpg) but stays in the caller's session, where a farm's accounting looks (RQD sums its
-        # frame's session). It must never outlive the healer: a farm cancels by SIGKILL to the
-        # healer's group (OpenJD, RQD), which does not reach Blender's group, so the kernel kills
-        # Blender the moment its parent dies (PR_SET_PDEATHSIG).
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, cwd=cwd, process_group=0,
-            preexec_fn=_die_with_parent(os.getpid()))
-        return cls(proc, on_line)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        pending = b""
-        while True:
-            chunk = await self.proc.stdout.read(65536)
-            if not chunk:
-                break
-            now = time.monotonic()
-            self.last_output_at = now
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for raw in lines:
-                self._emit(raw, now)
-            if len(pending) > 1 << 20:          # a runaway line without newline: cut it
-                self._emit(pending, now)
-                pending = b""
-        if pending:
-            self._emit(pending, time.monotonic())
-
-    def _emit(self, raw: bytes, now: float) -> None:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r")
-        self.tail.append(line)
-        self.on_line(line, now)
-
-    async def wait(self, drain_timeout: float = 5.0) -> int:
-        """Wait for exit and for the output to be read to the end (bounded: a grandchild may hold it)."""
-        rc = await self.proc.wait()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._reader), drain_timeout)
-        except TimeoutError:
-            self._reader.cancel()
-        return rc
-
-    def returncode(self) -> int | None:
-        return self.proc.returncode
-
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM the whole process group, then SIGKILL after `grace_s`."""
-        await stop_group(self.pid, grace_s, lambda: self.proc.returncode is not None)
-
-
 PR_SET_PDEATHSIG = 1
 
 
@@ -238,33 +181,84 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
     return pre_exec
 
 
-async def stop_group(pgid: int, grace_s: float, exited: Callable[[], bool]) -> None:
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0.0)):
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if exited():
-                return
-            await asyncio.sleep(0.05)
-
-
 def exit_status(rc: int) -> tuple[int | None, int | None]:
     """(exit_code, exit_signal) from a returncode (negative = killed by that signal)."""
     return (None, -rc) if rc < 0 else (rc, None)
 
 
-class ProcessLauncher:
-    """The real `seams.Launcher`: Blender as a child process in its own process group."""
+def spawn_blender(argv: Sequence[str], *, env: dict[str, str], cwd: str | None = None) -> subprocess.Popen:
+    """Start Blender now, stdout and stderr merged into one pipe (process.BlenderProcess reads it).
 
-    async def start(self, argv: Sequence[str], *, env: dict[str, str],
-                    on_line: Callable[[str, float], None]) -> BlenderProcess:
-        return await BlenderProcess.start(argv, env=env, on_line=on_line)
+    Blender gets a process group of its own (the healer stops it and what it started with one killpg)
+    but stays in the caller's session, where a farm's accounting looks (RQD sums its frame's session).
+    It must never outlive the healer: a farm cancels by SIGKILL to the healer's group (OpenJD, RQD),
+    which does not reach Blender's group, so the kernel kills Blender the moment its parent dies
+    (PR_SET_PDEATHSIG)."""
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env, cwd=cwd, process_group=0, preexec_fn=_die_with_parent(os.getpid()), bufsize=0)
+
+
+class ProcessLauncher:
+    """The real `seams.Launcher`: Blender as a child process in its own process group. What runs on the
+    event loop (process.py) is imported when the first Blender is attached, after it has started."""
+
+    def spawn(self, argv: Sequence[str], *, env: dict[str, str]) -> subprocess.Popen:
+        return spawn_blender(argv, env=env)
+
+    async def attach(self, spawned: subprocess.Popen, on_line: LineHandler) -> BlenderProcess:
+        from healer.supervising.process import BlenderProcess
+
+        return BlenderProcess(spawned, on_line)
 
     def alive(self, pid: int | None, create_time: float | None) -> bool:
         return process_alive(pid, create_time)
 
     async def stop_orphan(self, pid: int, create_time: float | None, grace_s: float) -> None:
+        from healer.supervising.process import stop_group
+
         await stop_group(pid, grace_s, lambda: not self.alive(pid, create_time))
+
+
+@dataclass
+class Launched:
+    """An attempt whose Blender has started: what `attempt.run_attempt` watches."""
+
+    attempt: Attempt
+    frames: list[int]
+    spawned: Spawned
+    started_at: float                 # clock time
+    oom_kills_before: int | None      # the cgroup's OOM kills before it started
+
+
+def launch_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: Action) -> Launched | errors.RenderError:
+    """A new attempt in the ledger and its Blender started (the ledger names its pid, fsynced: a healer
+    that dies now leaves its successor what to stop). An engine that cannot start is the error returned."""
+    req = ctx.req
+    att = led.new_attempt(frames, action.reason)
+    att.device, att.threads = action.device, action.threads
+    att.argv = build_argv(LaunchSpec(blender=req.blender, scene=led.scene, frames=frames, output=output_arg(req.output),
+                                     user_args=req.blender_args, device=action.device, threads=action.threads,
+                                     after_render=req.after_args, gpu=ctx.gpu if action.device != "CPU" else None))
+    oom_before = ctx.probes.oom_kills()
+    started_at = ctx.clock()
+    try:
+        spawned = ctx.launcher.spawn(att.argv, env=attempt_env(led.job, att.attempt, ctx.env, ctx.gpu))
+    except OSError as e:
+        att.ended_at = ctx.wall()
+        att.error_type = "engine_unavailable"
+        att.error_summary = f"cannot start Blender {req.blender!r}: {e}"
+        led.save()
+        return errors.EngineUnavailableError(summary=att.error_summary)
+    att.pid = spawned.pid
+    att.pid_create_time = ctx.probes.process_create_time(spawned.pid)
+    att.started_at = ctx.wall()
+    led.status = "running"
+    led.save()
+    return Launched(att, list(frames), spawned, started_at, oom_before)
+
+
+def output_arg(out: str | None) -> str | None:
+    """The -o pattern as Blender gets it: absolute, except Blender's own `//` (beside the .blend)."""
+    if out and not out.startswith("//"):
+        out = os.path.abspath(os.path.expanduser(out)) + ("/" if out.endswith("/") else "")
+    return out

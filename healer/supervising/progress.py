@@ -22,7 +22,9 @@ from typing import TextIO
 
 from blender_hooks.events import SETTINGS_MARK
 from healer.diagnosis import logformat
-from healer.supervising.launch import MARKER
+
+# The line the supervisor's frame-start marker prints (launch.MARKER_EXPR, injected into Blender).
+MARKER = "[renderwatch] frame_start "
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,22 @@ class RunningBlender(Protocol):
     async def stop(self, grace_s: float) -> None: ...      # SIGTERM its group, SIGKILL after grace_s
 
 
-class Launcher(Protocol):
-    """Starts Blender, and stops a Blender a dead healer left behind."""
+class Spawned(Protocol):
+    """A Blender that has started, before anyone reads its output (launch.py: a `subprocess.Popen`)."""
 
-    async def start(self, argv: Sequence[str], *, env: dict[str, str], on_line: LineHandler) -> RunningBlender: ...
+    @property
+    def pid(self) -> int: ...
+
+
+class Launcher(Protocol):
+    """Starts Blender, and stops a Blender a dead healer left behind.
+
+    Starting is two steps: `spawn` starts the process at once, with no event loop needed (a farm task's
+    first Blender starts before the supervisor's event loop exists), and `attach`, on the loop, reads
+    its output from then on (what it printed in between waits in the pipe)."""
+
+    def spawn(self, argv: Sequence[str], *, env: dict[str, str]) -> Spawned: ...
+    async def attach(self, spawned: Any, on_line: LineHandler) -> RunningBlender: ...
     def alive(self, pid: int | None, create_time: float | None) -> bool: ...
     async def stop_orphan(self, pid: int, create_time: float | None, grace_s: float) -> None: ...
 

@@ -67,7 +67,7 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
                          report: str | None = None, job: str | None = None, check_frames: bool = True,
                          gl_driver: Callable[[int], tuple[str, str] | None] | None = None) -> int:
     incidents = incidents or NoIncidents()
-    launcher = launcher or ProcessLauncher()
+    blender: Launcher = launcher or ProcessLauncher()
     say = say or (lambda text: print(f"renderwatch: {text}", file=sys.stderr, flush=True))
     job = job or f"supervised-{uuid.uuid4().hex[:12]}"
     scanner = LogScanner()
@@ -104,8 +104,8 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
 
     incidents.job_started(info)
     t0 = time.time()
-    proc = await launcher.start(supervised_argv(argv, hooks_startup()), env=attempt_env(job, 1, env),
-                                on_line=on_line)
+    spawned = blender.spawn(supervised_argv(argv, hooks_startup()), env=attempt_env(job, 1, env))
+    proc = await blender.attach(spawned, on_line)
     watch.pid = proc.pid
     rc = await proc.wait()
     code, sig = exit_status(rc)

@@ -15,23 +15,30 @@ names the attempt in progress and its Blender pid; a new supervisor for the same
 Where no parent-death signal exists (not Linux) and that Blender still runs (an orphan: its output has
 nobody to read it), it is stopped deliberately (SIGTERM to its group, SIGKILL after the grace period).
 
+A job starts in two steps. `begin()` needs no event loop: the request prepared, the job locked, its
+ledger opened and renewed, its assets judged and, when the first step is a launch, the first Blender
+started. `run()` goes on from there on the loop (and calls `begin()` itself if the caller has not). A
+farm starts renderwatch once per frame, so the CLI calls `begin()` before it imports asyncio, and this
+module imports the event loop and the attempt's watch (and, through it, the classifier) in `run()`:
+they load while Blender starts up, not before it.
+
 Usage::
 
     sup = Supervisor(RenderRequest(scene="/shot/a.blend", frames=(1, 2, 3)))
+    sup.begin()                   # optional: Blender starts here, before any event loop
     result = await sup.run()      # result.exit_code: 0 iff every frame is verified
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from blender_hooks.farm import OpenJDLines
 from healer.diagnosis.catalog import EXIT_STRICT, REPORT_TYPES, exit_status
-from healer.supervising.attempt import run_attempt
 from healer.supervising.context import JobContext, RenderRequest
 from healer.supervising.endings import (
     RenderResult,
@@ -40,15 +47,19 @@ from healer.supervising.endings import (
     finish_complete,
     finish_failed,
 )
-from healer.supervising.launch import ProcessLauncher
-from healer.supervising.ledger import JobLocked, Ledger, SupervisorLock, job_dir
+from healer.supervising.launch import Launched, ProcessLauncher, launch_attempt
+from healer.supervising.ledger import Attempt, JobLocked, Ledger, SupervisorLock, job_dir
 from healer.supervising.policy import Action, JobState, Outcome, Policy, plan
-from healer.supervising.preflight import EarlyFailure, RequestError, judge_assets, prepare
+from healer.supervising.preflight import EarlyFailure, Prepared, RequestError, judge_assets, prepare
 from healer.supervising.probes import ResourceSampler, SystemProbes
 from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, NoIncidents, SupervisorMetrics
-from healer.supervising.telemetry import AgentEvents
 from renderwatch.paths import home
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from healer.diagnosis.errors import RenderError
 
 __all__ = ["RenderRequest", "RenderResult", "RequestError", "Supervisor"]
 
@@ -69,10 +80,15 @@ class Supervisor:
             env=dict(os.environ if env is None else env), kill_grace_s=kill_grace_s,
             probe_interval_s=probe_interval_s, clock=clock, wall=wall, job=request.job, started_at=wall(),
             echo=echo, openjd=OpenJDLines(sys.stdout) if request.farm and request.farm.engine == "openjd" else None)
-        self.ctx.agent = AgentEvents(self.ctx.env)
         self._session_first_attempt = 0
         self._lock: SupervisorLock | None = None
         self._kick_task: asyncio.Task | None = None
+        self._begun = False
+        self._prepared: Prepared | None = None
+        self._orphan: Attempt | None = None                  # a dead healer's attempt, its Blender maybe alive
+        self._first: Action | None = None                    # the first step, once begun
+        self._launched: Launched | RenderError | None = None    # its Blender, when that step is a launch
+        self._ended: RenderResult | None = None              # the job ended before any Blender
 
     # ------------------------------------------------------------------ public
     @property
@@ -88,7 +104,9 @@ class Supervisor:
         return self.ctx.started_at
 
     def cancel(self) -> None:
-        self.ctx.cancel_event.set()
+        self.ctx.cancel_requested = True
+        if self.ctx.wake is not None:
+            self.ctx.wake.set()
 
     def place_on(self, gpu: int | None) -> None:
         """Render on this GPU (its index): CUDA_VISIBLE_DEVICES and Cycles' device (the service's placer)."""
@@ -101,6 +119,8 @@ class Supervisor:
             return False
         ctx.attempt.stalled = reason
         ctx.say(f"stall: {reason}: stopping Blender (pid {ctx.proc.pid})")
+        import asyncio
+
         self._kick_task = asyncio.get_running_loop().create_task(ctx.proc.stop(ctx.kill_grace_s))
         return True
 
@@ -118,11 +138,27 @@ class Supervisor:
                 "frame_in_flight": ctx.attempt.current_frame if ctx.proc else None, "error": led.error}
 
     async def run(self) -> RenderResult:
+        import asyncio
+
+        from healer.supervising.telemetry import AgentEvents
+
+        ctx = self.ctx
         try:
-            return await self._run()
+            self.begin()
+            ctx.wake = asyncio.Event()
+            if ctx.cancelled:
+                ctx.wake.set()
+            ctx.agent = AgentEvents(ctx.env)
+            if self._orphan is not None:
+                await self._stop_orphan(self._orphan)
+                self._settle()
+            if self._ended is not None:
+                return self._ended
+            assert self.ctx.ledger is not None and self._first is not None
+            return await self._loop(self.ctx.ledger, self._first, self._launched)
         finally:
-            if self.ctx.agent is not None:
-                await asyncio.to_thread(self.ctx.agent.close)
+            if ctx.agent is not None:
+                await asyncio.to_thread(ctx.agent.close)
             if self._lock:
                 self._lock.release()
 
@@ -133,12 +169,31 @@ class Supervisor:
             led.delivered = True
             led.save()
 
-    # ------------------------------------------------------------------ preparation
-    async def _run(self) -> RenderResult:
+    # ------------------------------------------------------------------ the start (no event loop)
+    def begin(self) -> None:
+        """Prepare, lock and open the job, and start its first Blender when that is the first step.
+        Raises RequestError (the job's lock released) for a request that cannot run at all."""
+        if self._begun:
+            return
+        self._begun = True
+        try:
+            led = self._open()
+            if led is not None and self._orphan is None:
+                self._settle()
+        except BaseException:
+            if self._lock:
+                self._lock.release()
+                self._lock = None
+            raise
+
+    def _open(self) -> Ledger | None:
+        """The scene read, the job locked, its ledger opened; a dead healer's attempt looked at."""
         ctx, req = self.ctx, self.req
         prepared = prepare(req, home(ctx.env) / "healer" / "scenes")
         if isinstance(prepared, EarlyFailure):
-            return fail_early(ctx, prepared)
+            self._ended = fail_early(ctx, prepared)
+            return None
+        self._prepared = prepared
         ctx.job = prepared.job
         directory = job_dir(prepared.job, ctx.env)
         self._lock = SupervisorLock(directory)
@@ -161,7 +216,19 @@ class Supervisor:
             ctx.display.total = len(prepared.frames)
         if ctx.metrics:
             ctx.metrics.frames_requested.labels(prepared.job).set(len(prepared.frames))
-        await self._adopt_orphan(led)
+        att = led.running_attempt()
+        if att is not None:
+            if att.pid and ctx.launcher.alive(att.pid, att.pid_create_time):
+                self._orphan = att          # stopped on the event loop (run), before anything else
+            else:
+                self._credit_orphan(att, "healer restarted: Blender had already exited (status not seen)")
+        return led
+
+    def _settle(self) -> None:
+        """The ledger renewed against the scene, the assets judged, the first step chosen and, when it
+        is a launch, its Blender started."""
+        ctx, req, prepared, led = self.ctx, self.req, self._prepared, self.ctx.ledger
+        assert prepared is not None and led is not None
         new_job = not led.fingerprint and not led.attempts
         why = led.renew(prepared.fingerprint, fresh=req.fresh)
         if why:
@@ -187,30 +254,39 @@ class Supervisor:
             ctx.warn(etype, message, incident=False)
         if verdict.failure is not None:
             f = verdict.failure
-            return finish_failed(ctx, led, f.type, f.message, f.exit_code)
+            self._ended = finish_failed(ctx, led, f.type, f.message, f.exit_code)
+            return
         if not led.missing():
             action = plan(JobState((), ctx.warning_types()), None, self.policy, [], now=ctx.wall())
-        return await self._loop(led, action)
+        self._first = action
+        if action.kind == "launch" and not action.delay_s and not ctx.cancelled:
+            self._launched = self._launch(led, action)
+
+    def _launch(self, led: Ledger, action: Action) -> Launched | RenderError:
+        frames = [f for f in action.frames if f not in led.frames] or led.missing()
+        return launch_attempt(self.ctx, led, frames, action)
 
     def _tell_failure(self, led: Ledger, error) -> None:
         """Say at once why the attempt ended, with its evidence (not only when the job gives up)."""
         att = led.attempts[-1]
         self.ctx.say(f"attempt {att.attempt} ended: {error.type}: {error.summary}{_evidence(error)}")
 
-    async def _adopt_orphan(self, led: Ledger) -> None:
-        """The previous healer died with an attempt in progress: stop its Blender, credit its frames."""
+    async def _stop_orphan(self, att: Attempt) -> None:
+        """The previous healer died with an attempt in progress and its Blender still runs: stop it."""
         ctx = self.ctx
-        att = led.running_attempt()
-        if att is None:
-            return
-        if att.pid and ctx.launcher.alive(att.pid, att.pid_create_time):
-            ctx.say(f"stopping Blender pid {att.pid}, left running unsupervised by a healer that died")
-            await ctx.launcher.stop_orphan(att.pid, att.pid_create_time, ctx.kill_grace_s)
-            att.error_summary = f"healer restarted: stopped its orphaned Blender (pid {att.pid})"
-        else:
-            att.error_summary = "healer restarted: Blender had already exited (status not seen)"
+        assert att.pid
+        ctx.say(f"stopping Blender pid {att.pid}, left running unsupervised by a healer that died")
+        await ctx.launcher.stop_orphan(att.pid, att.pid_create_time, ctx.kill_grace_s)
+        self._credit_orphan(att, f"healer restarted: stopped its orphaned Blender (pid {att.pid})")
+        self._orphan = None
+
+    def _credit_orphan(self, att: Attempt, summary: str) -> None:
+        """A dead healer's attempt ends as interrupted; the frames it saved and verify are credited."""
+        led = self.ctx.ledger
+        assert led is not None
+        att.error_summary = summary
         att.error_type = "interrupted"
-        att.ended_at = ctx.wall()
+        att.ended_at = self.ctx.wall()
         for f in att.frames_planned:
             ok, _ = led.verify_frame(f)
             if ok and f not in att.frames_rendered:
@@ -218,35 +294,42 @@ class Supervisor:
                 led.frame_render_counts[f] = max(1, led.frame_render_counts.get(f, 0))
 
     # ------------------------------------------------------------------ the healing loop
-    async def _loop(self, led: Ledger, action: Action) -> RenderResult:
+    async def _loop(self, led: Ledger, action: Action, launched: Launched | RenderError | None) -> RenderResult:
+        import asyncio
+
+        from healer.supervising.attempt import run_attempt
+
         ctx = self.ctx
         while True:
-            if ctx.cancelled:
-                return finish_cancelled(ctx, led)
-            if action.kind == "complete":
-                return finish_complete(ctx, led)
-            if action.kind == "give_up":
-                etype = action.error_type or "unknown"
-                if ctx.openjd:
-                    ctx.openjd.fail(f"renderwatch gave up: {action.reason}")
-                code = EXIT_STRICT if action.reason.startswith("--strict") else exit_status(etype)
-                return finish_failed(ctx, led, etype, action.reason, code)
-            if action.restart:
-                # on disk (the incident journal) before the restart is announced or made
-                ctx.incidents.emit("render.restarted", ctx.info(message=action.reason))
-                ctx.say(f"restart: {action.reason}" + (f" (in {action.delay_s:.1f} s)" if action.delay_s else ""))
-                if ctx.openjd:
-                    ctx.openjd.status(f"renderwatch restart {led.restarts + 1}: {action.reason}")
-                if ctx.metrics:
-                    ctx.metrics.restarts.labels(led.job, action.error_type or "unknown").inc()
-            if action.delay_s > 0:
-                try:
-                    await asyncio.wait_for(ctx.cancel_event.wait(), action.delay_s)
-                    continue
-                except TimeoutError:
-                    pass
-            frames = [f for f in action.frames if f not in led.frames] or led.missing()
-            error = await run_attempt(ctx, led, frames, action)
+            if launched is None:
+                if ctx.cancelled:
+                    return finish_cancelled(ctx, led)
+                if action.kind == "complete":
+                    return finish_complete(ctx, led)
+                if action.kind == "give_up":
+                    etype = action.error_type or "unknown"
+                    if ctx.openjd:
+                        ctx.openjd.fail(f"renderwatch gave up: {action.reason}")
+                    code = EXIT_STRICT if action.reason.startswith("--strict") else exit_status(etype)
+                    return finish_failed(ctx, led, etype, action.reason, code)
+                if action.restart:
+                    # on disk (the incident journal) before the restart is announced or made
+                    ctx.incidents.emit("render.restarted", ctx.info(message=action.reason))
+                    ctx.say(f"restart: {action.reason}" + (f" (in {action.delay_s:.1f} s)" if action.delay_s else ""))
+                    if ctx.openjd:
+                        ctx.openjd.status(f"renderwatch restart {led.restarts + 1}: {action.reason}")
+                    if ctx.metrics:
+                        ctx.metrics.restarts.labels(led.job, action.error_type or "unknown").inc()
+                if action.delay_s > 0:
+                    assert ctx.wake is not None
+                    try:
+                        await asyncio.wait_for(ctx.wake.wait(), action.delay_s)
+                        continue
+                    except TimeoutError:
+                        pass
+                launched = self._launch(led, action)
+            error = launched if not isinstance(launched, Launched) else await run_attempt(ctx, led, launched)
+            launched = None
             if ctx.cancelled:
                 return finish_cancelled(ctx, led)
             if error.type != "ok" and (error.fatal or error.type not in REPORT_TYPES):
@@ -272,3 +355,4 @@ def _outcome(a) -> Outcome:
                    frame=a.frame_in_flight, frames_planned=tuple(a.frames_planned),
                    frames_rendered=tuple(a.frames_rendered), device=a.device, threads=a.threads,
                    frame_age_s=a.frame_age_s)
+
