@@ -10,16 +10,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import signal
 import sys
-import time
 from collections.abc import Sequence
 
 from blender_hooks.settings import ENV_SENTRY_DSN, ENV_WEBHOOK_URL
-from healer.config import ConfigError, HealerConfig, load_config
-from healer.diagnosis.catalog import EXIT_USAGE
+from healer.diagnosis.exits import EXIT_USAGE
 from healer.supervising.frames import FrameSpecError, parse_frames
+from renderwatch.cli import setup_logging
+
+TYPE_CHECKING = False   # not typing's: importing typing costs a farm task ~9 ms before its Blender starts
+if TYPE_CHECKING:    # the config (and the supervisor) load after an exec's Blender has started
+    from healer.config import HealerConfig
+    from healer.supervising.launch import ProcessLauncher
+    from healer.supervising.spawn import Prestarted
 
 
 def _render_options(p: argparse.ArgumentParser) -> None:
@@ -58,22 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Blender's would: a farm's task log shows it)")
     e.set_defaults(blender_output=True)
     e.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    e.set_defaults(func=cmd_exec)
+    e.set_defaults(func=cmd_exec, early_start=True)     # sets up logging once its Blender has started
 
     h = sub.add_parser("healer", help="the supervisor as a per-host service with an HTTP API")
     h.add_argument("--listen", help="host:port (default 127.0.0.1:9465)")
     h.add_argument("--concurrency", type=int, help="renders at once (default 2)")
     h.add_argument("--config", help="TOML config file (default $RENDERWATCH_HEALER_CONFIG)")
     h.set_defaults(func=cmd_healer)
-
-    from healer.service.client import register as register_jobs
-    register_jobs(sub)
-
-    try:
-        from healer.diagnosis.cli import add_classify_parser
-    except ImportError:
-        return
-    add_classify_parser(sub)
 
 
 def _split_rest(rest: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -96,6 +90,8 @@ def _reparse(args: argparse.Namespace, pre: list[str]) -> argparse.Namespace:
 
 
 def _config(args: argparse.Namespace) -> HealerConfig:
+    from healer.config import load_config
+
     return load_config(getattr(args, "config", None), overrides={
         "blender": args.blender, "stall_timeout": args.stall_timeout, "max_restarts": args.max_restarts})
 
@@ -124,6 +120,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print("renderwatch exec: usage: renderwatch exec [OPTIONS] -- blender ARGS...", file=sys.stderr)
         return EXIT_USAGE
     if drives_itself(argv):
+        setup_logging(args)
         return _supervise_only(args, argv)
     try:
         parsed = parse_blender_argv(argv)
@@ -133,13 +130,33 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if args.blender is None:
         args.blender = parsed.blender
     frames = tuple(parse_frames(args.frames)) if args.frames else parsed.frames
-    return _run(args, parsed.scene, frames, args.output or parsed.output, parsed.passthrough,
-                after=parsed.after, frame_range=(parsed.range_start, parsed.range_end, parsed.range_step))
+    output = args.output or parsed.output
+    early = _prestart(args.blender, parsed.scene, frames, output, parsed.passthrough, parsed.after)
+    setup_logging(args)
+    return _run(args, parsed.scene, frames, output, parsed.passthrough, after=parsed.after, prestarted=early,
+                frame_range=(parsed.range_start, parsed.range_end, parsed.range_step))
+
+
+def _prestart(blender: str, scene: str, frames: Sequence[int] | None, output: str | None,
+              user_args: Sequence[str], after: Sequence[str]) -> Prestarted | None:
+    """A farm task's Blender started now, held at its gate (spawn.py), as the job's first attempt would
+    start it: its start-up overlaps the supervisor's (modules, lock, ledger, assets). The first launch
+    takes it when it is exactly that Blender, and it is killed at the gate otherwise (a resumed job, a
+    refused request). Only with the frames on the command line (a scene's own range needs the scene)."""
+    if not frames:
+        return None
+    import os
+
+    from healer.supervising.spawn import LaunchSpec, output_arg, prestart
+
+    return prestart(LaunchSpec(blender=blender, scene=os.path.abspath(scene), frames=sorted(frames),
+                               output=output_arg(output), user_args=tuple(user_args), after_render=tuple(after)))
 
 
 def _supervise_only(args: argparse.Namespace, argv: list[str]) -> int:
     """No frames on the command line (a farm's client drives Blender): watch, pass through, report."""
     from blender_hooks.farm import farm_identity
+    from healer.config import ConfigError
     from healer.supervising.supervise_only import supervise_only
 
     try:
@@ -175,18 +192,32 @@ def _echo(line: str) -> None:
 
 
 def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, output: str | None,
-         blender_args: Sequence[str], *, after: Sequence[str] = (),
+         blender_args: Sequence[str], *, after: Sequence[str] = (), prestarted: Prestarted | None = None,
          frame_range: tuple[int | None, int | None, int] = (None, None, 1)) -> int:
-    from healer.supervising.progress import ProgressDisplay
-    from healer.supervising.report import build_report, summary, write_report
-    from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
+    from healer.config import ConfigError
+    from healer.supervising.launch import ProcessLauncher
 
+    launcher = ProcessLauncher(prestarted)
     try:
-        cfg = _config(args)
-        policy = cfg.policy()
+        return _supervise(args, scene, frames, output, blender_args, launcher, after=after, frame_range=frame_range)
     except ConfigError as e:
         print(f"renderwatch: config: {e}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        launcher.discard_prestarted()
+
+
+def _supervise(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, output: str | None,
+               blender_args: Sequence[str], launcher: ProcessLauncher, *, after: Sequence[str],
+               frame_range: tuple[int | None, int | None, int]) -> int:
+    import signal
+    import time
+
+    from healer.supervising.progress import ProgressDisplay
+    from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
+
+    cfg = _config(args)
+    policy = cfg.policy()
     from blender_hooks.farm import farm_identity
 
     req = RenderRequest(scene=scene, frames=frames, output=output, blender=cfg.blender,
@@ -204,7 +235,7 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
     # No metrics registry here: a CLI render serves no /metrics (the healer service does).
     sup = Supervisor(req, policy=policy, incidents=incidents, metrics=None, display=display,
                      env=cfg.env, kill_grace_s=cfg.kill_grace_s, probe_interval_s=cfg.probe_interval_s,
-                     sampler=_sampler(), echo=echo)
+                     sampler=_sampler(), echo=echo, launcher=launcher)
     t0 = time.monotonic()
     try:
         sup.begin()             # the first Blender starts here, before the event loop is even imported
@@ -212,6 +243,8 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
         _close(incidents)
         print(f"renderwatch: {e}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        launcher.discard_prestarted()     # begin()'s first launch took it, or nothing will
     # asyncio here: it and what the supervisor's run() imports load while Blender starts up
     import asyncio
 
@@ -231,6 +264,8 @@ def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, o
         return EXIT_USAGE
     finally:
         _close(incidents)
+    from healer.supervising.report import build_report, summary, write_report
+
     led = result.ledger
     display.total = len(led.frames_requested)
     display.finish(summary(led, time.monotonic() - t0))
@@ -266,8 +301,11 @@ def _sampler():
 
 
 def cmd_healer(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from aiohttp import web
 
+    from healer.config import ConfigError, load_config
     from healer.service.app import create_app, parse_listen
     from healer.service.auth import ensure_token
 

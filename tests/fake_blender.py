@@ -164,6 +164,10 @@ class ReplayLauncher:
         self._pid += 1
         return ReplaySpawned(run, self._pid, Path(argv[argv.index("-b") + 1]), len(self.argvs))
 
+    def release(self, spawned: ReplaySpawned, env: dict[str, str]) -> None:
+        """The gate's variables (job, attempt): part of the environment this attempt renders with."""
+        self.envs[spawned.attempt - 1].update(env)
+
     async def attach(self, spawned: ReplaySpawned, on_line: Callable[[str, float], None]) -> ReplayedBlender:
         """The recorded run plays from here (a real Blender's output waits in its pipe until then)."""
         import tempfile

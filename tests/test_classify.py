@@ -459,8 +459,8 @@ def test_frame_in_flight_and_the_supervisor_marker():
 
 
 def test_frame_marker_is_the_supervisors():
-    launch = pytest.importorskip("healer.supervising.launch")
-    assert launch.MARKER == FRAME_MARKER
+    spawn = pytest.importorskip("healer.supervising.spawn")
+    assert spawn.MARKER == FRAME_MARKER
 
 
 def test_streaming_equals_whole_text(blender_logs):

@@ -14,7 +14,7 @@ import pytest
 from healer_support import spooled_events
 
 from blender_hooks import events
-from healer.supervising.launch import MARKER
+from healer.supervising.spawn import MARKER
 from healer.supervising.supervise_only import supervise_only
 
 np = pytest.importorskip("numpy")

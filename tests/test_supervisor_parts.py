@@ -10,7 +10,14 @@ import pytest
 
 from healer.config import ConfigError, load_config
 from healer.supervising.blender_argv import BlenderArgvError, parse_blender_argv
-from healer.supervising.launch import CPU_EXPR, MARKER_EXPR, LaunchSpec, build_argv, check_user_args
+from healer.supervising.launch import (
+    CPU_EXPR,
+    GATE_EXPR,
+    MARKER_EXPR,
+    LaunchSpec,
+    build_argv,
+    check_user_args,
+)
 from healer.supervising.ledger import Ledger
 from healer.supervising.preflight import job_id_for
 from healer.supervising.progress import ProgressDisplay, parse_line
@@ -21,8 +28,9 @@ def test_attempt_argv_order_scripts_before_render_args():
     argv = build_argv(LaunchSpec(blender="blender", scene="/s.blend", frames=[1, 2, 3, 7], output="/o/f_####",
                                  user_args=["--python", "fault.py", "-E", "CYCLES", "--", "script-arg"],
                                  device="CPU", threads=4, hooks="/h/startup.py"))
-    assert argv[:5] == ["blender", "-b", "/s.blend", "--python-expr", MARKER_EXPR]
-    assert argv[5:7] == ["--python", "/h/startup.py"]
+    # the gate first (nothing renders before the supervisor lets it), then the marker, then the hooks
+    assert argv[:7] == ["blender", "-b", "/s.blend", "--python-expr", GATE_EXPR, "--python-expr", MARKER_EXPR]
+    assert argv[7:9] == ["--python", "/h/startup.py"]
     i_fault, i_anim = argv.index("fault.py"), argv.index("-a")
     assert i_fault < argv.index("-o") < argv.index("-t") < argv.index(CPU_EXPR) < i_anim
     assert argv[-5:] == ["-a", "-f", "7", "--", "script-arg"]
@@ -206,3 +214,75 @@ def test_the_scene_is_read_once_per_version_and_its_files_checked_every_time(tmp
     os.utime(scene, None)                                   # saved again: read again
     with pytest.raises(AssertionError, match="read again"):
         assets.scan_scene(scene, cache)
+
+
+# A stand-in for the Blender binary (this test needs none): it runs each --python-expr in order, as
+# Blender does, so the real gate runs, then says what it would render and with which job.
+GATED_STANDIN = """#!{python}
+import os, sys
+args = sys.argv[1:]
+for i, a in enumerate(args):
+    if a == "--python-expr":
+        exec(args[i + 1], {{}})
+print("RENDER", os.environ.get("RENDERWATCH_JOB_ID"), os.environ.get("RENDERWATCH_ATTEMPT"), " ".join(args[-2:]),
+      flush=True)
+"""
+
+
+def _standin(tmp_path):
+    import stat
+    import sys
+
+    exe = tmp_path / "blender"
+    exe.write_text(GATED_STANDIN.format(python=sys.executable))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return str(exe)
+
+
+def test_the_prestarted_blender_is_taken_by_the_attempt_it_matches_and_killed_at_the_gate_otherwise(tmp_path):
+    from healer.supervising.launch import ProcessLauncher
+    from healer.supervising.spawn import LaunchSpec, attempt_env, build_argv, prestart, split_gate_env
+
+    exe = _standin(tmp_path)
+    spec = dict(blender=exe, scene="/s.blend", output="/o/f_####", hooks=None)
+    env = {"PATH": "/usr/bin:/bin", "KEEP": "1"}
+
+    pre = prestart(LaunchSpec(frames=[1, 2], **spec), env)          # the first attempt, as the CLI guesses it
+    assert pre is not None and pre.child.poll() is None              # started, waiting at the gate
+    launcher = ProcessLauncher(pre)
+    start, gate = split_gate_env(attempt_env("job-a", 1, env))
+    child = launcher.spawn(build_argv(LaunchSpec(frames=[1, 2], **spec)), env=start)
+    assert child is pre.child                                        # taken: no second process
+    launcher.release(child, gate)
+    out = child.stdout.read().decode()
+    assert child.wait(timeout=30) == 0 and out.split() == ["RENDER", "job-a", "1", "1", "-a"]   # -j 1 -a
+
+    # a resumed job renders frame 2 only: the guess was wrong, and the guessed Blender renders nothing
+    pre = prestart(LaunchSpec(frames=[1, 2], **spec), env)
+    launcher = ProcessLauncher(pre)
+    start, gate = split_gate_env(attempt_env("job-a", 2, env))
+    child = launcher.spawn(build_argv(LaunchSpec(frames=[2], **spec)), env=start)
+    assert child is not pre.child and pre.child.returncode == -9
+    launcher.release(child, gate)
+    out = child.stdout.read().decode()
+    assert child.wait(timeout=30) == 0 and out.split() == ["RENDER", "job-a", "2", "-f", "2"]
+    assert pre.child.stdout.closed
+
+    # started with another environment (say CUDA_VISIBLE_DEVICES): not that Blender either
+    pre = prestart(LaunchSpec(frames=[1], **spec), env)
+    child = ProcessLauncher(pre).spawn(build_argv(LaunchSpec(frames=[1], **spec)), env={**start, "KEEP": "2"})
+    assert child is not pre.child and pre.child.returncode == -9
+    child.kill()
+    child.wait()
+
+    # never launched (a refused request, a finished job): discarded, nothing rendered
+    pre = prestart(LaunchSpec(frames=[1], **spec), env)
+    ProcessLauncher(pre).discard_prestarted()
+    assert pre.child.returncode == -9
+
+
+def test_a_blender_that_cannot_start_is_not_prestarted(tmp_path):
+    from healer.supervising.spawn import LaunchSpec, prestart
+
+    assert prestart(LaunchSpec(blender=str(tmp_path / "no-such-blender"), scene="/s.blend", frames=[1], hooks=None),
+                    {"PATH": ""}) is None

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Exit statuses of `renderwatch render` / `exec` (README: "Exit codes").
-EXIT_OK = 0             # every requested frame has a verified output
-EXIT_FAILED = 1         # gave up: restarts exhausted, or an error that restarting cannot fix
-EXIT_USAGE = 2          # bad arguments or configuration
-EXIT_INPUT = 3          # fail-fast input error: missing .blend/library, unreadable .blend, output, engine
-EXIT_STRICT = 4         # --strict: frames rendered, but a reported error (python_error, missing texture)
-EXIT_CANCELLED = 130    # cancelled or interrupted on purpose (Ctrl-C, SIGTERM, API cancel)
+from healer.diagnosis.exits import (  # noqa: F401 (names read from here)
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_STRICT,
+    EXIT_USAGE,
+)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ if TYPE_CHECKING:    # the classifier is imported when `classify` runs, not when
 EXIT_OK, EXIT_UNREADABLE = 0, 2
 
 
+def register(sub: argparse._SubParsersAction) -> None:
+    """The `classify` command (renderwatch.cli)."""
+    add_classify_parser(sub)
+
+
 def add_classify_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the `classify` subcommand on a subparsers object (healer.cli calls this)."""
     p = sub.add_parser("classify", help="print the typed error for a captured Blender output",

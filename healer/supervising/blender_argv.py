@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from healer.supervising.frames import FrameSpecError, parse_frames
 
@@ -37,17 +36,33 @@ class BlenderArgvError(ValueError):
     """A blender command line the supervisor cannot run faithfully (named in the message)."""
 
 
-@dataclass(frozen=True)
 class ParsedArgv:
-    blender: str
-    scene: str
-    frames: tuple[int, ...] | None          # None: -a over the scene's range (read from the .blend)
-    output: str | None
-    passthrough: list[str]                  # Blender's other arguments before the render (in order)
-    after: list[str] = field(default_factory=list)   # arguments after the render, then `--` script args
-    range_start: int | None = None          # -s N -a without -e: from N to the scene's end
-    range_end: int | None = None            # -e N -a without -s: from the scene's start to N
-    range_step: int = 1
+    """What a blender command line renders. A plain class, not a dataclass: it is read before a farm
+    task's Blender starts, and the dataclass machinery's import costs that Blender ~20 ms."""
+
+    __slots__ = ("blender", "scene", "frames", "output", "passthrough", "after", "range_start", "range_end",
+                 "range_step")
+
+    def __init__(self, blender: str, scene: str, frames: tuple[int, ...] | None, output: str | None,
+                 passthrough: list[str], after: list[str] | None = None, *, range_start: int | None = None,
+                 range_end: int | None = None, range_step: int = 1):
+        self.blender = blender
+        self.scene = scene
+        self.frames = frames                  # None: -a over the scene's range (read from the .blend)
+        self.output = output
+        self.passthrough = passthrough        # Blender's other arguments before the render (in order)
+        self.after = after or []              # arguments after the render, then `--` script args
+        self.range_start = range_start        # -s N -a without -e: from N to the scene's end
+        self.range_end = range_end            # -e N -a without -s: from the scene's start to N
+        self.range_step = range_step
+
+    def __repr__(self) -> str:
+        return "ParsedArgv(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ParsedArgv) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:

@@ -1,7 +1,7 @@
 """A started Blender on the event loop (a `seams.RunningBlender`): its merged stdout and stderr read
 line by line, its exit awaited, its process group stopped.
 
-launch.py starts Blender (`spawn_blender`, a plain `subprocess.Popen`, so that a farm task's first
+spawn.py starts Blender (`spawn_blender`, a plain `subprocess.Popen`, so that a farm task's first
 Blender starts before any event loop exists); `BlenderProcess` takes it over from there: the pipe is
 read by the loop, and the exit is awaited by a daemon thread blocked in waitpid (what asyncio's own
 child watcher does), so that nothing here keeps the healer from exiting.

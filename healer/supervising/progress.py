@@ -22,9 +22,7 @@ from typing import TextIO
 
 from blender_hooks.events import SETTINGS_MARK
 from healer.diagnosis import logformat
-
-# The line the supervisor's frame-start marker prints (launch.MARKER_EXPR, injected into Blender).
-MARKER = "[renderwatch] frame_start "
+from healer.supervising.spawn import MARKER  # noqa: F401 (names read from here)
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,14 @@ class Spawned(Protocol):
 class Launcher(Protocol):
     """Starts Blender, and stops a Blender a dead healer left behind.
 
-    Starting is two steps: `spawn` starts the process at once, with no event loop needed (a farm task's
-    first Blender starts before the supervisor's event loop exists), and `attach`, on the loop, reads
-    its output from then on (what it printed in between waits in the pipe)."""
+    Starting is three steps: `spawn` starts the process at once, with no event loop needed (a farm
+    task's first Blender starts before the supervisor's event loop exists), held at its gate
+    (spawn.py); `release`, once the ledger names it, lets it render with the gate's environment (the
+    job and attempt); `attach`, on the loop, reads its output from then on (what it printed in
+    between waits in the pipe)."""
 
     def spawn(self, argv: Sequence[str], *, env: dict[str, str]) -> Spawned: ...
+    def release(self, spawned: Any, env: dict[str, str]) -> None: ...
     async def attach(self, spawned: Any, on_line: LineHandler) -> RunningBlender: ...
     def alive(self, pid: int | None, create_time: float | None) -> bool: ...
     async def stop_orphan(self, pid: int, create_time: float | None, grace_s: float) -> None: ...

@@ -109,8 +109,9 @@ def test_frame_marker_survives_a_thread_writing_to_stderr(tmp_path, chaos_scene,
                                  hooks=None))
     ok = re.compile(r"^\[renderwatch\] frame_start (\d+) " + re.escape(str(tmp_path / "out")) + r"/f_(\d{4})\.png$")
     for _ in range(3):
-        out = subprocess.run(argv, capture_output=True, timeout=120).stdout   # stdout only: the markers
-        both = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120).stdout
+        go = b"{}\n"                # the gate's line (spawn.py): no variables to set
+        out = subprocess.run(argv, input=go, capture_output=True, timeout=120).stdout   # stdout only: the markers
+        both = subprocess.run(argv, input=go, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120).stdout
         for text in (out, both):
             markers = [ln for ln in text.decode(errors="replace").splitlines() if "[renderwatch] frame_start" in ln]
             assert len(markers) == FRAMES, markers
