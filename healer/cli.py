@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--blender-output", action="store_true",
                    help="pass Blender's own output through to stdout (renderwatch's lines stay on stderr)")
     r.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    r.set_defaults(func=cmd_render)
+    r.set_defaults(func=cmd_render, early_start=True)   # sets up logging once its Blender has started
 
     e = sub.add_parser("exec", help="drop-in `blender` wrapper: renderwatch exec -- blender ARGS...",
                        description="Parse a blender command line (scene, -s/-e/-f/-a/-o) and run it supervised.")
@@ -104,7 +104,26 @@ def cmd_render(args: argparse.Namespace) -> int:
     except FrameSpecError as e:
         print(f"renderwatch render: {e}", file=sys.stderr)
         return EXIT_USAGE
-    return _run(args, args.scene, frames, args.output, blender_args)
+    early = None
+    blender = _known_blender(args)
+    if blender is not None:
+        early = _prestart(blender, args.scene, frames, args.output, blender_args, ())
+    setup_logging(args)
+    return _run(args, args.scene, frames, args.output, blender_args, prestarted=early)
+
+
+def _known_blender(args: argparse.Namespace) -> str | None:
+    """The Blender a render will run, where the command line and environment say it without the TOML
+    config (flags > environment > config file > "blender"); None when only the config file can."""
+    import os
+
+    from blender_hooks.settings import ENV_BLENDER, ENV_HEALER_CONFIG
+
+    if args.blender:
+        return str(args.blender)
+    if os.environ.get(ENV_BLENDER):
+        return os.environ[ENV_BLENDER]
+    return None if (args.config or os.environ.get(ENV_HEALER_CONFIG)) else "blender"
 
 
 def cmd_exec(args: argparse.Namespace) -> int:

@@ -36,7 +36,9 @@ sys.addaudithook(_hook)
 """
 
 
-def test_blender_is_spawned_before_the_event_loop_is_imported(tmp_path: Path, scene_copy, blender34: str):
+@pytest.mark.parametrize("command", ["exec", "render"])
+def test_blender_is_spawned_before_the_event_loop_is_imported(tmp_path: Path, scene_copy, blender34: str,
+                                                              command: str):
     scene = scene_copy(frames=1, samples=1)
     site = tmp_path / "site"
     site.mkdir()
@@ -44,8 +46,10 @@ def test_blender_is_spawned_before_the_event_loop_is_imported(tmp_path: Path, sc
     probe = tmp_path / "loaded-at-spawn.json"
     env = healer_env(tmp_path / "home", RW_PROBE_OUT=str(probe),
                      PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    p = subprocess.run([*RENDERWATCH, "exec", "--", blender34, "-b", str(scene), "-o", str(tmp_path / "f_####"),
-                        "-f", "1"], env=env, capture_output=True, text=True, timeout=180)
+    out = str(tmp_path / "f_####")
+    argv = (["exec", "--", blender34, "-b", str(scene), "-o", out, "-f", "1"] if command == "exec" else
+            ["render", str(scene), "--frames", "1", "--output", out, "--blender", blender34])
+    p = subprocess.run([*RENDERWATCH, *argv], env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert (tmp_path / "f_0001.png").exists()
     assert probe.exists(), "the audit hook never saw Blender spawned (sitecustomize not loaded?)"
