@@ -16,27 +16,34 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import logging
 import os
 import resource
-import socket
 import sys
 import time
-import traceback
 
 import bpy
 from bpy.app.handlers import persistent
 
 from . import events, spool
 from .farm import farm_identity
+from .logs import logger
 from .settings import ENV_ATTEMPT, ENV_JOB_ID  # noqa: F401 (names read from here)
 from .stats import cli_frames, frame_range, parse_frame_list, parse_memory, phase_of
 
-log = logging.getLogger("renderwatch.hooks")
+log = logger("renderwatch.hooks")
 
 MARK = "_renderwatch_hook"             # attribute on our handlers, whichever copy of the module
 FLUSH_AT_EXIT_S = 0.5
 STATS_MAX_OBJECTS = 2000               # scene.statistics() is O(objects): skip it on big scenes
+
+
+def _hostname() -> str:
+    """socket.gethostname() without importing socket at Blender's start (it is uname's nodename)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
 
 
 class Hooks:
@@ -44,7 +51,7 @@ class Hooks:
 
     def __init__(self, directory=None):
         self.session = os.urandom(8).hex()
-        self.host = socket.gethostname()
+        self.host = _hostname()
         self.pid = os.getpid()
         self._seq = itertools.count(1)
         directory = spool.spool_dir() if directory is None else directory
@@ -326,6 +333,9 @@ def _swallow(where: str) -> None:
         _hooks.errors += 1
     if _error_logs < 5:
         _error_logs += 1
+        # imported here, not at Blender's start: it and textwrap are ~5 ms of every start
+        import traceback
+
         log.error("renderwatch hook %s failed (ignored):\n%s", where, traceback.format_exc())
 
 
@@ -640,6 +650,8 @@ def _cli_python(kind: str, value: str) -> bool:
         raise
     except BaseException:
         sys.stdout.flush()
+        import traceback
+
         print("Error: Python: " + traceback.format_exc(), end="", flush=True)
         return False
     return True

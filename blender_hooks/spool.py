@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import re
 import threading
@@ -39,10 +38,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from .logs import logger
 from .settings import ENV_AGENT, ENV_HOME, ENV_SPOOL_DIR, ENV_SPOOL_MAX, ENV_TOKEN  # noqa: F401 (names read from here)
-from .transport import HttpPoster
 
-log = logging.getLogger("renderwatch.hooks.spool")
+log = logger("renderwatch.hooks.spool")
 
 DEFAULT_AGENT = "http://127.0.0.1:9464"
 EVENTS_PATH = "/api/v1/events"
@@ -445,7 +444,11 @@ class SpoolSender:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._headers = headers
-        self._http = HttpPoster(url) if url else None
+        self._http = None
+        if url:                        # socket and the HTTP client load only for a sender that sends
+            from .transport import HttpPoster
+
+            self._http = HttpPoster(url)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> SpoolSender:

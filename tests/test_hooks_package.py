@@ -42,6 +42,22 @@ def test_stdlib_only_in_what_runs_inside_blender():
                 assert m.split(".")[0] in allowed, f"{name} imports {m}"
 
 
+def test_every_module_the_installed_package_imports_is_installed_with_it():
+    """The add-on and the extension get PACKAGE_FILES only: a module of the hooks left out (found:
+    logs.py) makes every `renderwatch hooks install` fail inside Blender with ModuleNotFoundError."""
+    import ast
+
+    shipped = set(hooks_cli.PACKAGE_FILES)
+    for name in shipped:
+        if not name.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse((PKG / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets = [node.module] if node.module else [a.name for a in node.names]
+                for t in targets:
+                    assert f"{t.split('.')[0]}.py" in shipped, f"{name} imports .{t}, not in PACKAGE_FILES"
+
+
 def test_only_addon_imports_bpy():
     import ast
     for p in PKG.glob("*.py"):
