@@ -98,12 +98,26 @@ def evaluate(s: ProbeSnapshot) -> list[Finding]:
     return out
 
 
+# What an NVIDIA driver that NVML can talk to leaves on a host: the kernel driver's /proc entry and
+# control device (also mounted into containers by the NVIDIA container toolkit), or WSL2's GPU device.
+NVIDIA_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
+
+
+def nvidia_driver_present() -> bool:
+    """Whether NVML can be there at all: without it, importing pynvml and failing nvmlInit costs every
+    task ~10 ms of CPU on a CPU-only node (off Linux, NVML is simply tried)."""
+    import os
+    import sys
+
+    return not sys.platform.startswith("linux") or any(os.path.exists(p) for p in NVIDIA_DRIVER_PATHS)
+
+
 class ResourceSampler:
     """Reads what the probes need from the host: Blender's RSS (whole process group), host memory,
     the cgroup memory limit, GPU utilisation through NVML. Each source that is missing yields None
     and is logged once."""
 
-    def __init__(self, psutil_mod=None, nvml=None):
+    def __init__(self, psutil_mod=None, nvml=None, driver_present=None):
         import logging
 
         import psutil as _psutil
@@ -113,11 +127,15 @@ class ResourceSampler:
         self._nvml = nvml
         self._nvml_tried = nvml is not None
         self._handles: list = []
+        self._driver_present = driver_present or nvidia_driver_present
         self.limit = _cgroup_memory_limit()
 
     def _gpu(self) -> float | None:
         if not self._nvml_tried:
             self._nvml_tried = True
+            if not self._driver_present():
+                self.log.debug("no NVIDIA driver on this host: no GPU hang hint")
+                return None
             try:
                 import pynvml
 
