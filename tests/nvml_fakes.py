@@ -1,5 +1,6 @@
-"""pynvml-shaped stand-ins for GPU placement tests: no GPU here (the real NVML path runs on a GPU
-machine: tests/integration/test_agent_gpu_real.py). Only the calls healer.service.gpus makes."""
+"""pynvml-shaped stand-ins for GPU placement and probe tests: no GPU here (the real NVML path runs on a
+GPU machine: tests/integration/test_agent_gpu_real.py). Only the calls healer.service.gpus and the
+supervisor's ResourceSampler make."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ class TwoGpus:
 
     def nvmlDeviceGetUUID(self, h):
         return f"GPU-{h}000".encode()
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        class Rates:
+            gpu = 37 if h == 0 else 12
+        return Rates()
 
 
 class NoDriver:

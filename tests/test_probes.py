@@ -62,24 +62,6 @@ def test_gpu_hang_hint_only_when_stalling_with_an_idle_gpu():
     assert fresh["gpu"].healthy
 
 
-class _FakeNVML:
-    """pynvml's calls the sampler makes (the seam for hosts without a GPU, as tests/nvml_fakes.py)."""
-
-    def nvmlInit(self):
-        pass
-
-    def nvmlDeviceGetCount(self):
-        return 1
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return i
-
-    def nvmlDeviceGetUtilizationRates(self, h):
-        class Rates:
-            gpu = 37
-        return Rates()
-
-
 class _NoNVML:
     def __getattr__(self, name):
         raise AssertionError(f"pynvml.{name} used on a host without an NVIDIA driver")
@@ -89,9 +71,11 @@ def test_nvml_is_not_loaded_without_an_nvidia_driver_and_asked_with_one(monkeypa
     import os
     import sys
 
+    from nvml_fakes import TwoGpus
+
     from healer.supervising.probes import ResourceSampler
 
     monkeypatch.setitem(sys.modules, "pynvml", _NoNVML())
     assert ResourceSampler(driver_present=lambda: False).sample(os.getpid())["gpu_util_percent"] is None
-    monkeypatch.setitem(sys.modules, "pynvml", _FakeNVML())
-    assert ResourceSampler(driver_present=lambda: True).sample(os.getpid())["gpu_util_percent"] == 37.0
+    monkeypatch.setitem(sys.modules, "pynvml", TwoGpus())
+    assert ResourceSampler(driver_present=lambda: True).sample(os.getpid())["gpu_util_percent"] == 37.0  # the busiest
