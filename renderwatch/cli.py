@@ -84,5 +84,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def main_exec_blender(argv: list[str] | None = None) -> int:
+    """`renderwatch-exec-blender ARGS...`: the Blender in $RENDERWATCH_BLENDER (default `blender`), run
+    with ARGS under `renderwatch exec`. Point a farm's Blender path at it (Deadline Cloud's
+    BLENDER_EXECUTABLE, a Flamenco or OpenCue Blender command). Here, not beside the supervise-only
+    mode it often ends in: a per-frame task's Blender starts before the supervisor's modules load."""
+    import os
+
+    from blender_hooks.settings import ENV_BLENDER
+
+    args = sys.argv[1:] if argv is None else argv
+    blender = os.environ.get(ENV_BLENDER) or "blender"
+    if os.path.basename(blender) == "renderwatch-exec-blender":
+        print("renderwatch-exec-blender: RENDERWATCH_BLENDER names this wrapper; set it to Blender itself",
+              file=sys.stderr)
+        return 2
+    if argv is None:
+        atexit.register(gc.freeze)      # as main() does for the process it ends
+    return main(["exec", "--", blender, *args])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -215,19 +214,3 @@ class FrameWatch:
         for s in found:             # the agent's metric and the frame's trace, as under `renderwatch exec`
             self.agent.send("frame_check", job=self.job, frame=frame, reason=s.reason, detail=s.detail[:500],
                             rendered=1)
-
-
-def main_exec_blender(argv: list[str] | None = None) -> int:
-    """`renderwatch-exec-blender ARGS...`: the Blender in $RENDERWATCH_BLENDER (default `blender`), run
-    with ARGS under `renderwatch exec`. Point a farm's Blender path at it (Deadline Cloud's
-    BLENDER_EXECUTABLE, a Flamenco or OpenCue Blender command)."""
-    from blender_hooks.settings import ENV_BLENDER
-    from renderwatch.cli import main as renderwatch_main
-
-    args = sys.argv[1:] if argv is None else argv
-    blender = os.environ.get(ENV_BLENDER) or "blender"
-    if os.path.basename(blender) == "renderwatch-exec-blender":
-        print("renderwatch-exec-blender: RENDERWATCH_BLENDER names this wrapper; set it to Blender itself",
-              file=sys.stderr)
-        return 2
-    return renderwatch_main(["exec", "--", blender, *args])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ sys.addaudithook(_hook)
 """
 
 
-@pytest.mark.parametrize("command", ["exec", "render"])
+@pytest.mark.parametrize("command", ["exec", "render", "renderwatch-exec-blender"])
 def test_blender_is_spawned_before_the_event_loop_is_imported(tmp_path: Path, scene_copy, blender34: str,
                                                               command: str):
     scene = scene_copy(frames=1, samples=1)
@@ -47,9 +48,15 @@ def test_blender_is_spawned_before_the_event_loop_is_imported(tmp_path: Path, sc
     env = healer_env(tmp_path / "home", RW_PROBE_OUT=str(probe),
                      PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     out = str(tmp_path / "f_####")
-    argv = (["exec", "--", blender34, "-b", str(scene), "-o", out, "-f", "1"] if command == "exec" else
-            ["render", str(scene), "--frames", "1", "--output", out, "--blender", blender34])
-    p = subprocess.run([*RENDERWATCH, *argv], env=env, capture_output=True, text=True, timeout=180)
+    blender_args = ["-b", str(scene), "-o", out, "-f", "1"]
+    if command == "exec":
+        argv = [*RENDERWATCH, "exec", "--", blender34, *blender_args]
+    elif command == "render":
+        argv = [*RENDERWATCH, "render", str(scene), "--frames", "1", "--output", out, "--blender", blender34]
+    else:       # a farm's Blender path pointed at the wrapper (Flamenco, OpenCue, Deadline Cloud)
+        argv = [str(Path(sys.executable).parent / command), *blender_args]
+        env["RENDERWATCH_BLENDER"] = blender34
+    p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert (tmp_path / "f_0001.png").exists()
     assert probe.exists(), "the audit hook never saw Blender spawned (sitecustomize not loaded?)"
