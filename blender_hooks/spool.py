@@ -337,7 +337,13 @@ class SpoolWriter:
             if self._spare_fd is None and not self.closed:
                 self._spare_fd = fd
                 return
+            lost_to_close = self.closed
         os.close(fd)
+        if lost_to_close:      # close() ran while the spare was being made: it had none to remove
+            try:
+                os.unlink(self._spare_path)
+            except OSError:
+                pass
 
     def _open(self) -> bool:
         """Open the next segment (caller holds self._lock): the spare renamed, else a new file."""

@@ -172,6 +172,24 @@ async def test_sender_thread_keeps_the_spool_bounded(tmp_path):
     s.close(0.5)
 
 
+def test_a_spare_made_while_the_writer_closes_is_removed(tmp_path, monkeypatch):
+    """Found as a flake of the test below on a loaded machine: the sender thread checked that the writer
+    was open, the writer closed (no spare yet, nothing to remove), then the sender created <session>.next
+    and, seeing the writer closed, only closed its fd: the empty spare stayed in the spool for good."""
+    w = spool.SpoolWriter(tmp_path, "s1", segment_bytes=1000)
+    real_open = os.open
+
+    def open_after_close(path, *a, **kw):
+        if str(path).endswith("s1.next"):
+            w.close()                       # Blender exits between the check and the create
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(spool.os, "open", open_after_close)
+    w.prepare()
+    monkeypatch.undo()
+    assert not (tmp_path / "s1.next").exists()
+
+
 async def test_sender_precreates_the_next_segment_and_leaves_nothing_behind(tmp_path):
     w = spool.SpoolWriter(tmp_path, "s1", segment_bytes=1000)
     s = spool.SpoolSender(tmp_path, None, writer=w, poll_interval=0.02).start()
