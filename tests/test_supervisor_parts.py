@@ -10,18 +10,12 @@ import pytest
 
 from healer.config import ConfigError, load_config
 from healer.supervising.blender_argv import BlenderArgvError, parse_blender_argv
-from healer.supervising.launch import (
-    CPU_EXPR,
-    GATE_EXPR,
-    MARKER_EXPR,
-    LaunchSpec,
-    build_argv,
-    check_user_args,
-)
+from healer.supervising.launch import check_user_args
 from healer.supervising.ledger import Ledger
 from healer.supervising.preflight import job_id_for
 from healer.supervising.progress import ProgressDisplay, parse_line
 from healer.supervising.report import build_report
+from healer.supervising.spawn import CPU_EXPR, GATE_EXPR, MARKER_EXPR, LaunchSpec, build_argv
 
 
 def test_attempt_argv_order_scripts_before_render_args():

@@ -2,7 +2,7 @@
 
 The GPUs come from NVML (index and UUID; none without a driver: then nothing is placed and renders
 use what Blender's preferences say). A render placed on GPU i runs with CUDA_VISIBLE_DEVICES=i and
-Cycles told to use that device (`launch.GPU_EXPR`). A farm's own assignment wins: a job whose
+Cycles told to use that device (`spawn.GPU_EXPR`). A farm's own assignment wins: a job whose
 environment already names its GPUs (CUDA_VISIBLE_DEVICES, or OpenCue's CUE_GPU_CORES) is not placed.
 Alertmanager's GPUOverheating pauses a GPU (`pause`): no new render goes there until the alert
 resolves (`resume`); renders already on it finish.

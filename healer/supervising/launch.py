@@ -23,17 +23,11 @@ from typing import TYPE_CHECKING
 from blender_hooks.settings import ENV_ATTEMPT, ENV_JOB_ID  # noqa: F401 (names read from here)
 from healer.diagnosis import errors
 from healer.supervising.ledger import process_alive
-from healer.supervising.spawn import (  # noqa: F401 (names read from here)
-    CPU_EXPR,
-    GATE_EXPR,
-    GPU_EXPR,
-    MARKER_EXPR,
-    PR_SET_PDEATHSIG,
+from healer.supervising.spawn import (
     LaunchSpec,
     Prestarted,
     attempt_env,
     build_argv,
-    hooks_startup,
     output_arg,
     release,
     spawn_blender,

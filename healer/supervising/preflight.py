@@ -22,8 +22,9 @@ from blender_hooks.farm import FarmIdentity
 from healer.diagnosis.catalog import EXIT_INPUT, EXIT_STRICT
 from healer.supervising.assets import AssetReport, scan_scene
 from healer.supervising.context import RenderRequest
-from healer.supervising.launch import check_user_args, split_user_args
+from healer.supervising.launch import check_user_args
 from healer.supervising.outputs import MOVIE_FORMATS, OutputPattern
+from healer.supervising.spawn import split_user_args
 
 log = logging.getLogger("healer.supervising.supervisor")
 

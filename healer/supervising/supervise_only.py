@@ -44,9 +44,10 @@ from healer.diagnosis.framecheck import (
     partial_reference,
 )
 from healer.supervising import probes
-from healer.supervising.launch import MARKER_EXPR, ProcessLauncher, attempt_env, exit_status, hooks_startup
+from healer.supervising.launch import ProcessLauncher, exit_status
 from healer.supervising.progress import parse_line
 from healer.supervising.seams import IncidentSink, Launcher, NoIncidents
+from healer.supervising.spawn import MARKER_EXPR, attempt_env, hooks_startup
 from healer.supervising.suspects import CHECK_WAIT_S, judge_frames, parse_settings, raster_gl_saved
 from healer.supervising.telemetry import AgentEvents
 from renderwatch.files import write_atomic

@@ -100,7 +100,7 @@ def test_frame_marker_survives_a_thread_writing_to_stderr(tmp_path, chaos_scene,
     import re
     import subprocess
 
-    from healer.supervising.launch import LaunchSpec, build_argv
+    from healer.supervising.spawn import LaunchSpec, build_argv
 
     script = tmp_path / "chatter.py"
     script.write_text(CHATTER)

@@ -96,7 +96,7 @@ def test_service_args_become_argv_items(tmp_path: Path) -> None:
     from healer.config import load_config
     from healer.service.app import JobManager
     from healer.service.metrics import HealerMetrics
-    from healer.supervising.launch import LaunchSpec, build_argv
+    from healer.supervising.spawn import LaunchSpec, build_argv
 
     mgr = JobManager(load_config(env={"RENDERWATCH_HOME": str(tmp_path)}), HealerMetrics())
     scene = str(tmp_path / "a b;$(x).blend")
