@@ -589,10 +589,24 @@ def test_cli_human_stdin_and_crash_file_from_the_writing_line(tmp_path, blender_
     crash.write_bytes((blender_logs / "segfault_3.4.crash.txt").read_bytes())
     log = (blender_logs / "segfault_3.4.log").read_bytes().replace(b"/tmp/monkey.crash.txt", str(crash).encode())
     rc, out, _ = _cli(["-", "--signal", "11"], stdin=log)
-    assert rc == 0 and out.startswith("segfault (fatal, error): Blender crashed (SIGSEGV)")
+    assert rc == 1 and out.startswith("segfault (fatal, error): Blender crashed (SIGSEGV)")
     assert "seg.py:3 in pre" in out and str(crash) in out
     rc, out, _ = _cli(["-", "--exit-code", "139", "--json"], stdin=log)
     assert json.loads(out)["crash_file"] == str(crash) and json.loads(out)["python_frames"][0][2] == "pre"
+
+
+@pytest.mark.parametrize("log, argv, code", [
+    ("ok_3.4.log", ["--exit-code", "0"], 0),
+    ("pyerr_handler_3.4.log", ["--exit-code", "0"], 0),       # a handler's traceback: not fatal
+    ("missing_texture_3.4.log", ["--exit-code", "0"], 0),
+    ("segfault_3.4.log", ["--exit-code", "139"], 1),
+    ("missing_blend_3.4.log", ["--exit-code", "1"], 1),
+    ("kill_3.4.log", ["--signal", "9", "--json"], 1),
+])
+def test_cli_exit_status_says_whether_the_run_failed(blender_logs, log, argv, code):
+    """A script can branch on the exit status: 1 for a fatal classification (it was 0 whatever the type)."""
+    rc, out, _ = _cli([str(blender_logs / log), *argv])
+    assert rc == code, out
 
 
 def test_cli_unreadable_input(tmp_path):

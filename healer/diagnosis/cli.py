@@ -2,7 +2,9 @@
 
 Prints the typed error for a captured Blender output (LOG, or `-` for stdin). The crash file is
 found from the log's `Writing: <path>` line when --crash-file is not given and that file exists.
-Exit status 0 when the classification itself worked, whatever the type; 2 when the input can't be read.
+Exit status: 0 when the run was fine or its errors are not fatal (ok, a handler's traceback, a
+missing texture), 1 when the classification is fatal (a crash, an input error: the render failed),
+2 when the input can't be read. `--json` prints the same verdict either way.
 
 Usage::
 
@@ -22,7 +24,7 @@ if TYPE_CHECKING:    # the classifier is imported when `classify` runs, not when
     from healer.diagnosis.classify import LogScanner
     from healer.diagnosis.errors import RenderError
 
-EXIT_OK, EXIT_UNREADABLE = 0, 2
+EXIT_OK, EXIT_FATAL, EXIT_UNREADABLE = 0, 1, 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +86,7 @@ def cmd_classify(args: argparse.Namespace, stdout: TextIO | None = None, stderr:
         out.write("\n")
     else:
         out.write(format_error(error, scanner))
-    return EXIT_OK
+    return EXIT_FATAL if error.fatal else EXIT_OK
 
 
 def _scan(scanner: LogScanner, stream: BinaryIO) -> None:
