@@ -76,3 +76,26 @@ def test_interrupted_has_one_answer_everywhere():
     for type_id in catalog.FAIL_FAST_TYPES - {"interrupted"}:
         assert catalog.exit_status(type_id) == catalog.EXIT_INPUT, type_id
     assert catalog.exit_status("segfault") == catalog.exit_status("python_error") == catalog.EXIT_FAILED
+
+
+def test_the_readmes_exit_table_is_the_codes(tmp_path, capsys):
+    """The README called 3 a configuration error while a bad config exits 2: its table is read against
+    healer/diagnosis/exits.py, and a bad config file is run to see which code it gives."""
+    import re
+    from pathlib import Path
+
+    from healer.diagnosis import catalog, exits
+    from renderwatch.cli import main
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = dict(re.findall(r"^\| (\d+) \| (.+) \|$", readme, re.M))
+    codes = {v for k, v in vars(exits).items() if k.startswith("EXIT_")}
+    assert {int(c) for c in table} == codes
+    assert "configuration" in table[str(exits.EXIT_USAGE)] and "configuration" not in table[str(exits.EXIT_INPUT)]
+    for type_id in catalog.FAIL_FAST_TYPES - {"interrupted"}:
+        assert catalog.exit_status(type_id) == exits.EXIT_INPUT
+    bad = tmp_path / "rw.toml"
+    bad.write_text("[healer]\nconcurency = 3\n")
+    (tmp_path / "a.blend").write_bytes(b"")
+    assert main(["render", str(tmp_path / "a.blend"), "--frames", "1", "--config", str(bad)]) == exits.EXIT_USAGE
+    assert "configuration" in table[str(exits.EXIT_USAGE)] and "concurency" in capsys.readouterr().err
