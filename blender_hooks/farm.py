@@ -75,8 +75,11 @@ class OpenJDLines:
         self._last = -1.0
 
     def _line(self, text: str) -> None:
-        self.stream.write(text.replace("\n", " ") + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(text.replace("\n", " ") + "\n")
+            self.stream.flush()
+        except BrokenPipeError:     # nobody reads the task's output any more: the render goes on
+            pass
 
     def progress(self, done: int, total: int) -> None:
         pct = round(100.0 * done / total, 1) if total else 100.0

@@ -207,7 +207,15 @@ def _close(incidents) -> None:
 
 
 def _echo(line: str) -> None:
-    sys.stdout.write(line + "\n")
+    try:
+        sys.stdout.write(line + "\n")
+    except BrokenPipeError:
+        # The task log's reader went away: the render goes on (its status still says how it went), its
+        # output no longer passed through. Blender itself would die of SIGPIPE; a healthy render is
+        # not stopped for a log.
+        from renderwatch.cli import silence_stdout
+
+        silence_stdout()
 
 
 def _run(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | None, output: str | None,

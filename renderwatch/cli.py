@@ -64,6 +64,25 @@ def setup_logging(args: argparse.Namespace) -> None:
     )
 
 
+EXIT_SIGPIPE = 141     # 128 + SIGPIPE: what a shell shows for a C tool whose reader went away
+
+
+def silence_stdout() -> None:
+    """Stdout's reader is gone (`renderwatch status | head`): point fd 1 at /dev/null, so that what is still
+    buffered, and any later write, goes nowhere instead of raising BrokenPipeError again at exit (the
+    way the Python docs handle SIGPIPE: the signal itself stays ignored, as the services need)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):    # no real stdout (a test's StringIO): nothing to redirect
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         # The process ends with the command: the interpreter's final garbage collections have nothing
@@ -71,6 +90,21 @@ def main(argv: list[str] | None = None) -> int:
         # first, so it runs after every other exit handler (logging, the incident dispatcher).
         atexit.register(gc.freeze)
     args_in = sys.argv[1:] if argv is None else argv
+    try:
+        return _run(args_in)
+    except BrokenPipeError:          # stdout closed early: stop quietly, no traceback
+        silence_stdout()
+        return EXIT_SIGPIPE
+    finally:
+        try:
+            sys.stdout.flush()       # here (also after --help's exit), not as "Exception ignored" at exit
+        except BrokenPipeError:      # the command's work is done: its status stands
+            silence_stdout()
+        except (OSError, ValueError):
+            pass
+
+
+def _run(args_in: list[str]) -> int:
     parser = build_parser(args_in)
     args = parser.parse_args(args_in)
     if not getattr(args, "early_start", False):
