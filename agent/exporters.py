@@ -28,6 +28,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from blender_hooks.spool import make_private_dirs
+
 log = logging.getLogger(__name__)
 _ID_KEYS = ("traceId", "spanId", "parentSpanId")
 
@@ -70,7 +72,7 @@ class JsonLinesSpanExporter(SpanExporter):
         try:
             line = otlp_json_line(spans)
             with self._lock:
-                self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_private_dirs(self.dir)
                 path = self.path_for(self.clock())
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:

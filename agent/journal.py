@@ -28,6 +28,7 @@ from pathlib import Path
 
 from agent.aggregates import FrameTotals
 from agent.state import Effect, State
+from renderwatch.paths import ensure_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Journal:
 
     def __init__(self, data_dir: Path):
         self.dir = Path(data_dir)
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(self.dir)
         self.path = self.dir / JOURNAL
         self.next_pos = 1
         self.replay_errors = 0          # records skipped at replay because applying them raised

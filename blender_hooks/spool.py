@@ -60,6 +60,21 @@ def state_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(e.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "renderwatch"
 
 
+def make_private_dirs(path: Path) -> Path:
+    """Create `path` and every missing folder above it 0700 (owner only), and return it. Not
+    `mkdir(parents=True, mode=0o700)`: that makes the parents with the umask's mode, so the state
+    root above the spool came out 0755. Folders that already exist are left as they are."""
+    path = Path(path)
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        make_private_dirs(path.parent)
+        path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def spool_dir(env: Mapping[str, str] | None = None) -> Path:
     """The spool directory: $RENDERWATCH_SPOOL_DIR, else <state home>/spool."""
     e = os.environ if env is None else env
@@ -316,7 +331,7 @@ class SpoolWriter:
     def _prepare_dir(self) -> None:
         """The directory (0700) and this session's lock: before any segment is visible."""
         if self._lock_fd is None:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(self.directory)
             try:
                 os.chmod(self.directory, 0o700)
             except OSError:

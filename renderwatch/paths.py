@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from blender_hooks.settings import ENV_AGENT, ENV_HOME  # noqa: F401 (names read from here)
+from blender_hooks.spool import make_private_dirs
 
 DEFAULT_AGENT = "http://127.0.0.1:9464"
 DEFAULT_AGENT_LISTEN = "127.0.0.1:9464"
@@ -27,8 +28,9 @@ def home(env: Mapping[str, str] | None = None) -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create a directory readable by its owner only (0700) and return it."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create a directory readable by its owner only (0700), and any missing folder above it the same
+    (the state root too), and return it."""
+    make_private_dirs(path)
     try:
         os.chmod(path, 0o700)
     except OSError:

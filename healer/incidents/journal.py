@@ -34,6 +34,7 @@ import psutil
 from healer.diagnosis.errors import Finding, RenderError, error_class
 from healer.incidents.model import Incident
 from renderwatch.files import remove_stale_temps, sync_dir, write_atomic
+from renderwatch.paths import ensure_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(OSError):
-            os.chmod(self.path, 0o700)
+        ensure_private_dir(self.path)
         self._files: dict[str, tuple[Path, dict[str, Any]]] = {}   # id → (file, record) written by this process
         self._me = _process_identity(os.getpid())
         remove_stale_temps(self.path)          # what a healer killed mid-write left

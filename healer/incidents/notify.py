@@ -53,6 +53,7 @@ from healer.incidents.model import DEFAULT_WEBHOOK_KINDS, KINDS, Incident
 from healer.incidents.scrub import Scrubber
 from renderwatch import __version__
 from renderwatch.files import remove_stale_temps, sync_dir, write_atomic
+from renderwatch.paths import ensure_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +218,7 @@ class Outbox:
         self.failed = self.path / "failed"
         self.sent = self.path / "sent"
         for d in (self.path, self.failed, self.sent):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with contextlib.suppress(OSError):
-                os.chmod(d, 0o700)
+            ensure_private_dir(d)
         remove_stale_temps(self.path)        # a killed healer's half-written file
         cutoff = time.time() - keep_sent_s
         with contextlib.suppress(OSError):

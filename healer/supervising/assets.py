@@ -218,9 +218,10 @@ def scan_scene(path: str | os.PathLike[str], cache_dir: Path | None = None) -> t
         import json
 
         from renderwatch.files import write_atomic
+        from renderwatch.paths import ensure_private_dir
 
         try:
-            key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            ensure_private_dir(key_file.parent)
             doc = {"v": CACHE_VERSION, "stamp": _stamp(spath), "info": dataclasses.asdict(info) if info else None,
                    "info_error": why, "deps": deps, "libraries": libraries, "simulations": report.simulations}
             write_atomic(key_file, json.dumps(doc).encode(), sync=False)

@@ -354,3 +354,51 @@ def test_incidents_outbox_from_config_is_private(tmp_path: Path, umask_022) -> N
     assert outbox.is_dir(), list((tmp_path / "home").rglob("*"))
     assert_private(outbox, 1)
 
+
+
+def _creates_spool(home: Path) -> None:
+    from blender_hooks.events import encode, make_event
+    from blender_hooks.spool import SpoolWriter, spool_dir
+
+    w = SpoolWriter(spool_dir({"RENDERWATCH_HOME": str(home)}), "abcdef12", max_bytes=1 << 30)
+    w.append(encode(make_event("frame_start", session="abcdef12", seq=1, job="j", host="h", pid=1, frame=1)))
+    w.close()
+
+
+def _creates_agent_journal(home: Path) -> None:
+    from agent.journal import Journal
+
+    Journal(home / "agent")
+
+
+def _creates_ledger(home: Path) -> None:
+    from healer.supervising.ledger import Ledger, job_dir
+
+    Ledger.open_or_create(job_dir("job-1", {"RENDERWATCH_HOME": str(home)}), job="job-1", scene="/s.blend",
+                          frames=[1]).save()
+
+
+def _creates_outbox(home: Path) -> None:
+    from healer.incidents.notify import Outbox
+
+    Outbox(home / "healer" / "outbox")
+
+
+def _creates_token(home: Path) -> None:
+    from healer.service.auth import ensure_token
+
+    ensure_token({"RENDERWATCH_HOME": str(home)})
+
+
+@pytest.mark.parametrize("create", [_creates_spool, _creates_agent_journal, _creates_ledger, _creates_outbox,
+                                    _creates_token], ids=lambda f: f.__name__[9:])
+def test_the_state_root_is_created_private(tmp_path: Path, umask_022, create) -> None:
+    """The state root and every folder renderwatch makes under it are 0700: mkdir(parents=True, mode=0o700)
+    made the missing parents with the umask's mode, so a fresh RENDERWATCH_HOME (and ~/.local/state/renderwatch)
+    came out 0755 above its 0700 leaves."""
+    home = tmp_path / "state" / "renderwatch"
+    create(home)
+    assert mode(tmp_path / "state") == 0o700 and mode(home) == 0o700
+    for p in home.rglob("*"):
+        if p.is_dir():
+            assert mode(p) == 0o700, f"{p}: {oct(mode(p))}"
