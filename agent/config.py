@@ -30,6 +30,7 @@ from blender_hooks.settings import (  # noqa: F401 (names read from here)
     ENV_STALE_AFTER,
     ENV_TOKEN,
     ConfigError,
+    check_config_tables,
 )
 from renderwatch.listen import is_loopback
 from renderwatch.listen import parse_listen as _parse_listen
@@ -110,6 +111,7 @@ def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {str(p)!r} does not exist (--config / {ENV_CONFIG})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    check_config_tables(doc, p)
     table = doc.get("agent", {})
     if not isinstance(table, dict):
         raise ConfigError(f"config file {str(p)!r}: [agent] must be a table")

@@ -55,3 +55,21 @@ ENV_MATRIX_REQUIRED = "RENDERWATCH_MATRIX_REQUIRED"     # 1: a row that is not s
 
 class ConfigError(ValueError):
     """A bad configuration value: the message names the key and where it came from (file, variable, flag)."""
+
+
+# The tables of a renderwatch TOML file: one shared renderwatch.toml may hold them all, and each loader
+# reads its own. Any other name at the top of the file is a typo ([agnet]) that would leave a whole
+# table silently unread.
+CONFIG_TABLES = ("agent", "healer", "incidents")
+
+
+def check_config_tables(doc: dict, path: object) -> None:
+    """ConfigError naming the file and the table for anything at a TOML file's top level that is not
+    one of CONFIG_TABLES (a table, an array of tables, or a key outside any table)."""
+    for name, value in doc.items():
+        if name in CONFIG_TABLES:
+            continue
+        what = (f"table [{name}]" if isinstance(value, dict) else f"table [[{name}]]" if isinstance(value, list)
+                and value and all(isinstance(v, dict) for v in value) else f"key {name!r} outside any table")
+        raise ConfigError(f"{path}: unknown {what}; renderwatch reads the tables "
+                          + ", ".join(f"[{t}]" for t in CONFIG_TABLES))

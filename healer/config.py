@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from blender_hooks.settings import ENV_BLENDER, ConfigError  # noqa: F401 (names read from here)
+from blender_hooks.settings import ENV_BLENDER, ConfigError, check_config_tables  # noqa: F401 (names read from here)
 from blender_hooks.settings import ENV_HEALER_BACKOFF as ENV_BACKOFF
 from blender_hooks.settings import ENV_HEALER_CONCURRENCY as ENV_CONCURRENCY
 from blender_hooks.settings import ENV_HEALER_CONFIG as ENV_CONFIG
@@ -122,6 +122,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
             raise ConfigError(f"{ENV_CONFIG}={path}: cannot read: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        check_config_tables(doc, path)
         incidents = doc.get("incidents")
         table = doc.get("healer", {})
         if not isinstance(table, dict):

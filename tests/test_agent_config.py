@@ -95,3 +95,17 @@ def test_listen_parsing():
     cfg = load_config(env={}, overrides={"listen": "[::1]:9464"})
     assert cfg.listen == "[::1]:9464"
     assert isinstance(cfg.data_dir, Path)
+
+
+def test_an_unknown_table_names_the_table_and_the_file(tmp_path):
+    """A misspelled table ([agnet]) left the whole table unread while an unknown key was an error."""
+    bad = tmp_path / "renderwatch.toml"
+    bad.write_text('[agnet]\nlisten = "127.0.0.1:1"\n')
+    with pytest.raises(ConfigError, match=r"renderwatch.toml: unknown table \[agnet\]"):
+        load_config(env={}, path=bad)
+    bad.write_text('listen = "127.0.0.1:1"\n[agent]\n')
+    with pytest.raises(ConfigError, match="key 'listen' outside any table"):
+        load_config(env={}, path=bad)
+    shared = tmp_path / "shared.toml"          # one renderwatch.toml for the agent and the healer
+    shared.write_text('[agent]\nlisten = "127.0.0.1:9999"\n[healer]\nconcurrency = 3\n[incidents]\nqueue_size = 10\n')
+    assert load_config(env={"RENDERWATCH_HOME": str(tmp_path)}, path=shared).port == 9999

@@ -99,6 +99,19 @@ def test_config_layers_and_errors_name_the_key(tmp_path: Path):
         load_config(str(toml), env={})
 
 
+def test_an_unknown_table_is_an_error_naming_the_table_and_the_file(tmp_path: Path):
+    """[healr] was silently ignored (the healer ran on defaults) while an unknown key was an error."""
+    toml = tmp_path / "rw.toml"
+    toml.write_text("[healr]\nconcurrency = 3\n")
+    with pytest.raises(ConfigError, match=r"rw.toml: unknown table \[healr\]"):
+        load_config(str(toml), env={})
+    toml.write_text('[[incident.webhooks]]\nurl = "https://x"\n')
+    with pytest.raises(ConfigError, match=r"unknown table \[incident\]"):
+        load_config(str(toml), env={})
+    toml.write_text('[agent]\nlisten = "127.0.0.1:1"\n[healer]\nconcurrency = 3\n')   # a shared renderwatch.toml
+    assert load_config(str(toml), env={}).concurrency == 3
+
+
 def test_every_table_is_validated_at_load(tmp_path: Path):
     """A bad [incidents] table or alert rule stops the healer at start; it used to switch incidents off."""
     toml = tmp_path / "rw.toml"
