@@ -13,7 +13,7 @@ from healer.supervising.blender_argv import BlenderArgvError, parse_blender_argv
 from healer.supervising.launch import check_user_args
 from healer.supervising.ledger import Ledger
 from healer.supervising.preflight import job_id_for
-from healer.supervising.progress import ProgressDisplay, parse_line
+from healer.supervising.progress import ProgressDisplay, own_line, parse_line
 from healer.supervising.report import build_report
 from healer.supervising.spawn import CPU_EXPR, GATE_EXPR, MARKER_EXPR, LaunchSpec, build_argv
 
@@ -138,6 +138,19 @@ def test_one_config_error_and_one_set_of_setting_names():
     assert agent.config.ConfigError is healer.config.ConfigError is settings.ConfigError
     names = [v for k, v in vars(settings).items() if k.startswith("ENV_")]
     assert len(names) == len(set(names)), "a variable named twice"
+
+
+def test_renderwatchs_own_lines_are_not_blenders_output():
+    """What the healer injects prints inside Blender; only Blender's (and the user's) lines pass to stdout."""
+    def own(line):
+        return own_line(line, parse_line(line))
+
+    assert own("[renderwatch] frame_start 3 /s/f_0003.png") == ""                 # read by the healer only
+    assert own('[renderwatch] render settings {"engine":"CYCLES"}') == ""
+    assert own("[renderwatch] device forced to CPU") == "device forced to CPU"   # said on stderr
+    for line in ("Saved: '/s/f_0001.png'", "Fra:1 Mem:8.00M | Rendering 1 / 8 samples", "print from [renderwatch] x",
+                 "00:00.327  render           | Saved: '/s/f_0002.exr'", ""):
+        assert own(line) is None, line
 
 
 def test_parse_line_both_formats_and_the_marker():

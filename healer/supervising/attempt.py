@@ -23,7 +23,7 @@ from healer.supervising.launch import Launched, exit_status
 from healer.supervising.ledger import Attempt, Ledger
 from healer.supervising.outputs import verify_image
 from healer.supervising.probes import ProbeSnapshot, evaluate, stall_timeout
-from healer.supervising.progress import parse_line
+from healer.supervising.progress import own_line, parse_line
 from healer.supervising.seams import RunningBlender
 
 if TYPE_CHECKING:
@@ -127,10 +127,14 @@ def _new_scanner() -> LogScanner:
 
 
 def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, line: str, now: float) -> None:
-    if ctx.echo is not None:
-        ctx.echo(line)
-    scanner.feed(line)
     ev = parse_line(line)
+    if ctx.echo is not None:
+        own = own_line(line, ev)
+        if own is None:
+            ctx.echo(line)              # Blender's stdout stays Blender's
+        elif own:
+            ctx.say(own)
+    scanner.feed(line)
     st = ctx.attempt
     if ev.kind == "progress":
         if ev.text != st.last_progress_text or ev.frame != st.current_frame:

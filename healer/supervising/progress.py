@@ -54,6 +54,22 @@ def parse_line(line: str) -> LineEvent:
     return LineEvent(_KINDS.get(rec.kind, "other"), rec.frame, rec.path, rec.text)
 
 
+# What renderwatch's own lines inside Blender start with (spawn.py's marker, gate and device lines; the
+# hooks' render settings line): Blender's stdout passed through never carries them.
+OWN_PREFIX = "[renderwatch] "
+
+
+def own_line(line: str, ev: LineEvent) -> str | None:
+    """None for a line of Blender's (or of the user's scripts): it passes through to stdout unchanged.
+    For renderwatch's own line, printed inside Blender by what the healer injected: "" for a marker
+    only the healer reads (frame_start, render settings), else the text to say on stderr."""
+    if ev.kind in ("frame_start", "settings"):
+        return ""
+    if line.startswith(OWN_PREFIX):
+        return line[len(OWN_PREFIX):]
+    return None
+
+
 def _bar(frac: float, width: int = 24) -> str:
     full = int(frac * width)
     return "#" * full + "-" * (width - full)

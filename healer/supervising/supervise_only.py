@@ -45,7 +45,7 @@ from healer.diagnosis.framecheck import (
 )
 from healer.supervising import probes
 from healer.supervising.launch import ProcessLauncher, exit_status
-from healer.supervising.progress import parse_line
+from healer.supervising.progress import own_line, parse_line
 from healer.supervising.seams import IncidentSink, Launcher, NoIncidents
 from healer.supervising.spawn import MARKER_EXPR, attempt_env, hooks_startup
 from healer.supervising.suspects import CHECK_WAIT_S, judge_frames, parse_settings, raster_gl_saved
@@ -87,10 +87,14 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
 
     def on_line(line: str, _now: float) -> None:
         nonlocal current
-        if echo is not None:
-            echo(line)
-        scanner.feed(line)
         ev = parse_line(line)
+        if echo is not None:
+            own = own_line(line, ev)
+            if own is None:
+                echo(line)              # Blender's stdout stays Blender's
+            elif own:
+                say(own)
+        scanner.feed(line)
         if ev.kind in ("frame_start", "progress") and ev.frame is not None:
             current = ev.frame
         if ev.kind == "saved" and ev.path:

@@ -39,3 +39,46 @@ def test_flamencos_command_line(blender34, scene_copy, tmp_path):
                                                             "frame_000003.png"]
     assert p.stdout.count("Saved:") == 3
     assert json.loads((tmp_path / "r.json").read_text())["frames_completed"] == [1, 2, 3]
+
+
+def _own_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "[renderwatch]" in line]
+
+
+@pytest.mark.parametrize("how", ["exec", "render", "supervise-only"])
+def test_blenders_stdout_carries_none_of_renderwatchs_markers(blender34, scene_copy, tmp_path, how):
+    """`[renderwatch] frame_start ...` and `[renderwatch] render settings {...}` (printed inside Blender by
+    what the healer injects) were passed through to stdout with Blender's lines; farms parse that stdout."""
+    scene = scene_copy(frames=4)
+    env = healer_env(tmp_path / "home")
+    if how == "exec":
+        cmd = [*RENDERWATCH, "exec", "--quiet", "--", blender34, "-b", str(scene), "-s", "1", "-e", "2", "-a"]
+    elif how == "render":
+        cmd = [*RENDERWATCH, "render", str(scene), "--frames", "1-2", "--blender", blender34, "--quiet",
+               "--blender-output"]
+    else:   # no -a/-f: a script renders, renderwatch only watches
+        cmd = [*RENDERWATCH, "exec", "--", blender34, "-b", str(scene), "--python-expr",
+               "import bpy; bpy.ops.render.render(write_still=True)"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Saved:" in p.stdout and "Fra:" in p.stdout               # Blender's own lines, unchanged
+    assert _own_lines(p.stdout) == [], _own_lines(p.stdout)
+
+
+def test_a_closed_stdout_does_not_stop_the_render(blender34, scene_copy, tmp_path):
+    """The task log's reader goes away mid-render: the frames are still rendered and verified (exit 0),
+    with no traceback; the output is no longer passed through."""
+    import os
+
+    scene = scene_copy(frames=4)
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([*RENDERWATCH, "exec", "--", blender34, "-b", str(scene), "-s", "1", "-e", "3", "-a"],
+                           env=healer_env(tmp_path / "home"), stdout=w, stderr=subprocess.PIPE, text=True, timeout=180)
+    finally:
+        os.close(w)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr[-3000:]
+    assert "complete: 3/3 frames" in p.stderr
+    assert len(list((scene.parent / "frames").iterdir())) == 3
