@@ -307,3 +307,18 @@ def test_a_blender_that_cannot_start_is_not_prestarted(tmp_path):
 
     assert prestart(LaunchSpec(blender=str(tmp_path / "no-such-blender"), scene="/s.blend", frames=[1], hooks=None),
                     {"PATH": ""}) is None
+
+
+def test_the_output_folder_is_checked_without_creating_anything(tmp_path: Path):
+    import os
+
+    from healer.supervising.preflight import output_folder_problem
+
+    assert output_folder_problem(str(tmp_path / "shot" / "frames")) is None     # Blender creates it
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "plate").write_text("a file")
+    assert "is not a folder" in (output_folder_problem(str(tmp_path / "plate" / "frames")) or "")
+    if os.geteuid() != 0:                       # root writes anywhere: the read-only mount test covers it
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        assert "not writable" in (output_folder_problem(str(locked / "frames")) or "")

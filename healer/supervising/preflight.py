@@ -118,6 +118,12 @@ def prepare(req: RenderRequest, cache_dir: Path | None = None) -> Prepared | Ear
     pattern = (OutputPattern.from_blender(pattern_src, os.path.dirname(scene), fmt,
                                           use_ext != "0" if use_ext is not None else (info.use_extension if info else True))
                if pattern_src else None)
+    # The scene's own output may be replaced by a script of the command line (a pipeline's --python):
+    # then only Blender knows where frames go. -o comes after those scripts, so it is what Blender uses.
+    sure = req.output is not None or not any(a in _SCRIPT_ARGS for a in before)
+    why_not = output_folder_problem(os.path.dirname(pattern.template)) if pattern and sure else None
+    if why_not:
+        return EarlyFailure("output_error", f"cannot write the frames: {why_not}", EXIT_INPUT, tuple(frames))
     args = [*req.blender_args, *(["<after>", *req.after_args] if req.after_args else [])]
     job = req.job or job_id_for(scene, frames, req.output, args, req.farm)
     st = os.stat(scene)
@@ -125,6 +131,31 @@ def prepare(req: RenderRequest, cache_dir: Path | None = None) -> Prepared | Ear
                    "the render settings": [req.blender, list(req.blender_args), list(req.after_args), req.output]}
     return Prepared(scene=scene, frames=tuple(frames), pattern=pattern, job=job, fingerprint=fingerprint,
                     scene_saved_at=st.st_mtime, assets=assets)
+
+
+_SCRIPT_ARGS = frozenset({"-P", "--python", "--python-expr", "--python-text"})
+
+
+def output_folder_problem(folder: str) -> str | None:
+    """Why Blender could not write frames into `folder`, or None. Found before Blender starts, not
+    after the first frame has rendered in full. Nothing is created: a folder that does not exist yet is
+    fine where Blender can create it (the nearest existing folder above it is writable)."""
+    path = os.path.abspath(folder)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if not os.path.isdir(path):
+        return f"{path} is not a folder (output folder {folder})"
+    if os.access(path, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    what = "is on a read-only file system" if read_only else "is not writable by this user"
+    return f"{path} {what} (output folder {folder})"
 
 
 def judge_assets(rep: AssetReport, *, strict: bool, resuming_mid_range: bool) -> AssetVerdict:

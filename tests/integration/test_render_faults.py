@@ -90,9 +90,46 @@ def test_unwritable_output_is_a_fast_typed_failure(scene_copy, tmp_path):
     rc, doc, out = render([str(scene), "--frames", "1-3", "--output", str(blocker / "f_####")], tmp_path / "home",
                           tmp_path / "r.json")
     assert rc == 3, out
-    assert doc["error"]["type"] == "output_error"
-    assert len(doc["attempts"]) <= 1 and doc["restarts"] == 0
+    assert doc["error"]["type"] == "output_error" and f"{blocker} is not a folder" in doc["error"]["message"]
+    assert doc["attempts"] == [] and doc["restarts"] == 0      # found before Blender renders anything
     assert doc["frames_completed"] == []
+
+
+def _read_only_mount_works(folder) -> bool:
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {folder} {folder} && "
+                            f"mount -o remount,bind,ro {folder} {folder}"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_a_read_only_output_folder_is_found_before_blender_renders(scene_copy, tmp_path, blender34):
+    """The output folder on a read-only file system: found only after the first frame had rendered in
+    full (Blender's `cannot save`); now the job fails at once, before a Blender renders, naming the folder."""
+    import os
+    import sys
+
+    from healer_support import healer_env
+
+    scene = scene_copy(frames=4)
+    renders = tmp_path / "renders"
+    (renders / "existing").mkdir(parents=True)
+    if not _read_only_mount_works(renders):
+        pytest.skip("cannot make a read-only bind mount here (needs unshare -m and mount)")
+    report = tmp_path / "r.json"
+    mount_ro = f'mount --bind "{renders}" "{renders}" && mount -o remount,bind,ro "{renders}" "{renders}" && exec "$@"'
+    for out_dir in (renders / "existing", renders / "new" / "sub"):       # an existing folder, one to create
+        t0 = time.monotonic()
+        p = subprocess.run(["unshare", "-m", "sh", "-c", mount_ro, "sh", sys.executable, "-m", "renderwatch", "exec",
+                            "--report", str(report), "--", blender34, "-b", str(scene), "-o", str(out_dir / "f_####"),
+                            "-s", "1", "-e", "3", "-a"],
+                           env=healer_env(tmp_path / "home"), capture_output=True, text=True, timeout=180)
+        import json
+
+        doc = json.loads(report.read_text())
+        assert p.returncode == 3, p.stderr[-3000:]
+        assert doc["error"]["type"] == "output_error" and "read-only" in doc["error"]["message"], doc["error"]
+        assert str(renders) in doc["error"]["message"] and doc["attempts"] == []
+        assert "Fra:" not in p.stdout and time.monotonic() - t0 < 30
+    assert os.listdir(renders) == ["existing"]                 # nothing created on the way
 
 
 @pytest.fixture
