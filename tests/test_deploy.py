@@ -5,8 +5,10 @@ DaemonSet (parsed: no cluster here)."""
 from __future__ import annotations
 
 import configparser
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,43 @@ def test_daemonset_runs_agent_and_healer_on_every_render_node() -> None:
     images = {c["image"] for c in containers.values()}
     compose = yaml.safe_load((REPO / "compose.yaml").read_text())
     assert images == {compose["services"]["render-node"]["image"]}
+
+
+OPENJD = sorted((REPO / "deploy" / "farms" / "openjd").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", OPENJD, ids=[p.stem for p in OPENJD])
+def test_openjd_templates_name_renderwatch_by_a_parameter_and_pass_openjd_check(path: Path) -> None:
+    """A worker whose PATH lacks renderwatch failed with `renderwatch: not found`: the command is the
+    `Renderwatch` job parameter (default: renderwatch on PATH). `openjd check` is openjd-cli's own validation."""
+    doc = yaml.safe_load(path.read_text())
+    params = {p["name"]: p for p in doc["parameterDefinitions"]}
+    assert params["Renderwatch"] == {**params["Renderwatch"], "type": "STRING", "default": "renderwatch"}
+    on_run = doc["steps"][0]["script"]["actions"]["onRun"]
+    assert on_run["command"] == "{{Param.Renderwatch}}"
+    assert "-p Renderwatch=" in path.read_text(), "the header says how to name it"
+    openjd = shutil.which("openjd") or str(Path(sys.executable).parent / "openjd")
+    if not Path(openjd).exists():
+        pytest.skip("openjd-cli is not installed")
+    proc = subprocess.run([openjd, "check", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path", OPENJD, ids=[p.stem for p in OPENJD])
+def test_openjd_header_comments_name_the_cancel_mode_the_template_uses(path: Path) -> None:
+    """The per-frame template's header said TERMINATE (SIGKILL at once) where it uses NOTIFY_THEN_TERMINATE."""
+    mode = yaml.safe_load(path.read_text())["steps"][0]["script"]["actions"]["onRun"]["cancelation"]["mode"]
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    named = set(re.findall(r"\b(NOTIFY_THEN_TERMINATE|TERMINATE)\b", header))
+    assert named == {mode}, f"{path.name}: the header names {named}, the template uses {mode}"
+
+
+def test_farms_doc_says_how_to_name_renderwatch_for_every_engine() -> None:
+    """The full-path workaround was given for OpenCue only: every engine's section says it."""
+    doc = (REPO / "docs" / "farms.md").read_text()
+    sections = dict(re.findall(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", doc, re.M | re.S))
+    for engine in ("Open Job Description", "OpenCue", "Flamenco", "cron"):
+        body = next((b for title, b in sections.items() if engine in title), None)
+        assert body is not None, f"docs/farms.md has no section for {engine}"
+        assert "/opt/renderwatch/venv/bin/renderwatch" in body, f"{engine}: no full path for renderwatch"
+    assert "Renderwatch=" in sections[next(t for t in sections if "Open Job Description" in t)]
