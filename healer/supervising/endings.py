@@ -82,4 +82,5 @@ def tell_agent(ctx: JobContext, result: RenderResult) -> None:
                     "attempt": led.attempts[-1].attempt}
     if result.status == "failed":
         fields["error_type"] = (result.error or {}).get("type") or "unknown"
-    ctx.agent.send("job_end", job=led.job, **fields)
+    # The agent's spool scanner picks it up within a second: a job end opens no connection of its own
+    ctx.agent.send("job_end", job=led.job, spool_only=True, **fields)
