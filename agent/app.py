@@ -2,8 +2,9 @@
 
 Routes: POST /api/v1/events, GET /metrics (Prometheus text, OpenMetrics when the Accept header
 asks), GET /healthz, GET /api/v1/jobs, GET /openapi.json (agent.openapi; no token, like /healthz).
-Background loops (each an app.cleanup_ctx): the core (journal replay at start, tracer flush at
-stop), the spool scanner, the samplers, and expiry with journal compaction.
+Background loops (each an app.cleanup_ctx): the spool's reader lock (one agent per spool: a second
+one fails to start with SpoolBusy), the core (journal replay at start, tracer flush at stop), the
+spool scanner, the samplers, and expiry with journal compaction.
 
 Usage::
 
@@ -35,7 +36,7 @@ from agent.journal import ExportMark, Journal
 from agent.metrics import IngestCollector, IngestStats, StateCollector
 from agent.openapi import SPEC
 from agent.process import ProcessSampler
-from agent.spool import SpoolScanner
+from agent.spool import SpoolScanner, claim_spool
 from agent.state import State
 from agent.traces import RenderTracer
 from renderwatch import __version__
@@ -87,13 +88,23 @@ def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, expor
     agent.metrics_handler = make_aiohttp_handler(agent.registry)
     app = web.Application(client_max_size=config.max_body_bytes)
     app[AGENT] = agent
-    app.cleanup_ctx.extend([_core(exporter), _loop(_spool_loop), _loop(_sample_loop), _loop(_expiry_loop)])
+    app.cleanup_ctx.extend([_spool_claim, _core(exporter), _loop(_spool_loop), _loop(_sample_loop), _loop(_expiry_loop)])
     app.router.add_post("/api/v1/events", _events)
     app.router.add_get("/api/v1/jobs", _jobs)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     add_openapi_route(app, SPEC)
     return app
+
+
+async def _spool_claim(app: web.Application) -> AsyncIterator[None]:
+    """Hold the spool's reader lock for the agent's life (before anything reads it)."""
+    cfg = app[AGENT].config
+    claim = claim_spool(cfg.spool_dir, listen=cfg.listen, data_dir=cfg.data_dir)
+    try:
+        yield
+    finally:
+        claim.release()
 
 
 def _core(exporter: Any) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent.app import serve
+    from agent.spool import SpoolBusy
     try:
         cfg = load_config(path=args.config, overrides={"listen": args.listen, "data_dir": args.data_dir,
                                                        "spool_dir": args.spool_dir})
@@ -52,6 +53,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except SpoolBusy as e:
+        print(f"renderwatch agent: {e}", file=sys.stderr)
+        return 2
     except OSError as e:           # address in use, permission denied...
         print(f"renderwatch agent: cannot listen on {cfg.listen}: {e}", file=sys.stderr)
         return 1

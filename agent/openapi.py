@@ -80,10 +80,11 @@ SCHEMAS: dict[str, Any] = {
         "required": ["job", "scene", "status", "frames_done", "frames_total", "progress", "eta_seconds",
                      "last_frame_seconds", "peaks", "attempts", "host", "pid", "blender_version", "engine",
                      "device_type", "blend_file", "current_frame", "started_at", "ended_at", "last_progress_ts",
-                     "cpu_ratio", "rss_bytes", "vram_bytes"],
+                     "error_type", "cpu_ratio", "rss_bytes", "vram_bytes"],
         "properties": {
             "job": {"type": "string"}, "scene": {"type": "string"},
-            "status": {"type": "string", "enum": ["running", "complete", "cancelled", "stale"]},
+            "status": {"type": "string", "enum": ["running", "complete", "cancelled", "failed", "stale"]},
+            "error_type": nullable({"type": "string", "description": "why a failed job failed (the healer's verdict)"}),
             "frames_done": {"type": "integer"}, "frames_total": {"type": "integer"},
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
             "eta_seconds": _NUM_OR_NULL, "last_frame_seconds": _NUM_OR_NULL,

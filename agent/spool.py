@@ -5,6 +5,12 @@ Spool layout (written by blender_hooks; one set per Blender process, `session`):
     <dir>/<session>.<index:06d>.ndjson   segments, one JSON event per line
     <dir>/<session>.ack                  "<index> <offset>": everything before it was delivered
     <dir>/<session>.lock                 flock()ed by the live writer; a free lock = a dead writer
+    <dir>/agent.reader.lock              flock()ed by the one agent reading this spool, for its life
+
+One reader per spool: the scanner acknowledges (and deletes) what it ingests, so a second agent on
+the same spool would take events that are the node's agent's. `claim_spool` takes the reader lock
+(which names its holder) and raises SpoolBusy, with a message saying who holds it, when another
+agent has it; the lock dies with its process, so a crashed agent leaves nothing to clean up.
 
 At start and every second the scanner ingests whole lines past each session's ack, then moves
 the ack forward (never backward: the hooks' own sender writes it too; the agent deduplicates by
@@ -14,6 +20,7 @@ a session with nothing left.
 
 Usage::
 
+    claim = claim_spool(spool_dir, listen="127.0.0.1:9464", data_dir=data_dir)   # SpoolBusy: taken
     scanner = SpoolScanner(spool_dir, ingestor)
     scanner.scan_once()                 # tests; the agent runs `await scanner.run(1.0)`
 """
@@ -22,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +43,62 @@ from blender_hooks.spool import _segment_name, list_segments, read_ack, write_ac
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
+# Not a session's lock: session names have no dots (blender_hooks.spool._SEGMENT_RE).
+READER_LOCK = "agent.reader.lock"
+
+
+class SpoolBusy(Exception):
+    """Another agent reads this spool; str() says which, and what to do."""
+
+
+class SpoolClaim:
+    """The reader lock of one spool, held until release() (or the process ends)."""
+
+    def __init__(self, directory: Path, fd: int):
+        self.directory = directory
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)               # releases the flock; the file stays (unlinking it would race a claimer)
+
+
+def _holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 4096) or b"{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or not info.get("pid"):
+        return "another agent"
+    where = ", ".join(f"{k} {info[k]}" for k in ("listen", "data_dir") if info.get(k))
+    return f"the agent pid {info['pid']}" + (f" ({where})" if where else "")
+
+
+def claim_spool(directory: Path, *, listen: str = "", data_dir: Path | str = "") -> SpoolClaim:
+    """Become the one reader of the spool at `directory` (created 0700 if missing), or raise SpoolBusy."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / READER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        who = _holder(fd)
+        os.close(fd)
+        raise SpoolBusy(f"the spool {directory} is read by {who}: a second reader would take that agent's "
+                        "events. Give this agent its own state (RENDERWATCH_HOME, or --spool-dir and "
+                        "--data-dir), or stop the other agent first") from None
+    except OSError:
+        os.close(fd)
+        raise
+    info = {"pid": os.getpid(), "listen": listen, "data_dir": str(data_dir), "since": round(time.time(), 3)}
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    except OSError as e:             # the lock is what counts; the note only helps the message
+        log.warning("spool %s: cannot note this agent in %s: %s", directory, READER_LOCK, e)
+    return SpoolClaim(directory, fd)
 
 
 def segment_path(directory: Path, session: str, index: int) -> Path:

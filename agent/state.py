@@ -38,7 +38,9 @@ class Job:
     output_path: str = ""
     samples: int | None = None
     resolution: str = ""
-    status: str = "running"              # running | complete | cancelled | stale
+    status: str = "running"              # running | complete | cancelled | failed | stale
+    error_type: str | None = None        # why a failed job failed (the healer's verdict)
+    final_ts: float | None = None        # when the healer said how the whole job ended
     started_at: float = 0.0
     ended_at: float | None = None
     last_event_ts: float = 0.0
@@ -106,6 +108,7 @@ class Job:
             "blender_version": self.blender_version, "engine": self.engine,
             "device_type": self.device_type, "blend_file": self.blend_file, "current_frame": self.current_frame,
             "started_at": self.started_at, "ended_at": self.ended_at, "last_progress_ts": self.last_progress_ts,
+            "error_type": self.error_type,
         }
 
 
@@ -202,8 +205,8 @@ class State:
         if ev["frame_end"] >= ev["frame_start"] and step > 0:
             # Union: `-f 1 -f 5` and restarted attempts each announce their frames.
             job.expected.update(range(ev["frame_start"], ev["frame_end"] + 1, step))
-        if job.status != "running":
-            job.status, job.ended_at = "running", None
+        if job.status != "running" and not _settled(job, ev):
+            job.status, job.ended_at, job.error_type, job.final_ts = "running", None, None, None
         job.last_progress_ts = max(job.last_progress_ts, ev["ts"])
 
     def _frame_start(self, ev: dict) -> None:
@@ -295,9 +298,14 @@ class State:
 
     def _job_end(self, ev: dict) -> JobDone | None:
         job = self.job_for(ev)
-        job.status = "complete" if ev["status"] == "complete" else "cancelled"
-        job.ended_at = ev["ts"]
         job.current_frame = None
+        if _settled(job, ev):
+            return None                   # one Blender's own end, older than the healer's verdict on the job
+        job.status = _END_STATUS.get(ev["status"], "cancelled")
+        job.error_type = (ev.get("error_type") or "unknown") if job.status == "failed" else None
+        job.ended_at = ev["ts"]
+        if ev.get("final"):
+            job.final_ts = ev["ts"]
         if ev.get("started_at"):
             job.started_at = min(job.started_at, ev["started_at"])
         # The root span goes out once: now when every frame is done, else when the job expires
@@ -328,6 +336,16 @@ class State:
     def visible(self, now: float, grace: float) -> list[Job]:
         """Jobs whose per-job series are still exported: running, or ended less than `grace` ago."""
         return [j for j in self.jobs.values() if j.ended_at is None or j.ended_at + grace >= now]
+
+
+_END_STATUS = {"complete": "complete", "cancel": "cancelled", "failed": "failed"}
+
+
+def _settled(job: Job, ev: dict) -> bool:
+    """The healer has said how the whole job ended, after this event of one of its Blenders happened
+    (the healer's events come on a spool session of their own: they may arrive first). Only what
+    happens later (a person's restart: a new job_start) changes the job's status again."""
+    return job.final_ts is not None and not ev.get("final") and ev["ts"] <= job.final_ts
 
 
 def is_cpu_fallback(ev: dict) -> bool:

@@ -81,7 +81,8 @@ def render_frame(doc: dict[str, Any], color: bool = False) -> str:
             mem = "/".join(_bytes(peaks.get(k)) for k in ("blender", "rss", "vram"))
             lines.append(f"{str(j.get('job', ''))[:20]:<20} {str(j.get('scene', ''))[:12]:<12} "
                          f"{j.get('status', ''):<9} {frames:>9} {bar(prog)} {prog * 100:4.0f}% "
-                         f"{_dur(j.get('eta_seconds')):>7} {_dur(j.get('last_frame_seconds')):>7}  {mem}")
+                         f"{_dur(j.get('eta_seconds')):>7} {_dur(j.get('last_frame_seconds')):>7}  {mem}"
+                         + (f"  {j['error_type']}" if j.get("error_type") else ""))
     lines.append("")
     gpus = doc.get("gpus", [])
     if not gpus:

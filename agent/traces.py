@@ -233,7 +233,10 @@ class RenderTracer:
         if job.resolution:
             attrs["render.resolution"] = job.resolution
         status = {"complete": Status(StatusCode.OK),
+                  "failed": Status(StatusCode.ERROR, f"the healer gave up: {job.error_type}"),
                   "stale": Status(StatusCode.ERROR, "the render stopped reporting")}.get(job.status, _UNSET)
+        if job.error_type:
+            attrs["error.type"] = job.error_type
         attrs.update(farm_attributes(job))
         end = job.ended_at if job.ended_at is not None else job.last_event_ts
         self._span("render.job", farm_parent(job), tid, rid, job.started_at, end, attrs, pos, status)

@@ -14,7 +14,8 @@ Every event is one JSON object. Common fields (all required):
     pid      int    Blender's process id
 
 Per type (see FIELDS): job_start, frame_start, phase, frame_end, job_end (from the hooks), and from the
-healer: frame_check (a saved frame that looks wrong, `reason` one of SUSPECT_REASONS) and frame_verified
+healer: job_end with `final` (how the whole supervised job ended: complete, cancel, or failed with its
+error_type), frame_check (a saved frame that looks wrong, `reason` one of SUSPECT_REASONS) and frame_verified
 (a frame the healer verified on disk after Blender died before its hooks could report it; the agent
 counts it only if no frame_end of the hooks does).
 
@@ -39,7 +40,7 @@ MAX_FRAME_SPAN = 1_048_574   # Blender's MAXFRAME: no job covers more frames tha
 
 EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end", "frame_check", "frame_verified")
 PHASES = ("sync", "bvh", "kernels", "sampling", "denoise", "compositing", "save", "other")
-JOB_END_STATUS = ("complete", "cancel")
+JOB_END_STATUS = ("complete", "cancel", "failed")   # "failed": the healer's verdict only (with error_type)
 # The line the hooks print under the healer at each render's start: what its frames should be (JSON).
 SETTINGS_MARK = "[renderwatch] render settings "
 # Why a frame is suspect (healer.diagnosis.framecheck): the bounded `reason` label of the metric.
@@ -84,7 +85,10 @@ FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "output_path": (str, False), "samples": (int, False),
         "resolution_x": (int, False), "resolution_y": (int, False),
     },
-    "job_end": {"status": (str, True), "frames_done": (int, False), "started_at": (_NUM, False)},
+    # from the hooks: one Blender's render ended; from the healer, `final`: the whole job ended (every
+    # attempt), "failed" with its error_type; only a later job_start (a person's restart) reopens it
+    "job_end": {"status": (str, True), "frames_done": (int, False), "started_at": (_NUM, False),
+                "final": (bool, False), "error_type": (str, False)},
     # sent by the healer, which inspects each saved frame: a frame that looks wrong, and why
     "frame_check": {"frame": (int, True), "reason": (str, True), "detail": (str, False),
                     "rendered": (int, False)},

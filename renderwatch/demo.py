@@ -1,7 +1,8 @@
 """`renderwatch demo`: a supervised render of a generated scene, with live metrics and traces.
 
 Everything runs on embedded defaults, no other services: an agent in this process serves
-/metrics and writes OTLP-JSON spans to a file; the healer supervises a real Blender rendering a
+/metrics and writes OTLP-JSON spans to a file, with a data folder and a spool of its own per run
+(the host's spool belongs to the node's agent: the demo never takes its events); the healer supervises a real Blender rendering a
 small generated scene with the hooks loaded; by default Blender is made to crash once (SIGSEGV at
 one frame) so the demo shows a typed error, a restart from the last verified frame and a job that
 still finishes with every frame rendered exactly once.
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from blender_hooks.settings import ENV_SPOOL_DIR
 from renderwatch.paths import ENV_AGENT, ensure_private_dir, home
 
 # Injected fault: SIGSEGV in a render_pre handler at one frame, only on the first attempt (a marker
@@ -98,14 +100,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("[2/4] starting the agent (embedded: spans go to a local OTLP-JSON file)")
     env = dict(os.environ)
     try:
-        # A data directory per run: the summary then shows this run, not every demo before it.
+        # A data directory per run: the summary then shows this run, not every demo before it. A spool
+        # per run too: the host's spool is the node agent's (events waiting there while it is down
+        # are its own), and the hooks and the healer below spool here.
         cfg = load_config(env, overrides={"listen": _free(args.listen), "job_grace_seconds": 3600,
-                                          "data_dir": str(run_dir / "agent")})
+                                          "data_dir": str(run_dir / "agent"), "spool_dir": str(run_dir / "spool")})
     except ConfigError as e:
         print(f"renderwatch demo: agent config: {e}", file=sys.stderr)
         return 2
     agent = run_in_thread(cfg)
     os.environ[ENV_AGENT] = agent.url            # the hooks inside Blender report here
+    os.environ[ENV_SPOOL_DIR] = str(cfg.spool_dir)   # ... and spool here (the healer's events too)
     print(f"      metrics: {agent.url}/metrics   jobs: {agent.url}/api/v1/jobs")
 
     blender_args: list[str] = []

@@ -254,3 +254,39 @@ def test_frame_totals_keep_a_bounded_number_of_label_sets_and_count_the_rest_as_
     feed(st, s.whole(frames=1))
     assert st.totals.frames[("invented-0", "CYCLES", "CPU")] == 3 and st.totals.folded == 6
     assert FrameTotals.from_dict(st.totals.to_dict()).folded == 6
+
+
+def test_the_healers_verdict_is_how_the_job_ends_whatever_its_blenders_said_and_when_it_arrives():
+    """A denoiser failure: Blender cancels its own render (the hooks' job_end "cancel"), the healer
+    gives up with the type. The healer's events come on a spool session of their own, so its verdict
+    may arrive before or after the last Blender's events: either way the job ends `failed` with its
+    type, and only a later job_start (a person's restart) reopens it."""
+    for verdict_first in (False, True):
+        st = State()
+        blender, healer = JobStream("j1", session="b1000001"), JobStream("j1", session="ae000001", pid=7)
+        feed(st, [blender.start(1, 3), *blender.frame(1)])
+        own_end = blender.end("cancel")                  # the render the denoiser stopped
+        healer.t = blender.t + 1.0                       # the healer decides after its Blender exited
+        final = healer.ev("job_end", status="failed", final=True, error_type="denoiser")
+        feed(st, [final, own_end] if verdict_first else [own_end, final])
+        job = st.jobs["j1"]
+        assert (job.status, job.error_type, job.ended_at) == ("failed", "denoiser", final["ts"]), verdict_first
+        assert job.to_dict()["error_type"] == "denoiser"
+
+        late = JobStream("j1", session="b1000002", t=final["ts"] + 5)   # a person restarts the job
+        feed(st, [late.start(2, 3)])
+        assert (job.status, job.error_type, job.ended_at) == ("running", None, None)
+        feed(st, [*late.frame(2), *late.frame(3), late.end("complete")])
+        assert job.status == "complete"
+
+
+def test_a_healer_cancel_ends_a_job_whose_blender_was_killed_without_a_word():
+    st = State()
+    blender, healer = JobStream("j1", session="b1000001"), JobStream("j1", session="ae000001", pid=7)
+    feed(st, [blender.start(1, 4), *blender.frame(1), blender.ev("frame_start", frame=2)])
+    healer.t = blender.t + 1.0
+    feed(st, [healer.ev("job_end", status="cancel", final=True)])
+    job = st.jobs["j1"]
+    assert (job.status, job.error_type, job.current_frame, job.active) == ("cancelled", None, None, False)
+    st.apply({"type": "_stale", "job": "j1", "ts": healer.t + 900})
+    assert job.status == "cancelled"

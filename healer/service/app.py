@@ -17,7 +17,8 @@ At most `concurrency` renders run at once; the rest queue. A bearer token is req
 /healthz and /openapi.json (healer.service.auth): the operator's RENDERWATCH_HEALER_TOKEN, or one that
 `renderwatch healer` makes for its own account; the service refuses to listen off loopback without the
 operator's (it starts Blender with caller-chosen scripts: only the operator may submit). On
-start, jobs this service had submitted and that were still running when it died are resumed.
+start, jobs this service had submitted and that were still running when it died are resumed, and
+the ones that had ended are listed again from their ledgers (show, restart).
 
 Usage::
 
@@ -43,6 +44,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from healer.config import ConfigError, HealerConfig
+from healer.diagnosis.catalog import EXIT_CANCELLED, EXIT_OK, EXIT_STRICT, exit_status
 from healer.service.alerts import ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
 from healer.service.auth import auth_middleware
 from healer.service.gpus import GpuPlacer
@@ -72,9 +74,14 @@ class Job:
     error: str | None = None
     submitted_at: float = field(default_factory=time.time)
     gpu: str | None = None            # the GPU (UUID) the placer gave it, when there are GPUs
+    ledger: Ledger | None = None      # a job an earlier run of this service finished: its ledger on disk
+
+    @property
+    def current_ledger(self) -> Ledger | None:
+        return self.supervisor.ledger if self.supervisor else self.ledger
 
     def view(self) -> dict:
-        sup = self.supervisor.status() if self.supervisor else {}
+        sup = self.supervisor.status() if self.supervisor else ledger_status(self.ledger) if self.ledger else {}
         return {"id": self.id, "state": self.state, "scene": self.request.scene, "exit_code": self.exit_code,
                 "submitted_at": self.submitted_at, "error": self.error or sup.get("error"), "gpu": self.gpu,
                 **{k: sup.get(k) for k in ("frames_requested", "frames_completed", "restarts", "pid",
@@ -152,7 +159,7 @@ class JobManager:
         return job
 
     def _start(self, job: Job) -> None:
-        job.state, job.exit_code, job.error, job.gpu = "queued", None, None, None
+        job.state, job.exit_code, job.error, job.gpu, job.ledger = "queued", None, None, None, None
         job.supervisor = Supervisor(job.request, policy=self.policy, incidents=self.incidents, metrics=self.metrics,
                                     env=self.cfg.env,
                                     kill_grace_s=self.cfg.kill_grace_s, probe_interval_s=self.cfg.probe_interval_s)
@@ -207,16 +214,20 @@ class JobManager:
 
     # Alertmanager actions (healer.alerts.AlertActions)
     def restart_job(self, job_id: str) -> str:
-        """RenderStalled fired for this job: stop its Blender as stalled (restarted by the policy),
-        or run a finished job again."""
+        """RenderStalled fired for this job: stop its running Blender as stalled (the policy restarts it).
+
+        Nothing else: an alert never revives a job that ended. A cancel is final unless a person
+        restarts the job (POST .../restart), and a failed job failed by the policy's own verdict; the
+        alert about either is late (the metrics it fires on lag the job's end by the scrape and the
+        rule's `for:`)."""
         job = self.jobs.get(job_id)
         if job is None:
             raise KeyError(f"no job {job_id} on this healer")
-        if job.state == "running" and job.supervisor is not None:
-            return "kicked" if job.supervisor.kick("Alertmanager: RenderStalled") else "nothing"
-        if job.state in ("failed", "cancelled"):
-            self.restart(job)
-            return "restarted"
+        sup = job.supervisor
+        if job.state == "running" and sup is not None and not sup.cancelled:
+            return "kicked" if sup.kick("Alertmanager: RenderStalled") else "nothing"
+        log.info("alertmanager: RenderStalled for job %s, which is %s: left as it is", job_id,
+                 "being cancelled" if sup is not None and sup.cancelled else job.state)
         return "nothing"
 
     def pause_gpu(self, uuid: str) -> str:
@@ -231,7 +242,8 @@ class JobManager:
         self._start(job)
 
     def resume_interrupted(self) -> list[str]:
-        """Jobs this service submitted that were still running when it died: start them again."""
+        """The jobs this service submitted, from their ledgers: those still running when it died start
+        again; those that ended are listed as they ended (show, restart), as before the restart."""
         resumed = []
         root = jobs_dir(self.cfg.env)
         for path in sorted(root.glob("*/ledger.json")) if root.is_dir() else []:
@@ -240,17 +252,23 @@ class JobManager:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             spec = led.spec or {}
-            if led.status not in ("running", "pending") or spec.get("origin") != "service":
+            if spec.get("origin") != "service" or led.job in self.jobs:
                 continue
             req = RenderRequest(scene=led.scene, frames=tuple(led.frames_requested), output=spec.get("output"),
                                 blender=spec.get("blender") or self.cfg.blender,
                                 blender_args=tuple(spec.get("blender_args") or ()), strict=bool(spec.get("strict")),
                                 stall_timeout=spec.get("stall_timeout"), job=led.job)
+            if led.status in ("complete", "failed", "cancelled"):
+                self.jobs[led.job] = Job(id=led.job, request=dataclasses.replace(req, origin="service"),
+                                         state=led.status, exit_code=ledger_exit_code(led),
+                                         submitted_at=led.created_at, ledger=led)
+                continue
             try:
                 self.submit(req)
                 resumed.append(led.job)
             except RequestError:
                 pass
+        self._count()
         return resumed
 
     async def close(self) -> None:
@@ -263,6 +281,25 @@ class JobManager:
     def _count(self) -> None:
         for s in STATES:
             self.metrics.jobs.labels(s).set(sum(1 for j in self.jobs.values() if j.state == s))
+
+
+def ledger_status(led: Ledger) -> dict:
+    """What Supervisor.status() says of a job, from its ledger alone (no supervisor in this process)."""
+    return {"job": led.job, "status": led.status, "scene": led.scene, "frames_requested": len(led.frames_requested),
+            "frames_completed": len(led.completed()), "restarts": led.restarts, "pid": None,
+            "frame_in_flight": None, "error": led.error}
+
+
+def ledger_exit_code(led: Ledger) -> int | None:
+    """The exit status the job ended with, as its ending gave it (healer.supervising.endings)."""
+    if led.status == "complete":
+        return EXIT_OK
+    if led.status == "cancelled":
+        return EXIT_CANCELLED
+    if led.status == "failed":
+        err = led.error or {}
+        return EXIT_STRICT if str(err.get("message", "")).startswith("--strict") else exit_status(err.get("type") or "")
+    return None
 
 
 # ---------------------------------------------------------------------- app wiring
@@ -371,7 +408,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     job = _job_or_404(request)
     view = job.view()
-    led = job.supervisor.ledger if job.supervisor else None
+    led = job.current_ledger
     if led is not None:
         view["report"] = build_report(led, job.exit_code)
     return web.json_response(view)

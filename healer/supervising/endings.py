@@ -1,5 +1,6 @@
 """How a supervised job ends: complete, failed (with its typed reason) or cancelled. Each ending
-saves the ledger, updates the metrics, tells the incident sink once and gives the exit status.
+saves the ledger, updates the metrics, tells the incident sink once and gives the exit status; the
+host's agent hears how the whole job ended (`tell_agent`), not only how its last Blender did.
 """
 
 from __future__ import annotations
@@ -61,3 +62,25 @@ def fail_early(ctx: JobContext, failure: EarlyFailure) -> RenderResult:
     ctx.incidents.emit("render.gave_up", ctx.info(message=failure.message),
                        errors.error_class(failure.type)(summary=failure.message))
     return RenderResult("failed", failure.exit_code, led, led.error)
+
+
+_AGENT_STATUS = {"complete": "complete", "cancelled": "cancel", "failed": "failed"}
+
+
+def tell_agent(ctx: JobContext, result: RenderResult) -> None:
+    """The job's end as the agent shows it: a `final` job_end after every event of its Blenders.
+
+    A Blender's hooks only see their own render end (a cancel when the healer stops it, a crash ends
+    with nothing at all): without this a cancelled or failed job stayed `running` at the agent, then
+    went `stale`. Jobs that never started a Blender are not the agent's to show.
+    """
+    led = result.ledger
+    if ctx.agent is None or not led.attempts:
+        return
+    fields: dict = {"status": _AGENT_STATUS.get(result.status, "failed"), "final": True,
+                    "frames_done": len(led.completed()), "started_at": ctx.started_at,
+                    "attempt": led.attempts[-1].attempt}
+    if result.status == "failed":
+        fields["error_type"] = (result.error or {}).get("type") or "unknown"
+    # The agent's spool scanner picks it up within a second: a job end opens no connection of its own
+    ctx.agent.send("job_end", job=led.job, spool_only=True, **fields)

@@ -46,6 +46,7 @@ from healer.supervising.endings import (
     finish_cancelled,
     finish_complete,
     finish_failed,
+    tell_agent,
 )
 from healer.supervising.launch import Launched, ProcessLauncher, launch_attempt
 from healer.supervising.ledger import Attempt, JobLocked, Ledger, SupervisorLock, job_dir
@@ -153,9 +154,12 @@ class Supervisor:
                 await self._stop_orphan(self._orphan)
                 self._settle()
             if self._ended is not None:
-                return self._ended
-            assert self.ctx.ledger is not None and self._first is not None
-            return await self._loop(self.ctx.ledger, self._first, self._launched)
+                result = self._ended
+            else:
+                assert self.ctx.ledger is not None and self._first is not None
+                result = await self._loop(self.ctx.ledger, self._first, self._launched)
+            tell_agent(ctx, result)
+            return result
         finally:
             if ctx.agent is not None:
                 await asyncio.to_thread(ctx.agent.close)

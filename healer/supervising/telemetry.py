@@ -40,15 +40,19 @@ class AgentEvents:
         self._failed = False
         self.sent = 0
 
-    def send(self, type_: str, *, job: str, **fields: Any) -> bool:
+    def send(self, type_: str, *, job: str, spool_only: bool = False, **fields: Any) -> bool:
+        """Spool one event and wake the sender. `spool_only` (when no sender runs yet): leave it to the
+        agent's spool scanner (within a second), with no connection and no "agent unreachable" line
+        from a healer that has nothing else to say."""
         if self._failed:
             return False
         try:
             if self._writer is None:
                 directory = spool.spool_dir(self.env)
                 self._writer = spool.SpoolWriter(directory, self.session)
-                self._sender = spool.SpoolSender(directory, spool.agent_url(self.env),
-                                                 token=spool.agent_token(self.env), writer=self._writer).start()
+                if not spool_only:
+                    self._sender = spool.SpoolSender(directory, spool.agent_url(self.env),
+                                                     token=spool.agent_token(self.env), writer=self._writer).start()
             ev = events.make_event(type_, session=self.session, seq=next(self._seq), job=job,
                                    host=socket.gethostname(), pid=os.getpid(), **fields)
             ok = self._writer.append(events.encode(ev))
