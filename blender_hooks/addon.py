@@ -27,12 +27,15 @@ from bpy.app.handlers import persistent
 from . import events, spool
 from .farm import farm_identity
 from .logs import logger
-from .settings import ENV_ATTEMPT, ENV_JOB_ID  # noqa: F401 (names read from here)
+from .settings import ENV_ATTEMPT, ENV_JOB_ID
 from .stats import cli_frames, frame_range, parse_frame_list, parse_memory, phase_of
 
 log = logger("renderwatch.hooks")
 
 MARK = "_renderwatch_hook"             # attribute on our handlers, whichever copy of the module
+# Also on our handlers: this copy reads the job's identity when each job starts (job_identity). A copy
+# without it (installed by an older renderwatch) read it once, when Blender started.
+IDENTITY_PER_JOB = "_renderwatch_identity_per_job"
 FLUSH_AT_EXIT_S = 0.5
 STATS_MAX_OBJECTS = 2000               # scene.statistics() is O(objects): skip it on big scenes
 
@@ -62,18 +65,16 @@ class Hooks:
         self.writer.prepare()  # the first segment, ready before the first render (see prepare)
         self.sender = spool.SpoolSender(directory, spool.agent_url(), token=spool.agent_token(),
                                         writer=self.writer).start()
-        self.env_job = os.environ.get(ENV_JOB_ID) or None
-        try:
-            self.attempt: int | None = int(os.environ.get(ENV_ATTEMPT, ""))
-        except ValueError:
-            self.attempt = None
+        # The job's identity is read when each job starts (job_start), never here: an installed add-on
+        # or a studio's startup script registers before the healer's start gate sets it.
+        self.env_job: str | None = None
+        self.attempt: int | None = None
+        self.farm: dict = {}
         self.argv_frames = cli_frames(sys.argv) if bpy.app.background else None
-        f = farm_identity(os.environ)
-        self.farm: dict = {} if f is None else {k: v for k, v in (
-            ("farm_engine", f.engine), ("farm_job", f.job), ("farm_task", f.task), ("traceparent", f.traceparent)) if v}
         self.job_n = 0
         self.new_job = True          # next render_init starts a new job id
-        self.job = self.env_job or f"{self.host}-{self.pid}-1"
+        self.local_job = f"{self.host}-{self.pid}-1"   # the job id outside the healer
+        self.job = self.local_job
         self.ctx: dict = {}          # scene/engine/device_type/attempt, carried on every event
         self.job_open = False
         self.job_ts = 0.0
@@ -98,11 +99,13 @@ class Hooks:
     def job_start(self, scene) -> None:
         if self.job_open:  # a render that never completed (no complete/cancel handler ran)
             self.job_end("cancel")
+        self.env_job, self.attempt, self.farm = job_identity(os.environ)
         if self.new_job:
             self.job_n += 1
-            self.job = self.env_job or f"{self.host}-{self.pid}-{self.job_n}"
+            self.local_job = f"{self.host}-{self.pid}-{self.job_n}"
             # `blender -f 1,3,5` runs one render per frame: keep them one job until a new file.
             self.new_job = not self.argv_frames
+        self.job = self.env_job or self.local_job
         r = scene.render
         engine = r.engine
         asked, used, why = cycles_device(scene, self.devices_cache) if engine == "CYCLES" else (None, None, "")
@@ -206,6 +209,24 @@ class Hooks:
         finally:
             self.writer.close()
             self.sender.close(timeout)
+
+
+def job_identity(environ) -> tuple[str | None, int | None, dict]:
+    """(job id, attempt, farm fields of job_start) as the environment gives them now.
+
+    Read at the start of each render job, not when the hooks register: whichever copy registered
+    first (an installed add-on or extension, a studio's startup script, `--python`) then reports the
+    identity the healer's start gate set in os.environ after Blender started. A few dict lookups.
+    """
+    job = environ.get(ENV_JOB_ID) or None
+    try:
+        attempt: int | None = int(environ.get(ENV_ATTEMPT, ""))
+    except ValueError:
+        attempt = None
+    f = farm_identity(environ)
+    farm = {} if f is None else {k: v for k, v in (
+        ("farm_engine", f.engine), ("farm_job", f.job), ("farm_task", f.task), ("traceparent", f.traceparent)) if v}
+    return job, attempt, farm
 
 
 def device_type(scene) -> str:
@@ -419,24 +440,35 @@ HANDLERS = (
 )
 for _name, _fn in HANDLERS:
     setattr(_fn, MARK, __name__)
+    setattr(_fn, IDENTITY_PER_JOB, True)
+
+
+def _active_handler():
+    for name, _fn in HANDLERS:
+        for h in getattr(bpy.app.handlers, name):
+            if getattr(h, MARK, None):
+                return h
+    return None
 
 
 def active_copy() -> str | None:
     """Module name of the renderwatch copy whose handlers are registered, if any."""
-    for name, _fn in HANDLERS:
-        for h in getattr(bpy.app.handlers, name):
-            owner = getattr(h, MARK, None)
-            if owner:
-                return owner
-    return None
+    h = _active_handler()
+    return None if h is None else getattr(h, MARK)
 
 
 def register() -> None:
     """Add the handlers and start the spool (idempotent; a no-op when another copy is active)."""
     global _hooks
-    owner = active_copy()
+    active = _active_handler()
+    owner = None if active is None else getattr(active, MARK)
     if owner is not None and owner != __name__:
-        log.info("renderwatch hooks already active (%s): not registering %s again", owner, __name__)
+        if getattr(active, IDENTITY_PER_JOB, False):
+            log.info("renderwatch hooks already active (%s): not registering %s again", owner, __name__)
+        else:
+            log.warning("renderwatch hooks already active (%s) are an older renderwatch's, which reads the job id "
+                        "and attempt when Blender starts: under the healer each attempt reports as a job of its "
+                        "own. Run `renderwatch hooks install` again to update them", owner)
         return
     if _hooks is None:
         _hooks = Hooks()

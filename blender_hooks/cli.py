@@ -5,6 +5,10 @@
     renderwatch hooks uninstall [--blender EXE]
     renderwatch hooks check [--blender EXE]     # one tiny frame with the hooks: a plain verdict
 
+Check renders as the healer does: the user's preferences loaded (so an installed copy registers
+first), the hooks' startup script passed with --python, and the job id and attempt given after
+Blender has started, through the healer's start gate; the events must carry them.
+
 Install asks that Blender (a subprocess) for its version and user directories, copies the hooks
 (standard-library files only) and enables them in the user preferences from inside that Blender:
 Blender 3.x-4.1 get a legacy add-on in <user scripts>/addons/renderwatch_hooks, 4.2+ an
@@ -21,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from blender_hooks.settings import ENV_JOB_ID
+from blender_hooks.settings import ENV_ATTEMPT, ENV_JOB_ID
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STARTUP = PACKAGE_DIR / "startup.py"
@@ -147,7 +151,18 @@ s.render.image_settings.file_format = "PNG"
 s.render.filepath = {out!r}
 s.frame_start = s.frame_end = 1
 bpy.ops.render.render(animation=True)
+import json
+h = next((h for h in bpy.app.handlers.render_init if getattr(h, "_renderwatch_hook", None)), None)
+copy = {{"copy": getattr(h, "_renderwatch_hook", None),
+        "identity_per_job": bool(getattr(h, "_renderwatch_identity_per_job", False))}}
+print({marker!r} + json.dumps(copy), flush=True)
 """
+# The test frame is attempt 2 of its job, as a restarted render's: one whose attempt never reached
+# the hooks shows as attempt 1 at the agent.
+CHECK_ATTEMPT = 2
+OLD_COPY_FIX = ("the hooks that ran read the job id and attempt when Blender started, before the healer gives "
+                "them: an add-on or extension installed by an older renderwatch (run `renderwatch hooks install "
+                "--blender EXE` again), or a copy of its own that a studio script loads (update it)")
 
 
 class Check:
@@ -178,8 +193,10 @@ class Check:
         return "\n".join(out)
 
 
-def _run_timed(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str, float, float]:
-    """Run argv; (exit status, or None when killed, output, wall s, s from its last line to its end).
+def _run_timed(argv: list[str], env: dict[str, str], timeout: float,
+               stdin: bytes | None = None) -> tuple[int | None, str, float, float, int]:
+    """Run argv, `stdin` written to it once started; (exit status, or None when killed, output, wall s,
+    s from its last line to its end, pid).
 
     Killed at `timeout`, or EXIT_BOUND_S x 3 after "Blender quit" (a Blender that hangs on exit
     is the failure this looks for: no point waiting the whole timeout for it).
@@ -188,7 +205,18 @@ def _run_timed(argv: list[str], env: dict[str, str], timeout: float) -> tuple[in
     import time
 
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    if proc.stdin is not None:
+        try:
+            proc.stdin.write(stdin or b"")
+        except OSError:      # it is gone already: its output says why
+            pass
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
     chunks: list[bytes] = []
     last = [t0]
     quit_at: list[float] = []
@@ -216,11 +244,13 @@ def _run_timed(argv: list[str], env: dict[str, str], timeout: float) -> tuple[in
                 break
     end = time.monotonic()
     reader.join(2)
-    return rc, b"".join(chunks).decode(errors="replace"), end - t0, end - last[0]
+    return rc, b"".join(chunks).decode(errors="replace"), end - t0, end - last[0], proc.pid
 
 
-def _agent_saw(base: str, token: str | None, job: str) -> tuple[bool | None, str]:
-    """(True, detail) if the agent knows the job, (False, detail) if not, (None, why) if unreachable."""
+def _agent_saw(base: str, token: str | None, job: str, pid: int) -> tuple[str | None, str]:
+    """What the agent made of the test frame, and a detail: "ok" (as job `job`, attempt CHECK_ATTEMPT),
+    "attempt" (as `job` but another attempt), "identity" (as another job: its id in the detail),
+    "missing" (not at all), or None (the agent is unreachable: why)."""
     import time
 
     from agent.status import fetch_jobs
@@ -231,39 +261,64 @@ def _agent_saw(base: str, token: str | None, job: str) -> tuple[bool | None, str
             doc = fetch_jobs(base, token)
         except Exception as e:   # refused, timeout, 401, not JSON
             return None, str(getattr(e, "reason", None) or e)
-        mine = [j for j in doc.get("jobs", []) if j.get("job") == job]
+        jobs = doc.get("jobs", [])
+        mine = [j for j in jobs if j.get("job") == job]
         if mine and mine[0].get("frames_done", 0) >= 1:
-            return True, f"{mine[0]['frames_done']} frame, status {mine[0].get('status')}"
+            j = mine[0]
+            if j.get("attempts") != CHECK_ATTEMPT:
+                return "attempt", f"attempt {j.get('attempts')}"
+            return "ok", f"{j['frames_done']} frame, attempt {j.get('attempts')}, status {j.get('status')}"
+        other = [j for j in jobs if j.get("pid") == pid and j.get("job") != job and j.get("frames_done", 0) >= 1]
+        if other:
+            return "identity", str(other[0].get("job"))
         if time.monotonic() >= deadline:
             if mine:
-                return False, f"its job_start but no frame (status {mine[0].get('status')})"
-            return False, f"{len(doc.get('jobs', []))} other job(s)"
+                return "missing", f"its job_start but no frame (status {mine[0].get('status')})"
+            return "missing", f"{len(jobs)} other job(s)"
         time.sleep(0.2)
 
 
-def _spooled_jobs(directory: Path, job: str) -> int:
+def _spooled(directory: Path, job: str, pid: int) -> tuple[int, int, set[str]]:
+    """(events of `job`, of them those carrying attempt CHECK_ATTEMPT, other job ids of process `pid`)."""
     from blender_hooks.events import decode
 
-    n = 0
+    n = with_attempt = 0
+    others: set[str] = set()
     for path in directory.glob("*.ndjson"):
         try:
-            for line in path.read_bytes().splitlines():
-                try:
-                    if decode(line).get("job") == job:
-                        n += 1
-                except ValueError:
-                    continue
+            lines = path.read_bytes().splitlines()
         except OSError:
             continue
-    return n
+        for line in lines:
+            try:
+                ev = decode(line)
+            except ValueError:
+                continue
+            if ev.get("job") == job:
+                n += 1
+                with_attempt += ev.get("attempt") == CHECK_ATTEMPT
+            elif ev.get("pid") == pid:
+                others.add(str(ev.get("job")))
+    return n, with_attempt, others
+
+
+def _copy_line(text: str) -> dict | None:
+    for line in text.splitlines():
+        if line.startswith(MARKER):
+            try:
+                return json.loads(line[len(MARKER):])
+            except ValueError:
+                return None
+    return None
 
 
 def check(exe: str, timeout: float = 120.0) -> Check:
-    """Render one 16x16 frame with the hooks in `exe` and judge what came of it."""
+    """Render one 16x16 frame with the hooks in `exe`, as the healer starts Blender, and judge what came of it."""
     import os
     import tempfile
 
     from blender_hooks import spool
+    from healer.supervising.spawn import GATE_ENV, GATE_EXPR
 
     c = Check()
     try:
@@ -274,12 +329,15 @@ def check(exe: str, timeout: float = 120.0) -> Check:
         return c
     c.add("ok", f"Blender {info['version_string']} at {exe}")
     job = f"hooks-check-{os.urandom(4).hex()}"
-    env = {**os.environ, ENV_JOB_ID: job}
+    # As the healer: Blender starts without the job's identity and gets it at the gate, once started
+    # (its user preferences loaded, so a copy installed there has registered by then).
+    env = {k: v for k, v in os.environ.items() if k not in GATE_ENV}
+    gate = json.dumps({ENV_JOB_ID: job, ENV_ATTEMPT: str(CHECK_ATTEMPT)}).encode() + b"\n"
     with tempfile.TemporaryDirectory(prefix="renderwatch-check-") as tmp:
         out = os.path.join(tmp, "f_")
-        argv = [exe, "-b", "--factory-startup", "--python", str(STARTUP), "--python-exit-code", "3",
-                "--python-expr", _CHECK_SCENE.format(out=out)]
-        rc, text, wall, exit_delay = _run_timed(argv, env, timeout)
+        argv = [exe, "-b", "--python-exit-code", "3", "--python-expr", GATE_EXPR, "--python", str(STARTUP),
+                "--python-expr", _CHECK_SCENE.format(out=out, marker=MARKER)]
+        rc, text, wall, exit_delay, pid = _run_timed(argv, env, timeout, stdin=gate)
         frame = os.path.exists(out + "0001.png")
     tail = "\n".join("          " + ln for ln in text.strip().splitlines()[-8:])
     if rc is None and "Blender quit" in text:
@@ -300,6 +358,13 @@ def check(exe: str, timeout: float = 120.0) -> Check:
               "run the same Blender on a scene of yours; if it renders there, report this output")
     else:
         c.add("ok", f"one frame rendered with the hooks loaded ({wall:.1f} s)")
+    copy = _copy_line(text)
+    if copy and copy.get("copy"):
+        if copy.get("identity_per_job"):
+            c.add("ok", f"the hooks that ran: {copy['copy']}")
+        else:
+            c.add("warn", f"the hooks that ran, {copy['copy']}, are an older renderwatch's",
+                  "run `renderwatch hooks install --blender EXE` again (or update a studio script's own copy)")
     if rc is not None and frame:
         if exit_delay <= EXIT_BOUND_S:
             c.add("ok", f"exits by itself {exit_delay:.2f} s after its last line (bound {EXIT_BOUND_S:.1f} s)")
@@ -311,29 +376,46 @@ def check(exe: str, timeout: float = 120.0) -> Check:
               "report it with this output: some events may be missing")
     url = spool.agent_url()
     sdir = spool.spool_dir()
+    given = f"job {job}, attempt {CHECK_ATTEMPT}, given at the healer's start gate"
     if url is None:
-        n = _spooled_jobs(sdir, job)
-        if n:
-            c.add("ok", f"{n} event(s) of the test job in the spool {sdir} (RENDERWATCH_AGENT=off)")
+        n, with_attempt, others = _spooled(sdir, job, pid)
+        if n and with_attempt == n:
+            c.add("ok", f"{n} event(s) of the test job in the spool {sdir} (RENDERWATCH_AGENT=off), "
+                  f"each with its attempt")
+        elif n:
+            c.add("FAIL", f"{n - with_attempt} of {n} event(s) of the test job in the spool lack attempt "
+                  f"{CHECK_ATTEMPT} ({given})", OLD_COPY_FIX)
+        elif others:
+            c.add("FAIL", f"the test frame's events in the spool {sdir} are job {', '.join(sorted(others))}, not "
+                  f"the {given}", OLD_COPY_FIX)
         else:
             c.add("FAIL", f"no event of the test job in the spool {sdir}",
                   "the hooks did not load or could not write there: check its permissions and the output")
         return c
     base = url[: -len(spool.EVENTS_PATH)]
-    saw, detail = _agent_saw(base, spool.agent_token(), job)
-    if saw:
+    saw, detail = _agent_saw(base, spool.agent_token(), job, pid)
+    if saw == "ok":
         c.add("ok", f"the agent at {base} counted the test job ({detail})")
-    elif saw is False:
-        n = _spooled_jobs(sdir, job)
+    elif saw == "attempt":
+        c.add("FAIL", f"the agent at {base} counted the test job as {detail}, not the {given}", OLD_COPY_FIX)
+    elif saw == "identity":
+        c.add("FAIL", f"the agent at {base} counted the test frame as job {detail}, not as the {given}: under "
+              "the healer every attempt of a render would be a job of its own", OLD_COPY_FIX)
+    elif saw == "missing":
+        n = _spooled(sdir, job, pid)[0]
         c.add("FAIL", f"the agent at {base} answers but never saw the test job ({detail}); "
               f"{n} of its event(s) still in the spool {sdir}",
               "check that RENDERWATCH_TOKEN is the agent's, and the agent's log for rejected events")
     else:
-        n = _spooled_jobs(sdir, job)
-        status = "warn" if n else "FAIL"
-        c.add(status, f"the agent at {base} is unreachable ({detail}); {n} event(s) of the test job wait in "
-              f"the spool {sdir}", "start it (`renderwatch agent`) or set RENDERWATCH_AGENT to its address; "
-              "spooled events are delivered when it comes up")
+        n, _with_attempt, others = _spooled(sdir, job, pid)
+        if not n and others:
+            c.add("FAIL", f"the agent at {base} is unreachable ({detail}); the test frame's events wait in the "
+                  f"spool {sdir} as job {', '.join(sorted(others))}, not the {given}", OLD_COPY_FIX)
+        else:
+            status = "warn" if n else "FAIL"
+            c.add(status, f"the agent at {base} is unreachable ({detail}); {n} event(s) of the test job wait in "
+                  f"the spool {sdir}", "start it (`renderwatch agent`) or set RENDERWATCH_AGENT to its address; "
+                  "spooled events are delivered when it comes up")
     return c
 
 

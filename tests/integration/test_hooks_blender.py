@@ -498,3 +498,25 @@ def test_the_farms_identity_rides_on_job_start(blender, scene_copy, tmp_path):
     start = next(e for e in spooled(tmp_path) if e["type"] == "job_start")
     assert (start["farm_engine"], start["farm_job"], start["farm_task"]) == ("opencue", "9f1c2", "render/0001-render")
     assert start["traceparent"].startswith("00-4bf92f35")
+
+
+SET_IDENTITY = r"""
+import os
+os.environ.update({"RENDERWATCH_JOB_ID": "shot020-fx", "RENDERWATCH_ATTEMPT": "3", "CUE_JOB_ID": "7a2",
+                   "CUE_LAYER": "fx", "CUE_FRAME": "0003-fx"})
+"""
+
+
+def test_the_identity_given_after_the_hooks_registered_is_the_jobs(blender, scene_copy, tmp_path):
+    """The hooks register first (as an installed copy or a studio's startup script does); the job id,
+    attempt and farm ids are set in os.environ afterwards (as the healer's start gate does): every
+    event carries them, and `-f 1,3` stays that one job."""
+    scene = scene_copy(frames=4)
+    p = run([*blender, "-b", str(scene), "--python", str(STARTUP), "--python-expr", SET_IDENTITY,
+             "-o", str(scene.parent / "frames" / "f_"), "-f", "1,3"], hooks_env(tmp_path, "off"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    evs = spooled(tmp_path)
+    assert {e["job"] for e in evs} == {"shot020-fx"} and {e.get("attempt") for e in evs} == {3}
+    starts = [e for e in evs if e["type"] == "job_start"]
+    assert len(starts) == 2
+    assert {(s["farm_engine"], s["farm_job"], s["farm_task"]) for s in starts} == {("opencue", "7a2", "fx/0003-fx")}
