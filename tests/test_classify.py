@@ -148,11 +148,32 @@ WHEEL_KINDS = {
 }
 
 
+# A missing texture on every row (capture_blender_logs.py textures): what each Blender says of it.
+# 3.4 and 4.x say nothing at all (Cycles logs it only at a verbose level): the check of the .blend
+# before the render finds it there. 5.x's Cycles logs it per frame, in two forms.
+TEXTURE_KINDS = ("missing_texture_scene", "script_error")
+SCRIPT_ERROR = "Error: texture 'albedo.png' not found at '/srv/farm/textures/albedo.png'"
+
+
+def _texture_expected(kind, line):
+    five = line.startswith("5.")
+    if kind == "missing_texture_scene":
+        if not five:
+            return ("ok",), False, None
+        return ("missing_file",), False, (None, "missing_file", "/mnt/projects/shot010/textures/albedo.png")
+    if not five:
+        return ("python_error",), False, (3, "python_error", SCRIPT_ERROR)
+    return ("missing_file",), False, (3, "python_error", SCRIPT_ERROR)
+
+
 def _expected(name):
     """(types, fatal, (line or None, finding type, text) or None) for one capture."""
     if name in CAPTURES:
         type_id, fatal, key = CAPTURES[name]
         return (type_id,), fatal, key
+    kind, _, line = name.rpartition("_")
+    if kind in TEXTURE_KINDS:
+        return _texture_expected(kind, line)
     kind, _, line = name.rpartition("_")
     assert line in WHEEL_LINES and kind in WHEEL_KINDS, f"{name}: add its expected type to CAPTURES"
     types, fatal, key = WHEEL_KINDS[kind]
@@ -186,7 +207,9 @@ def test_every_capture_is_checked():
     assert set(CAPTURES) <= names
     assert sum(n.endswith("_5.0") for n in names) >= 10
     for line in WHEEL_LINES:   # every kind of run captured on every later row of the matrix
-        assert {n for n in names if n.endswith(f"_{line}")} == {f"{k}_{line}" for k in WHEEL_KINDS}, line
+        assert {n for n in names if n.endswith(f"_{line}")} == {f"{k}_{line}" for k in (*WHEEL_KINDS, *TEXTURE_KINDS)}, line
+    for row in MATRIX:
+        assert {f"{k}_{row.line}" for k in TEXTURE_KINDS} <= names, row.line
 
 
 @pytest.mark.matrix("capture")
@@ -205,6 +228,30 @@ def test_each_version_has_its_failures_captured(row):
     assert scanner.frames_saved == 1
     err = classify((folder / f"segfault_{row.line}.log").read_bytes(), exit_code=-11)
     assert err.type == "segfault"
+
+
+@pytest.mark.matrix("capture")
+@pytest.mark.parametrize("row", [pytest.param(v, id=v.line) for v in MATRIX])
+def test_missing_texture_is_a_warning_with_its_path_on_each_version(row):
+    """Real captures of a .blend whose texture is missing and of a pipeline script that relinks it to a
+    folder where it is not, printing `Error:` and carrying on. Every frame is rendered and Blender exits 0:
+    the warning (never `ok` with an `unknown` finding) names the file, or quotes the script's line."""
+    folder = FIXTURES / f"blender-logs-{row.line}"
+    scene = classify((folder / f"missing_texture_scene_{row.line}.log").read_text(), exit_code=0)
+    script = classify((folder / f"script_error_{row.line}.log").read_text(), exit_code=0)
+    assert not scene.fatal and not script.fatal
+    assert not [f for f in (*scene.findings, *script.findings) if f.type == "unknown" and "Error" not in f.text]
+    assert SCRIPT_ERROR in script.summary or _finding(script, None, "python_error", SCRIPT_ERROR)
+    if row.line.startswith("5."):
+        assert scene.type == "missing_file" and "'/mnt/projects/shot010/textures/albedo.png'" in scene.summary
+        assert "went on without it" in scene.summary and scene.frame in (1, None)
+        assert script.type == "missing_file" and "'/srv/farm/textures/albedo.png'" in script.summary
+        per_frame = [f for f in script.findings if f.type == "missing_file" and "does not exist" in f.text]
+        assert len(per_frame) == 2                     # said on each of the two frames
+    else:   # Blender says nothing of the texture: the script's own line is all there is
+        assert scene.type == "ok"
+        assert script.type == "python_error" and script.summary.startswith("A script reported an error")
+        assert SCRIPT_ERROR in script.summary
 
 
 def test_50_captures_details():

@@ -85,7 +85,8 @@ _ROWS = (
     ErrorType("output_error", "The output could not be written.", "cause", "fail_fast", EXIT_INPUT,
               advice="make sure the output directory exists, is writable and has free space",
               fix="the output cannot be written: check the output path exists, is writable and has free space"),
-    ErrorType("python_error", "A Python exception in a script or handler.", "cause", "report_only",
+    ErrorType("python_error", "A Python exception in a script or handler, or an `Error:` line a script printed "
+              "before carrying on.", "cause", "report_only",
               advice="fix the script", fix="a Python script or handler raised; see the traceback",
               reportable=True),
     # how the process ended, in precedence order

@@ -28,7 +28,9 @@ Precedence (root cause over symptom; the first that has evidence wins):
 3. stall (`stalled=True`);
 4. unknown: a non-zero exit (or a log that stops mid-frame with no exit status) that nothing explains;
 5. warnings on a run that otherwise succeeded (Blender often exits 0 after an error):
-   missing_file (a texture/library) > python_error (a handler exception); fatal=False;
+   missing_file (a texture/library; 5.x Cycles' `Image file ... does not exist`, `Failed to load N
+   image files`) > python_error (a handler exception, or a bare `Error: ...` line no rule explains:
+   a script that reported its failure and carried on); fatal=False;
 6. ok.
 
 GPU errors are fatal even when Blender saved an image and exited 0: that image is wrong.
@@ -127,6 +129,12 @@ _RULES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
                               "Failed to open dir", "Cannot find lib "),
      r"""Cannot read ['"]|Unable to open ['"]|Path ['"].*['"] not found| non-existent directory"""
      r"|Failed to open dir \(|Cannot find lib |Library file .* not found"),
+    # Cycles' image loader: 5.0 logs `cycles | ERROR Image file '<path>' does not exist.`, 5.2+ `WARNING Image
+    # file <path> does not exist.` then `ERROR Failed to load N image files` per frame; 3.4-4.x say
+    # `File '<path>' does not exist.` only at a verbose log level. The frame is rendered magenta.
+    ("missing_file", "warn", ("does not exist", "Failed to load ", "can't use as image", "missing from "),
+     r"""\b(?:Image |Volume )?[Ff]ile \S.* does not exist|can't use as image"""
+     r"""|Failed to load \d+ image files?\b|^(?:Warning: )?LIB: .+ missing from ['"]"""),
     # output
     ("output_error", "cause", ("cannot save", "for writing", "create directory", "filesystem_error", "Error writing tile"),
      r"cannot save|Cannot open file for writing|Couldn't create directory|Cannot create directory"
@@ -377,6 +385,10 @@ class LogScanner:
             self._add("python_error", "exception", msg)
         if found and found != ["unknown"]:
             self._last_event = "error"
+        elif found and msg.startswith("Error: "):
+            # A bare `Error: ...` that no rule explains: what a pipeline script prints when it fails
+            # and carries on. Evidence for `unknown` when Blender fails; a warning when it does not.
+            self._add("python_error", "report", msg)
         return found
 
     def _add(self, type_id: str, role: str, msg: str) -> None:
@@ -651,8 +663,11 @@ def _quote(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+_UNQUOTED_MISSING = re.compile(r"[Ff]ile (\S.*?) does not exist")
+
+
 def _path_in(text: str) -> str | None:
-    m = re.search(r"""['"]([^'"]+)['"]""", text)
+    m = re.search(r"""['"]([^'"]+)['"]""", text) or _UNQUOTED_MISSING.search(text)
     return m.group(1) if m else None
 
 
@@ -722,6 +737,11 @@ def _summary(type_id: str, fatal: bool, ctx: _Context, at: str, tb: _Traceback |
             return f"A missing input file {name} stopped the render{_where(py_frames)}: {_advice(type_id)}."
         return (f"Missing input file {name}: the render went on without it, so the frames are wrong; "
                 f"{_advice(type_id)}.")
+    if type_id == "python_error" and not fatal and tb is None and s.count("python_error") == s.count(
+            "python_error", "report"):
+        n = s.count("python_error")
+        more = f" ({n - 1} more such line{'s' if n > 2 else ''})" if n > 1 else ""
+        return f"A script reported an error{at} and the render went on: {text!r}{more}; {_advice(type_id)}."
     if type_id == "python_error":
         exc = f"{tb.exc_type}: {_quote(tb.message or '', 120)}" if tb and tb.exc_type else text
         where = _where(tuple(tb.frames)) if tb else ""
