@@ -67,6 +67,7 @@ def test_exec_keeps_blenders_argument_order_and_open_ranges():
     (["blender", "-b", "s.blend", "-f", "-1"], "relative"),
     (["blender", "-b", "s.blend", "-f", "1", "--python", "x.py", "-f", "2"], "between two render actions"),
     (["blender", "-b", "s.blend", "-s"], "needs a value"),
+    (["blender", "-b", "s.blend", "-s", "5", "-e", "2", "-a"], "-s 5 -e 2: the start is after the end"),
 ])
 def test_exec_refuses_what_it_cannot_supervise(argv, words):
     with pytest.raises(BlenderArgvError, match=words):

@@ -121,6 +121,9 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
             renders.append(len(passthrough))
             if start is None or end is None:
                 scene_range = True          # -s N alone: N to the scene's end; -e N alone: its start to N
+            elif start > end:
+                raise BlenderArgvError(f"-s {start} -e {end}: the start is after the end, so -a has no frames "
+                                       "to render; swap them (-s is the first frame, -e the last)")
             else:
                 frames.extend(range(start, end + 1, step))
             i += 1
