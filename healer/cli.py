@@ -146,9 +146,19 @@ def cmd_exec(args: argparse.Namespace) -> int:
     except BlenderArgvError as e:
         print(f"renderwatch exec: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if parsed.relative and not args.frames:
+        print(f"renderwatch exec: {parsed.relative} is a frame relative to the scene's range, which Blender "
+              "resolves as it reads its command line: running it as given, watched and reported but not "
+              "resumed frame by frame (give absolute frames, e.g. -s 1 -e 240, for that)", file=sys.stderr)
+        setup_logging(args)
+        return _supervise_only(args, argv)
     if args.blender is None:
         args.blender = parsed.blender
-    frames = tuple(parse_frames(args.frames)) if args.frames else parsed.frames
+    try:
+        frames = tuple(parse_frames(args.frames)) if args.frames else parsed.frames
+    except FrameSpecError as e:
+        print(f"renderwatch exec: {e}", file=sys.stderr)
+        return EXIT_USAGE
     output = args.output or parsed.output
     early = _prestart(args.blender, parsed.scene, frames, output, parsed.passthrough, parsed.after)
     setup_logging(args)
