@@ -222,7 +222,7 @@ def _supervise_only(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"renderwatch: config: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.blender_output:
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.stdout.reconfigure(line_buffering=True, errors="surrogateescape")  # type: ignore[union-attr]
     incidents = _incidents(cfg)
     import asyncio
 
@@ -284,7 +284,7 @@ def _supervise(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | N
     echo = None
     if getattr(args, "blender_output", False):
         # Blender's lines unchanged on stdout, renderwatch's own (marked "renderwatch:") on stderr.
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.stdout.reconfigure(line_buffering=True, errors="surrogateescape")  # type: ignore[union-attr]
         echo = _echo
     display = ProgressDisplay(total=len(frames or ()), stream=sys.stderr, quiet=args.quiet,
                               tty=False if echo else None)
