@@ -85,6 +85,7 @@ def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, expor
     agent.registry.register(agent.procs)
     agent.registry.register(agent.gpus)
     stats.journal_errors = lambda: agent.journal.errors
+    stats.journal_skipped = lambda: agent.journal.replay_errors
     agent.metrics_handler = make_aiohttp_handler(agent.registry)
     app = web.Application(client_max_size=config.max_body_bytes)
     app[AGENT] = agent

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from agent.aggregates import FrameTotals
 from agent.state import Effect, State
+from blender_hooks.events import EventError, validate
 from renderwatch.paths import ensure_private_dir
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class Journal:
         ensure_private_dir(self.dir)
         self.path = self.dir / JOURNAL
         self.next_pos = 1
-        self.replay_errors = 0          # records skipped at replay because applying them raised
+        self.replay_errors = 0          # records skipped at replay: unreadable, refused, or raising
         self._fd: int | None = None
         self.errors = 0
         self.waiting = 1           # compact once after a start: replayed jobs may have expired
@@ -110,8 +111,15 @@ class Journal:
                         state.cursors.update({str(k): int(v) for k, v in h.get("cursors", {}).items()})
                         self.next_pos = max(self.next_pos, int(h.get("next", 1)))
                         continue
-                    pos, ev = int(head), json.loads(body)
+                    pos, ev = int(head), validate(json.loads(body))
+                except EventError as e:
+                    # written by an agent that accepted what this one refuses (a lone surrogate, a frame
+                    # of 1e308 s): replaying it would break /metrics again, so it is skipped and counted
+                    self.replay_errors += 1
+                    log.warning("journal %s: skipping a record the event schema refuses: %s", self.path, e)
+                    continue
                 except (ValueError, TypeError, AttributeError):
+                    self.replay_errors += 1
                     log.warning("journal %s: skipping an unreadable record", self.path)
                     continue
                 self.next_pos = max(self.next_pos, pos + 1)

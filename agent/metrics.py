@@ -37,6 +37,7 @@ class IngestStats:
     spool_segments: int = 0
     spool_pending_bytes: int = 0
     journal_errors: Callable[[], int] = lambda: 0
+    journal_skipped: Callable[[], int] = lambda: 0           # records skipped at replay (unreadable, refused)
     spans: Callable[[], tuple[int, int]] = lambda: (0, 0)     # (exported, failed batches)
 
     def reject(self, reason: str, n: int = 1) -> None:
@@ -63,6 +64,9 @@ class IngestCollector(Collector):
                                 value=s.spool_pending_bytes)
         yield CounterMetricFamily("renderwatch_journal_write_errors", "Journal writes that failed",
                                   value=s.journal_errors())
+        yield CounterMetricFamily("renderwatch_journal_replay_skipped",
+                                  "Journal records skipped at replay: unreadable, or refused by the event schema",
+                                  value=s.journal_skipped())
         exported, failed = s.spans()
         yield CounterMetricFamily("renderwatch_spans_exported", "Spans handed to the exporter successfully",
                                   value=exported)

@@ -12,6 +12,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -34,30 +35,54 @@ def fetch_jobs(base: str, token: str | None = None, timeout: float = 3.0) -> dic
         return json.loads(resp.read())
 
 
-def _dur(s: float | None) -> str:
+def _num(v: Any) -> float | None:
+    """A finite number from the agent's answer, or None: the view never does arithmetic on what a
+    hostile event or a newer agent might put there (an infinity, a string)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+_CONTROL = dict.fromkeys([*range(0x20), 0x7f, *range(0x80, 0xa0)], "\ufffd")
+
+
+def _text(v: Any, width: int | None = None) -> str:
+    """Text for the terminal: job ids and scene names come from Blender and the network, so control
+    characters (an escape sequence that clears the screen or sets the title) show as U+FFFD."""
+    s = str(v if v is not None else "").translate(_CONTROL)
+    return s[:width] if width is not None else s
+
+
+def _dur(s: Any) -> str:
+    s = _num(s)
     if s is None:
         return "-"
-    s = max(0.0, float(s))
+    s = max(0.0, s)
     if s < 60:
         return f"{s:.1f}s"
     m, sec = divmod(int(s + 0.5), 60)
     if m < 60:
         return f"{m}m{sec:02d}s"
     h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
+    return f"{h}h{m:02d}m" if h < 10_000 else ">9999h"
 
 
-def _bytes(v: float | None) -> str:
-    if not v:
+def _bytes(v: Any) -> str:
+    v = _num(v)
+    if not v or v < 0:
         return "-"
-    for unit in ("B", "K", "M", "G", "T"):
-        if v < 1024 or unit == "T":
+    for unit in ("B", "K", "M", "G", "T", "P"):
+        if v < 1024 or unit == "P":
+            if v >= 1024:
+                return ">1024P"
             return f"{v:.0f}{unit}" if unit in ("B", "K", "M") else f"{v:.1f}{unit}"
         v /= 1024
     return "-"
 
 
 def bar(ratio: float, width: int = BAR) -> str:
+    ratio = _num(ratio) or 0.0
     filled = int(round(max(0.0, min(1.0, ratio)) * width))
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
@@ -66,7 +91,7 @@ def render_frame(doc: dict[str, Any], color: bool = False) -> str:
     """The text of one refresh: a header, a line per job, a line per GPU."""
     bold, dim, reset = ("\x1b[1m", "\x1b[2m", "\x1b[0m") if color else ("", "", "")
     jobs = doc.get("jobs", [])
-    lines = [f"{bold}renderwatch status{reset}  host {doc.get('host', '?')}  "
+    lines = [f"{bold}renderwatch status{reset}  host {_text(doc.get('host', '?'), 64)}  "
              f"{sum(1 for j in jobs if j.get('status') == 'running')} running, {len(jobs)} shown  "
              f"{time.strftime('%H:%M:%S')}", ""]
     if not jobs:
@@ -75,34 +100,34 @@ def render_frame(doc: dict[str, Any], color: bool = False) -> str:
         lines.append(f"{'JOB':<20} {'SCENE':<12} {'STATUS':<9} {'FRAMES':>9} {'PROGRESS':<27} {'ETA':>7} "
                      f"{'LAST':>7}  PEAK blender/rss/vram")
         for j in jobs:
-            frames = f"{j.get('frames_done', 0)}/{j.get('frames_total', 0)}"
-            prog = float(j.get("progress") or 0.0)
+            frames = f"{_text(j.get('frames_done', 0), 9)}/{_text(j.get('frames_total', 0), 9)}"
+            prog = min(1.0, max(0.0, _num(j.get("progress")) or 0.0))
             peaks = j.get("peaks") or {}
             mem = "/".join(_bytes(peaks.get(k)) for k in ("blender", "rss", "vram"))
-            lines.append(f"{str(j.get('job', ''))[:20]:<20} {str(j.get('scene', ''))[:12]:<12} "
-                         f"{j.get('status', ''):<9} {frames:>9} {bar(prog)} {prog * 100:4.0f}% "
+            lines.append(f"{_text(j.get('job'), 20):<20} {_text(j.get('scene'), 12):<12} "
+                         f"{_text(j.get('status'), 9):<9} {frames:>9} {bar(prog)} {prog * 100:4.0f}% "
                          f"{_dur(j.get('eta_seconds')):>7} {_dur(j.get('last_frame_seconds')):>7}  {mem}"
-                         + (f"  {j['error_type']}" if j.get("error_type") else ""))
+                         + (f"  {_text(j['error_type'], 32)}" if j.get("error_type") else ""))
     lines.append("")
     gpus = doc.get("gpus", [])
     if not gpus:
         lines.append(f"{dim}GPU: none (NVML not available){reset}")
     for g in gpus:
         if not g.get("ok"):
-            lines.append(f"GPU {g.get('gpu')} {g.get('name', '')}: not answering")
+            lines.append(f"GPU {_text(g.get('gpu'), 8)} {_text(g.get('name'), 24)}: not answering")
             continue
-        util = g.get("utilization_ratio")
+        util = _num(g.get("utilization_ratio"))
         used, total = g.get("memory_used_bytes"), g.get("memory_total_bytes")
         vram = f"{_bytes(used)}/{_bytes(total)}" if total else "-"
         extra = []
-        if g.get("temperature_celsius") is not None:
+        if _num(g.get("temperature_celsius")) is not None:
             extra.append(f"{g['temperature_celsius']:.0f}C")
-        if g.get("power_watts") is not None:
+        if _num(g.get("power_watts")) is not None:
             extra.append(f"{g['power_watts']:.0f}W")
-        throttle = [t for t in g.get("throttle", []) if t != "gpu_idle"]
+        throttle = [_text(t, 32) for t in (g.get("throttle") or []) if t != "gpu_idle"]
         if throttle:
             extra.append("throttle: " + ",".join(throttle))
-        lines.append(f"GPU {g.get('gpu')} {g.get('name', '')[:24]:<24} util {bar(util or 0, 10)} "
+        lines.append(f"GPU {_text(g.get('gpu'), 8)} {_text(g.get('name'), 24):<24} util {bar(util or 0, 10)} "
                      f"{(util or 0) * 100:3.0f}%  VRAM {vram}  {'  '.join(extra)}")
     return "\n".join(lines) + "\n"
 
@@ -113,6 +138,8 @@ def run_status(agent: str | None, once: bool = False, interval: float = 1.0) -> 
         base = "http://" + base
     token = os.environ.get(ENV_TOKEN) or None
     tty = sys.stdout.isatty()
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")   # a lone surrogate from an old agent is shown, not raised
     try:
         while True:
             try:

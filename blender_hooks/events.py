@@ -37,6 +37,15 @@ MAX_EVENT_BYTES = 16 * 1024
 MAX_STR = 4096
 MAX_INT = 2**63 - 1          # JSON allows integers of any size; nothing renderwatch stores needs more
 MAX_FRAME_SPAN = 1_048_574   # Blender's MAXFRAME: no job covers more frames than this
+# Numbers with a meaning have a range: a frame of 1.7e308 seconds or a timestamp past the year 2500 is
+# nobody's render, and once stored it overflows every consumer's arithmetic (ETA, status, spans).
+MAX_TS = 2.0**34             # unix seconds (year ~2514)
+MAX_SECONDS = 1e8            # one frame or one job: ~3 years
+MAX_BYTES = 2.0**60          # memory peaks: 1 EiB
+_RANGES: dict[str, tuple[float, float]] = {
+    "ts": (0.0, MAX_TS), "started_at": (0.0, MAX_TS), "seconds": (0.0, MAX_SECONDS),
+    "peak_memory_blender_bytes": (0.0, MAX_BYTES), "max_rss_bytes": (0.0, MAX_BYTES),
+}
 
 EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end", "frame_check", "frame_verified")
 PHASES = ("sync", "bvh", "kernels", "sampling", "denoise", "compositing", "save", "other")
@@ -134,8 +143,22 @@ _TABLES: dict[str, tuple[tuple[str, type | tuple[type, ...], bool], ...]] = {
 }
 
 
+def valid_text(s: str) -> str:
+    """`s` as text that encodes to UTF-8: JSON's `\\ud800` decodes to a lone surrogate, which every
+    consumer that encodes (Prometheus exposition, a terminal, a log file) would fail on. Each lone
+    surrogate becomes U+FFFD; valid text is returned as it is (ASCII at the cost of one check)."""
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in s)
+
+
 def validate(obj: object) -> dict:
-    """Check a decoded object against the schema; return it, or raise EventError."""
+    """Check a decoded object against the schema; return it, or raise EventError. Text is made valid
+    UTF-8 in place (valid_text); numbers with a meaning must lie in their range (_RANGES)."""
     if not isinstance(obj, dict):
         raise EventError("not_object", f"an event must be a JSON object, got {type(obj).__name__}")
     v = obj.get("v")
@@ -159,6 +182,8 @@ def validate(obj: object) -> dict:
                 raise _type_error(name, value, want)
             if len(value) > MAX_STR:
                 raise EventError("too_large", f"field {name!r} is longer than {MAX_STR} characters")
+            if not value.isascii():
+                obj[name] = valid_text(value)
         elif want is int:
             if cls is not int:
                 raise _type_error(name, value, want)
@@ -175,6 +200,9 @@ def validate(obj: object) -> dict:
                 raise _type_error(name, value, want)
             elif not -MAX_INT <= value <= MAX_INT:
                 raise EventError("out_of_range", f"field {name!r} is outside +-2**63")
+            bounds = _RANGES.get(name)
+            if bounds is not None and not bounds[0] <= value <= bounds[1]:
+                raise EventError("out_of_range", f"field {name!r} must be within {bounds[0]:g}..{bounds[1]:g}")
     if obj["seq"] < 1:
         raise EventError("out_of_range", "field 'seq' must be >= 1")
     if typ == "phase" and obj["name"] not in PHASES:
@@ -183,8 +211,6 @@ def validate(obj: object) -> dict:
         raise EventError("out_of_range", f"job_end 'status' must be one of {', '.join(JOB_END_STATUS)}")
     elif typ == "frame_check" and obj["reason"] not in SUSPECT_REASONS:
         raise EventError("out_of_range", f"frame_check 'reason' must be one of {', '.join(SUSPECT_REASONS)}")
-    elif typ == "frame_end" and obj["seconds"] < 0:
-        raise EventError("out_of_range", "frame_end 'seconds' must be >= 0")
     elif typ == "job_start" and not 0 <= obj["frame_end"] - obj["frame_start"] <= MAX_FRAME_SPAN:
         raise EventError("out_of_range", f"job_start frame_start..frame_end must span 0..{MAX_FRAME_SPAN} frames")
     return obj

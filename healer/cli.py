@@ -104,6 +104,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     except FrameSpecError as e:
         print(f"renderwatch render: {e}", file=sys.stderr)
         return EXIT_USAGE
+    from renderwatch.paths import state_problem
+
+    problem = state_problem()
+    if problem is not None:
+        print(f"renderwatch render: cannot keep state ({problem}); set RENDERWATCH_HOME to a folder this "
+              "account can write", file=sys.stderr)
+        return EXIT_USAGE
     early = None
     blender = _known_blender(args)
     if blender is not None:
@@ -138,6 +145,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not argv:
         print("renderwatch exec: usage: renderwatch exec [OPTIONS] -- blender ARGS...", file=sys.stderr)
         return EXIT_USAGE
+    from renderwatch.paths import state_problem
+
+    problem = state_problem()
+    if problem is not None:
+        return _bare_blender(argv, problem)
     if drives_itself(argv):
         setup_logging(args)
         return _supervise_only(args, argv)
@@ -146,14 +158,40 @@ def cmd_exec(args: argparse.Namespace) -> int:
     except BlenderArgvError as e:
         print(f"renderwatch exec: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if parsed.relative and not args.frames:
+        print(f"renderwatch exec: {parsed.relative} is a frame relative to the scene's range, which Blender "
+              "resolves as it reads its command line: running it as given, watched and reported but not "
+              "resumed frame by frame (give absolute frames, e.g. -s 1 -e 240, for that)", file=sys.stderr)
+        setup_logging(args)
+        return _supervise_only(args, argv)
     if args.blender is None:
         args.blender = parsed.blender
-    frames = tuple(parse_frames(args.frames)) if args.frames else parsed.frames
+    try:
+        frames = tuple(parse_frames(args.frames)) if args.frames else parsed.frames
+    except FrameSpecError as e:
+        print(f"renderwatch exec: {e}", file=sys.stderr)
+        return EXIT_USAGE
     output = args.output or parsed.output
     early = _prestart(args.blender, parsed.scene, frames, output, parsed.passthrough, parsed.after)
     setup_logging(args)
     return _run(args, parsed.scene, frames, output, parsed.passthrough, after=parsed.after, prestarted=early,
                 frame_range=(parsed.range_start, parsed.range_end, parsed.range_step))
+
+
+def _bare_blender(argv: list[str], problem: str) -> int:
+    """A farm task must never fare worse under renderwatch than under bare Blender: with no state folder
+    it can write, renderwatch cannot keep a ledger, so it says so loudly and becomes Blender itself
+    (exec: the same process, so the farm's signals, accounting and exit status are Blender's own)."""
+    import os
+
+    print(f"renderwatch exec: WARNING: cannot keep state ({problem}): running Blender unsupervised, as bare "
+          "Blender would run (no resume, no restart, no frame checks). Fix: set RENDERWATCH_HOME to a folder "
+          "this account can write.", file=sys.stderr, flush=True)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        print(f"renderwatch exec: cannot start {argv[0]!r}: {e.strerror or e}", file=sys.stderr)
+    return 127
 
 
 def _prestart(blender: str, scene: str, frames: Sequence[int] | None, output: str | None,
@@ -184,7 +222,7 @@ def _supervise_only(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"renderwatch: config: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.blender_output:
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.stdout.reconfigure(line_buffering=True, errors="surrogateescape")  # type: ignore[union-attr]
     incidents = _incidents(cfg)
     import asyncio
 
@@ -254,7 +292,7 @@ def _supervise(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | N
     echo = None
     if getattr(args, "blender_output", False):
         # Blender's lines unchanged on stdout, renderwatch's own (marked "renderwatch:") on stderr.
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.stdout.reconfigure(line_buffering=True, errors="surrogateescape")  # type: ignore[union-attr]
         echo = _echo
     display = ProgressDisplay(total=len(frames or ()), stream=sys.stderr, quiet=args.quiet,
                               tty=False if echo else None)

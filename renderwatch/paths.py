@@ -36,3 +36,26 @@ def ensure_private_dir(path: Path) -> Path:
     except OSError:
         pass
     return path
+
+
+def state_problem(env: Mapping[str, str] | None = None) -> str | None:
+    """Why renderwatch cannot keep state on this host (None: it can): the state root cannot be made
+    or resolved (`RENDERWATCH_HOME` a file, under /proc, `~nouser/x`, no home), or a file cannot be
+    written in it (read-only, full disk). A few system calls: `exec` asks it before every task, so a
+    farm task never fails on renderwatch's own bookkeeping (it runs Blender bare instead)."""
+    where = "the state folder"
+    try:
+        root = home(env)
+        where = str(root)
+        d = ensure_private_dir(root / "healer")
+        probe = d / f".probe-{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except (OSError, RuntimeError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return f"{where}: {reason}"
+    return None

@@ -64,7 +64,10 @@ def test_exec_keeps_blenders_argument_order_and_open_ranges():
 @pytest.mark.parametrize("argv, words", [
     (["blender", "-b", "-a"], "no .blend"),
     (["blender", "-b", "s.blend"], "nothing to render"),
-    (["blender", "-b", "s.blend", "-f", "-1"], "relative"),
+    (["blender", "-b", "s.blend", "-s", "1", "-e", "200000", "-a"], "more than 100000 frames"),
+    (["blender", "-b", "s.blend", "-s", "1", "-e", "2000000", "-a"], "beyond Blender's last frame"),
+    (["blender", "-b", "s.blend", "-s", "1", "-e", "60000", "-a", "-s", "1", "-e", "60000", "-a"],
+     "more than 100000 frames"),
     (["blender", "-b", "s.blend", "-f", "1", "--python", "x.py", "-f", "2"], "between two render actions"),
     (["blender", "-b", "s.blend", "-s"], "needs a value"),
     (["blender", "-b", "s.blend", "-s", "5", "-e", "2", "-a"], "-s 5 -e 2: the start is after the end"),
@@ -72,6 +75,20 @@ def test_exec_keeps_blenders_argument_order_and_open_ranges():
 def test_exec_refuses_what_it_cannot_supervise(argv, words):
     with pytest.raises(BlenderArgvError, match=words):
         parse_blender_argv(argv)
+
+
+@pytest.mark.parametrize("argv, relative", [
+    (["blender", "-b", "s.blend", "-f", "-1"], "-f -1"),
+    (["blender", "-b", "s.blend", "-s", "-5", "-e", "1", "-a"], "-s -5"),
+    (["blender", "-b", "s.blend", "-s", "1", "-e", "+3", "-a"], "-e +3"),
+    (["blender", "-b", "s.blend", "--render-frame", "1,-2"], "--render-frame 1,-2"),
+])
+def test_relative_frames_are_left_to_blender(argv, relative):
+    """`-s -5` is 5 frames before the scene's start in Blender (a leading +/- is relative), never the
+    absolute frame -5 (passed on as `-f -5`, Blender rendered its frame 'last - 4' again and again)."""
+    p = parse_blender_argv(argv)
+    assert p.relative == relative and p.frames is None
+    assert parse_blender_argv(["blender", "-b", "s.blend", "-s", "1", "-e", "3", "-a"]).relative is None
 
 
 def test_job_id_is_stable_per_command():

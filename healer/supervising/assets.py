@@ -194,7 +194,7 @@ def scan_scene(path: str | os.PathLike[str], cache_dir: Path | None = None) -> t
         import hashlib
         import json
 
-        key_file = cache_dir / (hashlib.sha256(spath.encode()).hexdigest()[:24] + ".json")
+        key_file = cache_dir / (hashlib.sha256(os.fsencode(spath)).hexdigest()[:24] + ".json")
         try:
             doc = json.loads(key_file.read_text())
             if (doc.get("v") == CACHE_VERSION and doc.get("stamp") == _stamp(spath)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from healer.supervising.frames import FrameSpecError, parse_frames
+from healer.supervising.frames import MAX_FRAME, MAX_FRAMES_PER_JOB, FrameSpecError, parse_frames
 
 # Options that take one value (so the value is not mistaken for the scene).
 _ONE_VALUE = {
@@ -41,11 +41,11 @@ class ParsedArgv:
     task's Blender starts, and the dataclass machinery's import costs that Blender ~20 ms."""
 
     __slots__ = ("blender", "scene", "frames", "output", "passthrough", "after", "range_start", "range_end",
-                 "range_step")
+                 "range_step", "relative")
 
     def __init__(self, blender: str, scene: str, frames: tuple[int, ...] | None, output: str | None,
                  passthrough: list[str], after: list[str] | None = None, *, range_start: int | None = None,
-                 range_end: int | None = None, range_step: int = 1):
+                 range_end: int | None = None, range_step: int = 1, relative: str | None = None):
         self.blender = blender
         self.scene = scene
         self.frames = frames                  # None: -a over the scene's range (read from the .blend)
@@ -55,6 +55,7 @@ class ParsedArgv:
         self.range_start = range_start        # -s N -a without -e: from N to the scene's end
         self.range_end = range_end            # -e N -a without -s: from the scene's start to N
         self.range_step = range_step
+        self.relative = relative              # a +N/-N frame (e.g. "-s -5"): Blender's to resolve, see below
 
     def __repr__(self) -> str:
         return "ParsedArgv(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
@@ -81,6 +82,7 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
     scene_range = False
     passthrough: list[str] = []
     renders: list[int] = []      # where in passthrough each render action came
+    relative: str | None = None  # the first relative frame argument (`-s -5`, `-f +2`)
     i = 0
     while i < len(args):
         a = args[i]
@@ -91,6 +93,11 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
             if i + 1 >= len(args):
                 raise BlenderArgvError(f"{a} needs a value")
             v = args[i + 1]
+            if a in ("-s", "--frame-start", "-e", "--frame-end", "-f", "--render-frame") and _relative(v):
+                # Blender reads a leading +/- as relative: `-s -5` is 5 frames before the scene's start,
+                # `-f -1` the scene's last frame. Only Blender knows the scene's range at that point of
+                # its command line, so such a command line is run as given (supervise-only).
+                relative = relative or f"{a} {v}"
             if a in ("-s", "--frame-start"):
                 start = _int(a, v)
             elif a in ("-e", "--frame-end"):
@@ -105,7 +112,8 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
                                            f"({' '.join(passthrough[renders[-1]:])}): Blender would run them "
                                            "between the renders; put them before or after")
                 renders.append(len(passthrough))
-                frames.extend(_frame_list(v))
+                if not _relative(v):
+                    frames.extend(_frame_list(v))
             else:
                 passthrough += [a, v]
             i += 2
@@ -121,10 +129,13 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
             renders.append(len(passthrough))
             if start is None or end is None:
                 scene_range = True          # -s N alone: N to the scene's end; -e N alone: its start to N
+            elif relative:
+                pass
             elif start > end:
                 raise BlenderArgvError(f"-s {start} -e {end}: the start is after the end, so -a has no frames "
                                        "to render; swap them (-s is the first frame, -e the last)")
             else:
+                _check_range(start, end, step, len(frames))
                 frames.extend(range(start, end + 1, step))
             i += 1
             continue
@@ -136,6 +147,10 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
         i += 1
     if scene is None:
         raise BlenderArgvError("no .blend file in the blender command line")
+    if relative:
+        cut = renders[0] if renders else len(passthrough)
+        return ParsedArgv(blender, scene, None, output, passthrough[:cut], passthrough[cut:] + script,
+                          relative=relative)
     if scene_range and frames:
         raise BlenderArgvError("-a over the scene's range mixed with explicit frames: give -s/-e with -a")
     if not frames and not scene_range:
@@ -147,6 +162,20 @@ def parse_blender_argv(argv: Sequence[str]) -> ParsedArgv:
                       range_step=step)
 
 
+def _relative(v: str) -> bool:
+    """A frame value Blender reads relative to the scene's range (`+N`, `-N`; `-f` lists too)."""
+    return any(part.strip().startswith(("+", "-")) for part in v.split(","))
+
+
+def _check_range(start: int, end: int, step: int, have: int) -> None:
+    """The limits `--frames` applies, before the range is made (`-e 100000000` is 10 GB of ints)."""
+    if end > MAX_FRAME:
+        raise BlenderArgvError(f"-e {end}: beyond Blender's last frame {MAX_FRAME}")
+    if have + (end - start) // step + 1 > MAX_FRAMES_PER_JOB:
+        raise BlenderArgvError(f"-s {start} -e {end}: more than {MAX_FRAMES_PER_JOB} frames in one job; split "
+                               "it into tasks (a farm's chunks) of fewer frames")
+
+
 def _int(opt: str, v: str) -> int:
     try:
         return int(v)
@@ -155,8 +184,6 @@ def _int(opt: str, v: str) -> int:
 
 
 def _frame_list(v: str) -> list[int]:
-    if any(part.startswith(("+", "-")) for part in v.split(",")):
-        raise BlenderArgvError(f"-f {v!r}: relative frames (+N/-N) are not supported; give absolute frames")
     try:
         return parse_frames(v)
     except FrameSpecError as e:

@@ -79,7 +79,9 @@ class BlenderProcess:
             transport.close()
 
     def _emit(self, raw: bytes, now: float) -> None:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        # surrogateescape: a path in a `Saved:` line on a Latin-1 share (caf\xe9_0001.png) keeps its bytes,
+        # so the file is found (os.stat re-encodes them) and the line is passed through unchanged
+        line = raw.decode("utf-8", errors="surrogateescape").rstrip("\r")
         self.tail.append(line)
         self.on_line(line, now)
 

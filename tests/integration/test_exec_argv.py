@@ -82,3 +82,25 @@ def test_a_closed_stdout_does_not_stop_the_render(blender34, scene_copy, tmp_pat
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr[-3000:]
     assert "complete: 3/3 frames" in p.stderr
     assert len(list((scene.parent / "frames").iterdir())) == 3
+
+
+def test_relative_frames_mean_what_blender_means(blender34, scene_copy, tmp_path):
+    """`-s +1 -e -1 -a` on a 1-4 scene is Blender's 2..3 (start + 1, end - 1): run as given, each frame
+    once, no restart (before: `-f -1`-style frames made the healer restart Blender 48 times in 45 s)."""
+    scene = scene_copy(frames=4)
+    p = _exec(tmp_path, blender34, "-b", str(scene), "-s", "+1", "-e", "-1", "-a")
+    assert p.returncode == 0, p.stderr
+    assert "relative to the scene's range" in p.stderr
+    assert sorted(x.name for x in (scene.parent / "frames").iterdir()) == ["f_0002.png", "f_0003.png"]
+    assert p.stdout.count("Saved:") == 2 and "restart" not in p.stderr
+
+
+def test_a_huge_range_is_refused_before_anything_starts(blender34, scene_copy, tmp_path):
+    scene = scene_copy(frames=4)
+    p = _exec(tmp_path, blender34, "-b", str(scene), "-s", "1", "-e", "100000000", "-a")
+    assert p.returncode == 2 and "beyond Blender's last frame" in p.stderr and "Traceback" not in p.stderr
+    p = _exec(tmp_path, blender34, "-b", str(scene), "-s", "1", "-e", "900000", "-a")
+    assert p.returncode == 2 and "more than 100000 frames" in p.stderr
+    p = subprocess.run([*RENDERWATCH, "exec", "--frames", "1-x", "--", blender34, "-b", str(scene), "-a"],
+                       env=healer_env(tmp_path / "home"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "'1-x'" in p.stderr and "Traceback" not in p.stderr
