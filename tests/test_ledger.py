@@ -93,7 +93,9 @@ def test_ledger_round_trip_atomic_and_private(tmp_path):
     mode = stat.S_IMODE(os.stat(led.path).st_mode)
     assert mode == 0o600
     assert stat.S_IMODE(os.stat(led.path.parent).st_mode) == 0o700
-    assert [p.name for p in led.path.parent.iterdir()] == ["ledger.json"]      # no temp files left
+    # no temp files left; the journal beside the snapshot is private too
+    assert sorted(p.name for p in led.path.parent.iterdir()) == ["ledger.journal", "ledger.json"]
+    assert stat.S_IMODE(os.stat(led.path.with_name("ledger.journal")).st_mode) == 0o600
     again = Ledger.load(led.path)
     assert again.frames_requested == [1, 2, 3]
     assert again.frame_render_counts == {1: 1}
