@@ -296,13 +296,12 @@ class Ledger:
                 or id(self.warnings) != j.warnings[0] or len(self.warnings) < j.warnings[1]):
             return None
         rec: dict = {"u": self.updated_at}
-        for key, m, enc in (("f", self.frames, _enc_frame), ("n", self.frame_render_counts, None),
-                            ("x", self.expected_paths, None), ("s", self.suspects, None)):
+        for key, m, enc in zip("fnxs", self._maps(), (_enc_frame, None, None, None), strict=True):
             if m.reset:
                 rec[key + "0"] = 1
             if m.dirty:
-                rec[key] = {str(k): None if k not in m else (enc(dict.__getitem__(m, k)) if enc
-                                                             else dict.__getitem__(m, k)) for k in m.dirty}
+                rec[key] = {str(k): None if k not in m else (enc(dict.get(m, k)) if enc else dict.get(m, k))  # type: ignore[arg-type]
+                            for k in m.dirty}
         if len(self.warnings) > j.warnings[1]:
             rec["w"] = [j.warnings[1], self.warnings[j.warnings[1]:]]
         changed = []
@@ -334,8 +333,7 @@ class Ledger:
 
     def _replay(self, rec: dict) -> None:
         """Apply one journal record (load)."""
-        for key, m, dec in (("f", self.frames, _dec_frame), ("n", self.frame_render_counts, int),
-                            ("x", self.expected_paths, None), ("s", self.suspects, dict)):
+        for key, m, dec in zip("fnxs", self._maps(), (_dec_frame, int, None, dict), strict=True):
             if rec.get(key + "0"):
                 m.clear()
             for k, v in (rec.get(key) or {}).items():

@@ -98,7 +98,7 @@ class TrackedMap(dict):
         for k, v in dict(*args, **kw).items():
             self[k] = v
 
-    def __ior__(self, other: Any) -> TrackedMap:
+    def __ior__(self, other: Any) -> TrackedMap:    # type: ignore[misc,override]
         self.update(other)
         return self
 
