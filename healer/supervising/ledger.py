@@ -1,10 +1,10 @@
 """The frame ledger: what a render job asked for, which frames have a verified output, every attempt.
 
 Per job, in `<home>/healer/jobs/<job>/` (0700, files 0600): `ledger.json`, a whole snapshot written
-atomically (temp file, fsync, rename), and `ledger.journal`, one fsynced line per save since that
-snapshot with what the save changed (ledger_journal.py), so a frame's save costs the same at frame
-10 and frame 10,000, and a healer killed at any point leaves the previous or the new state, never a
-torn one (a torn last line is ignored). The journal is compacted into a new snapshot once it
+atomically (temp file, fsync, rename), and `ledger.journal`, one line per save since that snapshot
+with what the save changed (ledger_journal.py; fdatasynced at most once a second), so a frame's save
+costs the same at frame 10 and frame 10,000, and a healer killed at any point leaves the previous or
+the new state, never a torn one (a torn last line is ignored). The journal is compacted into a new snapshot once it
 outgrows it, and whenever the job's status changes: a job at rest is whole in `ledger.json`. A lock
 file beside it (`supervisor.lock`) names the healer supervising the job; the ledger names the
 Blender process of the attempt in progress.
@@ -31,6 +31,7 @@ import psutil
 
 from healer.supervising.ledger_journal import (
     COMPACT_MIN_BYTES,
+    SYNC_INTERVAL_S,
     FrameList,
     TrackedMap,
     append_line,
@@ -115,6 +116,7 @@ class _Journal:
     requested: tuple[int, int]              # id and length of frames_requested
     attempts: tuple[int, list[dict]]        # id of the attempts list, each attempt's fields as written
     warnings: tuple[int, int]               # id and length of the warnings list
+    synced_at: float = 0.0                  # monotonic time of the journal's last fdatasync
 
 
 @dataclass
@@ -241,7 +243,8 @@ class Ledger:
 
     def save(self) -> None:
         """Make the ledger's state durable: what changed since the last save appended to the journal
-        and fdatasynced; the journal compacted into a new snapshot when due (see the module doc)."""
+        (fdatasynced at most once a second); the journal compacted into a new snapshot when due
+        (ledger_journal.py says what survives a killed healer and a power loss)."""
         self.updated_at = time.time()
         j: _Journal | None = self._journal
         if j is not None:
@@ -249,11 +252,15 @@ class Ledger:
             if rec is not None:
                 line = (json.dumps(rec, separators=(",", ":")) + "\n").encode()
                 if j.size + len(line) <= max(COMPACT_MIN_BYTES, j.snapshot_bytes):
+                    now = time.monotonic()
+                    sync = now - j.synced_at >= SYNC_INTERVAL_S
                     try:
-                        written = append_line(journal_path(self.path), line, j.size, j.ino)
+                        written = append_line(journal_path(self.path), line, j.size, j.ino, sync=sync)
                     except FileNotFoundError:
                         written = False
                     if written:
+                        if sync:
+                            j.synced_at = now
                         j.size += len(line)
                         self._written(j)
                         return
@@ -275,7 +282,7 @@ class Ledger:
         jpath = journal_path(self.path)
         write_atomic(jpath, head)
         j = _Journal(gen=gen, size=len(head), ino=os.stat(jpath).st_ino, snapshot_bytes=len(data), header="",
-                     requested=(0, 0), attempts=(0, []), warnings=(0, 0))
+                     requested=(0, 0), attempts=(0, []), warnings=(0, 0), synced_at=time.monotonic())
         for m in self._maps():
             m.clean()
         j.attempts = (id(self.attempts), [])

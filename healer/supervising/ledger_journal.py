@@ -7,8 +7,13 @@ Files, both 0600 in the job's folder:
 - `ledger.journal`: a first line `{"journal": G}`, then one JSON line per save since that snapshot
   (frames verified or forgotten, render counts, expected paths, suspects, warnings, attempts).
 
-A save appends its line and fdatasyncs it; a healer killed mid-write leaves a torn last line, which
-the next load ignores: the state of the last whole save, as the atomic rewrite gave. The journal is
+A save appends its line with one write(2) before it returns, so a healer killed at any point (the
+page cache outlives the process) leaves every save it made; one killed mid-write leaves a torn last
+line, which the next load ignores: the state of the last whole save, as the atomic rewrite gave.
+Against a power loss the journal is fdatasynced at most once a second (SYNC_INTERVAL_S, group
+commit), and compactions always: a power cut loses at most the last second of frames, which are
+rendered again (the frame files Blender wrote in that second were not synced either; a resume
+verifies every recorded frame on disk anyway). An fsync per frame costs ~6 ms on a virtual disk. The journal is
 compacted (a new snapshot tagged G+1 written atomically, then a fresh journal tagged G+1 put in place
 atomically) when it outgrows the snapshot (so the per-frame cost stays O(1) amortised and the folder
 at most ~2x the snapshot), when the job's header changes (status, error, fingerprint, spec: a job at
@@ -29,6 +34,7 @@ from typing import Any
 
 JOURNAL_NAME = "ledger.journal"
 COMPACT_MIN_BYTES = 64 * 1024     # a journal is compacted once past this and past the snapshot's size
+SYNC_INTERVAL_S = 1.0             # the journal's appends are fdatasynced at most this often (group commit)
 
 
 class TrackedMap(dict):
@@ -197,10 +203,10 @@ def read_journal(ledger_path: Path) -> tuple[int | None, list[dict]]:
     return gen, records
 
 
-def append_line(path: Path, data: bytes, expect_size: int, expect_ino: int) -> bool:
-    """Append one record and make it durable. False (nothing written) when the journal is not the one
-    this ledger wrote (replaced or grown by someone else): the caller compacts. A failed write is cut
-    back off (a full disk leaves no torn line behind) and raised."""
+def append_line(path: Path, data: bytes, expect_size: int, expect_ino: int, *, sync: bool = True) -> bool:
+    """Append one record (and fdatasync the journal when `sync`). False (nothing written) when the
+    journal is not the one this ledger wrote (replaced or grown by someone else): the caller compacts.
+    A failed write is cut back off (a full disk leaves no torn line behind) and raised."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
@@ -211,7 +217,8 @@ def append_line(path: Path, data: bytes, expect_size: int, expect_ino: int) -> b
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            (getattr(os, "fdatasync", None) or os.fsync)(fd)
+            if sync:
+                (getattr(os, "fdatasync", None) or os.fsync)(fd)
         except BaseException:
             try:
                 os.ftruncate(fd, expect_size)
