@@ -196,7 +196,8 @@ def test_a_save_appends_a_line_whose_size_does_not_grow_with_the_job(tmp_path):
         if after > before:
             sizes[f] = after - before
     # the frame's line, not the ledger (1 MB at 10,000): the same but for the digits of its number and times
-    early, late = max(v for f, v in sizes.items() if f <= 100), max(v for f, v in sizes.items() if f > 2900)
+    # (frame 1's save also writes the new attempt, its 3,000 frames planned: once per attempt)
+    early, late = max(v for f, v in sizes.items() if 1 < f <= 100), max(v for f, v in sizes.items() if f > 2900)
     assert late <= early + 32 < 400
     assert journal.stat().st_size <= max(65536, led.path.stat().st_size) and len(sizes) < 3000   # compacted
     assert _state(Ledger.load(led.path)) == _state(led)
