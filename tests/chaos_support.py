@@ -264,10 +264,13 @@ def plan_faults(rng: random.Random) -> list[Fault]:
 
 
 def _ledger(home: Path) -> dict | None:
+    """The job's ledger as a healer resuming it reads it (the snapshot and its journal)."""
+    from healer.supervising.ledger import Ledger
+
     for p in (home / "healer" / "jobs").glob("*/ledger.json"):
         try:
-            return json.loads(p.read_text())
-        except (OSError, ValueError):
+            return Ledger.load(p).to_dict()
+        except (OSError, ValueError, KeyError, TypeError):
             return None
     return None
 

@@ -63,6 +63,29 @@ def only_frames(run: dict | str, frames: Sequence[int], *, extra: Sequence[str] 
     return {**run, "frames": list(frames), "lines": lines}
 
 
+def long_run(frames: Sequence[int], *, template: str = "ok_1-3", hang: bool = False, exit: int = 0,
+             played: int | None = None) -> dict:
+    """A run of many frames made from a recorded one: each frame says what frame 1 of `template` said
+    at its start, last progress, save and time lines, with its own number (a long job of tiny frames,
+    without a recording per length). `played`: only the first so many frames are rendered; `hang`:
+    alive after the last frame played until stopped (a healer killed mid-job is abandoned there)."""
+    base = load_run(template)
+    block = [ln for ln in base["lines"] if ln[1].startswith(("[renderwatch] frame_start 1 ", "Saved: ", " Time: "))
+             or ("Fra:1 " in ln[1] and ln[1].endswith("Finished"))]
+    mark = block[0][1]
+    head = [ln for ln in base["lines"] if ln[0] < block[0][0] and ln[1] != mark]
+    lines, t = [list(x) for x in head], head[-1][0] if head else 0.0
+    one = [x for x in block if x[1].startswith(("[renderwatch] frame_start 1 ", "Fra:1 "))][:2]
+    one += [next(x for x in block if x[1].startswith("Saved: ")), next(x for x in block if x[1].startswith(" Time: "))]
+    for f in list(frames)[:played]:
+        for _, line in one:
+            t += 0.001
+            lines.append([t, line.replace("frame_start 1 ", f"frame_start {f} ").replace("Fra:1 ", f"Fra:{f} ")
+                          .replace("f_0001", f"f_{f:04d}")])
+    return {**base, "what": f"{len(frames)} frames made from {template}", "frames": list(frames), "lines": lines,
+            "exit": exit, "hang": hang}
+
+
 class ReplayedBlender:
     """One replayed run (a `seams.RunningBlender`)."""
 

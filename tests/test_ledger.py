@@ -93,7 +93,9 @@ def test_ledger_round_trip_atomic_and_private(tmp_path):
     mode = stat.S_IMODE(os.stat(led.path).st_mode)
     assert mode == 0o600
     assert stat.S_IMODE(os.stat(led.path.parent).st_mode) == 0o700
-    assert [p.name for p in led.path.parent.iterdir()] == ["ledger.json"]      # no temp files left
+    # no temp files left; the journal beside the snapshot is private too
+    assert sorted(p.name for p in led.path.parent.iterdir()) == ["ledger.journal", "ledger.json"]
+    assert stat.S_IMODE(os.stat(led.path.with_name("ledger.journal")).st_mode) == 0o600
     again = Ledger.load(led.path)
     assert again.frames_requested == [1, 2, 3]
     assert again.frame_render_counts == {1: 1}
@@ -167,3 +169,140 @@ def test_attempt_to_dict_is_asdict_without_the_deep_copy():
     assert d == asdict(a) and set(d) == {f.name for f in fields(Attempt)}
     d["argv"].append("changed")
     assert a.argv == ["blender", "-b"]
+
+
+# -- the journal (ledger_journal.py): what a save writes, what a crash leaves, what an old healer left ----------
+def _job(tmp_path, frames=range(1, 11)):
+    return Ledger.open_or_create(tmp_path / "job", job="j", scene="/s.blend", frames=list(frames))
+
+
+def _state(led: Ledger) -> dict:
+    d = led.to_dict()
+    d.pop("updated_at")
+    return d
+
+
+def test_a_save_appends_a_line_whose_size_does_not_grow_with_the_job(tmp_path):
+    led = _job(tmp_path, range(1, 3001))
+    a = led.new_attempt(list(range(1, 3001)), "initial")
+    journal = led.path.with_name("ledger.journal")
+    sizes = {}
+    for f in range(1, 3001):
+        led.frame_started(f, a)
+        led.frame_verified(f, f"/out/f_{f:04d}.png", 100, a)
+        before = journal.stat().st_size
+        led.save()
+        after = journal.stat().st_size
+        if after > before:
+            sizes[f] = after - before
+    # the frame's line, not the ledger (1 MB at 10,000): the same but for the digits of its number and times
+    # (frame 1's save also writes the new attempt, its 3,000 frames planned: once per attempt)
+    early, late = max(v for f, v in sizes.items() if 1 < f <= 100), max(v for f, v in sizes.items() if f > 2900)
+    assert late <= early + 32 < 400
+    assert journal.stat().st_size <= max(65536, led.path.stat().st_size) and len(sizes) < 3000   # compacted
+    assert _state(Ledger.load(led.path)) == _state(led)
+
+
+def test_every_kind_of_change_survives_a_reload(tmp_path):
+    led = _job(tmp_path)
+    a = led.new_attempt([1, 2, 3], "initial")
+    a.pid = 7
+    led.save()
+    for f in (1, 2, 3):
+        led.frame_started(f, a)
+        led.frame_verified(f, f"/o/{f}.png", f * 10, a)
+        led.expected_paths[f] = f"/o/{f}.png"
+        led.save()
+    led.suspects[2] = {"reasons": ["blank"], "detail": "d", "renders": 1}
+    led.frames.pop(2)
+    led.save()
+    led.suspects.get(2).update(final=True)                 # changed in place, as suspects.py does
+    led.warnings.append({"type": "missing_texture", "message": "m", "at": 1.0})
+    a.frames_rendered[:] = [1, 3]                           # rewritten, as run_attempt does for a removed partial
+    a.exit_code, a.ended_at = 0, 5.0
+    b = led.new_attempt([2], "resume")
+    b.pid = 8
+    led.save()
+    again = Ledger.load(led.path)
+    assert _state(again) == _state(led)
+    assert again.suspects[2]["final"] is True and again.attempts[0].frames_rendered == [1, 3]
+    led.frames.clear()                                       # as renew() forgets them
+    led.frame_render_counts = {9: 1}                         # a map replaced whole
+    led.save()
+    assert _state(Ledger.load(led.path)) == _state(led)
+
+
+def test_a_torn_last_line_is_ignored(tmp_path):
+    led = _job(tmp_path)
+    a = led.new_attempt([1, 2], "initial")
+    led.frame_verified(1, "/o/1.png", 10, a)
+    led.save()
+    whole = _state(Ledger.load(led.path))
+    journal = led.path.with_name("ledger.journal")
+    with open(journal, "ab") as f:                # a healer killed in the middle of its next write
+        f.write(b'{"u":1.0,"f":{"2":["/o/2.png",10')
+    again = Ledger.load(led.path)
+    assert _state(again) == whole and sorted(again.frames) == [1]
+    again.frame_verified(2, "/o/2.png", 10, again.attempts[0])
+    again.save()                                  # the next healer starts from a fresh journal
+    assert sorted(Ledger.load(led.path).frames) == [1, 2]
+
+
+def test_compaction_is_atomic(tmp_path, monkeypatch):
+    from healer.supervising import ledger as ledger_mod
+
+    led = _job(tmp_path)
+    a = led.new_attempt([1, 2, 3], "initial")
+    led.frame_verified(1, "/o/1.png", 10, a)
+    led.save()
+    real = ledger_mod.write_atomic
+
+    def dies_at(name):
+        def write(path, data, **kw):
+            if path.name == name:
+                raise KeyboardInterrupt("killed")
+            return real(path, data, **kw)
+        return write
+
+    # Killed before the new snapshot is in place: the old snapshot and its journal hold every save.
+    led.frame_verified(2, "/o/2.png", 10, a)
+    led.status = "failed"                         # a header change compacts
+    monkeypatch.setattr(ledger_mod, "write_atomic", dies_at("ledger.json"))
+    with pytest.raises(KeyboardInterrupt):
+        led.save()
+    back = Ledger.load(led.path)
+    assert sorted(back.frames) == [1] and back.status == "pending"
+    # Killed between the two renames: the new snapshot is whole, the old journal is stale and ignored.
+    monkeypatch.setattr(ledger_mod, "write_atomic", dies_at("ledger.journal"))
+    with pytest.raises(KeyboardInterrupt):
+        led.save()
+    back = Ledger.load(led.path)
+    assert sorted(back.frames) == [1, 2] and back.status == "failed"
+    monkeypatch.setattr(ledger_mod, "write_atomic", real)
+    led.frame_verified(3, "/o/3.png", 10, a)
+    led.save()                                    # this process compacts again: nothing it wrote is lost
+    assert _state(Ledger.load(led.path)) == _state(led)
+
+
+def test_a_ledger_written_by_the_previous_version_resumes(tmp_path):
+    """Before the journal, ledger.json was the whole ledger, rewritten at every save (no "journal" key)."""
+    d = tmp_path / "job"
+    d.mkdir()
+    old = {"version": 1, "job": "j", "scene": "/s.blend", "frames_requested": [1, 2, 3], "output": None,
+           "frames": {"1": {"path": "/o/1.png", "size": 10, "verified_at": 1.0}},
+           "frame_render_counts": {"1": 1, "2": 1}, "expected_paths": {"2": "/o/2.png"},
+           "attempts": [{"attempt": 1, "pid": 4242, "frames_planned": [1, 2, 3], "frames_rendered": [1],
+                         "exit_code": None, "exit_signal": None, "error_type": None, "error_summary": None,
+                         "started_at": 1.0, "ended_at": None, "pid_create_time": 1.0, "argv": ["blender"],
+                         "action": "initial", "frame_in_flight": 2, "device": None, "threads": None,
+                         "frame_age_s": None}],
+           "status": "running", "error": None, "warnings": [], "created_at": 1.0, "updated_at": 2.0,
+           "spec": {}, "fingerprint": {}, "delivered": False, "run_from": 0, "suspects": {}}
+    (d / "ledger.json").write_text(json.dumps(old))
+    led = Ledger.open_or_create(d, job="j", scene="/s.blend", frames=[1, 2, 3])
+    assert led.missing() == [2, 3] and led.running_attempt().pid == 4242 and led.frame_render_counts == {1: 1, 2: 1}
+    a = led.new_attempt(led.missing(), "resume")
+    led.frame_verified(2, "/o/2.png", 10, a)
+    led.save()
+    again = Ledger.load(d / "ledger.json")
+    assert again.missing() == [3] and [x.frames_rendered for x in again.attempts] == [[1], [2]]

@@ -70,8 +70,11 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> error
                                            "but the files are empty or incomplete; free space there and run "
                                            "the same command again", exit_code=exit_code,
                                    exit_signal=exit_signal, frame=in_flight, findings=error.findings)
-    # Frames Blender saved but whose line we missed, and partial files left by the crash.
+    # Frames Blender saved but whose line we missed, and partial files left by the crash (a frame
+    # verified from its `Saved:` line in this attempt is not read again: each frame once).
     for f in frames:
+        if f in att.frames_rendered and f in led.frames:
+            continue
         ok, why = led.verify_frame(f)
         if ok and f not in att.frames_rendered:
             att.frames_rendered.append(f)
@@ -185,7 +188,7 @@ def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, li
 
 def _frame_for(led: Ledger, att: Attempt, path: str, current: int | None) -> int | None:
     apath = os.path.abspath(path)
-    if current is not None and current in led.frames_requested:
+    if current is not None and led.requested(current):
         expected = led.expected_paths.get(current)
         if expected is None or os.path.abspath(expected) == apath:
             return current

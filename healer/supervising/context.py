@@ -21,7 +21,7 @@ from healer.supervising.seams import HostProbes, IncidentSink, Launcher, Running
 if TYPE_CHECKING:
     import asyncio
 
-    from healer.diagnosis.framecheck import EmptyCells, Expected, FrameFacts
+    from healer.diagnosis.framecheck import EmptyCells, Expected, JobFrames
     from healer.supervising.telemetry import AgentEvents
 
 log = logging.getLogger("healer.supervising.supervisor")
@@ -88,8 +88,7 @@ class JobContext:
     gpu: int | None = None                     # the GPU the healer service placed this job on
     check_frames: bool = True                  # inspect each saved frame (suspects.py)
     agent: AgentEvents | None = None           # the healer's own events for the host's agent
-    frame_facts: dict[int, FrameFacts] = field(default_factory=dict)     # this run's inspected frames
-    frame_seconds: dict[int, float] = field(default_factory=dict)
+    frame_facts: JobFrames | None = None       # this run's inspected frames (made by the first review)
     frame_verdicts: dict[int, tuple[str, ...]] = field(default_factory=dict)
     frame_cells: dict[tuple[str, int], EmptyCells | None] = field(default_factory=dict)  # (path, size): decoded grids
     raster_gl: tuple[str, str] | None = None   # EEVEE/Workbench: (software | hardware, evidence), once known
@@ -108,14 +107,14 @@ class JobContext:
     def show(self) -> None:
         led = self.ledger
         if self.display and led:
-            self.display.update(len(led.completed()), led.restarts, self.attempt.current_frame)
+            self.display.update(led.completed_count(), led.restarts, self.attempt.current_frame)
         if self.openjd and led:
-            self.openjd.progress(len(led.completed()), len(led.frames_requested))
+            self.openjd.progress(led.completed_count(), len(led.frames_requested))
 
     def update_metrics(self) -> None:
         led = self.ledger
         if self.metrics and led:
-            self.metrics.frames_completed.labels(led.job).set(len(led.completed()))
+            self.metrics.frames_completed.labels(led.job).set(led.completed_count())
 
     def info(self, **extra: Any) -> dict:
         """The job as incidents describe it."""
@@ -126,7 +125,7 @@ class JobContext:
         if led is not None:
             fr = led.frames_requested
             info.update(frames=[fr[0], fr[-1]] if fr else [], frames_total=len(fr),
-                        frames_completed=len(led.completed()), restarts=led.restarts,
+                        frames_completed=led.completed_count(), restarts=led.restarts,
                         attempt=led.attempts[-1].attempt if led.attempts else 0,
                         duration_s=self.wall() - self.started_at)
         info.update({k: v for k, v in extra.items() if v is not None})

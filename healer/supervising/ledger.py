@@ -1,9 +1,13 @@
 """The frame ledger: what a render job asked for, which frames have a verified output, every attempt.
 
-One JSON file per job at `<home>/healer/jobs/<job>/ledger.json`, written atomically (temp file,
-fsync, rename) with mode 0600, so a healer killed at any point leaves the previous or the new
-state, never a torn one. A lock file beside it (`supervisor.lock`) names the healer supervising the
-job; the ledger names the Blender process of the attempt in progress.
+Per job, in `<home>/healer/jobs/<job>/` (0700, files 0600): `ledger.json`, a whole snapshot written
+atomically (temp file, fsync, rename), and `ledger.journal`, one line per save since that snapshot
+with what the save changed (ledger_journal.py; fdatasynced at most once a second), so a frame's save
+costs the same at frame 10 and frame 10,000, and a healer killed at any point leaves the previous or
+the new state, never a torn one (a torn last line is ignored). The journal is compacted into a new snapshot once it
+outgrows it, and whenever the job's status changes: a job at rest is whole in `ledger.json`. A lock
+file beside it (`supervisor.lock`) names the healer supervising the job; the ledger names the
+Blender process of the attempt in progress.
 
 Usage::
 
@@ -21,9 +25,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import psutil
 
+from healer.supervising.ledger_journal import (
+    COMPACT_MIN_BYTES,
+    SYNC_INTERVAL_S,
+    FrameList,
+    TrackedMap,
+    append_line,
+    journal_path,
+    read_journal,
+)
 from healer.supervising.outputs import OutputPattern, remove_partial, verify_image
 from renderwatch.files import write_atomic
 from renderwatch.paths import ensure_private_dir, home
@@ -63,11 +77,17 @@ class Attempt:
     threads: int | None = None         # -t N when the policy reduced threads
     frame_age_s: float | None = None   # how far into the frame in flight it ended (from its start marker)
 
+    def __setattr__(self, name: str, value: object) -> None:
+        # the frame lists: O(1) `in`, and the journal writes only what was appended (ledger_journal)
+        if name in _FRAME_LISTS and not isinstance(value, FrameList):
+            value = FrameList(value)  # type: ignore[arg-type]
+        object.__setattr__(self, name, value)
+
     REPORT_KEYS = ("attempt", "pid", "frames_planned", "frames_rendered", "exit_code", "exit_signal",
                    "error_type", "error_summary", "started_at", "ended_at")
 
     def report(self) -> dict:
-        return {k: getattr(self, k) for k in self.REPORT_KEYS}
+        return {k: list(v) if isinstance(v, list) else v for k in self.REPORT_KEYS for v in [getattr(self, k)]}
 
     def to_dict(self) -> dict:
         """Every field, lists copied (dataclasses.asdict deep-copies field by field: 5x slower, and the
@@ -77,6 +97,26 @@ class Attempt:
     @property
     def running(self) -> bool:
         return self.ended_at is None
+
+
+_FRAME_LISTS = ("frames_planned", "frames_rendered")
+_MAPS = ("frames", "frame_render_counts", "expected_paths", "suspects")
+_HEADER = ("job", "scene", "output", "status", "error", "created_at", "spec", "fingerprint", "delivered", "run_from")
+
+
+@dataclass
+class _Journal:
+    """What this process last wrote: the journal's tag, size and inode, and what its records hold."""
+
+    gen: int
+    size: int
+    ino: int
+    snapshot_bytes: int
+    header: str
+    requested: tuple[int, int]              # id and length of frames_requested
+    attempts: tuple[int, list[dict]]        # id of the attempts list, each attempt's fields as written
+    warnings: tuple[int, int]               # id and length of the warnings list
+    synced_at: float = 0.0                  # monotonic time of the journal's last fdatasync
 
 
 @dataclass
@@ -109,6 +149,27 @@ class Ledger:
     # frames whose saved file looked wrong: {"reasons", "detail", "renders", "final", "cleared"} (suspects.py)
     suspects: dict[int, dict] = field(default_factory=dict)
 
+    # not fields: what this process wrote to the journal, the highest generation seen, the frame set
+    _journal: ClassVar[_Journal | None]
+    _seen_gen: ClassVar[int]
+    _requested: ClassVar[frozenset[int]]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_journal", None)
+        object.__setattr__(self, "_seen_gen", 0)
+        object.__setattr__(self, "_requested", frozenset(self.frames_requested))
+        self.frames.count_members(self._requested)  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _MAPS and not isinstance(value, TrackedMap):
+            value = TrackedMap(value, mutable_values=name == "suspects")  # type: ignore[call-overload]
+            value.reset, value.dirty = True, set(value)
+        object.__setattr__(self, name, value)
+        if name in ("frames", "frames_requested") and "_requested" in self.__dict__:    # after __init__
+            if name == "frames_requested":
+                object.__setattr__(self, "_requested", frozenset(self.frames_requested))
+            self.frames.count_members(self._requested)  # type: ignore[attr-defined]
+
     # ------------------------------------------------------------------ persistence
     @classmethod
     def open_or_create(cls, directory: Path, *, job: str, scene: str, frames: list[int],
@@ -132,7 +193,23 @@ class Ledger:
 
     @classmethod
     def load(cls, path: Path) -> Ledger:
-        raw = json.loads(Path(path).read_text())
+        """The snapshot and the journal's whole records after it (a ledger.json of any earlier
+        version, which had no journal, loads as it is)."""
+        for _ in range(3):
+            raw = json.loads(Path(path).read_text())
+            gen = int(raw.get("journal", 0))
+            jgen, records = read_journal(Path(path))
+            if jgen is None or jgen <= gen:
+                break               # else compacted between the two reads: read the new snapshot
+        led = cls._from_snapshot(raw, Path(path))
+        if jgen == gen and gen > 0:
+            for rec in records:
+                led._replay(rec)
+        object.__setattr__(led, "_seen_gen", max(gen, jgen or 0))
+        return led
+
+    @classmethod
+    def _from_snapshot(cls, raw: dict, path: Path) -> Ledger:
         if raw.get("version") != LEDGER_VERSION:
             raise ValueError(f"{path}: ledger version {raw.get('version')!r}, expected {LEDGER_VERSION}")
         return cls(
@@ -165,11 +242,127 @@ class Ledger:
         }
 
     def save(self) -> None:
-        """Atomic write: temp file in the same folder (0600), fsync, rename over the old one."""
+        """Make the ledger's state durable: what changed since the last save appended to the journal
+        (fdatasynced at most once a second); the journal compacted into a new snapshot when due
+        (ledger_journal.py says what survives a killed healer and a power loss)."""
         self.updated_at = time.time()
+        j: _Journal | None = self._journal
+        if j is not None:
+            rec = self._delta(j)
+            if rec is not None:
+                line = (json.dumps(rec, separators=(",", ":")) + "\n").encode()
+                if j.size + len(line) <= max(COMPACT_MIN_BYTES, j.snapshot_bytes):
+                    now = time.monotonic()
+                    sync = now - j.synced_at >= SYNC_INTERVAL_S
+                    try:
+                        written = append_line(journal_path(self.path), line, j.size, j.ino, sync=sync)
+                    except FileNotFoundError:
+                        written = False
+                    if written:
+                        if sync:
+                            j.synced_at = now
+                        j.size += len(line)
+                        self._written(j)
+                        return
+        self._compact()
+
+    def _compact(self) -> None:
+        """A whole snapshot tagged with the next generation, then a fresh journal with that tag: a
+        crash between the two renames leaves a stale journal that load() ignores."""
         ensure_private_dir(self.path.parent)
-        data = json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        prev = self._journal
+        gen = max(self._seen_gen, prev.gen if prev else 0) + 1
+        doc = self.to_dict()
+        doc["journal"] = gen
+        data = json.dumps(doc, separators=(",", ":")).encode()
         write_atomic(self.path, data)
+        object.__setattr__(self, "_journal", None)     # the old journal is stale from here
+        object.__setattr__(self, "_seen_gen", gen)
+        head = (json.dumps({"journal": gen, "job": self.job}) + "\n").encode()
+        jpath = journal_path(self.path)
+        write_atomic(jpath, head)
+        j = _Journal(gen=gen, size=len(head), ino=os.stat(jpath).st_ino, snapshot_bytes=len(data), header="",
+                     requested=(0, 0), attempts=(0, []), warnings=(0, 0), synced_at=time.monotonic())
+        for m in self._maps():
+            m.clean()
+        j.attempts = (id(self.attempts), [])
+        self._written(j)
+        object.__setattr__(self, "_journal", j)
+
+    def _maps(self) -> tuple[TrackedMap, ...]:
+        return (self.frames, self.frame_render_counts, self.expected_paths, self.suspects)  # type: ignore[return-value]
+
+    def _header(self) -> str:
+        return json.dumps({k: getattr(self, k) for k in _HEADER}, sort_keys=True, default=str)
+
+    def _delta(self, j: _Journal) -> dict | None:
+        """The journal record of what changed since the last write; None: compact instead (the
+        header changed, or a list was replaced or cut)."""
+        if (self._header() != j.header or (id(self.frames_requested), len(self.frames_requested)) != j.requested
+                or id(self.attempts) != j.attempts[0] or len(self.attempts) < len(j.attempts[1])
+                or id(self.warnings) != j.warnings[0] or len(self.warnings) < j.warnings[1]):
+            return None
+        rec: dict = {"u": self.updated_at}
+        for key, m, enc in zip("fnxs", self._maps(), (_enc_frame, None, None, None), strict=True):
+            if m.reset:
+                rec[key + "0"] = 1
+            if m.dirty:
+                rec[key] = {str(k): None if k not in m else (enc(dict.get(m, k)) if enc else dict.get(m, k))  # type: ignore[arg-type]
+                            for k in m.dirty}
+        if len(self.warnings) > j.warnings[1]:
+            rec["w"] = [j.warnings[1], self.warnings[j.warnings[1]:]]
+        changed = []
+        for i, a in enumerate(self.attempts):
+            d = _attempt_delta(a, j.attempts[1][i] if i < len(j.attempts[1]) else None)
+            if d:
+                changed.append([i, d])
+        if changed:
+            rec["a"] = changed
+        return rec
+
+    def _written(self, j: _Journal) -> None:
+        """What the journal holds now: nothing of this ledger is pending."""
+        for m in self._maps():
+            m.clean()
+        j.header = self._header()
+        j.requested = (id(self.frames_requested), len(self.frames_requested))
+        j.warnings = (id(self.warnings), len(self.warnings))
+        seen = j.attempts[1]
+        for i, a in enumerate(self.attempts):
+            fields = {k: (list(v) if isinstance(v, list) and not isinstance(v, FrameList) else
+                          (id(v) if isinstance(v, FrameList) else v)) for k, v in vars(a).items()}
+            for k in _FRAME_LISTS:
+                getattr(a, k).clean()
+            if i < len(seen):
+                seen[i] = fields
+            else:
+                seen.append(fields)
+
+    def _replay(self, rec: dict) -> None:
+        """Apply one journal record (load)."""
+        for key, m, dec in zip("fnxs", self._maps(), (_dec_frame, int, None, dict), strict=True):
+            if rec.get(key + "0"):
+                m.clear()
+            for k, v in (rec.get(key) or {}).items():
+                if v is None:
+                    m.pop(int(k), None)
+                else:
+                    m[int(k)] = dec(v) if dec else v
+        if "w" in rec:
+            start, items = rec["w"]
+            self.warnings[start:] = items
+        for i, d in rec.get("a", []):
+            if i >= len(self.attempts):
+                self.attempts.append(Attempt(**{k: v for k, v in d.items() if not k.endswith("@")}))
+                continue
+            a = self.attempts[i]
+            for k, v in d.items():
+                if k.endswith("@"):
+                    start, items = v
+                    setattr(a, k[:-1], [*getattr(a, k[:-1])[:start], *items])
+                else:
+                    setattr(a, k, v)
+        self.updated_at = rec.get("u", self.updated_at)
 
     # ------------------------------------------------------------------ frames
     @property
@@ -177,7 +370,18 @@ class Ledger:
         return OutputPattern(**self.output) if self.output else None
 
     def completed(self) -> list[int]:
-        return sorted(f for f in self.frames if f in set(self.frames_requested))
+        frames = self.frames
+        if self.completed_count() == len(frames):
+            return sorted(frames)
+        return sorted(f for f in frames if f in self._requested)
+
+    def completed_count(self) -> int:
+        """len(completed()), in O(1): what each frame's progress line and metric need."""
+        return self.frames.n_members  # type: ignore[attr-defined]
+
+    def requested(self, frame: int) -> bool:
+        """Whether the job asked for this frame (O(1))."""
+        return frame in self._requested
 
     def missing(self) -> list[int]:
         done = self.frames
@@ -289,6 +493,31 @@ class Ledger:
 
     def running_attempt(self) -> Attempt | None:
         return next((a for a in reversed(self.attempts) if a.running and a.pid is not None), None)
+
+
+def _enc_frame(r: FrameRecord) -> list:
+    return [r.path, r.size, r.verified_at]
+
+
+def _dec_frame(v: list) -> FrameRecord:
+    return FrameRecord(path=v[0], size=int(v[1]), verified_at=float(v[2]))
+
+
+def _attempt_delta(a: Attempt, seen: dict | None) -> dict:
+    """The fields of an attempt the journal does not hold yet: all of a new one, else the changed
+    ones, and of a frame list only the frames appended since (`name@: [start, frames]`)."""
+    if seen is None:
+        return a.to_dict()
+    d: dict = {}
+    for k, v in vars(a).items():
+        if isinstance(v, FrameList):
+            if v.rewritten or id(v) != seen.get(k):
+                d[k] = list(v)
+            elif len(v) > v.written:
+                d[k + "@"] = [v.written, v[v.written:]]
+        elif k not in seen or seen[k] != v:
+            d[k] = list(v) if isinstance(v, list) else v
+    return d
 
 
 # ---------------------------------------------------------------------- supervisor lock

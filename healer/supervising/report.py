@@ -55,7 +55,7 @@ def write_report(path: str | os.PathLike[str], doc: dict) -> None:
 
 
 def summary(ledger: Ledger, elapsed_s: float | None = None) -> str:
-    done, total = len(ledger.completed()), len(ledger.frames_requested)
+    done, total = ledger.completed_count(), len(ledger.frames_requested)
     twice = sorted(f for f, n in ledger.frame_render_counts.items() if n > 1)
     parts = [f"renderwatch: {ledger.status}: {done}/{total} frames", f"{ledger.restarts} restarts"]
     if twice:

@@ -34,15 +34,7 @@ from healer.diagnosis import errors
 from healer.diagnosis.classify import LogScanner
 from healer.diagnosis.crashfile import read_crash_file
 from healer.diagnosis.errors import RenderError
-from healer.diagnosis.framecheck import (
-    EmptyCells,
-    Expected,
-    FrameFacts,
-    Suspect,
-    inspect_frame,
-    may_be_partial,
-    partial_reference,
-)
+from healer.diagnosis.framecheck import EmptyCells, Expected, JobFrames, Suspect, inspect_frame
 from healer.supervising import probes
 from healer.supervising.launch import ProcessLauncher, exit_status
 from healer.supervising.progress import own_line, parse_line
@@ -149,7 +141,7 @@ class FrameWatch:
         self.agent = AgentEvents(env)         # opens its spool only if there is something to say
         self.expected: Expected | None = None
         self.fallbacks: set[str] = set()
-        self.facts: dict[int, FrameFacts] = {}
+        self.facts = JobFrames()              # judged against in O(log n) per frame, not a walk of them
         self.cells: dict[tuple[str, int], EmptyCells | None] = {}
         self.later: set[int] = set()
         self.suspects: dict[int, dict] = {}
@@ -189,22 +181,29 @@ class FrameWatch:
         while (item := await self.queue.get()) is not None:
             frame, fut = item
             facts = await fut            # inspect_frame never raises
-            self.facts[frame] = facts
+            before = self._kinds()
+            self.facts.add(frame, facts)
             self.suspects.pop(frame, None)
-            await self._judge([frame, *sorted(self.later - {frame})])
+            # The frames waiting for others (one value, transparent) can only be told otherwise once the
+            # job first has a frame with a picture, or an opaque one: judged again then, not every frame.
+            again = sorted(self.later - {frame}) if self._kinds() != before else []
+            await self._judge([frame, *again])
+
+    def _kinds(self) -> tuple[bool, bool]:
+        o = self.facts.others(-1 << 62)       # a frame number no job has: the summary of all of them
+        return o.pictured, o.opaque
 
     async def _judge(self, frames: list[int], final: bool = False) -> None:
         if not frames:
             return
-        verdicts = await judge_frames(self.facts, frames, self.expected, {}, self.cells)
+        verdicts = await judge_frames(self.facts, frames, self.expected, None, self.cells)
         for frame, found in verdicts.items():
-            facts = self.facts[frame]
-            others = [f for k, f in self.facts.items() if k != frame]
+            facts = self.facts.facts[frame]
             if found:
                 self.later.discard(frame)
                 self._report(frame, found)
             elif not final and (facts.uniform is not None or facts.transparent or (
-                    may_be_partial(facts, others) and partial_reference(facts, self.facts, frame) is None)):
+                    self.facts.may_be_partial(frame) and self.facts.partial_reference(frame) is None)):
                 self.later.add(frame)
             else:
                 self.later.discard(frame)

@@ -134,7 +134,7 @@ class Supervisor:
         if led is None:
             return {"job": ctx.job, "status": "pending", "scene": self.req.scene}
         return {"job": led.job, "status": led.status, "scene": led.scene,
-                "frames_requested": len(led.frames_requested), "frames_completed": len(led.completed()),
+                "frames_requested": len(led.frames_requested), "frames_completed": led.completed_count(),
                 "restarts": led.restarts, "pid": ctx.proc.pid if ctx.proc else None,
                 "frame_in_flight": ctx.attempt.current_frame if ctx.proc else None, "error": led.error}
 

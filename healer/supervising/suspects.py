@@ -33,13 +33,12 @@ from healer.diagnosis.framecheck import (
     EmptyCells,
     Expected,
     FrameFacts,
+    JobFrames,
     Suspect,
     empty_cells,
     inspect_frame,
     judge_frame,
     judge_partial,
-    may_be_partial,
-    partial_reference,
 )
 from healer.supervising.context import AttemptState, JobContext
 from healer.supervising.ledger import Ledger
@@ -130,25 +129,28 @@ def software_gl_message(engine: str, evidence: str) -> str:
 
 
 async def review_frames(ctx: JobContext, led: Ledger, st: AttemptState) -> list[int]:
-    """Judge the frames inspected in this attempt; returns the frames forgotten to be rendered again."""
+    """Judge the frames inspected in this attempt; returns the frames forgotten to be rendered again.
+    Each frame is judged against a summary of the others (JobFrames): the attempt's end costs O(log n)
+    per frame, not a walk of the job per frame."""
     if not st.checks:
         return []
     futures = [f for _, _, f in st.checks]
     done, pending = await asyncio.wait(futures, timeout=CHECK_WAIT_S)
     for f in pending:
         f.cancel()
+    if ctx.frame_facts is None:
+        ctx.frame_facts = JobFrames()
+    job = ctx.frame_facts
     for frame, seconds, fut in st.checks:
         if fut in done and frame in led.frames:
-            ctx.frame_facts[frame] = fut.result()
-            if seconds is not None:
-                ctx.frame_seconds[frame] = seconds
+            job.add(frame, fut.result(), seconds)
             ctx.frame_verdicts.pop(frame, None)
     st.checks.clear()
     if pending:
         ctx.say(f"{len(pending)} frame inspection(s) did not finish in {CHECK_WAIT_S:g} s: those frames are not judged")
-    todo = [f for f in sorted(ctx.frame_facts) if f in led.frames and not (
-        f in ctx.frame_verdicts and not _may_change(ctx.frame_facts[f], ctx.frame_verdicts[f]))]
-    verdicts = await judge_frames(ctx.frame_facts, todo, st.expected, ctx.frame_seconds, ctx.frame_cells)
+    todo = [f for f in sorted(job.facts) if f in led.frames and not (
+        f in ctx.frame_verdicts and not _may_change(job.facts[f], ctx.frame_verdicts[f]))]
+    verdicts = await judge_frames(job, todo, st.expected, None, ctx.frame_cells)
     again = []
     for frame, found in verdicts.items():
         reasons = tuple(sorted(s.reason for s in found))
@@ -160,21 +162,21 @@ async def review_frames(ctx: JobContext, led: Ledger, st: AttemptState) -> list[
     return again
 
 
-async def judge_frames(facts: dict[int, FrameFacts], frames: Iterable[int], expected: Expected | None,
-                       seconds: dict[int, float], cells: dict[tuple[str, int], EmptyCells | None]
+async def judge_frames(facts: JobFrames | dict[int, FrameFacts], frames: Iterable[int], expected: Expected | None,
+                       seconds: dict[int, float] | None, cells: dict[tuple[str, int], EmptyCells | None]
                        ) -> dict[int, list[Suspect]]:
-    """What is wrong with each of `frames`, judged against the job's other inspected frames. A frame
-    whose file is clearly smaller than the others' is decoded (with the frame it is compared to), in a
-    worker thread; `cells` keeps the decoded grids between calls."""
+    """What is wrong with each of `frames`, judged against the job's other inspected frames (a
+    JobFrames, or the facts and seconds by frame). A frame whose file is clearly smaller than the
+    others' is decoded (with the frame it is compared to), in a worker thread; `cells` keeps the
+    decoded grids between calls."""
+    job = facts if isinstance(facts, JobFrames) else JobFrames(facts, seconds)
     out: dict[int, list[Suspect]] = {}
     for frame in frames:
-        this = facts[frame]
-        others = [f for k, f in facts.items() if k != frame]
-        other_s = [s for k, s in seconds.items() if k != frame]
-        found = judge_frame(this, expected, others=others, seconds=seconds.get(frame), other_seconds=other_s)
-        ref = partial_reference(this, facts, frame) if may_be_partial(this, others) else None
+        this = job.facts[frame]
+        found = judge_frame(this, expected, others=job.others(frame), seconds=job.seconds.get(frame))
+        ref = job.partial_reference(frame) if job.may_be_partial(frame) else None
         if ref is not None:
-            grids = [await _cells(cells, f) for f in (this, facts[ref])]
+            grids = [await _cells(cells, f) for f in (this, job.facts[ref])]
             partial = judge_partial(grids[0], grids[1], ref)
             if partial is not None:
                 found.append(partial)

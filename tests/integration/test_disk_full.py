@@ -154,7 +154,9 @@ def test_ledger_save_on_a_full_disk_keeps_the_previous_ledger(tmp_path: Path) ->
         path = fs / "jobs" / "j1" / "ledger.json"
         assert path.read_text() == before                     # the old state, whole
         assert sorted(Ledger.load(path).frames) == [1]
-        assert [p.name for p in path.parent.iterdir()] == ["ledger.json"]   # no temp file left behind
+        # no temp file left behind, and no torn line in the journal (the failed append was cut off)
+        assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.journal", "ledger.json"]
+        assert (path.parent / "ledger.journal").read_bytes().endswith(b"\n")
         filler.unlink()
         led.save()
         assert sorted(Ledger.load(path).frames) == list(range(1, 200))

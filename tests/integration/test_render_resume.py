@@ -13,7 +13,7 @@ import psutil
 import pytest
 from healer_support import RENDERWATCH, assert_every_frame_once, fault, healer_env, render
 
-from healer.supervising.ledger import jobs_dir
+from healer.supervising.ledger import Ledger, jobs_dir
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
@@ -22,9 +22,9 @@ def _ledger(home: Path) -> dict | None:
     found = list(jobs_dir({"RENDERWATCH_HOME": str(home)}).glob("*/ledger.json"))
     if not found:
         return None
-    try:
-        return json.loads(found[0].read_text())
-    except ValueError:
+    try:        # as a resuming healer reads it: the snapshot and its journal
+        return Ledger.load(found[0]).to_dict()
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 

@@ -296,7 +296,8 @@ def test_ledger_files_are_private(tmp_path: Path, umask_022) -> None:
     led.save()
     lock = SupervisorLock(d)
     lock.acquire()
-    assert mode(d / "ledger.json") == 0o600 and mode(d / "supervisor.lock") == 0o600 and mode(d) == 0o700
+    assert mode(d / "ledger.json") == 0o600 and mode(d / "ledger.journal") == 0o600
+    assert mode(d / "supervisor.lock") == 0o600 and mode(d) == 0o700
     lock.release()
     assert_private(d, 1)
 
