@@ -107,8 +107,8 @@ def _core(exporter: Any) -> Callable[[web.Application], AsyncIterator[None]]:
         tracer = a.tracer
 
         def on_effect(effect: Any, pos: int) -> None:
-            if tracer is not None and pos > mark:      # not exported before the restart
-                tracer.emit(effect, pos)
+            if tracer is not None:      # spans exported before the restart are only accounted for
+                tracer.emit(effect, pos, export=pos > mark)
 
         n = a.journal.replay(a.state, on_effect)
         if n:

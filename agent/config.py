@@ -71,6 +71,9 @@ class AgentConfig:
     traces_enabled: bool = True
     service_name: str = DEFAULT_SERVICE_NAME
     trace_file_max_bytes: int = 64 << 20
+    trace_file_max_age_days: float = 7.0
+    trace_max_bytes: int = 4_000_000
+    journal_max_bytes: int = 256 << 20
     bsp_schedule_delay_ms: float = 1000.0
 
     @property
