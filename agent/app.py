@@ -213,7 +213,7 @@ def expire_once(a: Agent) -> list[str]:
     dropped = 0
     if gone or a.journal.waiting:        # reading the journal costs: only when there is work
         a.gpus.forget(set(a.state.jobs))
-        dropped = a.journal.compact(a.state, a.mark.value)
+        dropped = a.journal.compact(a.state, a.mark.value, a.config.journal_max_bytes)
     if gone or dropped:
         log.info("expired %d job(s); journal compacted (%d records dropped)", len(gone), dropped)
     return gone

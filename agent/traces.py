@@ -276,7 +276,7 @@ class TrackingExporter(SpanExporter):
 def create_exporter(cfg: AgentConfig) -> SpanExporter:
     """The exporter named by the config: OTLP/HTTP, OTLP/gRPC, or the embedded JSON-lines file."""
     if cfg.otlp_endpoint is None:
-        return JsonLinesSpanExporter(cfg.traces_dir, cfg.trace_file_max_bytes)
+        return JsonLinesSpanExporter(cfg.traces_dir, cfg.trace_file_max_bytes, max_age_days=cfg.trace_file_max_age_days)
     if cfg.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
         return GrpcExporter(endpoint=cfg.otlp_endpoint)
