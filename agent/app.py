@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import socket
@@ -47,6 +48,7 @@ log = logging.getLogger("renderwatch.agent")
 CATCHUP_SECONDS = 5.0       # events older than this are catch-up: the samplers know nothing of that time
 DEAD_PROCESS_STALE_SECONDS = 60.0   # a running job whose Blender is gone this long is stale
 EXPIRY_INTERVAL = 5.0
+JOBS_LIMIT, JOBS_LIMIT_MAX = 100, 1000    # /api/v1/jobs: a bounded answer however many jobs a node runs
 
 
 @dataclass
@@ -119,8 +121,8 @@ def _core(exporter: Any) -> Callable[[web.Application], AsyncIterator[None]]:
         tracer = a.tracer
 
         def on_effect(effect: Any, pos: int) -> None:
-            if tracer is not None and pos > mark:      # not exported before the restart
-                tracer.emit(effect, pos)
+            if tracer is not None:      # spans exported before the restart are only accounted for
+                tracer.emit(effect, pos, export=pos > mark)
 
         n = a.journal.replay(a.state, on_effect)
         if n:
@@ -225,7 +227,7 @@ def expire_once(a: Agent) -> list[str]:
     dropped = 0
     if gone or a.journal.waiting:        # reading the journal costs: only when there is work
         a.gpus.forget(set(a.state.jobs))
-        dropped = a.journal.compact(a.state, a.mark.value)
+        dropped = a.journal.compact(a.state, a.mark.value, a.config.journal_max_bytes)
     if gone or dropped:
         log.info("expired %d job(s); journal compacted (%d records dropped)", len(gone), dropped)
     return gone
@@ -268,8 +270,17 @@ async def _jobs(request: web.Request) -> web.Response:
     a = request.app[AGENT]
     if not check_token(request, a.config.token):
         return _unauthorized()
+    try:
+        limit = int(request.query.get("limit", JOBS_LIMIT))
+        if not 1 <= limit <= JOBS_LIMIT_MAX:
+            raise ValueError
+    except ValueError:
+        return web.json_response({"error": "bad_request", "detail": f"limit must be 1..{JOBS_LIMIT_MAX}"}, status=400)
+    visible = a.state.visible(a.clock(), a.config.job_grace_seconds)
+    # Running jobs first (newest first), then the most recently ended: what a person looks for.
+    shown = heapq.nsmallest(limit, visible, key=lambda j: (j.ended_at is not None, -(j.ended_at or j.started_at)))
     jobs = []
-    for j in a.state.visible(a.clock(), a.config.job_grace_seconds):
+    for j in shown:
         d = j.to_dict()
         t = a.procs.jobs.get(j.id)
         d["cpu_ratio"] = t.cpu_ratio if t and t.alive else None
@@ -280,7 +291,8 @@ async def _jobs(request: web.Request) -> web.Response:
              "memory_used_bytes": g.memory_used, "memory_total_bytes": g.memory_total,
              "temperature_celsius": g.temperature, "power_watts": g.power, "throttle": g.throttle}
             for g in a.gpus.gpus]
-    return web.json_response({"host": a.hostname, "jobs": jobs, "gpus": gpus, "gpu_available": a.gpus.available})
+    return web.json_response({"host": a.hostname, "jobs": jobs, "jobs_total": len(visible), "gpus": gpus,
+                              "gpu_available": a.gpus.available})
 
 
 # -- running it -------------------------------------------------------------------------------------

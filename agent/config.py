@@ -24,11 +24,14 @@ from blender_hooks.settings import ENV_AGENT_DATA_DIR as ENV_DATA_DIR
 from blender_hooks.settings import ENV_AGENT_LISTEN as ENV_LISTEN
 from blender_hooks.settings import (  # noqa: F401 (names read from here)
     ENV_JOB_GRACE,
+    ENV_JOURNAL_MAX_BYTES,
     ENV_MAX_BODY,
     ENV_SAMPLE_INTERVAL,
     ENV_SPOOL_DIR,
     ENV_STALE_AFTER,
     ENV_TOKEN,
+    ENV_TRACE_FILE_MAX_AGE,
+    ENV_TRACE_MAX_BYTES,
     ConfigError,
     check_config_tables,
 )
@@ -72,6 +75,9 @@ class AgentConfig:
     traces_enabled: bool = True
     service_name: str = DEFAULT_SERVICE_NAME
     trace_file_max_bytes: int = 64 << 20
+    trace_file_max_age_days: float = 7.0
+    trace_max_bytes: int = 4_000_000
+    journal_max_bytes: int = 256 << 20
     bsp_schedule_delay_ms: float = 1000.0
 
     @property
@@ -150,7 +156,9 @@ def load_config(env: Mapping[str, str] | None = None, path: str | os.PathLike[st
     file = _read_file(path) if path else {}
     env_map = {"listen": ENV_LISTEN, "token": ENV_TOKEN, "data_dir": ENV_DATA_DIR, "spool_dir": ENV_SPOOL_DIR,
                "job_grace_seconds": ENV_JOB_GRACE, "sample_interval_seconds": ENV_SAMPLE_INTERVAL,
-               "max_body_bytes": ENV_MAX_BODY, "stale_after_seconds": ENV_STALE_AFTER}
+               "max_body_bytes": ENV_MAX_BODY, "stale_after_seconds": ENV_STALE_AFTER,
+               "trace_max_bytes": ENV_TRACE_MAX_BYTES, "trace_file_max_age_days": ENV_TRACE_FILE_MAX_AGE,
+               "journal_max_bytes": ENV_JOURNAL_MAX_BYTES}
     unknown = sorted(set(file) - set(env_map) - {"trace_file_max_bytes"})
     if unknown:
         raise ConfigError(f"config file [agent]: unknown key(s) {', '.join(unknown)}; known: {', '.join(env_map)}")
@@ -194,5 +202,8 @@ def load_config(env: Mapping[str, str] | None = None, path: str | os.PathLike[st
         max_body_bytes=_number(*get("max_body_bytes", 1 << 20), int, 1024),
         otlp_endpoint=endpoint, otlp_protocol=protocol, traces_enabled=enabled, service_name=service,
         trace_file_max_bytes=_number(*get("trace_file_max_bytes", 64 << 20), int, 4096),
+        trace_file_max_age_days=_number(*get("trace_file_max_age_days", 7.0), float, 0.01),
+        trace_max_bytes=_number(*get("trace_max_bytes", 4_000_000), int, 10_000),
+        journal_max_bytes=_number(*get("journal_max_bytes", 256 << 20), int, 1 << 20),
         bsp_schedule_delay_ms=_number(OTEL_BSP_SCHEDULE_DELAY, e.get(OTEL_BSP_SCHEDULE_DELAY) or 1000, float, 0),
     )

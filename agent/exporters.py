@@ -55,10 +55,12 @@ def otlp_json_line(spans: Sequence[ReadableSpan]) -> bytes:
 class JsonLinesSpanExporter(SpanExporter):
     """Appends OTLP-JSON lines to <dir>/spans-YYYYMMDD.jsonl with size-bounded rotation."""
 
-    def __init__(self, directory: Path, max_bytes: int = 64 << 20, clock=time.time):
+    def __init__(self, directory: Path, max_bytes: int = 64 << 20, clock=time.time, max_age_days: float = 7.0):
         self.dir = Path(directory)
         self.max_bytes = max_bytes
+        self.max_age = max_age_days * 86400
         self.clock = clock
+        self._current: Path | None = None
         self._lock = threading.Lock()
         self._shutdown = False
         self.failures = 0
@@ -73,7 +75,11 @@ class JsonLinesSpanExporter(SpanExporter):
             line = otlp_json_line(spans)
             with self._lock:
                 make_private_dirs(self.dir)
-                path = self.path_for(self.clock())
+                now = self.clock()
+                path = self.path_for(now)
+                if path != self._current:     # a new day's file (or the first write): bound the others
+                    self._current = path
+                    self.prune(now)
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
                     os.write(fd, line)
@@ -93,13 +99,32 @@ class JsonLinesSpanExporter(SpanExporter):
         while path.with_suffix(f".{n}.jsonl").exists():
             n += 1
         os.replace(path, path.with_suffix(f".{n}.jsonl"))
-        files = sorted(self.dir.glob("spans-*.jsonl"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        for old in files:
-            if total <= self.max_bytes:
-                break
-            total -= old.stat().st_size
-            old.unlink(missing_ok=True)
+        self.prune(self.clock())
+
+    def prune(self, now: float) -> int:
+        """Delete span files older than the age limit, then the oldest until they fit three quarters of
+        `max_bytes` (the file being written takes the last quarter before it is rotated). Every day
+        starts a file, so this runs when one starts, not only when one is rotated."""
+        files = []
+        for p in self.dir.glob("spans-*.jsonl"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            files.append((st.st_mtime, st.st_size, p))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        limit = self.max_bytes - self.max_bytes // 4
+        removed = 0
+        for mtime, size, p in files:
+            if total <= limit and now - mtime <= self.max_age:
+                continue
+            if p == self._current and now - mtime <= self.max_age:
+                continue
+            total -= size
+            p.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True

@@ -81,6 +81,7 @@ class Journal:
         self._fd: int | None = None
         self.errors = 0
         self.waiting = 1           # compact once after a start: replayed jobs may have expired
+        self.spans_given_up = 0    # ended jobs compacted away before their spans were exported (size bound)
 
     def _open(self) -> None:
         if self._fd is None:
@@ -166,15 +167,18 @@ class Journal:
                 log.error("journal %s: cannot write (%s); events are kept in memory only", self.path, e)
         return first
 
-    def compact(self, state: State, exported: int) -> int:
+    def compact(self, state: State, exported: int, max_bytes: int | None = None) -> int:
         """Rewrite the journal without the records of jobs no longer in `state` (expired) whose
         records were all exported (every position <= `exported`, the `_expire` record's included);
-        their frames move into the header's totals. Returns how many records were dropped."""
+        their frames move into the header's totals. Past `max_bytes` (an exporter failing for days)
+        expired jobs go whether exported or not: their unsent spans are given up, counted in
+        `spans_given_up`. Returns how many records were dropped."""
         try:
             with open(self.path, "rb") as f:
                 raw_lines = f.readlines()
         except FileNotFoundError:
             return 0
+        over = max_bytes is not None and sum(len(r) for r in raw_lines) > max_bytes
         base = State()
         records: list[tuple[bytes, int, dict | None]] = []     # (line, pos, event) ; header: pos 0
         last: dict[str, int] = {}
@@ -193,8 +197,14 @@ class Journal:
             records.append((raw, pos, ev))
             last[job] = max(last.get(job, 0), pos)
         gone = {job for job in last if job not in state.jobs}
-        done = {job for job in gone if last[job] <= exported}
-        self.waiting = len(gone) - len(done)     # expired jobs whose last spans are not exported yet
+        done = {job for job in gone if last[job] <= exported or over}
+        self.waiting = len(gone) - len(done)
+        if over:
+            given_up = {job for job in done if last[job] > exported}
+            if given_up:
+                self.spans_given_up += len(given_up)
+                log.warning("journal over %d bytes: %d ended job(s) dropped with spans not exported", max_bytes,
+                            len(given_up))     # expired jobs whose last spans are not exported yet
         if not done:
             return 0
         retained = []

@@ -130,13 +130,18 @@ PATHS: dict[str, Any] = {
     "/api/v1/jobs": {"get": {
         "summary": "Jobs this agent sees, with live process and GPU readings", "operationId": "listJobs",
         "security": SECURED,
+        "parameters": [{"name": "limit", "in": "query", "required": False,
+                        "description": "At most this many jobs (default 100, at most 1000): running ones first, "
+                                       "then the most recently ended; jobs_total counts them all",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
         "responses": {
             "200": json_body({"type": "object", "required": ["host", "jobs", "gpus", "gpu_available"],
                               "properties": {"host": {"type": "string"},
                                              "jobs": {"type": "array", "items": ref("Job")},
+                                             "jobs_total": {"type": "integer", "minimum": 0},
                                              "gpus": {"type": "array", "items": ref("Gpu")},
                                              "gpu_available": {"type": "boolean"}}}, "Jobs and GPUs"),
-            "401": _UNAUTHORIZED}}},
+            "400": _ERROR, "401": _UNAUTHORIZED}}},
     "/metrics": metrics_operation("Prometheus metrics (jobs, frames, ingest, process, GPU)", SECURED,
                                   _UNAUTHORIZED),
     "/healthz": {"get": {

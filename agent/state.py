@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.aggregates import FrameTotals
+from agent.frameset import FrameSet
 
 RECENT_FRAMES = 10          # ETA = mean of this many recent frame times x frames remaining
 CURSOR_LIMIT = 100_000      # bounded dedupe memory: oldest sessions forgotten first
@@ -45,8 +46,9 @@ class Job:
     ended_at: float | None = None
     last_event_ts: float = 0.0
     last_progress_ts: float = 0.0
-    expected: set[int] = field(default_factory=set)
-    done: set[int] = field(default_factory=set)
+    expected: FrameSet = field(default_factory=FrameSet)
+    done: FrameSet = field(default_factory=FrameSet)
+    done_expected: int = 0               # len(done & expected), kept as frames arrive (O(1) per event)
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_FRAMES))
     last_frame_seconds: float | None = None
     peaks: dict[str, float] = field(default_factory=dict)
@@ -61,9 +63,9 @@ class Job:
     farm_job: str = ""
     farm_task: str = ""
     traceparent: str = ""
-    frame_spans: dict[int, tuple[str, int]] = field(default_factory=dict)   # frame -> (session, seq) of its span
     suspects: dict[str, int] = field(default_factory=dict)    # frames found suspect, by reason
-    verified_only: set[int] = field(default_factory=set)      # counted from the healer's frame_verified
+    verified_only: FrameSet = field(default_factory=FrameSet)  # counted from the healer's frame_verified
+    trace_budget: Any = None             # agent.traces' per-trace bookkeeping (it lives and goes with the job)
 
     @property
     def attempts(self) -> int:
@@ -79,7 +81,7 @@ class Job:
 
     @property
     def frames_done(self) -> int:
-        return len(self.done & self.expected) if self.expected else len(self.done)
+        return self.done_expected if self.expected else len(self.done)
 
     @property
     def progress(self) -> float:
@@ -93,6 +95,10 @@ class Job:
             return None
         remaining = max(0, self.frames_total - self.frames_done)
         return sum(self.recent) / len(self.recent) * remaining
+
+    def mark_done(self, frame: int) -> None:
+        if self.done.add(frame) and frame in self.expected:
+            self.done_expected += 1
 
     @property
     def active(self) -> bool:
@@ -141,7 +147,6 @@ class FrameCheck:
     reason: str
     detail: str
     ts: float
-    frame_span: tuple[str, int] | None    # (session, seq) of the frame's render.frame span, if seen
     event: dict
 
 
@@ -204,7 +209,8 @@ class State:
         step = ev.get("frame_step") or 1
         if ev["frame_end"] >= ev["frame_start"] and step > 0:
             # Union: `-f 1 -f 5` and restarted attempts each announce their frames.
-            job.expected.update(range(ev["frame_start"], ev["frame_end"] + 1, step))
+            new = job.expected.update(range(ev["frame_start"], ev["frame_end"] + 1, step))
+            job.done_expected += sum(1 for f in new if f in job.done)
         if job.status != "running" and not _settled(job, ev):
             job.status, job.ended_at, job.error_type, job.final_ts = "running", None, None, None
         job.last_progress_ts = max(job.last_progress_ts, ev["ts"])
@@ -244,7 +250,7 @@ class State:
         start = job.frame_started.pop(frame, end - seconds)
         phases = tuple(job.phases.pop(frame, ()))
         if ev["saved"]:
-            job.done.add(frame)
+            job.mark_done(frame)
         job.frames_rendered += 1
         job.recent.append(seconds)
         job.last_frame_seconds = seconds
@@ -259,7 +265,6 @@ class State:
             job.output_path = ev["output_path"]
         if ev["saved"]:      # an unsaved frame_end is a frame cut short (cancel, crash, write error)
             self.totals.record(job.labels, seconds, peaks)
-            job.frame_spans[frame] = (ev["session"], ev["seq"])
             if is_cpu_fallback(ev):
                 self.totals.suspect("cpu_fallback")
                 job.suspects["cpu_fallback"] = job.suspects.get("cpu_fallback", 0) + 1
@@ -275,7 +280,7 @@ class State:
             return None
         start = job.frame_started.pop(frame, end)
         phases = tuple(job.phases.pop(frame, ()))
-        job.done.add(frame)
+        job.mark_done(frame)
         job.verified_only.add(frame)
         job.frames_rendered += 1
         job.last_progress_ts = max(job.last_progress_ts, end)
@@ -284,7 +289,6 @@ class State:
         if ev.get("output_path"):
             job.output_path = ev["output_path"]
         self.totals.count(job.labels)
-        job.frame_spans[frame] = (ev["session"], ev["seq"])
         span_ev = {**ev, "seconds": max(0.0, end - start), "saved": True}
         return FrameDone(job, ev["session"], frame, min(start, end), end, span_ev, phases)
 
@@ -293,8 +297,7 @@ class State:
         job = self.job_for(ev)
         self.totals.suspect(ev["reason"])
         job.suspects[ev["reason"]] = job.suspects.get(ev["reason"], 0) + 1
-        return FrameCheck(job, ev["frame"], ev["reason"], ev.get("detail") or "", ev["ts"],
-                          job.frame_spans.get(ev["frame"]), ev)
+        return FrameCheck(job, ev["frame"], ev["reason"], ev.get("detail") or "", ev["ts"], ev)
 
     def _job_end(self, ev: dict) -> JobDone | None:
         job = self.job_for(ev)

@@ -24,10 +24,11 @@ from blender_hooks.settings import ENV_TOKEN  # noqa: F401 (names read from here
 from renderwatch.paths import DEFAULT_AGENT, ENV_AGENT
 
 BAR = 20
+MAX_ROWS = 20               # jobs shown; the rest are counted on one line
 
 
 def fetch_jobs(base: str, token: str | None = None, timeout: float = 3.0) -> dict[str, Any]:
-    req = urllib.request.Request(base.rstrip("/") + "/api/v1/jobs")
+    req = urllib.request.Request(base.rstrip("/") + f"/api/v1/jobs?limit={MAX_ROWS}")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # the agent is local
@@ -91,15 +92,16 @@ def render_frame(doc: dict[str, Any], color: bool = False) -> str:
     """The text of one refresh: a header, a line per job, a line per GPU."""
     bold, dim, reset = ("\x1b[1m", "\x1b[2m", "\x1b[0m") if color else ("", "", "")
     jobs = doc.get("jobs", [])
+    total = max(int(_num(doc.get("jobs_total")) or 0), len(jobs))
     lines = [f"{bold}renderwatch status{reset}  host {_text(doc.get('host', '?'), 64)}  "
-             f"{sum(1 for j in jobs if j.get('status') == 'running')} running, {len(jobs)} shown  "
+             f"{sum(1 for j in jobs if j.get('status') == 'running')} running, {min(len(jobs), MAX_ROWS)} shown  "
              f"{time.strftime('%H:%M:%S')}", ""]
     if not jobs:
         lines.append(f"{dim}no render jobs (start one with the hooks loaded){reset}")
     else:
         lines.append(f"{'JOB':<20} {'SCENE':<12} {'STATUS':<9} {'FRAMES':>9} {'PROGRESS':<27} {'ETA':>7} "
                      f"{'LAST':>7}  PEAK blender/rss/vram")
-        for j in jobs:
+        for j in jobs[:MAX_ROWS]:
             frames = f"{_text(j.get('frames_done', 0), 9)}/{_text(j.get('frames_total', 0), 9)}"
             prog = min(1.0, max(0.0, _num(j.get("progress")) or 0.0))
             peaks = j.get("peaks") or {}
@@ -108,6 +110,8 @@ def render_frame(doc: dict[str, Any], color: bool = False) -> str:
                          f"{_text(j.get('status'), 9):<9} {frames:>9} {bar(prog)} {prog * 100:4.0f}% "
                          f"{_dur(j.get('eta_seconds')):>7} {_dur(j.get('last_frame_seconds')):>7}  {mem}"
                          + (f"  {_text(j['error_type'], 32)}" if j.get("error_type") else ""))
+        if total > MAX_ROWS:
+            lines.append(f"{dim}... and {total - MAX_ROWS} more job(s) (GET /api/v1/jobs?limit=N){reset}")
     lines.append("")
     gpus = doc.get("gpus", [])
     if not gpus:

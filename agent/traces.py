@@ -19,6 +19,7 @@ import logging
 import re
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -72,6 +73,167 @@ def span_id(*parts: object) -> int:
     return int.from_bytes(_h("renderwatch/span", *parts)[:8], "big") or 1
 
 
+# -- keeping a job's trace inside the backends' limits ----------------------------------------------
+# Tempo refuses a trace's spans past max_bytes_per_trace (5,000,000 bytes by default) and truncates
+# attributes over 2,048 bytes. The budget is the agent's share of that per job (trace); see docs/agent.md.
+DEFAULT_TRACE_MAX_BYTES = 4_000_000
+ATTRIBUTE_MAX_BYTES = 2048
+ROUTINE_SHARE = 0.75       # routine frames get their own span while the trace is under 75 % of the budget
+NOTABLE_SHARE = 0.9        # slow, failed, suspect, first and sampled frames: under 90 %; summaries: 100 %
+# A farm job's trace is shared by all its tasks (each a job here): a task spends at most 2 % of the budget,
+# 0.5 % on routine frames' spans (about 40), up to 1 % with notable ones, the rest on summaries.
+SHARED_SHARE = 0.02
+BATCH_FRAMES = 100         # past the routine share, a render.frames span per this many frames
+FIRST_DETAILED = 10        # the first frames of a job keep their phase spans (the shape of a frame)
+SAMPLE_EVERY = 100         # and one frame in this many
+SLOW_FACTOR = 2.0          # a frame this many times the median of the recent ones is slow
+SLOW_MIN_HISTORY = 5
+
+
+def _clip(value: str, limit: int = ATTRIBUTE_MAX_BYTES) -> str:
+    """A string attribute cut to fit `limit` UTF-8 bytes (Tempo would truncate it anyway)."""
+    if len(value) * 4 <= limit:
+        return value
+    raw = value.encode("utf-8", "surrogatepass")
+    return value if len(raw) <= limit else raw[:limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def _varint(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7) if n >= 0 else 10
+
+
+def span_bytes(name: str, attrs: dict, status: Status) -> int:
+    """The span's size in OTLP protobuf (what Tempo counts), computed from the fields: ids 36, times 18,
+    kind 2, flags 5, name, each attribute as a KeyValue, the status; plus its framing and a share of the
+    request's resource and scope (6 bytes: an export batch holds hundreds of spans)."""
+    n = 36 + 18 + 2 + 5 + 2 + len(name) + (4 + len(status.description or "") if status.status_code != StatusCode.UNSET else 0)
+    for k, v in attrs.items():
+        if isinstance(v, str):
+            val = 1 + _varint(len(v)) + len(v.encode("utf-8", "surrogatepass"))
+        elif isinstance(v, bool):
+            val = 2
+        elif isinstance(v, int):
+            val = 1 + _varint(v)
+        else:
+            val = 9
+        kv = 1 + _varint(len(k)) + len(k) + 1 + _varint(val) + val
+        n += 1 + _varint(kv) + kv
+    return n + 1 + _varint(n) + 6
+
+
+@dataclass
+class FrameBatch:
+    """Frames summarised in one render.frames span."""
+
+    index: int
+    first: int
+    last: int
+    start: float
+    end: float
+    seconds: list[float] = field(default_factory=list)
+    saved: int = 0
+    slowest: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TraceBudget:
+    """One job's trace: the bytes it was given and spent, and the frames summarised or dropped.
+
+    Its decisions depend on the events only (journal replay rebuilds it the same, spans exported
+    before a restart included), so a restarted agent re-sends exactly the spans it sent before."""
+
+    max_bytes: int
+    shared: bool = False                   # a farm job's trace: many tasks (jobs) share it
+    spent: int = 0
+    frames_seen: int = 0
+    summarised: int = 0
+    dropped: int = 0
+    batches: int = 0
+    batch: FrameBatch | None = None
+    spanned: dict[int, int] = field(default_factory=dict)   # frame -> span id of its render.frame span
+
+    @property
+    def limit(self) -> float:
+        return self.max_bytes * (SHARED_SHARE if self.shared else 1.0)
+
+    @property
+    def routine_limit(self) -> float:
+        return self.limit * ROUTINE_SHARE if not self.shared else self.limit / 4
+
+    @property
+    def notable_limit(self) -> float:
+        return self.limit * NOTABLE_SHARE if not self.shared else self.limit / 2
+
+    def spend(self, n: int) -> None:
+        self.spent += n
+
+    def place(self, notable: bool) -> tuple[bool, bool]:
+        """(own span, summarised) for the next frame."""
+        self.frames_seen += 1
+        if self.spent < self.routine_limit:
+            return True, False
+        own = notable and self.spent < self.notable_limit
+        if self.spent < self.limit:
+            return own, True
+        if not own:
+            self.dropped += 1
+        return own, False
+
+    def add_to_batch(self, frame: int, start: float, end: float, seconds: float, saved: bool,
+                     phases: dict[str, float]) -> FrameBatch | None:
+        """Add a frame to the open batch; returns the batch when it is full (to emit)."""
+        b = self.batch
+        if b is None:
+            b = self.batch = FrameBatch(self.batches, frame, frame, start, end, slowest=frame)
+            self.batches += 1
+        if not b.seconds or seconds > max(b.seconds):
+            b.slowest = frame
+        b.first, b.last = min(b.first, frame), max(b.last, frame)
+        b.start, b.end = min(b.start, start), max(b.end, end)
+        b.seconds.append(seconds)
+        b.saved += saved
+        for name, secs in phases.items():
+            b.phases[name] = b.phases.get(name, 0.0) + secs
+        self.summarised += 1
+        if len(b.seconds) >= BATCH_FRAMES:
+            self.batch = None
+            return b
+        return None
+
+    def close_batch(self) -> FrameBatch | None:
+        b, self.batch = self.batch, None
+        return b
+
+
+def phase_seconds(fd: FrameDone) -> dict[str, float]:
+    """Seconds per phase of a frame (a phase lasts until the next one starts, the last until the end)."""
+    out: dict[str, float] = {}
+    for i, (name, ts, _detail) in enumerate(fd.phases):
+        end = fd.phases[i + 1][1] if i + 1 < len(fd.phases) else fd.end
+        out[name] = out.get(name, 0.0) + max(0.0, min(end, fd.end) - max(ts, fd.start))
+    return out
+
+
+def detail_reason(job: Job, fd: FrameDone, seconds: float, budget: TraceBudget) -> str | None:
+    """Why this frame is worth its phase spans (and its own span past the routine budget), or None."""
+    ev = fd.event
+    if not ev["saved"]:
+        return "failed"
+    if is_cpu_fallback(ev):
+        return "suspect"
+    recent = job.recent
+    if len(recent) >= SLOW_MIN_HISTORY:
+        median = sorted(recent)[len(recent) // 2]
+        if median > 0 and seconds > SLOW_FACTOR * median:
+            return "slow"
+    if budget.frames_seen < (1 if budget.shared else FIRST_DETAILED):    # a farm task: its first frame
+        return "first"
+    if not budget.shared and budget.frames_seen % SAMPLE_EVERY == 0:
+        return "sampled"
+    return None
+
+
 class TrackingExporter(SpanExporter):
     """Wraps the real exporter; after a successful export, persists the highest journal position
     whose spans were exported, so a restarted agent re-emits only the spans not yet exported."""
@@ -114,7 +276,7 @@ class TrackingExporter(SpanExporter):
 def create_exporter(cfg: AgentConfig) -> SpanExporter:
     """The exporter named by the config: OTLP/HTTP, OTLP/gRPC, or the embedded JSON-lines file."""
     if cfg.otlp_endpoint is None:
-        return JsonLinesSpanExporter(cfg.traces_dir, cfg.trace_file_max_bytes)
+        return JsonLinesSpanExporter(cfg.traces_dir, cfg.trace_file_max_bytes, max_age_days=cfg.trace_file_max_age_days)
     if cfg.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
         return GrpcExporter(endpoint=cfg.otlp_endpoint)
@@ -135,6 +297,7 @@ class RenderTracer:
         self.provider.add_span_processor(self.processor)
         self.scope = InstrumentationScope(SCOPE)
         self.emitted = 0
+        self.max_bytes = cfg.trace_max_bytes
 
     def _span(self, name: str, parent: SpanContext | None, trace_id: int, sid: int, start: float,
               end: float, attrs: dict, pos: int, status: Status = _UNSET) -> SpanContext:
@@ -150,15 +313,16 @@ class RenderTracer:
         self.emitted += 1
         return ctx
 
-    def emit(self, effect: Effect, pos: int) -> None:
-        """Create the spans for one effect, tagged with its journal position."""
+    def emit(self, effect: Effect, pos: int, export: bool = True) -> None:
+        """Create the spans for one effect, tagged with its journal position. export=False (journal
+        replay of what was exported before a restart) only accounts for them in the job's budget."""
         try:
             if isinstance(effect, FrameDone):
-                self._frame(effect, pos)
+                self._frame(effect, pos, export)
             elif isinstance(effect, JobDone):
-                self._job(effect.job, pos)
+                self._job(effect.job, pos, export)
             elif isinstance(effect, FrameCheck):
-                self._check(effect, pos)
+                self._check(effect, pos, export)
         except Exception:                 # tracing must never break ingest
             log.exception("could not create spans for %s", type(effect).__name__)
 
@@ -169,60 +333,115 @@ class RenderTracer:
             tid = farm.trace_id
         return tid, SpanContext(tid, rid, is_remote=False, trace_flags=_SAMPLED)
 
-    def _frame(self, fd: FrameDone, pos: int) -> None:
+    def budget(self, job: Job) -> TraceBudget:
+        if not isinstance(job.trace_budget, TraceBudget):
+            job.trace_budget = TraceBudget(self.max_bytes, shared=farm_parent(job) is not None)
+        return job.trace_budget
+
+    def _frame(self, fd: FrameDone, pos: int, export: bool = True) -> None:
         job, ev = fd.job, fd.event
+        budget = self.budget(job)
+        seconds = float(ev["seconds"])
+        why = detail_reason(job, fd, seconds, budget)
+        phases = phase_seconds(fd)
         tid, root = self._root(job)
+        own, summarised = budget.place(why is not None)
+        if summarised:
+            full = budget.add_to_batch(fd.frame, fd.start, fd.end, seconds, bool(ev["saved"]), phases)
+            if full is not None:
+                self._batch(job, full, tid, root, pos, export)
+        if not own:
+            return
         attempt = job.sessions.index(fd.session) + 1 if fd.session in job.sessions else job.attempts
-        attrs: dict = {"render.job.id": job.id, "render.frame": fd.frame, "render.frame.seconds": float(ev["seconds"]),
-                       "render.saved": bool(ev["saved"]), "render.attempt": attempt, "render.scene": job.scene,
-                       "render.engine": job.engine, "render.device": job.device_type, **farm_attributes(job)}
+        attrs: dict = {"render.job.id": job.id, "render.frame": fd.frame, "render.frame.seconds": seconds,
+                       "render.saved": bool(ev["saved"]), "render.attempt": attempt}
         for kind, key in (("blender", "peak_memory_blender_bytes"), ("rss", "max_rss_bytes"),
                           ("vram", "peak_vram_bytes")):
             if ev.get(key):
                 attrs[f"render.memory.peak.{kind}"] = int(ev[key])
-        samples = ev.get("samples", job.samples)
-        if samples is not None:
-            attrs["render.samples"] = samples
-        if ev.get("resolution_x") and ev.get("resolution_y"):
-            attrs["render.resolution"] = f"{ev['resolution_x']}x{ev['resolution_y']}"
-        elif job.resolution:
-            attrs["render.resolution"] = job.resolution
         out = ev.get("output_path") or job.output_path
         if out:
-            attrs["render.output_path"] = out
+            attrs["render.output_path"] = _clip(out)
         if ev.get("device_asked"):
             attrs["render.device.asked"] = ev["device_asked"]
             if is_cpu_fallback(ev):
                 attrs["render.frame.suspect"] = "cpu_fallback"
+        for name, secs in phases.items():
+            attrs[f"render.phase.{name}.seconds"] = round(secs, 6)
+        if why is not None:
+            attrs["render.frame.detail"] = why
+            # The job's own settings ride on its detailed frames too (the root comes at the job's end).
+            attrs.update({"render.scene": job.scene, "render.engine": job.engine, "render.device": job.device_type})
+            samples = ev.get("samples", job.samples)
+            if samples is not None:
+                attrs["render.samples"] = samples
+            if ev.get("resolution_x") and ev.get("resolution_y"):
+                attrs["render.resolution"] = f"{ev['resolution_x']}x{ev['resolution_y']}"
+            elif job.resolution:
+                attrs["render.resolution"] = job.resolution
+            attrs.update(farm_attributes(job))
+        status = _UNSET if ev["saved"] else Status(StatusCode.ERROR, "frame not saved")
         seq = ev["seq"]
-        frame_ctx = self._span("render.frame", root, tid, span_id(job.id, fd.session, seq), fd.start, fd.end, attrs, pos)
+        sid = span_id(job.id, fd.session, seq)
+        budget.spanned[fd.frame] = sid
+        budget.spend(span_bytes("render.frame", attrs, status))
+        if export:
+            self._span("render.frame", root, tid, sid, fd.start, fd.end, attrs, pos, status)
+        if why is None or budget.spent >= budget.notable_limit:
+            return
+        frame_ctx = SpanContext(tid, sid, is_remote=False, trace_flags=_SAMPLED)
         for i, (name, ts, detail) in enumerate(fd.phases):
             end = fd.phases[i + 1][1] if i + 1 < len(fd.phases) else fd.end
             pattrs: dict = {"render.frame": fd.frame, "render.phase": name}
             if detail:
-                pattrs["render.phase.detail"] = detail
-            self._span(f"render.phase.{name}", frame_ctx, tid, span_id(job.id, fd.session, seq, i),
-                       max(ts, fd.start), min(max(end, ts), fd.end), pattrs, pos)
+                pattrs["render.phase.detail"] = _clip(detail)
+            budget.spend(span_bytes(f"render.phase.{name}", pattrs, _UNSET))
+            if export:
+                self._span(f"render.phase.{name}", frame_ctx, tid, span_id(job.id, fd.session, seq, i),
+                           max(ts, fd.start), min(max(end, ts), fd.end), pattrs, pos)
 
-    def _check(self, fc: FrameCheck, pos: int) -> None:
+    def _batch(self, job: Job, b: FrameBatch, tid: int, root: SpanContext, pos: int, export: bool) -> None:
+        """A render.frames span: N consecutive frames summarised (counts, min/median/max, the slowest)."""
+        secs = sorted(b.seconds)
+        attrs: dict = {"render.job.id": job.id, "render.frames.first": b.first, "render.frames.last": b.last,
+                       "render.frames.count": len(secs), "render.frames.saved": b.saved,
+                       "render.frame.seconds.min": secs[0], "render.frame.seconds.median": secs[len(secs) // 2],
+                       "render.frame.seconds.max": secs[-1], "render.frames.slowest": b.slowest}
+        for name, total in b.phases.items():
+            attrs[f"render.phase.{name}.seconds.mean"] = round(total / len(secs), 6)
+        status = _UNSET if b.saved == len(secs) else Status(StatusCode.ERROR, f"{len(secs) - b.saved} frame(s) not saved")
+        self.budget(job).spend(span_bytes("render.frames", attrs, status))
+        if export:
+            self._span("render.frames", root, tid, span_id(job.id, "frames", b.index), b.start, b.end, attrs, pos,
+                       status)
+
+    def _check(self, fc: FrameCheck, pos: int, export: bool = True) -> None:
         """A zero-length render.frame.check span, a child of the frame's span where the agent saw it
         (the check ends after the frame's span went out, and a finished span cannot change)."""
         tid, root = self._root(fc.job)
-        parent = root
-        if fc.frame_span is not None:
-            parent = SpanContext(tid, span_id(fc.job.id, *fc.frame_span), is_remote=False, trace_flags=_SAMPLED)
+        parent, budget = root, self.budget(fc.job)
+        frame_sid = budget.spanned.get(fc.frame)
+        if frame_sid is not None:         # a frame summarised in a render.frames span has no span of its own
+            parent = SpanContext(tid, frame_sid, is_remote=False, trace_flags=_SAMPLED)
         attrs: dict = {"render.job.id": fc.job.id, "render.frame": fc.frame, "render.frame.suspect": fc.reason,
                        **farm_attributes(fc.job)}
         if fc.detail:
             attrs["render.frame.suspect.detail"] = fc.detail
         if fc.event.get("rendered"):
             attrs["render.frame.renders"] = int(fc.event["rendered"])
-        self._span("render.frame.check", parent, tid, span_id(fc.job.id, fc.event["session"], fc.event["seq"]),
-                   fc.ts, fc.ts, attrs, pos, Status(StatusCode.ERROR, f"suspect frame: {fc.reason}"))
+        status = Status(StatusCode.ERROR, f"suspect frame: {fc.reason}")
+        budget.spend(span_bytes("render.frame.check", attrs, status))
+        if export:
+            self._span("render.frame.check", parent, tid, span_id(fc.job.id, fc.event["session"], fc.event["seq"]),
+                       fc.ts, fc.ts, attrs, pos, status)
 
-    def _job(self, job: Job, pos: int) -> None:
+    def _job(self, job: Job, pos: int, export: bool = True) -> None:
         tid, root = self._root(job)
         rid = root.span_id
+        budget = self.budget(job)
+        last = budget.close_batch()
+        if last is not None:
+            self._batch(job, last, tid, root, pos, export)
         attrs = {"render.job.id": job.id, "render.scene": job.scene, "render.engine": job.engine,
                  "render.device": job.device_type, "render.blend_file": job.blend_file,
                  "render.status": job.status, "render.frames.done": job.frames_done,
@@ -238,8 +457,12 @@ class RenderTracer:
         if job.error_type:
             attrs["error.type"] = job.error_type
         attrs.update(farm_attributes(job))
+        if budget.summarised or budget.dropped:
+            attrs["render.trace.frames_summarised"] = budget.summarised
+            attrs["render.trace.frames_dropped"] = budget.dropped
         end = job.ended_at if job.ended_at is not None else job.last_event_ts
-        self._span("render.job", farm_parent(job), tid, rid, job.started_at, end, attrs, pos, status)
+        if export:
+            self._span("render.job", farm_parent(job), tid, rid, job.started_at, end, attrs, pos, status)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.processor.force_flush(timeout_millis)

@@ -244,8 +244,92 @@ def bench_steady_state(seconds: float = 20.0) -> list[dict]:
     ]
 
 
+class _OtlpSizeExporter(SpanExporter):
+    """Encodes each batch as the OTLP exporter would (ExportTraceServiceRequest) and keeps its size."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        self.bytes += len(encode_spans(spans).SerializeToString())
+        return SpanExportResult.SUCCESS
+
+
+def _long_job_worker(frames: int, jobs: int) -> dict:
+    """In a fresh process: ingest `jobs` jobs of `frames` frames (interleaved, 1,000-event batches as
+    the hooks' sender posts them), spans encoded as OTLP protobuf; CPU per event, RSS, span bytes."""
+    import resource
+    per_job = [job_lines(f"len-{j}", f"lensess{j:04d}", frames, t0=1_700_000_000.0) for j in range(jobs)]
+    lines = [ln for group in zip(*per_job, strict=False) for ln in group] if jobs > 1 else per_job[0]
+    tmp = Path(tempfile.mkdtemp(prefix="rw-bench-len-"))
+    try:
+        cfg = AgentConfig(data_dir=tmp, spool_dir=tmp / "spool")
+        sizes = _OtlpSizeExporter()
+        tracer = RenderTracer(cfg, ExportMark(tmp), sizes)
+        state = State()
+        ing = Ingestor(state, Journal(tmp), IngestStats(), tracer=tracer)
+        rss0 = psutil.Process().memory_info().rss
+        c0 = time.process_time()
+        for i in range(0, len(lines), 1000):
+            ing.ingest_lines(lines[i:i + 1000])
+        tracer.shutdown()
+        cpu = time.process_time() - c0
+        rss = psutil.Process().memory_info().rss
+        done = sum(j.frames_done for j in state.jobs.values())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"us_per_event": cpu / len(lines) * 1e6, "rss_mb": rss / 1e6, "rss_growth_mb": (rss - rss0) / 1e6,
+            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, "span_bytes": sizes.bytes,
+            "frames_done": done, "frames": frames * jobs}
+
+
+def _run_worker(frames: int, jobs: int = 1) -> dict:
+    import json
+    out = subprocess.run([sys.executable, "-m", "bench.bench_agent", "--long-job", str(frames), str(jobs)],
+                         capture_output=True, text=True, timeout=900, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+TEMPO_MAX_BYTES_PER_TRACE = 5_000_000
+
+
+def bench_long_jobs() -> list[dict]:
+    """Ingest cost per event and memory across job lengths and with 50 jobs at once; bytes of spans
+    per frame and per job against Tempo's per-trace limit. The 100-frame job is the peer (flat goal)."""
+    rows: list[dict] = []
+    base = _run_worker(100)
+    for frames, jobs in ((100, 1), (1_000, 1), (10_000, 1), (1_000, 50)):
+        r = base if (frames, jobs) == (100, 1) else _run_worker(frames, jobs)
+        assert r["frames_done"] == r["frames"], r
+        what = f"{frames:,}-frame job" if jobs == 1 else f"{jobs} jobs x {frames:,} frames at once"
+        peer = "100-frame job, same run"
+        rows.append({"name": f"agent ingest per event (spans encoded as OTLP), {what}",
+                     "measured": round(r["us_per_event"], 1), "unit": "us", "goal": "flat: <= 1.5x peer",
+                     "peer": peer, "peer_measured": round(base["us_per_event"], 1),
+                     "pass": r["us_per_event"] <= 1.5 * base["us_per_event"]})
+        rows.append({"name": f"agent RSS growth ingesting the {what}", "measured": round(r["rss_growth_mb"], 1),
+                     "unit": "MB", "goal": "<= 40", "peer": peer, "peer_measured": round(base["rss_growth_mb"], 1),
+                     "pass": r["rss_growth_mb"] <= 40})
+        per_job = r["span_bytes"] / jobs
+        rows.append({"name": f"bytes of spans per job (OTLP protobuf), {what}", "measured": round(per_job),
+                     "unit": "B", "goal": f"< {TEMPO_MAX_BYTES_PER_TRACE:,} (Tempo max_bytes_per_trace)",
+                     "peer": peer, "peer_measured": round(base["span_bytes"]),
+                     "pass": per_job < TEMPO_MAX_BYTES_PER_TRACE})
+        rows.append({"name": f"bytes of spans per frame, {what}", "measured": round(per_job / frames),
+                     "unit": "B", "goal": "-", "peer": peer, "peer_measured": round(base["span_bytes"] / 100),
+                     "pass": None})
+    r = _run_worker(100_000)
+    rows.append({"name": "bytes of spans per job, 100,000-frame job (frames past the budget summarised)",
+                 "measured": r["span_bytes"], "unit": "B", "goal": f"< {TEMPO_MAX_BYTES_PER_TRACE:,}",
+                 "peer": "100-frame job, same run", "peer_measured": base["span_bytes"],
+                 "pass": r["span_bytes"] < TEMPO_MAX_BYTES_PER_TRACE})
+    return rows
+
+
 def run() -> list[dict]:
     rows = [bench_ingest_direct("off"), bench_ingest_direct("spans"), bench_ingest_direct("file")]
+    rows += bench_long_jobs()
     agent = _Agent()
     try:
         rows.append(bench_ingest_http(agent))
@@ -261,5 +345,9 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    for row in run():
-        print(row)
+    if sys.argv[1:2] == ["--long-job"]:
+        import json
+        print(json.dumps(_long_job_worker(int(sys.argv[2]), int(sys.argv[3]))))
+    else:
+        for row in run():
+            print(row)

@@ -29,6 +29,9 @@ ENV_JOB_GRACE = "RENDERWATCH_JOB_GRACE_SECONDS"
 ENV_SAMPLE_INTERVAL = "RENDERWATCH_SAMPLE_INTERVAL_SECONDS"
 ENV_MAX_BODY = "RENDERWATCH_MAX_BODY_BYTES"
 ENV_STALE_AFTER = "RENDERWATCH_STALE_AFTER_SECONDS"
+ENV_TRACE_MAX_BYTES = "RENDERWATCH_TRACE_MAX_BYTES"          # a job's trace budget (Tempo refuses past 5 MB)
+ENV_TRACE_FILE_MAX_AGE = "RENDERWATCH_TRACE_FILE_MAX_AGE_DAYS"   # embedded span files older than this go
+ENV_JOURNAL_MAX_BYTES = "RENDERWATCH_JOURNAL_MAX_BYTES"      # past it, unexported spans of ended jobs are let go
 
 # -- the healer -------------------------------------------------------------------------------------
 ENV_HEALER_CONFIG = "RENDERWATCH_HEALER_CONFIG"
@@ -40,6 +43,9 @@ ENV_HEALER_MAX_RESTARTS = "RENDERWATCH_HEALER_MAX_RESTARTS"
 ENV_HEALER_BACKOFF = "RENDERWATCH_HEALER_BACKOFF_S"
 ENV_HEALER_KILL_GRACE = "RENDERWATCH_HEALER_KILL_GRACE_S"
 ENV_ALERTMANAGER_TOKEN = "RENDERWATCH_ALERTMANAGER_TOKEN"   # the bearer token Alertmanager must send
+ENV_HEALER_KEEP_COMPLETE = "RENDERWATCH_HEALER_KEEP_COMPLETE_DAYS"      # job folders of delivered jobs
+ENV_HEALER_KEEP_INCOMPLETE = "RENDERWATCH_HEALER_KEEP_INCOMPLETE_DAYS"  # failed/cancelled/unfinished: resumable
+ENV_HEALER_SCENE_CACHE_DAYS = "RENDERWATCH_HEALER_SCENE_CACHE_DAYS"     # scene-scan cache entries not used
 
 # -- incidents (the standard Sentry variables work as the SDK's do) ---------------------------------
 ENV_SENTRY_DSN = "SENTRY_DSN"

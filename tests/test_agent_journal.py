@@ -118,3 +118,28 @@ def test_unwritable_journal_keeps_serving(tmp_path, caplog):
     assert (first, second) == (1, 2) and j.errors == 2
     assert sum("cannot write" in r.message for r in caplog.records) == 1
     j._fd = None
+
+
+def test_an_exporter_down_for_good_does_not_grow_the_journal_without_bound(tmp_path):
+    """Ended jobs whose spans never get out (a collector gone for days) wait in the journal, but only
+    up to its size bound: then they are compacted away like exported ones, their frames kept in the
+    totals, the live job's records kept."""
+    j, st = Journal(tmp_path), State()
+    live = JobStream("live", session="sesslive1")
+    journal_events(j, st, [live.start(1, 9)] + live.frame(1))
+    for n in range(30):
+        s = JobStream(f"old-{n}", session=f"sessold{n:03d}")
+        journal_events(j, st, s.whole(frames=3))
+        end = st.jobs[s.job].ended_at
+        expire = {"type": "_expire", "job": s.job, "ts": end + 400}
+        j.append([json.dumps(expire).encode()])
+        st.apply(expire)
+    size = j.path.stat().st_size
+    assert j.compact(st, exported=0, max_bytes=size + 1) == 0 and j.waiting == 30    # under the bound: wait
+    assert j.compact(st, exported=0, max_bytes=size // 2) > 0
+    assert j.spans_given_up == 30 and j.waiting == 0
+    assert j.path.stat().st_size < size // 10
+    j.close()
+    st2 = State()
+    Journal(tmp_path).replay(st2)
+    assert set(st2.jobs) == {"live"} and st2.totals.frames[("Scene", "CYCLES", "CPU")] == 91

@@ -192,7 +192,7 @@ def test_suspect_frames_are_counted_by_reason_and_survive_a_journal_round_trip()
     assert _suspect_metric(st, s.t) == {"blank": 1.0, "transparent": 0.0, "resolution": 0.0, "channels": 0.0,
                                         "too_fast": 0.0, "cpu_fallback": 1.0}
     check = effects[-1]
-    assert check.frame == 2 and check.reason == "blank" and check.frame_span == (s.session, evs[-1]["seq"])
+    assert check.frame == 2 and check.reason == "blank"    # its parent span: the tracer knows (test_agent_traces)
     assert FrameTotals.from_dict(st.totals.to_dict()).suspects == {"cpu_fallback": 1, "blank": 1}
 
 

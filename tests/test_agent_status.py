@@ -51,3 +51,39 @@ def test_render_frame_with_gpus():
     assert "71C" in text and "402W" in text and "throttle: sw_power_cap" in text
     assert "GPU 1 NVIDIA H100: not answering" in text
     assert bar(0.0, 4) == "[----]" and bar(1.5, 4) == "[####]"
+
+
+def test_fifty_jobs_give_a_bounded_job_list_and_status_view(tmp_path):
+    """50 jobs at once (and more ended): /api/v1/jobs answers at most `limit` jobs, running ones first,
+    with the total; `renderwatch status` shows at most MAX_ROWS lines of jobs and counts the rest."""
+    import json
+    import urllib.request
+
+    from agent.status import MAX_ROWS, fetch_jobs
+
+    handle = run_in_thread(agent_config(tmp_path), nvml=NoNvml())
+    try:
+        body = []
+        for n in range(60):
+            s = JobStream(f"job-{n:02d}", session=f"sess{n:04d}")
+            body += s.whole(frames=2) if n < 10 else [s.start(1, 100), *s.frame(1)]
+        assert post(handle.url, ndjson(body))[0] == 200
+        doc = fetch_jobs(handle.url)
+        with urllib.request.urlopen(handle.url + "/api/v1/jobs?limit=30", timeout=10) as r:
+            capped = json.loads(r.read())
+        with urllib.request.urlopen(handle.url + "/api/v1/jobs", timeout=10) as r:
+            default = json.loads(r.read())
+        try:
+            urllib.request.urlopen(handle.url + "/api/v1/jobs?limit=0", timeout=10)
+            raise AssertionError("limit=0 accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 400
+    finally:
+        handle.stop()
+    assert capped["jobs_total"] == 60 and len(capped["jobs"]) == 30
+    assert all(j["status"] == "running" for j in capped["jobs"])
+    assert len(default["jobs"]) == 60
+    assert len(doc["jobs"]) == MAX_ROWS and doc["jobs_total"] == 60
+    text = render_frame(doc)
+    assert sum(ln.startswith("job-") for ln in text.splitlines()) == MAX_ROWS
+    assert f"and {60 - MAX_ROWS} more job(s)" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from agent_support import JobStream, agent_config
 from google.protobuf.json_format import ParseDict
@@ -137,6 +138,26 @@ def test_jsonl_rotation_is_size_bounded(tmp_path):
     assert sum(f.stat().st_size for f in files) <= 40_000 + 10_000
     out.shutdown()
     assert out.export(spans) is SpanExportResult.FAILURE
+    tracer.shutdown()
+
+
+def test_span_files_stay_bounded_across_days(tmp_path):
+    """A node writing a few spans a day for months: one small file a day, never big enough to rotate,
+    must still stay under the size bound, and files past the age limit go."""
+    mem = InMemorySpanExporter()
+    tracer = RenderTracer(agent_config(tmp_path), ExportMark(tmp_path), exporter=mem)
+    run_job(tracer, JobStream("j").whole(frames=2))
+    tracer.force_flush()
+    spans = mem.get_finished_spans()
+    day = [1_700_000_000.0]
+    out = JsonLinesSpanExporter(tmp_path / "t", max_bytes=40_000, clock=lambda: day[0], max_age_days=10_000)
+    for _ in range(90):
+        assert out.export(spans) is SpanExportResult.SUCCESS
+        day[0] += 86400
+    files = list((tmp_path / "t").glob("spans-*.jsonl"))
+    assert sum(f.stat().st_size for f in files) <= 40_000
+    aged = JsonLinesSpanExporter(tmp_path / "t", max_bytes=40_000, max_age_days=7)
+    assert aged.prune(time.time() + 8 * 86400) == len(files)      # all older than 7 days now
     tracer.shutdown()
 
 

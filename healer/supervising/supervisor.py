@@ -54,6 +54,7 @@ from healer.supervising.policy import Action, JobState, Outcome, Policy, plan
 from healer.supervising.preflight import EarlyFailure, Prepared, RequestError, judge_assets, prepare
 from healer.supervising.probes import ResourceSampler, SystemProbes
 from healer.supervising.progress import ProgressDisplay
+from healer.supervising.retention import prune_at_start
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, NoIncidents, SupervisorMetrics
 from renderwatch.paths import home
 
@@ -199,6 +200,7 @@ class Supervisor:
             return None
         self._prepared = prepared
         ctx.job = prepared.job
+        prune_at_start(ctx.env, prepared.job)      # job folders and scene cache past retention
         directory = job_dir(prepared.job, ctx.env)
         self._lock = SupervisorLock(directory)
         try:
