@@ -11,6 +11,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -97,6 +98,9 @@ def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
         raise ConfigError(str(e)) from None
 
 
+MAX_SETTING = 1e12     # no agent setting (seconds, bytes, milliseconds) means anything past this
+
+
 def _number(key: str, raw: Any, kind: type, minimum: float) -> Any:
     try:
         if isinstance(raw, bool):
@@ -104,8 +108,10 @@ def _number(key: str, raw: Any, kind: type, minimum: float) -> Any:
         val = kind(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: {raw!r} is not a{'n integer' if kind is int else ' number'}") from None
-    if val < minimum:
-        raise ConfigError(f"{key}: {raw!r} must be >= {minimum}")
+    if not math.isfinite(val) or val < minimum:     # NaN passes every `<`: a NaN grace never expired a job
+        raise ConfigError(f"{key}: {raw!r} must be a finite number >= {minimum}")
+    if val > MAX_SETTING:
+        raise ConfigError(f"{key}: {raw!r} must be at most {MAX_SETTING:g}")
     return val
 
 

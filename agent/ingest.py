@@ -1,9 +1,11 @@
 """Event ingest: the POST /api/v1/events handler and the one path every event takes.
 
-decode + validate (blender_hooks.events) -> dedupe by (session, seq) -> enrich a frame_end with
-the sampled peaks -> one journal write per batch -> fold into the state -> spans. Nothing on
-this path awaits, so a batch is applied atomically between the HTTP handler and the spool scanner
-(agent.spool) that share it.
+decode + validate (blender_hooks.events; pure, `decode_body`) -> dedupe by (session, seq) -> enrich a
+frame_end with the sampled peaks -> one journal write per batch -> fold into the state -> spans
+(`Ingestor.apply`). Nothing in `apply` awaits, so a batch is applied atomically between the HTTP
+handler and the spool scanner (agent.spool) that share it. The HTTP handler decodes its body in a
+worker thread and stops after MAX_REJECTED_PER_BODY rejected events (the body is then refused
+whole): a client posting junk cannot hold the event loop (/healthz, /metrics) for its whole body.
 
 Usage::
 
@@ -14,6 +16,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Callable, Iterable
@@ -25,9 +28,10 @@ from aiohttp import web
 from agent.journal import Journal
 from agent.metrics import IngestStats
 from agent.state import State
-from blender_hooks.events import EventError, decode, encode, validate
+from blender_hooks.events import MAX_EVENT_BYTES, EventError, decode, encode, validate
 
 MAX_ERRORS_REPORTED = 20
+MAX_REJECTED_PER_BODY = 1000    # an HTTP body with more rejected events than this is refused whole
 
 
 @dataclass
@@ -47,6 +51,68 @@ class IngestResult:
                 "errors": self.errors}
 
 
+@dataclass
+class Decoded:
+    """What decoding found in a batch (pure: no state touched, so it can run off the event loop)."""
+
+    events: list[tuple[dict, bytes]] = field(default_factory=list)     # each event and its journal line
+    errors: list[tuple[int, str, str]] = field(default_factory=list)   # (index, reason, detail)
+    # Why nothing of the batch is applied: "not_json" (a JSON body that does not parse) or
+    # "too_many_rejected" (more than max_rejected errors: decoding stopped there); None: apply it.
+    refused: str | None = None
+
+
+def decode_lines(lines: Iterable[bytes], max_rejected: int | None = None) -> Decoded:
+    """NDJSON lines (newlines stripped or not); blank lines are ignored. Stops after `max_rejected`
+    rejected lines (then `refused`): a body of junk costs that many decodes, not one per line."""
+    out = Decoded()
+    for i, raw in enumerate(lines):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            out.events.append((decode(line), line))
+        except EventError as e:
+            out.errors.append((i, e.reason, e.detail))
+            if max_rejected is not None and len(out.errors) > max_rejected:
+                out.refused = "too_many_rejected"
+                break
+    return out
+
+
+def decode_objects(objs: list[Any], max_rejected: int | None = None) -> Decoded:
+    """Already-parsed events (a JSON array body)."""
+    out = Decoded()
+    for i, obj in enumerate(objs):
+        try:
+            ev = validate(obj)
+            line = encode(ev).rstrip(b"\n")
+            if len(line) > MAX_EVENT_BYTES:
+                raise EventError("too_large", f"event is {len(line)} bytes, the limit is {MAX_EVENT_BYTES}")
+            out.events.append((ev, line))
+        except EventError as e:
+            out.errors.append((i, e.reason, e.detail))
+            if max_rejected is not None and len(out.errors) > max_rejected:
+                out.refused = "too_many_rejected"
+                break
+    return out
+
+
+def decode_body(body: bytes, content_type: str, max_rejected: int | None = MAX_REJECTED_PER_BODY) -> Decoded:
+    """An HTTP body: NDJSON, or a JSON array (or one JSON object) when it starts with `[` (or `{` with a
+    JSON content type). Pure and bounded: run it in a worker thread, never on the event loop."""
+    head = body.lstrip()[:1]
+    if head in (b"[", b"{") and (head == b"[" or "json" in content_type and "ndjson" not in content_type):
+        try:
+            doc = json.loads(body)
+        except UnicodeDecodeError as e:
+            return Decoded(errors=[(0, "invalid_utf8", f"byte {e.start} is not valid UTF-8")], refused="not_json")
+        except (ValueError, RecursionError) as e:
+            return Decoded(errors=[(0, "malformed_json", str(e)[:200])], refused="not_json")
+        return decode_objects(doc if isinstance(doc, list) else [doc], max_rejected)
+    return decode_lines(body.split(b"\n"), max_rejected)
+
+
 class Ingestor:
     """Applies batches of raw events to the state, journal and tracer."""
 
@@ -61,46 +127,27 @@ class Ingestor:
 
     def ingest_lines(self, lines: Iterable[bytes]) -> IngestResult:
         """NDJSON lines (newlines stripped or not); blank lines are ignored."""
+        return self.apply(decode_lines(lines))
+
+    def ingest_objects(self, objs: list[Any]) -> IngestResult:
+        """Already-parsed events (a JSON array body)."""
+        return self.apply(decode_objects(objs))
+
+    def apply(self, decoded: Decoded) -> IngestResult:
+        """Dedupe, enrich, journal and fold a decoded batch, all at once (nothing here awaits)."""
         res = IngestResult()
+        for i, reason, detail in decoded.errors:
+            res.error(i, reason, detail)
+            self.stats.reject(reason)
+        if decoded.refused is not None:
+            return res
         batch: list[tuple[dict, bytes]] = []
         accept, hook = self.state.accept, self.frame_hook
-        for i, raw in enumerate(lines):
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                ev = decode(line)
-            except EventError as e:
-                res.error(i, e.reason, e.detail)
-                self.stats.reject(e.reason)
-                continue
+        for ev, line in decoded.events:
             if not accept(ev):
                 res.duplicate += 1
                 continue
             if hook is not None and ev["type"] in ("frame_start", "frame_end") and hook(ev):
-                line = encode(ev).rstrip(b"\n")
-            batch.append((ev, line))
-        self._commit(batch, res)
-        return res
-
-    def ingest_objects(self, objs: list[Any]) -> IngestResult:
-        """Already-parsed events (a JSON array body)."""
-        res = IngestResult()
-        batch: list[tuple[dict, bytes]] = []
-        for i, obj in enumerate(objs):
-            try:
-                ev = validate(obj)
-                line = encode(ev).rstrip(b"\n")
-                if len(line) > 16 * 1024:
-                    raise EventError("too_large", f"event is {len(line)} bytes, the limit is {16 * 1024}")
-            except EventError as e:
-                res.error(i, e.reason, e.detail)
-                self.stats.reject(e.reason)
-                continue
-            if not self.state.accept(ev):
-                res.duplicate += 1
-                continue
-            if self.frame_hook is not None and ev["type"] in ("frame_start", "frame_end") and self.frame_hook(ev):
                 line = encode(ev).rstrip(b"\n")
             batch.append((ev, line))
         self._commit(batch, res)
@@ -138,7 +185,8 @@ async def handle_events(request: web.Request, ingestor: Ingestor, max_body: int,
     """POST /api/v1/events: NDJSON (one event per line) or a JSON array (or one JSON object).
 
     200: all accepted (or duplicates); 400: some or all events rejected (the valid ones are
-    still accepted; the body says which and why); 401: token missing/wrong; 413: body too large.
+    still accepted; the body says which and why), or more than MAX_REJECTED_PER_BODY rejected (then
+    none is: `error` too_many_rejected); 401: token missing/wrong; 413: body too large.
     """
     stats = ingestor.stats
     if not check_token(request, token):
@@ -154,19 +202,17 @@ async def handle_events(request: web.Request, ingestor: Ingestor, max_body: int,
         return _fail(413, "too_large", f"body is over the limit of {max_body} bytes")
     except (ConnectionError, OSError, EOFError) as e:
         return _fail(400, "malformed_json", f"could not read the body: {e}")
-    head = body.lstrip()[:1]
-    if head in (b"[", b"{") and (head == b"[" or "json" in request.content_type and "ndjson" not in request.content_type):
-        try:
-            doc = json.loads(body)
-        except UnicodeDecodeError as e:
-            stats.reject("invalid_utf8")
-            return _fail(400, "invalid_utf8", f"byte {e.start} is not valid UTF-8")
-        except (ValueError, RecursionError) as e:
-            stats.reject("malformed_json")
-            return _fail(400, "malformed_json", str(e)[:200])
-        result = ingestor.ingest_objects(doc if isinstance(doc, list) else [doc])
-    else:
-        result = ingestor.ingest_lines(body.split(b"\n"))
+    # Decoding is pure and is the costly part (a MiB of junk lines held the event loop ~2 s): a worker
+    # thread does it, bounded by MAX_REJECTED_PER_BODY; only dedupe, journal and state run on the loop.
+    decoded = await asyncio.get_running_loop().run_in_executor(None, decode_body, body, request.content_type)
+    result = ingestor.apply(decoded)
+    if decoded.refused == "too_many_rejected":
+        return web.json_response({**result.to_dict(), "error": "too_many_rejected",
+                                  "detail": f"more than {MAX_REJECTED_PER_BODY} events of this body were rejected: "
+                                            "it was refused whole, nothing from it was applied"}, status=400)
+    if decoded.refused is not None:       # the body is not JSON at all
+        _, reason, detail = decoded.errors[0]
+        return _fail(400, reason, detail)
     return web.json_response(result.to_dict(), status=400 if result.rejected else 200)
 
 

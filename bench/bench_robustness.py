@@ -12,6 +12,9 @@ A crash is any exception other than the target's documented rejection (EventErro
 or an HTTP 5xx. Inputs known to hang the agent (an unbounded job_start frame range, see
 tests/test_robustness.py::test_job_start_frame_range_bounded) are not generated.
 
+Also: /healthz latency of a real agent while four clients post 1 MiB of invalid NDJSON each
+(`healthz_under_junk`; the event loop must stay free while bodies are decoded).
+
 Usage::
 
     python -m bench robustness
@@ -403,6 +406,89 @@ def bench_alerts(n: int) -> Tally:
     return drive("Alertmanager payload (parse_notification + decide)", n, make, check)
 
 
+JUNK_CLIENTS = 4
+JUNK_BYTES = 1 << 20
+GOAL_HEALTHZ_UNDER_JUNK_MS = 250.0
+
+
+def healthz_under_junk(tmp: Path, seconds: float = 8.0) -> list[dict]:
+    """/healthz latency of a real `renderwatch agent` subprocess while JUNK_CLIENTS clients post 1 MiB of
+    invalid NDJSON each, again and again (issue 28: 2.5-4.5 s when decoding ran on the event loop)."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RENDERWATCH_", "OTEL_"))}
+    env["RENDERWATCH_HOME"] = str(tmp / "junk-home")
+    agent = subprocess.Popen([sys.executable, "-m", "renderwatch", "--log-level", "ERROR", "agent", "--listen",
+                              f"127.0.0.1:{port}", "--data-dir", str(tmp / "junk-agent"),
+                              "--spool-dir", str(tmp / "junk-spool")],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def get_healthz(timeout: float) -> float:
+        t0 = time.perf_counter()
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        c.request("GET", "/healthz")
+        c.getresponse().read()
+        c.close()
+        return time.perf_counter() - t0
+
+    junk = b"x\n" * (JUNK_BYTES // 2)
+    stop = threading.Event()
+    posts: list[float] = []
+
+    def flood() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            c.request("POST", "/api/v1/events", body=junk, headers={"Content-Type": "application/x-ndjson"})
+            c.getresponse().read()
+            c.close()
+            posts.append(time.perf_counter() - t0)
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                get_healthz(2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the agent did not start") from None
+                time.sleep(0.1)
+        clients = [threading.Thread(target=flood, daemon=True) for _ in range(JUNK_CLIENTS)]
+        for t in clients:
+            t.start()
+        lat: list[float] = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            lat.append(get_healthz(60))
+            time.sleep(0.05)
+        stop.set()
+        for t in clients:
+            t.join(120)
+    finally:
+        agent.terminate()
+        agent.wait(20)
+    lat.sort()
+    p50, p99 = lat[len(lat) // 2] * 1000, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+    what = f"{JUNK_CLIENTS} clients posting {JUNK_BYTES >> 20} MiB of invalid NDJSON each"
+    return [
+        {"name": f"agent /healthz p50 while {what}", "measured": round(p50, 1), "unit": "ms", "goal": None,
+         "peer": None, "peer_measured": None, "pass": None},
+        {"name": f"agent /healthz p99 while {what} ({len(lat)} probes)", "measured": round(p99, 1), "unit": "ms",
+         "goal": GOAL_HEALTHZ_UNDER_JUNK_MS, "peer": None, "peer_measured": None,
+         "pass": p99 <= GOAL_HEALTHZ_UNDER_JUNK_MS},
+        {"name": f"agent: one junk POST answered in (median, {len(posts)} posts)",
+         "measured": round(sorted(posts)[len(posts) // 2] * 1000, 1) if posts else None, "unit": "ms",
+         "goal": None, "peer": None, "peer_measured": None, "pass": None},
+    ]
+
+
 def run() -> list[dict]:
     n = n_inputs()
     logging.disable(logging.WARNING)
@@ -426,6 +512,8 @@ def run() -> list[dict]:
         if t.name.startswith("agent HTTP"):     # fewer inputs by design (a real socket round trip each)
             got[0]["pass"] = t.crashes == 0
         rows += got
+    with tempfile.TemporaryDirectory(prefix="rw-bench-junk-") as d:
+        rows += healthz_under_junk(Path(d))
     return rows
 
 

@@ -28,6 +28,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,6 +76,13 @@ class HealerConfig:
 _KEYS = {"blender": str, "listen": str, "token": str, "concurrency": int, "stall_timeout": float,
          "max_restarts": int, "backoff_base_s": float, "kill_grace_s": float, "probe_interval_s": float,
          "allowed_blenders": list}
+# The sane range of every number (inclusive; stall_timeout excludes 0): NaN, infinities and values past
+# these are refused with the key named. A NaN stall_timeout used to turn stall detection off silently
+# (every comparison with NaN is false); a concurrency of 10**9 or a grace of 1e300 s is nobody's intent.
+RANGES: dict[str, tuple[float, float]] = {
+    "concurrency": (1, 1024), "stall_timeout": (0, 7 * 86400), "max_restarts": (0, 1000),
+    "backoff_base_s": (0, 86400), "kill_grace_s": (0, 3600), "probe_interval_s": (0.01, 60),
+}
 _ENV_KEYS = {ENV_BLENDER: "blender", ENV_LISTEN: "listen", ENV_TOKEN: "token", ENV_CONCURRENCY: "concurrency",
              ENV_STALL_TIMEOUT: "stall_timeout", ENV_MAX_RESTARTS: "max_restarts", ENV_BACKOFF: "backoff_base_s",
              ENV_KILL_GRACE: "kill_grace_s"}
@@ -93,14 +101,23 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             if not isinstance(value, str) or not value:
                 raise ValueError("expected a non-empty string")
             return value
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError("expected a number")
-        v = typ(value)
-        if v < 0 or (key == "concurrency" and v < 1):
-            raise ValueError("must be positive")
-        return v
-    except (TypeError, ValueError) as e:
+        v = typ(value.strip() if isinstance(value, str) else value)
+        if typ is int and isinstance(value, float) and v != value:
+            raise ValueError("expected a whole number")
+        return check_range(key, v)
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"{where}: {key} = {value!r}: {e}") from None
+
+
+def check_range(key: str, v: float) -> float:
+    """`v` if it is finite and inside RANGES[key]; ValueError saying the range otherwise."""
+    lo, hi = RANGES[key]
+    if not math.isfinite(v) or v < lo or v > hi or (key == "stall_timeout" and v == 0):
+        low = f"above {lo}" if key == "stall_timeout" else f"from {lo}"
+        raise ValueError(f"must be a finite number {low} to {hi}")
+    return v
 
 
 def load_config(path: str | None = None, env: Mapping[str, str] | None = None,

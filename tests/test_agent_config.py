@@ -52,6 +52,11 @@ def test_non_loopback_needs_a_token(tmp_path):
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x", "OTEL_EXPORTER_OTLP_ENDPOINT"),
     ("OTEL_TRACES_EXPORTER", "zipkin", "OTEL_TRACES_EXPORTER"),
     ("OTEL_BSP_SCHEDULE_DELAY", "fast", "OTEL_BSP_SCHEDULE_DELAY"),
+    # issue 28: NaN passes every `<` check (a NaN grace never expires a job); infinities and 1e300 too
+    ("RENDERWATCH_JOB_GRACE_SECONDS", "nan", "RENDERWATCH_JOB_GRACE_SECONDS"),
+    ("RENDERWATCH_SAMPLE_INTERVAL_SECONDS", "inf", "finite"),
+    ("RENDERWATCH_JOB_GRACE_SECONDS", "1e300", "at most"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "nan", "OTEL_BSP_SCHEDULE_DELAY"),
 ])
 def test_bad_values_name_the_key(tmp_path, key, value, needle):
     with pytest.raises(ConfigError) as e:

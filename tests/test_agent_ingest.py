@@ -191,3 +191,69 @@ async def test_healthz_and_jobs_shape(client):
         assert key in j
     assert (j["frames_done"], j["frames_total"], j["progress"]) == (1, 10, 0.1)
     assert j["eta_seconds"] == pytest.approx(18.0) and doc["gpu_available"] is False and doc["gpus"] == []
+
+
+async def test_a_body_of_mostly_junk_is_refused_whole(client):
+    """Past MAX_REJECTED_PER_BODY rejected lines the agent stops decoding and applies nothing of the body
+    (it used to decode every line of a MiB of junk on its event loop); below it, the valid ones count."""
+    from agent.ingest import MAX_REJECTED_PER_BODY
+
+    good = ndjson(JobStream("kept").whole(frames=1))
+    r = await client.post("/api/v1/events", data=good + b"junk\n" * MAX_REJECTED_PER_BODY)
+    assert r.status == 400
+    doc = await r.json()
+    assert doc["accepted"] > 0 and doc["rejected"] == MAX_REJECTED_PER_BODY and "error" not in doc
+    bad = ndjson(JobStream("dropped").whole(frames=1)) + b"junk\n" * (100 * MAX_REJECTED_PER_BODY)
+    r = await client.post("/api/v1/events", data=bad)
+    doc = await r.json()
+    assert r.status == 400 and doc["error"] == "too_many_rejected" and doc["accepted"] == 0, doc
+    assert doc["rejected"] == MAX_REJECTED_PER_BODY + 1        # decoding stopped there
+    jobs = {j["job"] for j in (await (await client.get("/api/v1/jobs")).json())["jobs"]}
+    assert jobs == {"kept"}
+
+
+def test_junk_posts_do_not_hold_the_event_loop(tmp_path):
+    """Four clients posting 1 MiB of invalid NDJSON each held the agent's event loop ~2 s per request
+    (/healthz took 2.5-4.5 s, issue 28). Decoding now runs in a worker thread and stops after
+    MAX_REJECTED_PER_BODY rejections: /healthz answers while they post."""
+    import http.client
+    import threading
+    import time
+    from urllib.parse import urlsplit
+
+    from agent.app import run_in_thread
+
+    handle = run_in_thread(agent_config(tmp_path), nvml=NoNvml())
+    port = urlsplit(handle.url).port
+    junk = b"x\n" * (1 << 19)                                     # 1 MiB, 524,288 invalid lines
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            c.request("POST", "/api/v1/events", body=junk, headers={"Content-Type": "application/x-ndjson"})
+            statuses.append(c.getresponse().status)
+            c.close()
+
+    clients = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
+    try:
+        for t in clients:
+            t.start()
+        latencies = []
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            c.request("GET", "/healthz")
+            assert c.getresponse().status == 200
+            c.close()
+            latencies.append(time.monotonic() - t0)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(60)
+        handle.stop()
+    assert statuses and set(statuses) == {400}
+    assert max(latencies) < 1.0, f"/healthz took up to {max(latencies):.2f} s while junk was posted"

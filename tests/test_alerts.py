@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from healer.service.alerts import (
     DEFAULT_RULES,
+    AlertmanagerReceiver,
     AlertRule,
     Matcher,
     PayloadError,
@@ -177,6 +178,34 @@ async def test_gpu_paused_until_every_alert_on_it_resolves(client):
     await client.post("/api/v1/alertmanager", json=payload({**hot2, "status": "resolved"}, status="resolved"),
                       headers=AUTH)
     assert client.actions.calls[-1] == ("resume_gpu", "GPU-7") and len(client.actions.calls) == 3
+
+
+async def test_holds_are_bounded_and_a_missing_target_holds_nothing():
+    """90,000 distinct GPUOverheating alerts grew the receiver's holds without bound (issue 28): they are
+    bounded by `memory`, oldest first, and an alert for a GPU this host does not have holds nothing."""
+    class Host(RecordingActions):
+        def pause_gpu(self, uuid: str) -> bool | None:
+            super().pause_gpu(uuid)
+            return None if uuid.startswith("GPU-real") else False     # False: no such GPU here
+
+    actions = Host()
+    receiver = AlertmanagerReceiver(token=TOKEN, rules=(AlertRule("GPUOverheating", "pause_gpu", ("uuid",)),),
+                                    actions=actions, memory=100)
+    app = web.Application()
+    app.router.add_post("/am", receiver.handle)
+    async with TestClient(TestServer(app)) as c:
+        for batch in range(6):
+            alerts = [alert("GPUOverheating", starts=f"t{batch}", uuid=f"GPU-{batch}-{i}") for i in range(500)]
+            r = await c.post("/am", json=payload(*alerts), headers=AUTH)
+            assert {x["outcome"] for x in (await r.json())["results"]} == {"no_target"}
+        assert len(receiver._holds) == 0
+        real = [alert("GPUOverheating", starts=f"t{i}", uuid=f"GPU-real-{i % 4}") for i in range(1000)]
+        r = await c.post("/am", json=payload(*real), headers=AUTH)
+        assert {x["outcome"] for x in (await r.json())["results"]} == {"done"}
+        assert len(receiver._holds) <= 100 and len(receiver._acted) <= 100
+        # the newest holds are kept: resolving one of two alerts on a GPU still holds it
+        r = await c.post("/am", json=payload({**real[-1], "status": "resolved"}), headers=AUTH)
+        assert (await r.json())["results"][0]["outcome"] == "held"
 
 
 def test_token_is_required():

@@ -4,6 +4,7 @@ progress lines and the report document."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,28 @@ def test_the_output_folder_is_checked_without_creating_anything(tmp_path: Path):
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)
         assert "not writable" in (output_folder_problem(str(locked / "frames")) or "")
+
+
+@pytest.mark.parametrize("source,where", [
+    ({"env": {"RENDERWATCH_HEALER_STALL_TIMEOUT": "nan"}}, "RENDERWATCH_HEALER_STALL_TIMEOUT"),
+    ({"overrides": {"stall_timeout": float("nan")}}, "--stall-timeout"),      # `renderwatch render --stall-timeout nan`
+    ({"overrides": {"stall_timeout": float("inf")}}, "--stall-timeout"),
+    ({"toml": "[healer]\nstall_timeout = nan\n"}, "stall_timeout"),
+    ({"toml": "[healer]\nkill_grace_s = inf\n"}, "kill_grace_s"),
+    ({"toml": "[healer]\nbackoff_base_s = nan\n"}, "backoff_base_s"),
+    ({"toml": "[healer]\nprobe_interval_s = 0\n"}, "probe_interval_s"),
+    ({"env": {"RENDERWATCH_HEALER_CONCURRENCY": "1000000000"}}, "RENDERWATCH_HEALER_CONCURRENCY"),
+    ({"env": {"RENDERWATCH_HEALER_MAX_RESTARTS": "1e400"}}, "RENDERWATCH_HEALER_MAX_RESTARTS"),
+    ({"toml": "[healer]\nconcurrency = 2.5\n"}, "concurrency"),
+    ({"toml": "[healer.policy.segfault]\nbackoff_base_s = nan\n"}, "policy.segfault"),
+    ({"toml": "[healer.policy.segfault]\nwindow_s = inf\n"}, "policy.segfault"),
+])
+def test_every_number_is_finite_and_in_range(tmp_path: Path, source, where):
+    """A NaN stall timeout was taken and turned stall detection off (every comparison with NaN is false);
+    an infinite grace or a billion concurrent renders were taken too. Each is refused, naming its key."""
+    path = None
+    if "toml" in source:
+        path = tmp_path / "rw.toml"
+        path.write_text(source["toml"])
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        load_config(str(path) if path else None, env=source.get("env", {}), overrides=source.get("overrides"))

@@ -5,6 +5,9 @@ rules, in order: the first rule whose `alertname` and label matchers fit decides
 value of its first present `labels` entry is the action's argument. Firing calls the action once per
 alert (Alertmanager re-sends firing alerts; they are not acted on twice); resolved calls the undo
 action where there is one (`pause_gpu` → `resume_gpu`, once no other firing alert holds that GPU).
+An action that returns False found no such target on this host (outcome `no_target`): nothing is
+held for it. What the receiver remembers (alerts acted on, alerts holding a GPU, alerts logged) is
+bounded by `memory` entries each, oldest forgotten first: alerts for 90,000 made-up GPUs cost nothing.
 Unknown alerts are acknowledged (200) and logged; malformed payloads get 400 with the reason.
 
 Rules (config, `[[healer.alert_rules]]`, or `DEFAULT_RULES`)::
@@ -43,7 +46,8 @@ METRIC_ALERTS = "renderwatch_healer_alerts"   # exported as renderwatch_healer_a
 
 
 class AlertActions(Protocol):
-    """What the supervisor does for alerts. Methods may be plain or async; they must not block for long."""
+    """What the supervisor does for alerts. Methods may be plain or async; they must not block for long.
+    Returning False says the target is not on this host (no such job or GPU)."""
 
     def restart_job(self, job: str) -> Any: ...
     def pause_gpu(self, uuid: str) -> Any: ...
@@ -165,7 +169,10 @@ class AlertmanagerReceiver:
         self.actions = actions
         self._memory = memory
         self._acted: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._holds: dict[tuple[str, str], set[str]] = {}
+        # Which firing alerts hold an undoable action's target (a paused GPU), oldest first, bounded by
+        # `memory` like the rest: (action, target, alert key). `_held` counts them per (action, target).
+        self._holds: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._held: dict[tuple[str, str], int] = {}
         self._logged: OrderedDict[str, None] = OrderedDict()
         self._counter = Counter(METRIC_ALERTS, "Alertmanager alerts received, by action, status and outcome.",
                                 ["action", "status", "outcome"],
@@ -213,28 +220,57 @@ class AlertmanagerReceiver:
             self._acted[key] = None
             while len(self._acted) > self._memory:
                 self._acted.popitem(last=False)
-            if ACTIONS[d.rule.action][1] is not None:
-                self._holds.setdefault(hold, set()).add(d.alert.key)
         else:
             # Undo only when no other firing alert still holds this target (two alerts on one GPU).
-            holders = self._holds.get(hold, set())
-            holders.discard(d.alert.key)
-            if holders:
+            self._release(hold, d.alert.key)
+            if self._held.get(hold):
                 return "held"
-            self._holds.pop(hold, None)
             for k in [k for k in self._acted if k[1] == d.target and k[2] == d.alert.key]:
                 self._acted.pop(k, None)
         try:
             result = getattr(self.actions, d.call)(d.target)
             if inspect.isawaitable(result):
-                await result
+                result = await result
         except Exception:  # noqa: BLE001 - a failing action is logged; Alertmanager gets its 200 anyway
             if d.alert.status == "firing":   # let Alertmanager's next re-send try again
                 self._acted.pop((d.call, d.target, d.alert.key), None)
             log.exception("alertmanager: %s(%r) for %s failed", d.call, d.target, d.alert.alertname)
             return "failed"
+        if result is False:
+            # No such target here (a GPU this host does not have): nothing to hold, nothing to undo later.
+            self._log_once(d.alert.key, "alertmanager: %s %s → %s(%r): no such target on this host",
+                           d.alert.alertname, d.alert.status, d.call, d.target)
+            return "no_target"
+        if d.alert.status == "firing" and ACTIONS[d.rule.action][1] is not None:
+            self._hold(hold, d.alert.key)
         log.info("alertmanager: %s %s → %s(%r)", d.alert.alertname, d.alert.status, d.call, d.target)
         return "done"
+
+    def _hold(self, hold: tuple[str, str], alert_key: str) -> None:
+        entry = (*hold, alert_key)
+        if entry in self._holds:
+            return
+        self._holds[entry] = None
+        self._held[hold] = self._held.get(hold, 0) + 1
+        while len(self._holds) > self._memory:      # the oldest hold goes: its resolve then undoes at once
+            old, _ = self._holds.popitem(last=False)
+            self._forget((old[0], old[1]))
+
+    def _release(self, hold: tuple[str, str], alert_key: str) -> None:
+        if self._holds.pop((*hold, alert_key), False) is None:
+            self._forget(hold)
+
+    def _forget(self, hold: tuple[str, str]) -> None:
+        n = self._held.get(hold, 0) - 1
+        if n > 0:
+            self._held[hold] = n
+        else:
+            self._held.pop(hold, None)
+
+    @property
+    def holds(self) -> int:
+        """How many firing alerts hold a target now (bounded by `memory`)."""
+        return len(self._holds)
 
     def _log_once(self, key: str, msg: str, *args: Any) -> None:
         if key in self._logged:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -43,7 +44,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from healer.config import ConfigError, HealerConfig
+from healer.config import ConfigError, HealerConfig, check_range
 from healer.diagnosis.catalog import EXIT_CANCELLED, EXIT_OK, EXIT_STRICT, exit_status
 from healer.service.alerts import ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
 from healer.service.auth import auth_middleware
@@ -51,6 +52,7 @@ from healer.service.gpus import GpuPlacer
 from healer.service.metrics import HealerMetrics
 from healer.service.openapi import JOB_ID_PATTERN, spec
 from healer.supervising.frames import MAX_FRAME, MAX_FRAMES_PER_JOB, MIN_FRAME, FrameSpecError, parse_frames
+from healer.supervising.launch import check_user_args
 from healer.supervising.ledger import Ledger, jobs_dir
 from healer.supervising.report import build_report
 from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
@@ -61,6 +63,42 @@ from renderwatch.openapi import add_openapi_route
 log = logging.getLogger("renderwatch.healer")
 
 STATES = ("queued", "running", "complete", "failed", "cancelled")
+MAX_PATH = 4096          # scene, output: PATH_MAX
+MAX_TEXT = 4096          # one Blender argument, a frame spec
+MAX_ARGS = 256           # Blender arguments in one submission
+
+
+def _text(name: str, value: str, limit: int) -> str:
+    """A string field as the OS and the ledger can take it: bounded, no NUL, valid Unicode (no lone
+    surrogates: JSON's "\\ud800" is a str that no file name or UTF-8 log line can hold)."""
+    if len(value) > limit:
+        raise ValueError(f"{name}: longer than {limit} characters")
+    if "\x00" in value:
+        raise ValueError(f"{name}: contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name}: not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's body as JSON, or ValueError saying why not (never a 500): not UTF-8, not JSON, or
+    nested too deeply. Python's json takes NaN and Infinity: each field's check refuses them, by name."""
+    try:
+        raw = await request.read()         # bounded by the app's client_max_size
+    except web.HTTPRequestEntityTooLarge:
+        raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=request.content_length or 0,
+                                            text=json.dumps({"error": f"body: over {request.client_max_size} bytes"}),
+                                            content_type="application/json") from None
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"body: not UTF-8 (byte {e.start})") from None
+    except RecursionError:
+        raise ValueError("body: JSON nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"body: not JSON: {str(e)[:200]}") from None
 
 
 @dataclass
@@ -101,21 +139,23 @@ class JobManager:
         self.slots = asyncio.Semaphore(cfg.concurrency)
 
     def request_from(self, body: Any) -> RenderRequest:
-        """Validate a submission; ValueError says which field is wrong."""
+        """Validate a submission into a RenderRequest; ValueError names the field that is wrong."""
         if not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
         unknown = set(body) - {"scene", "frames", "output", "blender", "args", "strict", "stall_timeout", "job"}
         if unknown:
-            raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+            names = ", ".join(sorted(k[:64].encode("utf-8", "backslashreplace").decode() for k in unknown))
+            raise ValueError(f"unknown field(s): {names[:300]}")
         scene = body.get("scene")
         if not isinstance(scene, str) or not scene:
             raise ValueError("scene: a path to a .blend is required")
+        scene = _text("scene", scene, MAX_PATH)
         if not os.path.isabs(scene):
             raise ValueError("scene: must be an absolute path (the service's working directory is not yours)")
         frames = body.get("frames")
         try:
             if isinstance(frames, str):
-                frames = tuple(parse_frames(frames))
+                frames = tuple(parse_frames(_text("frames", frames, MAX_TEXT)))
             elif isinstance(frames, list) and all(type(f) is int and MIN_FRAME <= f <= MAX_FRAME for f in frames):
                 if len(frames) > MAX_FRAMES_PER_JOB:
                     raise ValueError(f"frames: more than {MAX_FRAMES_PER_JOB} frames in one job")
@@ -124,19 +164,34 @@ class JobManager:
                 raise ValueError(f"frames: a spec like '1-240' or a list of integers {MIN_FRAME}..{MAX_FRAME}")
         except FrameSpecError as e:
             raise ValueError(f"frames: {e}") from None
+        allowed = set(self.cfg.allowed_blenders) | {self.cfg.blender}
         blender = body.get("blender") or self.cfg.blender
-        if not isinstance(blender, str) or blender not in set(self.cfg.allowed_blenders) | {self.cfg.blender}:
-            raise ValueError(f"blender: {blender!r} is not allowed here; allowed: "
-                             f"{', '.join(sorted(set(self.cfg.allowed_blenders) | {self.cfg.blender}))}")
+        if not isinstance(blender, str) or blender not in allowed:
+            shown = repr(blender)[:100] if isinstance(blender, str) else f"a JSON {type(blender).__name__}"
+            raise ValueError(f"blender: {shown} is not allowed here; allowed: {', '.join(sorted(allowed))}")
         args = body.get("args") or []
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise ValueError("args: a list of strings")
+        if len(args) > MAX_ARGS:
+            raise ValueError(f"args: more than {MAX_ARGS} arguments")
+        args = [_text(f"args[{i}]", a, MAX_TEXT) for i, a in enumerate(args)]
+        try:
+            check_user_args(args)        # -o, -f, -a, -s, -e, -j: the supervisor owns them (frames, output)
+        except ValueError as e:
+            raise ValueError(f"args: {e}") from None
         output = body.get("output")
         if output is not None and not isinstance(output, str):
             raise ValueError("output: a string pattern")
+        if output is not None:
+            output = _text("output", output, MAX_PATH)
         stall = body.get("stall_timeout", self.cfg.stall_timeout)
-        if stall is not None and (isinstance(stall, bool) or not isinstance(stall, int | float) or stall <= 0):
-            raise ValueError("stall_timeout: a positive number of seconds")
+        if stall is not None:
+            if isinstance(stall, bool) or not isinstance(stall, int | float):
+                raise ValueError("stall_timeout: a number of seconds")
+            try:
+                stall = check_range("stall_timeout", stall)
+            except ValueError as e:
+                raise ValueError(f"stall_timeout: {e}") from None
         job = body.get("job")
         if job is not None and not (isinstance(job, str) and re.fullmatch(JOB_ID_PATTERN, job)):
             raise ValueError("job: letters, digits, '.', '_' and '-' (at most 128), starting with a letter or digit")
@@ -213,16 +268,16 @@ class JobManager:
             job.task.cancel()           # waiting for a slot or a GPU: nothing to stop, end the wait
 
     # Alertmanager actions (healer.alerts.AlertActions)
-    def restart_job(self, job_id: str) -> str:
+    def restart_job(self, job_id: str) -> str | bool:
         """RenderStalled fired for this job: stop its running Blender as stalled (the policy restarts it).
 
         Nothing else: an alert never revives a job that ended. A cancel is final unless a person
         restarts the job (POST .../restart), and a failed job failed by the policy's own verdict; the
         alert about either is late (the metrics it fires on lag the job's end by the scrape and the
-        rule's `for:`)."""
+        rule's `for:`). False: no such job here."""
         job = self.jobs.get(job_id)
         if job is None:
-            raise KeyError(f"no job {job_id} on this healer")
+            return False            # not a job of this healer (the receiver answers "no_target")
         sup = job.supervisor
         if job.state == "running" and sup is not None and not sup.cancelled:
             return "kicked" if sup.kick("Alertmanager: RenderStalled") else "nothing"
@@ -230,8 +285,8 @@ class JobManager:
                  "being cancelled" if sup is not None and sup.cancelled else job.state)
         return "nothing"
 
-    def pause_gpu(self, uuid: str) -> str:
-        return "paused" if self.placer.pause(uuid) else "no such GPU here"
+    def pause_gpu(self, uuid: str) -> str | bool:
+        return "paused" if self.placer.pause(uuid) else False     # False: no such GPU here, nothing held
 
     def resume_gpu(self, uuid: str) -> str:
         return "resumed" if self.placer.resume(uuid) else "was not paused"
@@ -392,8 +447,7 @@ def _job_or_404(request: web.Request) -> Job:
 async def submit_job(request: web.Request) -> web.Response:
     mgr = request.app[MANAGER]
     try:
-        body = await request.json()
-        req = mgr.request_from(body)
+        req = mgr.request_from(await read_json(request))
         job = mgr.submit(req)
     except (ValueError, RequestError) as e:
         status = 409 if isinstance(e, RequestError) else 400

@@ -25,16 +25,20 @@ SCHEMAS: dict[str, Any] = {
     "JobRequest": {
         "type": "object", "required": ["scene"], "additionalProperties": False,
         "properties": {
-            "scene": {"type": "string", "pattern": "^/", "description": "absolute path to the .blend"},
+            "scene": {"type": "string", "pattern": "^/", "maxLength": 4096, "description": "absolute path to the .blend"},
             "frames": {"oneOf": [{"type": "string", "description": "a spec like '1-240' or '1,3,5-9'"},
                                  {"type": "array", "items": {"type": "integer", "minimum": MIN_FRAME, "maximum": MAX_FRAME}}],
                        "description": "default: the scene's frame range"},
-            "output": {"type": "string", "description": "output pattern, as Blender's -o"},
+            "output": {"type": "string", "maxLength": 4096, "description": "output pattern, as Blender's -o"},
             "blender": {"type": "string", "description": "one of the healer's allowed Blender executables"},
-            "args": {"type": "array", "items": {"type": "string"},
-                     "description": "extra Blender arguments, passed as argv (never a shell)"},
+            "args": {"type": "array", "maxItems": 256, "items": {"type": "string", "maxLength": 4096},
+                     "description": "extra Blender arguments, passed as argv (never a shell). Those that choose "
+                                    "frames or the output (-a, -f, -s, -e, -j, -o and their long forms) are "
+                                    "refused before `--` (400 naming them): use `frames` and `output`"},
             "strict": {"type": "boolean"},
-            "stall_timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+            "stall_timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 604800,
+                              "description": "seconds without progress before Blender is restarted (finite; "
+                                             "default: the healer's, else adaptive)"},
             "job": {"type": "string", "pattern": JOB_ID_PATTERN,
                     "description": "job id (default: derived from scene, frames, output and args)"}}},
     "Job": {
@@ -96,7 +100,7 @@ SCHEMAS: dict[str, Any] = {
                 "alertname": {"type": "string"}, "status": {"type": "string", "enum": ["firing", "resolved"]},
                 "action": nullable({"type": "string"}), "target": nullable({"type": "string"}),
                 "outcome": {"type": "string", "enum": ["done", "failed", "duplicate", "held", "unknown",
-                                                       "no_label", "nothing"]}}}}}},
+                                                       "no_label", "nothing", "no_target"]}}}}}},
 }
 
 _ERROR = json_body(ref("Error"), "")
@@ -124,7 +128,9 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "201": {**json_body(ref("Job"), "Queued"),
                         "headers": {"Location": {"schema": {"type": "string"}}}},
-                "400": {**_ERROR, "description": "Not JSON, or a field is wrong (the message names it)"},
+                "400": {**_ERROR, "description": "Not JSON (or NaN, or nested too deeply), or a field is wrong "
+                                                  "(the message names it)"},
+                "413": {**_ERROR, "description": "The body is over 1 MiB"},
                 "401": _UNAUTHORIZED,
                 "409": {**_ERROR, "description": "A job with this id is already queued or running"}}},
         "get": {

@@ -38,6 +38,9 @@ class Rule:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind {self.kind!r}: must be one of {', '.join(KINDS)}")
+        numbers = (self.max_restarts, self.window_s, self.backoff_base_s, self.backoff_max_s, self.jitter)
+        if not all(type(x) in (int, float) and math.isfinite(x) for x in numbers):   # NaN compares false to all
+            raise ValueError("max_restarts, window_s, backoff_base_s, backoff_max_s and jitter must be finite numbers")
         if self.max_restarts < 0 or self.window_s <= 0 or self.backoff_base_s < 0 or self.backoff_max_s < 0:
             raise ValueError("max_restarts, window_s, backoff_base_s and backoff_max_s must be >= 0 (window > 0)")
         if not 0 <= self.jitter <= 1:

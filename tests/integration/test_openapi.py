@@ -10,6 +10,7 @@ before any Blender starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -96,6 +97,20 @@ def test_documents_are_valid_openapi(doc):
     ("strict", {"a": 1}, "strict:"),            # was taken as true
     ("frames", [10**30], "frames:"),            # was accepted: frames beyond Blender's MAXFRAME
     ("frames", [-1], "frames:"),
+    # issue 28: each was accepted (201), and the job failed later with exit 2 (or stalled unwatched)
+    ("args", ["-o", "/tmp/x_####"], "args:"),
+    ("args", ["--python", "x.py", "-f", "3"], "args:"),
+    ("args", ["-a"], "args:"),
+    ("args", ["-s", "1", "-e", "9"], "args:"),
+    ("args", ["--render-output", "/tmp/x"], "args:"),
+    ("args", ["x"] * 257, "args:"),
+    ("args", ["a\x00b"], "args[0]:"),
+    ("stall_timeout", float("nan"), "stall_timeout:"),      # turned stall detection off
+    ("stall_timeout", float("inf"), "stall_timeout:"),
+    ("stall_timeout", 1e12, "stall_timeout:"),
+    ("output", "/tmp/\ud800_####", "output:"),               # a lone surrogate: no file name holds it
+    ("output", "/tmp/x\x00_####", "output:"),
+    ("scene", "/" + "a" * 5000, "scene:"),
 ])
 async def test_healer_rejects_a_bad_submission_with_400(tmp_path, field, value, message):
     from aiohttp.test_utils import TestClient, TestServer
@@ -106,6 +121,43 @@ async def test_healer_rejects_a_bad_submission_with_400(tmp_path, field, value, 
         assert resp.status == 400, await resp.text()
         assert (await resp.json())["error"].startswith(message)
         assert (await (await client.get("/api/v1/jobs")).json())["jobs"] == []
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 100_000 + b"]" * 100_000,           # was a 500 (RecursionError) with a valid token
+    b'{"scene": ' + b"[" * 50_000,
+    b"\xff\xfe{}",
+    b"",
+])
+async def test_healer_answers_a_body_that_is_not_json_with_400(tmp_path, body):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    app = create_healer_app(load_config(env=healer_env(tmp_path / "home")))
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/api/v1/jobs", data=body, headers={"Content-Type": "application/json"})
+        assert resp.status == 400, await resp.text()
+        assert (await resp.json())["error"].startswith("body:")
+        resp = await client.post("/api/v1/jobs", data=b" " * (2 << 20), headers={"Content-Type": "application/json"})
+        assert resp.status == 413 and "body" in (await resp.json())["error"]
+
+
+async def test_healer_alerts_for_gpus_and_jobs_it_does_not_have_hold_nothing(tmp_path):
+    """Alerts naming GPUs or jobs this host does not have are acknowledged as `no_target` (a RenderStalled
+    for an unknown job was a logged traceback each; the receiver held every made-up GPU, unbounded)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from healer.service.alert_rules import AlertRule
+    env = healer_env(tmp_path / "home", RENDERWATCH_ALERTMANAGER_TOKEN=AM_TOKEN)
+    cfg = load_config(env=env)
+    cfg = dataclasses.replace(cfg, alert_rules=(*cfg.alert_rules, AlertRule("GPUOverheating", "pause_gpu", ("uuid",))))
+    app = create_healer_app(cfg)
+    alerts = [{"status": "firing", "labels": {"alertname": "GPUOverheating", "uuid": f"GPU-{i}"}, "startsAt": "t"}
+              for i in range(50)] + [{"status": "firing", "labels": {"alertname": "RenderStalled", "job": "nope"}}]
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/api/v1/alertmanager", json={"version": "4", "alerts": alerts},
+                                 headers={"Authorization": f"Bearer {AM_TOKEN}"})
+        assert resp.status == 200, await resp.text()
+        assert {r["outcome"] for r in (await resp.json())["results"]} == {"no_target"}
 
 
 # -- the services, for real -------------------------------------------------------------------------
