@@ -86,6 +86,9 @@ class StateCollector(Collector):
         jobs = self.state.visible(self.clock(), self.grace)
         yield GaugeMetricFamily("renderwatch_jobs_active", "Render jobs running now",
                                 value=sum(1 for j in jobs if j.active))
+        yield CounterMetricFamily("renderwatch_jobs_evicted",
+                                  "Jobs forgotten to keep the agent's bound on jobs held at once (agent.state.JOB_LIMIT)",
+                                  value=self.state.jobs_evicted)
         g = {name: GaugeMetricFamily(f"renderwatch_job_{name}", doc, labels=["job"]) for name, doc in (
             ("progress_ratio", "Frames done / frames in the job (0-1)"),
             ("frames_done", "Distinct frames saved"),

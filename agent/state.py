@@ -22,6 +22,10 @@ from agent.frameset import FrameSet
 
 RECENT_FRAMES = 10          # ETA = mean of this many recent frame times x frames remaining
 CURSOR_LIMIT = 100_000      # bounded dedupe memory: oldest sessions forgotten first
+# Jobs held at once. A node renders a handful; ingest is open to every local account, and 10,000 made-up
+# job ids took /metrics to 6 MB and the agent to 188 MB. Past the bound the job that ended longest ago
+# (else the one quiet for longest) is forgotten to make room, and counted.
+JOB_LIMIT = 1_000
 
 
 @dataclass
@@ -160,6 +164,8 @@ class State:
         self.jobs: dict[str, Job] = {}
         self.cursors: dict[str, int] = {}     # session -> highest seq accepted (insertion-ordered)
         self.totals = FrameTotals()
+        self.jobs_evicted = 0                 # jobs forgotten to keep at most JOB_LIMIT (never during a replay
+                                              # that stays under it: the same events evict the same jobs)
 
     def accept(self, ev: dict) -> bool:
         """Advance the session's cursor; False when `seq` is not above it (a duplicate)."""
@@ -177,6 +183,8 @@ class State:
     def job_for(self, ev: dict) -> Job:
         job = self.jobs.get(ev["job"])
         if job is None:
+            if len(self.jobs) >= JOB_LIMIT:
+                self._evict_one()
             job = self.jobs[ev["job"]] = Job(id=ev["job"], started_at=ev["ts"])
         job.last_event_ts = max(job.last_event_ts, ev["ts"])
         for name in ("scene", "engine", "device_type"):
@@ -187,6 +195,15 @@ class State:
         job.host = ev["host"]
         job.pid = ev["pid"]
         return job
+
+    def _evict_one(self) -> None:
+        """Make room for one job: the one that ended longest ago, else the one quiet for longest (a scan,
+        but only at the bound, which a node's own renders never reach)."""
+        ended = [j for j in self.jobs.values() if j.ended_at is not None]
+        victim = min(ended or self.jobs.values(),
+                     key=(lambda j: j.ended_at or 0.0) if ended else (lambda j: j.last_event_ts))
+        del self.jobs[victim.id]
+        self.jobs_evicted += 1
 
     def apply(self, ev: dict) -> Effect | None:
         """Fold one accepted event into the state; return what the tracer should emit, if anything."""

@@ -31,7 +31,7 @@ def _agent(d: Path):
 
 
 def _ev(type_: str, seq: int, job: str = "j1", **kw) -> dict:
-    return make_event(type_, session="hostile01", seq=seq, job=job, host="h", pid=7, ts=1.7e9, **kw)
+    return make_event(type_, session="hostile01", seq=seq, job=job, host="h", pid=7, ts=kw.pop("ts", 1.7e9), **kw)
 
 
 def _raw(events: list[dict]) -> bytes:
@@ -141,3 +141,35 @@ def test_any_accepted_event_encodes_as_utf8_and_renders(job: str, scene: str, se
 def test_valid_text_keeps_valid_text_and_replaces_only_lone_surrogates() -> None:
     assert valid_text("café 🎬") == "café 🎬"
     assert valid_text("a\ud800b\udfffc") == "a\ufffdb\ufffdc"
+
+
+def test_made_up_job_ids_cannot_grow_the_agent_without_bound(tmp_path: Path) -> None:
+    """One local account posting 3,000 distinct job ids: the agent holds at most JOB_LIMIT jobs, /metrics
+    stays bounded, the forgotten ones are counted, and a real job that keeps reporting is kept."""
+    from agent import state as state_mod
+
+    h = _agent(tmp_path)
+    old_limit = state_mod.JOB_LIMIT
+    state_mod.JOB_LIMIT = 200              # the same code path as 1,000, a quarter of the events
+    try:
+        seq = 1
+        real = _ev("job_start", seq, job="real-job", blend_file="/s.blend", scene="s", frame_start=1,
+                   frame_end=3, engine="CYCLES", device_type="CPU", blender_version="3.4.1")
+        assert post(h.url, _raw([real]))[0] == 200
+        for batch in range(6):
+            events = []
+            for i in range(100):
+                seq += 1
+                events.append(make_event("frame_start", session="flood001", seq=seq, job=f"junk-{batch}-{i}",
+                                         host="h", pid=9, ts=1.7e9 + seq, frame=1))
+            assert post(h.url, _raw(events))[0] == 200
+            # the real job reports between the floods: it is never the quietest
+            assert post(h.url, _raw([_ev("frame_start", batch + 2, job="real-job", frame=1,
+                                         ts=1.7e9 + seq + 1)]))[0] == 200
+        text = _metrics_ok(h.url)
+        assert text.count('renderwatch_job_frames_done{job="') <= 200
+        assert 'job="real-job"' in text
+        assert "renderwatch_jobs_evicted_total 401.0" in text
+    finally:
+        state_mod.JOB_LIMIT = old_limit
+        h.stop()
