@@ -36,7 +36,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from blender_hooks.settings import ENV_ATTEMPT, ENV_JOB_ID
+from blender_hooks.settings import ENV_ATTEMPT, ENV_HEARTBEAT, ENV_JOB_ID
 from healer.supervising.frames import render_args
 
 # The line the supervisor's frame-start marker prints (MARKER_EXPR, injected into Blender).
@@ -60,7 +60,7 @@ GATE_EXPR = (
     "del _renderwatch_gate\n"
 )
 # What the gate sets, and what therefore may differ between a prestarted Blender and the attempt.
-GATE_ENV = (ENV_JOB_ID, ENV_ATTEMPT)
+GATE_ENV = (ENV_JOB_ID, ENV_ATTEMPT, ENV_HEARTBEAT)
 
 # The marker is one os.write of the whole line: print() writes the text and the newline separately,
 # and a thread logging to stderr in between (the hooks' "agent unreachable") tore the line, so the
