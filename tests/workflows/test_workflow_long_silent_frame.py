@@ -59,7 +59,6 @@ def longest_silence(lines: list[tuple[float, str]]) -> float:
     return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
 
 
-@pytest.mark.matrix("silent")
 def test_a_long_silent_frame_renders_under_a_short_stall_timeout(matrix_blender, scene_copy, tmp_path):
     scene = scene_copy(frames=2)
     rc, doc, lines, err = render_watched(
@@ -125,3 +124,21 @@ def test_a_stall_is_still_caught(fault_name, blender34, scene_copy, tmp_path):
     # caught within the timeout and the probes' one-second sampling of the last sign of life
     assert first["ended_at"] - first["started_at"] < STALL_S + 2 + 2 + 3, first   # + kill grace + start, render
     assert time.monotonic() - t0 < 60
+
+
+def test_the_hooks_touch_the_heartbeat_file_while_rendering(matrix_blender, scene_copy, tmp_path):
+    """The hooks' sign of life, which goes through no pipe: the file named in RENDERWATCH_HEARTBEAT is
+    touched from the render handlers (the gate sets it, after the hooks have registered)."""
+    from blender_hooks.settings import ENV_HEARTBEAT
+    from healer.supervising.spawn import GATE_EXPR, hooks_startup
+
+    beat = tmp_path / "heartbeat.1"
+    beat.touch()
+    os.utime(beat, (0, 0))
+    env = healer_env(tmp_path / "home")
+    proc = subprocess.run([*matrix_blender, "-b", str(scene_copy(frames=1)), "--python-expr", GATE_EXPR,
+                           "--python", str(hooks_startup()), "-f", "1"],
+                          input=json.dumps({ENV_HEARTBEAT: str(beat)}) + "\n", env=env, text=True,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert beat.stat().st_mtime > time.time() - 120
