@@ -27,7 +27,7 @@ from bpy.app.handlers import persistent
 from . import events, spool
 from .farm import farm_identity
 from .logs import logger
-from .settings import ENV_ATTEMPT, ENV_JOB_ID
+from .settings import ENV_ATTEMPT, ENV_HEARTBEAT, ENV_JOB_ID
 from .stats import cli_frames, frame_range, parse_frame_list, parse_memory, phase_of
 
 log = logger("renderwatch.hooks")
@@ -38,6 +38,7 @@ MARK = "_renderwatch_hook"             # attribute on our handlers, whichever co
 IDENTITY_PER_JOB = "_renderwatch_identity_per_job"
 FLUSH_AT_EXIT_S = 0.5
 STATS_MAX_OBJECTS = 2000               # scene.statistics() is O(objects): skip it on big scenes
+HEARTBEAT_EVERY_S = 1.0                # the healer's heartbeat file is touched at most this often
 
 
 def _hostname() -> str:
@@ -345,6 +346,26 @@ def max_rss_bytes() -> int:
 
 _hooks: Hooks | None = None
 _error_logs = 0
+_beat_at = -HEARTBEAT_EVERY_S
+
+
+def beat() -> None:
+    """Tell the healer this Blender is alive: touch the file it named in $RENDERWATCH_HEARTBEAT, at most
+    once a second. Called from the render handlers (render_stats fires while Cycles samples on the
+    wheels), so it beats only while Blender's own thread runs them, and it does not go through stdout,
+    which a Blender built as a module buffers. Read at each beat: the healer's gate sets it after the
+    hooks may have registered. O(1), never raises."""
+    global _beat_at
+    now = time.monotonic()
+    if now - _beat_at < HEARTBEAT_EVERY_S:
+        return
+    _beat_at = now
+    path = os.environ.get(ENV_HEARTBEAT)
+    if path:
+        try:
+            os.utime(path)          # the healer made the file: nothing is created here
+        except OSError:
+            pass
 
 
 def _swallow(where: str) -> None:
@@ -363,6 +384,7 @@ def _swallow(where: str) -> None:
 @persistent
 def rw_render_init(scene=None, _depsgraph=None):
     try:
+        beat()
         if _hooks is not None:
             _hooks.job_start(scene)
     except Exception:
@@ -372,6 +394,7 @@ def rw_render_init(scene=None, _depsgraph=None):
 @persistent
 def rw_render_pre(scene=None, _depsgraph=None):
     try:
+        beat()
         if _hooks is not None:
             _hooks.frame_start(scene)
     except Exception:
@@ -381,6 +404,7 @@ def rw_render_pre(scene=None, _depsgraph=None):
 @persistent
 def rw_render_stats(stats=None, _depsgraph=None):
     try:
+        beat()
         if _hooks is not None:
             _hooks.stats(stats)
     except Exception:
@@ -390,6 +414,7 @@ def rw_render_stats(stats=None, _depsgraph=None):
 @persistent
 def rw_render_post(scene=None, _depsgraph=None):
     try:
+        beat()
         if _hooks is not None:
             _hooks.frame_post(scene)
     except Exception:
@@ -399,6 +424,7 @@ def rw_render_post(scene=None, _depsgraph=None):
 @persistent
 def rw_render_write(scene=None, _depsgraph=None):
     try:
+        beat()
         if _hooks is not None:
             _hooks.frame_end(scene, saved=True)
     except Exception:

@@ -20,6 +20,7 @@ ENV_SPOOL_DIR = "RENDERWATCH_SPOOL_DIR"         # the spool directory (default <
 ENV_SPOOL_MAX = "RENDERWATCH_SPOOL_MAX_BYTES"   # bound on the whole spool directory
 ENV_JOB_ID = "RENDERWATCH_JOB_ID"               # job id of every attempt of a job (set by the healer)
 ENV_ATTEMPT = "RENDERWATCH_ATTEMPT"             # attempt number of this run (set by the healer)
+ENV_HEARTBEAT = "RENDERWATCH_HEARTBEAT"         # a file the hooks touch while rendering (set by the healer)
 
 # -- the agent --------------------------------------------------------------------------------------
 ENV_AGENT_CONFIG = "RENDERWATCH_CONFIG"

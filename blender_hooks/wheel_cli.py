@@ -16,6 +16,11 @@ preferences are read, so an installed renderwatch extension loads as in Blender)
 a..b), `-a`, `-P/--python FILE`, `--python-expr EXPR`, `--python-exit-code N`, `-t N`, `-v`, and
 everything after `--` left to scripts in sys.argv. This module only parses; the bpy work is
 `blender_hooks.addon.run_cli`.
+
+Output is line-buffered, as a Blender binary's is unbuffered (its main() sets that up; the module
+has no main()): Blender's C stdio and Python's sys.stdout would otherwise hold a pipe's output in
+4-8 KiB blocks, and whoever reads it (the healer, a farm's log) would see a frame's progress only
+when the buffer fills or Blender exits.
 """
 
 from __future__ import annotations
@@ -83,8 +88,33 @@ def parse(argv: list[str]) -> list[tuple[str, str | None]]:
     return actions
 
 
+def line_buffered_stdout() -> None:
+    """Make stdout line-buffered, in C stdio (what Blender and Cycles print through) and in Python."""
+    try:
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):     # replaced by a caller, or closed
+        pass
+    if not sys.platform.startswith(("linux", "darwin")):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        stream = ctypes.c_void_p.in_dll(libc, "stdout" if sys.platform.startswith("linux") else "__stdoutp")
+        libc.fflush.argtypes = [ctypes.c_void_p]
+        libc.setvbuf.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t]
+        libc.fflush(stream)
+        libc.setvbuf(stream, None, IOLBF, 0)
+    except (OSError, AttributeError, ValueError):     # no libc symbol here: output stays as it was
+        pass
+
+
+IOLBF = 1          # <stdio.h> _IOLBF on glibc, musl and macOS
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    line_buffered_stdout()
     try:
         actions = parse(args)
     except UsageError as e:

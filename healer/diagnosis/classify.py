@@ -470,7 +470,7 @@ class LogScanner:
         if oom_killed:
             extra.append(Finding("host_oom", 0, "the kernel OOM killer killed Blender (cgroup memory.events oom_kill)"))
         if stalled:
-            extra.append(Finding("stall", 0, "no progress within the stall timeout: the healer stopped Blender"))
+            extra.append(Finding("stall", 0, "no sign of life (output, hook heartbeat, CPU, GPU) within the stall timeout: the healer stopped Blender"))
 
         exited_nonzero = exit_code is not None and sig is None and proc_type is None and exit_code != 0
         ctx = _Context(self, frame if frame is not None else self._frame_in_flight(), sig, exit_code, how,

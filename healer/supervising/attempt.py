@@ -22,7 +22,7 @@ from healer.supervising.context import AttemptState, JobContext
 from healer.supervising.launch import Launched, exit_status
 from healer.supervising.ledger import Attempt, Ledger
 from healer.supervising.outputs import verify_image
-from healer.supervising.probes import ProbeSnapshot, evaluate, stall_timeout
+from healer.supervising.probes import ProbeSnapshot, SignsOfLife, evaluate, last_sign_of_life, stall_timeout
 from healer.supervising.progress import own_line, parse_line
 from healer.supervising.seams import RunningBlender
 
@@ -42,12 +42,17 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> error
 
     proc = await ctx.launcher.attach(launched.spawned, on_line)
     ctx.proc = proc
-    watcher = asyncio.create_task(_watch(ctx, led, proc, st))
+    watcher = asyncio.create_task(_watch(ctx, led, proc, st, launched.heartbeat))
     try:
         rc = await proc.wait()
     finally:
         watcher.cancel()
         ctx.proc = None
+        if launched.heartbeat:
+            try:
+                os.unlink(launched.heartbeat)
+            except OSError:
+                pass
     exit_code, exit_signal = exit_status(rc)
     in_flight = att.frame_in_flight
     oom_after = ctx.probes.oom_kills()
@@ -199,9 +204,22 @@ def _frame_for(led: Ledger, att: Attempt, path: str, current: int | None) -> int
     return None
 
 
-async def _watch(ctx: JobContext, led: Ledger, proc: RunningBlender, st: AttemptState) -> None:
-    """Probe loop: metrics every tick, stop the process group on a stall or a cancel."""
+def _mtime_ns(path: str | None) -> int | None:
+    if not path:
+        return None
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+async def _watch(ctx: JobContext, led: Ledger, proc: RunningBlender, st: AttemptState,
+                 heartbeat: str | None = None) -> None:
+    """Probe loop: metrics every tick, stop the process group on a stall or a cancel. The host is read
+    once a second (CPU time of Blender's tree, memory, GPU, the hooks' heartbeat file), each tick is a
+    pure `evaluate` over what was read."""
     last_sample, res = 0.0, {}
+    life = SignsOfLife()
     while proc.returncode() is None:
         await asyncio.sleep(ctx.probe_interval_s)
         if ctx.cancelled:
@@ -209,10 +227,14 @@ async def _watch(ctx: JobContext, led: Ledger, proc: RunningBlender, st: Attempt
             return
         now = ctx.clock()
         if now - last_sample >= 1.0:
-            res, last_sample = ctx.probes.resources(proc.pid), now
+            res, last_sample = dict(ctx.probes.resources(proc.pid)), now
+            life.observe(now, cpu_seconds=res.pop("cpu_seconds", None), gpu_busy=res.pop("gpu_busy", None),
+                         heartbeat_mtime_ns=_mtime_ns(heartbeat))
         snap = ProbeSnapshot(now=now, started_at=st.last_progress_at, status=ctx.probes.process_status(proc.pid),
                              last_output_at=proc.last_output_at, last_progress_at=st.last_progress_at,
-                             frame_times=ctx.frame_times, stall_timeout=ctx.req.stall_timeout, **res)
+                             last_event_at=life.last_event_at, last_cpu_at=life.last_cpu_at,
+                             last_gpu_at=life.last_gpu_at, frame_times=ctx.frame_times,
+                             stall_timeout=ctx.req.stall_timeout, **res)
         findings = evaluate(snap)
         if ctx.metrics:
             for f in findings:
@@ -222,7 +244,7 @@ async def _watch(ctx: JobContext, led: Ledger, proc: RunningBlender, st: Attempt
             frame = st.current_frame
             st.stalled = f"{stall.detail}" + (f" at frame {frame}" if frame is not None else "")
             if ctx.metrics:   # how late the probe loop noticed, past the timeout itself
-                late = now - st.last_progress_at - stall_timeout(ctx.req.stall_timeout, ctx.frame_times)
+                late = now - last_sign_of_life(snap) - stall_timeout(ctx.req.stall_timeout, ctx.frame_times)
                 ctx.metrics.stall_detect.observe(max(0.0, late))
             ctx.say(f"stall: {st.stalled}: stopping Blender (pid {proc.pid})")
             await proc.stop(ctx.kill_grace_s)

@@ -15,12 +15,13 @@ Usage::
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from blender_hooks.settings import ENV_ATTEMPT, ENV_JOB_ID  # noqa: F401 (names read from here)
+from blender_hooks.settings import ENV_ATTEMPT, ENV_HEARTBEAT, ENV_JOB_ID  # noqa: F401 (names read from here)
 from healer.diagnosis import errors
 from healer.supervising.ledger import process_alive
 from healer.supervising.spawn import (
@@ -107,6 +108,20 @@ class Launched:
     spawned: Spawned
     started_at: float                 # clock time
     oom_kills_before: int | None      # the cgroup's OOM kills before it started
+    heartbeat: str | None = None      # the file the hooks touch while it renders (probes.SignsOfLife)
+
+
+def heartbeat_file(led: Ledger, attempt: int) -> str | None:
+    """A fresh, empty file beside the ledger (the job's private directory) for the hooks to touch, its
+    mtime at 0 so that the first touch shows; None if it cannot be made (the other signs remain)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(led.path)), f"heartbeat.{attempt}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        os.close(fd)
+        os.utime(path, (0, 0))
+    except OSError:
+        return None
+    return path
 
 
 def launch_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: Action) -> Launched | errors.RenderError:
@@ -121,6 +136,9 @@ def launch_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: Acti
     oom_before = ctx.probes.oom_kills()
     started_at = ctx.clock()
     start_env, gate_env = split_gate_env(attempt_env(led.job, att.attempt, ctx.env, ctx.gpu))
+    heartbeat = heartbeat_file(led, att.attempt)
+    if heartbeat is not None:
+        gate_env[ENV_HEARTBEAT] = heartbeat
     try:
         spawned = ctx.launcher.spawn(att.argv, env=start_env)
     except OSError as e:
@@ -135,4 +153,4 @@ def launch_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: Acti
     led.status = "running"
     led.save()
     ctx.launcher.release(spawned, gate_env)      # the ledger names it: it may render now
-    return Launched(att, list(frames), spawned, started_at, oom_before)
+    return Launched(att, list(frames), spawned, started_at, oom_before, heartbeat)

@@ -1,18 +1,25 @@
 """Health probes over one running Blender: a pure `evaluate(snapshot) -> list[Finding]`.
 
 Probes: `alive` (process exists, not a zombie), `progress` (samples/tiles/frames moving),
-`heartbeat` (any output or hook event), `stall` (no progress for the stall timeout: the supervisor
+`heartbeat` (any output or hook event), `stall` (no sign of life for the stall timeout: the supervisor
 kills and restarts), `memory` (host memory low, Blender's RSS near its limit), `gpu` (NVML: GPU
 idle while Blender makes no progress, a hang hint).
 
+A frame is stalled only when every sign of life is flat for the stall timeout: progress lines, any
+output line, the hooks' heartbeat (a file they touch from the render handlers, render_stats included,
+which does not depend on how Blender's stdout is buffered), CPU time of Blender's process tree, and
+GPU activity of Blender's processes where NVML is. Progress lines alone are not enough: a long frame
+can sample for minutes between two of them (a Cycles time limit, a heavy scene, a Blender built as a
+module whose stdout a pipe buffers). A handler asleep, a Blender stopped by SIGSTOP or a read blocked
+on a dead mount is flat on all of them; a handler spinning in a loop uses CPU, and is not a stall.
+
 Stall timeout: `--stall-timeout S` when given; otherwise adaptive: 600 s until the first frame of
 the job is saved (scene load, BVH build and kernel compilation print little), then
-max(60 s, 4 x the slowest frame seen so far). Progress lines arrive many times per frame, so a
-healthy render never goes a whole frame time without one: 4x leaves room for a slow frame.
+max(60 s, 4 x the slowest frame seen so far).
 
 Usage::
 
-    snap = ProbeSnapshot(now=t, started_at=t0, status="running", last_progress_at=t1, ...)
+    snap = ProbeSnapshot(now=t, started_at=t0, status="running", last_progress_at=t1, last_cpu_at=t2, ...)
     for f in evaluate(snap): metrics.probe_healthy(job, f.probe).set(f.healthy)
 """
 
@@ -27,6 +34,12 @@ STALL_FACTOR = 4.0
 STALL_FIRST_FRAME_S = 600.0
 HOST_MEM_LOW_FRACTION = 0.05
 RSS_NEAR_LIMIT_FRACTION = 0.9
+# CPU time counts as a sign of life when Blender's process tree used at least this share of one core
+# since the last sample, and at least one clock tick: a Blender whose main thread sleeps or waits
+# uses none (measured: 0.00 s in 5 s on 3.4 and the 4.5 wheel, hooks' threads included), a rendering
+# one at least a sizeable share of a core even on a host that is busy.
+CPU_ACTIVE_FRACTION = 0.02
+CPU_TICK_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,9 @@ class ProbeSnapshot:
     status: str | None = "running"            # psutil status; None: the process is gone
     last_output_at: float | None = None       # any stdout line
     last_progress_at: float | None = None     # a sample/tile/frame counter moved
-    last_event_at: float | None = None        # a hook event (None: no event source)
+    last_event_at: float | None = None        # the hooks' heartbeat (None: none seen)
+    last_cpu_at: float | None = None          # Blender's process tree last used CPU (cpu_active)
+    last_gpu_at: float | None = None          # one of Blender's processes last busy on a GPU (NVML)
     frame_times: Sequence[float] = ()         # seconds per completed frame (this job)
     stall_timeout: float | None = None        # explicit --stall-timeout
     rss_bytes: int | None = None              # Blender's process-group RSS
@@ -63,6 +78,22 @@ def stall_timeout(explicit: float | None, frame_times: Sequence[float]) -> float
     return max(STALL_FLOOR_S, STALL_FACTOR * max(frame_times))
 
 
+def cpu_active(before: float | None, after: float | None, seconds: float) -> bool:
+    """Whether CPU time of Blender's tree going from `before` to `after` in `seconds` is a sign of life."""
+    if before is None or after is None or seconds <= 0:
+        return False
+    return after - before >= max(CPU_TICK_S, CPU_ACTIVE_FRACTION * seconds)
+
+
+SIGNS_OF_LIFE = (("last_progress_at", "progress"), ("last_output_at", "output"),
+                 ("last_event_at", "hook heartbeat"), ("last_cpu_at", "CPU time"), ("last_gpu_at", "GPU activity"))
+
+
+def last_sign_of_life(s: ProbeSnapshot) -> float:
+    """When Blender last showed any sign of life (its start if none yet)."""
+    return max([s.started_at, *(t for t in (getattr(s, k) for k, _ in SIGNS_OF_LIFE) if t is not None)])
+
+
 def evaluate(s: ProbeSnapshot) -> list[Finding]:
     """One finding per probe that applies (a probe without a data source is left out)."""
     out: list[Finding] = []
@@ -77,9 +108,11 @@ def evaluate(s: ProbeSnapshot) -> list[Finding]:
         since_beat = s.now - max(beats)
         out.append(Finding("heartbeat", since_beat <= timeout,
                            f"silent for {since_beat:.1f} s" if since_beat > timeout else ""))
-    stalled = alive and since_progress >= timeout
+    since_life = s.now - last_sign_of_life(s)
+    stalled = alive and since_life >= timeout
     out.append(Finding("stall", not stalled,
-                       f"no progress for {since_progress:.1f} s (stall timeout {timeout:g} s)" if stalled else "",
+                       f"no sign of life for {since_life:.1f} s: no progress, output, hook heartbeat, CPU time "
+                       f"or GPU activity (stall timeout {timeout:g} s)" if stalled else "",
                        "kill_stall" if stalled else None))
     mem_problems = []
     if s.host_available_bytes is not None and s.host_total_bytes:
@@ -98,6 +131,37 @@ def evaluate(s: ProbeSnapshot) -> list[Finding]:
     return out
 
 
+class SignsOfLife:
+    """Turns successive readings (CPU seconds of Blender's tree, GPU busy, the heartbeat file's mtime)
+    into the clock times the snapshot wants: when each last moved. The watch loop feeds it at most
+    once a second; the decision stays in `evaluate`.
+
+        life = SignsOfLife(); life.observe(now, cpu_seconds=12.3, gpu_busy=None, heartbeat_mtime_ns=...)
+        ProbeSnapshot(..., last_cpu_at=life.last_cpu_at, last_event_at=life.last_event_at, ...)
+    """
+
+    def __init__(self) -> None:
+        self.last_cpu_at: float | None = None
+        self.last_gpu_at: float | None = None
+        self.last_event_at: float | None = None
+        self._cpu: tuple[float, float] | None = None         # (clock, CPU seconds) of the last reading
+        self._mtime: int | None = None
+
+    def observe(self, now: float, *, cpu_seconds: float | None = None, gpu_busy: bool | None = None,
+                heartbeat_mtime_ns: int | None = None) -> None:
+        if cpu_seconds is not None:
+            if self._cpu is not None and cpu_active(self._cpu[1], cpu_seconds, now - self._cpu[0]):
+                self.last_cpu_at = now
+            if self._cpu is None or now - self._cpu[0] > 0:
+                self._cpu = (now, cpu_seconds)
+        if gpu_busy:
+            self.last_gpu_at = now
+        if heartbeat_mtime_ns is not None:
+            if self._mtime is not None and heartbeat_mtime_ns != self._mtime:
+                self.last_event_at = now
+            self._mtime = heartbeat_mtime_ns
+
+
 # What an NVIDIA driver that NVML can talk to leaves on a host: the kernel driver's /proc entry and
 # control device (also mounted into containers by the NVIDIA container toolkit), or WSL2's GPU device.
 NVIDIA_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
@@ -113,9 +177,9 @@ def nvidia_driver_present() -> bool:
 
 
 class ResourceSampler:
-    """Reads what the probes need from the host: Blender's RSS (whole process group), host memory,
-    the cgroup memory limit, GPU utilisation through NVML. Each source that is missing yields None
-    and is logged once."""
+    """Reads what the probes need from the host: Blender's RSS and CPU time (its whole process tree),
+    host memory, the cgroup memory limit, GPU utilisation and whether Blender's own processes keep a
+    GPU busy, through NVML. Each source that is missing yields None and is logged once."""
 
     def __init__(self, psutil_mod=None, nvml=None, driver_present=None):
         import logging
@@ -127,24 +191,33 @@ class ResourceSampler:
         self._nvml = nvml
         self._nvml_tried = nvml is not None
         self._handles: list = []
+        self._seen_ts: dict = {}       # per GPU: the newest per-process sample already read
         self._driver_present = driver_present or nvidia_driver_present
         self.limit = _cgroup_memory_limit()
 
-    def _gpu(self) -> float | None:
+    def _init_gpu(self) -> None:
         if not self._nvml_tried:
             self._nvml_tried = True
             if not self._driver_present():
                 self.log.debug("no NVIDIA driver on this host: no GPU hang hint")
-                return None
+                return
             try:
                 import pynvml
 
                 pynvml.nvmlInit()
                 self._nvml = pynvml
-                self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
             except Exception as e:      # no driver / no GPU: the gpu probe is left out
                 self.log.debug("NVML unavailable (%s): no GPU hang hint", type(e).__name__)
                 self._nvml = None
+                return
+        if self._nvml is not None and not self._handles:
+            try:
+                self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self._nvml.nvmlDeviceGetCount())]
+            except Exception:
+                self._nvml = None
+
+    def _gpu(self) -> float | None:
+        self._init_gpu()
         if self._nvml is None or not self._handles:
             return None
         try:
@@ -152,19 +225,64 @@ class ResourceSampler:
         except Exception:
             return None
 
-    def sample(self, pid: int | None) -> dict:
-        ps = self.psutil
-        vm = ps.virtual_memory()
-        rss = None
-        if pid:
+    def _gpu_busy(self, pids: set[int]) -> bool | None:
+        """Whether one of `pids` used a GPU since the last call (None: no NVML). NVML's per-process
+        samples where the driver keeps them; else a busy GPU on which one of them holds a context."""
+        if self._nvml is None or not self._handles:
+            return None
+        nv, busy = self._nvml, False
+        for h in self._handles:
             try:
-                p = ps.Process(pid)
-                rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
-            except (ps.NoSuchProcess, ps.AccessDenied):
-                rss = None
+                samples = nv.nvmlDeviceGetProcessUtilization(h, self._seen_ts.get(h, 0))
+            except Exception as e:
+                if type(e).__name__ == "NVMLError_NotFound":   # no sample since the last read: idle
+                    continue
+                samples = None
+            if samples is not None:
+                for smp in samples:
+                    self._seen_ts[h] = max(self._seen_ts.get(h, 0), smp.timeStamp)
+                    if smp.pid in pids and (smp.smUtil > 0 or smp.memUtil > 0):
+                        busy = True
+                continue
+            try:
+                mine = any(p.pid in pids for p in nv.nvmlDeviceGetComputeRunningProcesses(h))
+                if mine and nv.nvmlDeviceGetUtilizationRates(h).gpu > 0:
+                    busy = True
+            except Exception:
+                continue
+        return busy
+
+    def sample(self, pid: int | None) -> dict:
+        vm = self.psutil.virtual_memory()
+        pids, rss, cpu = process_tree(pid, self.psutil)
+        gpu = self._gpu()
         return {"rss_bytes": rss, "rss_limit_bytes": self.limit or vm.total,
                 "host_available_bytes": vm.available, "host_total_bytes": vm.total,
-                "gpu_util_percent": self._gpu()}
+                "gpu_util_percent": gpu, "cpu_seconds": cpu, "gpu_busy": self._gpu_busy(pids) if pids else None}
+
+
+def process_tree(pid: int | None, ps=None) -> tuple[set[int], int | None, float | None]:
+    """(pids, RSS bytes, CPU seconds) of `pid` and its descendants; (set(), None, None) when it is gone.
+    CPU time includes what its finished children used (psutil's children_*), so it only grows."""
+    if ps is None:
+        import psutil as ps
+    if not pid:
+        return set(), None, None
+    try:
+        p = ps.Process(pid)
+        tree = [p, *p.children(recursive=True)]
+    except (ps.NoSuchProcess, ps.AccessDenied):
+        return set(), None, None
+    rss, cpu = 0, 0.0
+    for q in tree:
+        try:
+            rss += q.memory_info().rss
+            t = q.cpu_times()
+            cpu += t.user + t.system + t.children_user + t.children_system
+        except (ps.NoSuchProcess, ps.AccessDenied):   # a child ended meanwhile: its time is its parent's now
+            if q is p:
+                return set(), None, None
+    return {q.pid for q in tree}, rss, cpu
 
 
 def _cgroup_memory_limit() -> int | None:
@@ -221,7 +339,10 @@ class SystemProbes:
         return d if st.f_bavail * st.f_frsize < min_free else None
 
     def resources(self, pid: int) -> dict:
-        return self.sampler.sample(pid) if self.sampler is not None else {}
+        """The sampler's readings; without one, CPU time alone (the stall probe's sign of life)."""
+        if self.sampler is not None:
+            return self.sampler.sample(pid)
+        return {"cpu_seconds": process_tree(pid, self._psutil)[2]}
 
     def gl_driver(self, pid: int) -> tuple[str, str] | None:
         return gl_driver(pid)

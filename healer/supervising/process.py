@@ -106,6 +106,8 @@ async def stop_group(pgid: int, grace_s: float, exited: Callable[[], bool]) -> N
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0.0)):
         try:
             os.killpg(pgid, sig)
+            if sig == signal.SIGTERM:      # a stopped (SIGSTOP) Blender handles its SIGTERM only once continued
+                os.killpg(pgid, signal.SIGCONT)
         except (ProcessLookupError, PermissionError):
             return
         deadline = time.monotonic() + wait

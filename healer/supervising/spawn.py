@@ -36,16 +36,43 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from blender_hooks.settings import ENV_ATTEMPT, ENV_JOB_ID
+from blender_hooks.settings import ENV_ATTEMPT, ENV_HEARTBEAT, ENV_JOB_ID
 from healer.supervising.frames import render_args
 
 # The line the supervisor's frame-start marker prints (MARKER_EXPR, injected into Blender).
 MARKER = "[renderwatch] frame_start "
 
+# Blender's stdout line-buffered, in C stdio (Blender's and Cycles' own lines) and in Python: on a pipe
+# both hold output in 4-8 KiB blocks (the binary's too, unless PYTHONUNBUFFERED is set), so a frame's
+# lines would reach the healer and a farm's log only when a block fills or Blender exits. Run first,
+# as part of the gate: what Blender printed before it (the banner, `Read blend:`) goes out with the
+# next line. glibc's setvbuf(_IOLBF) only sets a flag, so it is safe on a stream already written.
+LINE_BUFFERED_EXPR = (
+    "def _renderwatch_line_buffered():\n"
+    "    import sys\n"
+    "    try:\n"
+    "        sys.stdout.reconfigure(line_buffering=True)\n"
+    "    except Exception:\n"
+    "        pass\n"
+    "    if sys.platform.startswith('linux'):\n"
+    "        try:\n"
+    "            import ctypes\n"
+    "            libc = ctypes.CDLL(None)\n"
+    "            out = ctypes.c_void_p.in_dll(libc, 'stdout')\n"
+    "            libc.fflush.argtypes = [ctypes.c_void_p]\n"
+    "            libc.setvbuf.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t]\n"
+    "            libc.fflush(out)\n"
+    "            libc.setvbuf(out, None, 1, 0)\n"
+    "        except Exception:\n"
+    "            pass\n"
+    "_renderwatch_line_buffered()\n"
+    "del _renderwatch_line_buffered\n"
+)
+
 # Blender waits here (after reading the scene, before anything of the render) for the supervisor's
 # go: one JSON line of environment variables on stdin. EOF instead (the supervisor is gone, or chose
 # not to use this Blender): exit without rendering.
-GATE_EXPR = (
+GATE_EXPR = LINE_BUFFERED_EXPR + (
     "import json, os\n"
     "def _renderwatch_gate():\n"
     "    data = b''\n"
@@ -60,7 +87,7 @@ GATE_EXPR = (
     "del _renderwatch_gate\n"
 )
 # What the gate sets, and what therefore may differ between a prestarted Blender and the attempt.
-GATE_ENV = (ENV_JOB_ID, ENV_ATTEMPT)
+GATE_ENV = (ENV_JOB_ID, ENV_ATTEMPT, ENV_HEARTBEAT)
 
 # The marker is one os.write of the whole line: print() writes the text and the newline separately,
 # and a thread logging to stderr in between (the hooks' "agent unreachable") tore the line, so the
