@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +35,10 @@ from blender_hooks.settings import (  # noqa: F401 (names read from here)
     ConfigError,
     check_config_tables,
 )
+from renderwatch.files import load_toml
 from renderwatch.listen import is_loopback
 from renderwatch.listen import parse_listen as _parse_listen
-from renderwatch.paths import DEFAULT_AGENT_LISTEN, home
+from renderwatch.paths import DEFAULT_AGENT_LISTEN, home, user_path
 
 # Environment variables the agent reads (documented in the README's agent section).
 # The standard OpenTelemetry variables (the SDK also reads headers, timeouts, TLS and
@@ -117,12 +117,7 @@ def _number(key: str, raw: Any, kind: type, minimum: float) -> Any:
 
 def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
-    try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(p)!r} does not exist (--config / {ENV_CONFIG})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    doc = load_toml(p, f"config file (--config / {ENV_CONFIG})")
     check_config_tables(doc, p)
     table = doc.get("agent", {})
     if not isinstance(table, dict):
@@ -190,8 +185,8 @@ def load_config(env: Mapping[str, str] | None = None, path: str | os.PathLike[st
         raise ConfigError(f"{key}: listening on {host!r} (not loopback) needs a token: set {ENV_TOKEN} "
                           "(clients send it as 'Authorization: Bearer TOKEN'), or listen on 127.0.0.1")
     root = home(e)
-    data_dir = Path(str(get("data_dir", root / "agent")[1])).expanduser()
-    spool_dir = Path(str(get("spool_dir", root / "spool")[1])).expanduser()
+    data_dir = user_path(*reversed(get("data_dir", root / "agent")))
+    spool_dir = user_path(*reversed(get("spool_dir", root / "spool")))
     endpoint, protocol, enabled = _otlp(e)
     service = (e.get(OTEL_SERVICE_NAME) or "").strip() or DEFAULT_SERVICE_NAME
     if not e.get(OTEL_SERVICE_NAME) and "service.name=" in e.get(OTEL_RESOURCE_ATTRIBUTES, ""):

@@ -137,9 +137,19 @@ def render_frame(doc: dict[str, Any], color: bool = False) -> str:
 
 
 def run_status(agent: str | None, once: bool = False, interval: float = 1.0) -> int:
-    base = agent or os.environ.get(ENV_AGENT) or DEFAULT_AGENT
-    if "://" not in base:
-        base = "http://" + base
+    from renderwatch.listen import http_url
+
+    key = "--agent" if agent else ENV_AGENT
+    raw = agent or (os.environ.get(ENV_AGENT) or "").strip() or DEFAULT_AGENT
+    try:
+        if raw.lower() == "off":
+            raise ValueError(f"{key} is 'off' (the hooks spool only): give the agent's address with --agent")
+        base = http_url(raw, key, DEFAULT_AGENT)
+        if not (math.isfinite(interval) and 0.1 <= interval <= 3600):
+            raise ValueError(f"--interval {interval!r}: give seconds between 0.1 and 3600")
+    except ValueError as e:
+        print(f"renderwatch status: {e}", file=sys.stderr)
+        return 2
     token = os.environ.get(ENV_TOKEN) or None
     tty = sys.stdout.isatty()
     if hasattr(sys.stdout, "reconfigure"):

@@ -89,6 +89,32 @@ def _reparse(args: argparse.Namespace, pre: list[str]) -> argparse.Namespace:
     return args
 
 
+def _bad_option(args: argparse.Namespace) -> str | None:
+    """What is wrong with an option whose problem would otherwise surface only after the render (the
+    report's path) or as a traceback (the job id): checked before any Blender starts."""
+    import os
+
+    from renderwatch.paths import check_job_id
+
+    try:
+        if args.job is not None:
+            check_job_id(args.job)
+    except ValueError as e:
+        return str(e)
+    if args.report:
+        report = os.path.abspath(args.report)
+        folder = os.path.dirname(report)
+        if os.path.isdir(report):
+            return f"--report {args.report!r} is a folder; name a file (for example report.json)"
+        while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)            # made at the end, as Blender makes its output folder
+        if not os.path.isdir(folder):
+            return f"--report {args.report!r}: {folder} is not a folder"
+        if not os.access(folder, os.W_OK):
+            return f"--report {args.report!r}: this account cannot write in {folder}"
+    return None
+
+
 def _config(args: argparse.Namespace) -> HealerConfig:
     from healer.config import load_config
 
@@ -103,6 +129,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         frames = tuple(parse_frames(args.frames)) if args.frames else None
     except FrameSpecError as e:
         print(f"renderwatch render: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    bad = _bad_option(args)
+    if bad is not None:
+        print(f"renderwatch render: {bad}", file=sys.stderr)
         return EXIT_USAGE
     from renderwatch.paths import state_problem
 
@@ -144,6 +174,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     _reparse(args, pre)
     if not argv:
         print("renderwatch exec: usage: renderwatch exec [OPTIONS] -- blender ARGS...", file=sys.stderr)
+        return EXIT_USAGE
+    bad = _bad_option(args)
+    if bad is not None:
+        print(f"renderwatch exec: {bad}", file=sys.stderr)
         return EXIT_USAGE
     from renderwatch.paths import state_problem
 
@@ -335,7 +369,11 @@ def _supervise(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | N
     display.total = len(led.frames_requested)
     display.finish(summary(led, time.monotonic() - t0))
     if args.report:
-        write_report(args.report, build_report(led, result.exit_code))
+        try:
+            write_report(args.report, build_report(led, result.exit_code))
+        except OSError as e:         # the frames are rendered and kept: say why the report is missing
+            print(f"renderwatch: cannot write the report {args.report!r}: {e.strerror}; the job's ledger "
+                  f"{led.path} holds the same record", file=sys.stderr)
     if result.exit_code == 0:
         sup.delivered()
     return result.exit_code
@@ -389,5 +427,10 @@ def cmd_healer(args: argparse.Namespace) -> int:
     if token_file is not None:
         print(f"renderwatch healer: API token in {token_file} (this account only; `renderwatch jobs` reads it)",
               file=sys.stderr)
-    web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+    try:
+        web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+    except OSError as e:           # the address is taken, or not this host's
+        print(f"renderwatch healer: cannot listen on {host}:{port}: {e.strerror or e}; stop what holds it, or "
+              "give another address with --listen", file=sys.stderr)
+        return EXIT_USAGE
     return 0

@@ -130,15 +130,9 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     incidents: Mapping[str, Any] | None = None
     path = path or env.get(ENV_CONFIG)
     if path:
-        import tomllib  # only where a config file is given: not on every farm task's start
+        from renderwatch.files import load_toml  # only where a config file is given: not on every task
 
-        try:
-            with open(path, "rb") as f:
-                doc = tomllib.load(f)
-        except OSError as e:
-            raise ConfigError(f"{ENV_CONFIG}={path}: cannot read: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        doc = load_toml(path, f"config file (--config / {ENV_CONFIG})")
         check_config_tables(doc, path)
         incidents = doc.get("incidents")
         table = doc.get("healer", {})

@@ -18,6 +18,7 @@ import gc
 import importlib
 import sys
 
+from blender_hooks.settings import ConfigError
 from renderwatch import __version__
 
 # Packages that contribute subcommands, in help order. A package whose cli module is missing
@@ -65,6 +66,7 @@ def setup_logging(args: argparse.Namespace) -> None:
 
 
 EXIT_SIGPIPE = 141     # 128 + SIGPIPE: what a shell shows for a C tool whose reader went away
+EXIT_INTERNAL = 70     # EX_SOFTWARE (sysexits.h): renderwatch itself failed
 
 
 def silence_stdout() -> None:
@@ -116,6 +118,18 @@ def _run(args_in: list[str]) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ConfigError as e:
+        # a bad value that reached a loader the command did not guard itself: the message names it
+        print(f"renderwatch {args.command}: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        # A bug, not the user's input: one line that says so, the traceback only when asked for
+        # (tests/test_cli_hostile.py walks every command and flag and fails on this line).
+        if str(args.log_level).upper() == "DEBUG":
+            raise
+        print(f"renderwatch {args.command}: internal error: {type(e).__name__}: {e} (a bug in renderwatch: "
+              "run again with --log-level DEBUG for the traceback, and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def main_exec_blender(argv: list[str] | None = None) -> int:

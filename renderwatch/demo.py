@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from blender_hooks.settings import ENV_SPOOL_DIR
-from renderwatch.paths import ENV_AGENT, ensure_private_dir, home
+from renderwatch.listen import parse_listen
+from renderwatch.paths import ENV_AGENT, ensure_private_dir, home, user_path
 
 # Injected fault: SIGSEGV in a render_pre handler at one frame, only on the first attempt (a marker
 # file beside the script remembers it happened). A Blender script, run by Blender, not imported here.
@@ -86,16 +87,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("renderwatch demo: no Blender found: install Debian's `blender` (./bootstrap demo does) "
               "or pass --blender EXE", file=sys.stderr)
         return 2
-    if args.frames < 1 or (not args.no_crash and not 1 <= args.crash_at <= args.frames):
-        print("renderwatch demo: --frames must be >= 1 and --crash-at within 1..--frames", file=sys.stderr)
+    if not 1 <= args.frames <= 10_000 or (not args.no_crash and not 1 <= args.crash_at <= args.frames):
+        print("renderwatch demo: --frames must be within 1..10000 and --crash-at within 1..--frames",
+              file=sys.stderr)
         return 2
-    workdir = ensure_private_dir(Path(args.dir).expanduser().resolve() if args.dir else home() / "demo")
-    run_dir = ensure_private_dir(workdir / time.strftime("run-%Y%m%d-%H%M%S"))
+    try:
+        parse_listen(args.listen, "--listen")
+        workdir = user_path(args.dir, "--dir").resolve() if args.dir is not None else home() / "demo"
+        workdir = ensure_private_dir(workdir)
+        run_dir = ensure_private_dir(workdir / time.strftime("run-%Y%m%d-%H%M%S"))
+    except ValueError as e:        # ConfigError too
+        print(f"renderwatch demo: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"renderwatch demo: cannot make the demo's folder {e.filename or args.dir!r}: {e.strerror}; "
+              "give --dir a folder this account can write", file=sys.stderr)
+        return 2
     print(f"renderwatch demo: working in {run_dir}")
 
     print(f"[1/4] generating a {args.frames}-frame Cycles scene with {blender}")
-    scene = create_demo_scene(run_dir / "demo.blend", frames=args.frames, samples=16, width=160, height=90,
-                              blender=blender)
+    try:
+        scene = create_demo_scene(run_dir / "demo.blend", frames=args.frames, samples=16, width=160, height=90,
+                                  blender=blender)
+    except RuntimeError as e:
+        print(f"renderwatch demo: {blender} could not make the demo scene: {e}\n"
+              "Check that it is Blender (`--blender EXE`, or Debian's `blender`: ./bootstrap demo installs it)",
+              file=sys.stderr)
+        return 1
 
     print("[2/4] starting the agent (embedded: spans go to a local OTLP-JSON file)")
     env = dict(os.environ)

@@ -6,13 +6,20 @@ Usage::
     write_atomic(path, data, sync=False)  # survives a killed process (page cache), not a power loss
     sync_dir(folder)                      # make a rename in it durable (power loss)
     remove_stale_temps(folder)            # temp files a killed writer left (their pid is in the name)
+    read_small_file(path, limit=1 << 20)  # a regular file's bytes, bounded; a FIFO or device never blocks
+    load_toml(path, "--config")           # a config file as a dict, or ConfigError saying what is wrong
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from blender_hooks.settings import ConfigError
+
+MAX_CONFIG_BYTES = 1 << 20      # a renderwatch TOML file is a few KiB; 200 MB read whole cost 636 MB of RSS
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, sync: bool = True) -> None:
@@ -83,3 +90,58 @@ def sync_dir(folder: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_small_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes. Opened without blocking (a FIFO in its place
+    would hang the reader forever) and checked before it is read: a directory, a FIFO, a device or a
+    file over the limit raises OSError (or ValueError for the size) with a message saying which."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "is a directory, not a file", str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(22, "not a regular file (a FIFO, socket or device)", str(path))
+        if st.st_size > limit:
+            raise ValueError(f"{path}: {st.st_size} bytes, more than the {limit} bytes allowed")
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise ValueError(f"{path}: more than the {limit} bytes allowed")
+        return data
+    finally:
+        os.close(fd)
+
+
+def load_toml(path: str | os.PathLike[str], source: str) -> dict:
+    """A TOML config file as a dict; ConfigError naming the file, `source` (the flag or variable that
+    named it) and what to fix for a missing, unreadable, oversized, non-UTF-8, invalid or too deeply
+    nested file. tomllib is imported here: only a command given a config file pays for it."""
+    import tomllib
+
+    where = f"{source} {os.fsdecode(path)!r}"
+    try:
+        data = read_small_file(path, MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: the file does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read it: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ConfigError(f"{where}: too large ({e}); a renderwatch config is a few KiB of TOML") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: byte {e.start} is not UTF-8; a TOML file is UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a renderwatch config") from None

@@ -35,3 +35,26 @@ def parse_listen(value: str, key: str = "listen", example: str = "127.0.0.1:9464
         port = example.rpartition(":")[2]
         raise ValueError(f"{key}: {value!r} is not HOST:PORT (for example {example}, or [::1]:{port})")
     return host, int(port_s)
+
+
+def http_url(value: str, key: str, example: str = "http://127.0.0.1:9464") -> str:
+    """A base URL a person gave (a flag or a variable): `HOST:PORT` gets `http://`; ValueError naming
+    `key` unless it is http(s) with a host and, when given, a numeric port (urllib would raise
+    InvalidURL or 'unknown url type' from deep inside a request)."""
+    from urllib.parse import urlsplit
+
+    v = (value or "").strip()
+    url = v if "://" in v else f"http://{v}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not url.isascii() \
+            or (port is None and parts.netloc.endswith(":")):
+        raise ValueError(f"{key}: {value!r} is not an http(s) address (for example {example})")
+    try:
+        parts.hostname.encode("idna")    # '..' or a 300-character label: what a request would fail on
+    except UnicodeError:
+        raise ValueError(f"{key}: {value!r}: {parts.hostname!r} is not a host name (for example {example})") from None
+    return url.rstrip("/")

@@ -7,24 +7,56 @@ these are the ones shared by the hooks, the agent and the healer.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from blender_hooks.settings import ENV_AGENT, ENV_HOME  # noqa: F401 (names read from here)
+from blender_hooks.settings import ENV_AGENT, ENV_HOME, ConfigError  # noqa: F401 (names read from here)
 from blender_hooks.spool import make_private_dirs
 
 DEFAULT_AGENT = "http://127.0.0.1:9464"
 DEFAULT_AGENT_LISTEN = "127.0.0.1:9464"
 DEFAULT_HEALER_LISTEN = "127.0.0.1:9465"
+# A job id names a folder under the state root: no separators, no dot-names, bounded
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_job_id(job: str, key: str = "--job") -> str:
+    """`job` if it is a valid job id, else ConfigError naming `key` and the rule."""
+    if not isinstance(job, str) or not JOB_ID.fullmatch(job):
+        raise ConfigError(f"{key} {job!r}: a job id is 1-128 letters, digits, '.', '_' and '-', starting with a "
+                          "letter or digit")
+    return job
+
+
+def user_path(value: object, key: str) -> Path:
+    """A folder or file a person named (a flag, a variable, a config key), `~` expanded; ConfigError
+    naming `key` for an empty value or a `~user` that cannot be expanded."""
+    if not isinstance(value, (str, os.PathLike)):      # `data_dir = 5` in a TOML file wrote to ./5
+        raise ConfigError(f"{key}: {value!r} is not a path; write it as a quoted string")
+    text = os.fsdecode(value)
+    if not text.strip():
+        raise ConfigError(f"{key}: empty; give a path (for example /var/lib/renderwatch)")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{key}: {text!r}: '~' cannot be expanded here (no such user, or no home "
+                          "directory for this account); give an absolute path") from None
 
 
 def home(env: Mapping[str, str] | None = None) -> Path:
-    """State root: $RENDERWATCH_HOME, else $XDG_STATE_HOME/renderwatch, else ~/.local/state/renderwatch."""
+    """State root: $RENDERWATCH_HOME, else $XDG_STATE_HOME/renderwatch, else ~/.local/state/renderwatch.
+    ConfigError (naming RENDERWATCH_HOME) when none of them can be resolved."""
     e: Mapping[str, str] = os.environ if env is None else env
     if e.get(ENV_HOME):
-        return Path(e[ENV_HOME]).expanduser()
-    base = e.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "renderwatch"
+        return user_path(e[ENV_HOME], ENV_HOME)
+    if e.get("XDG_STATE_HOME"):
+        return user_path(e["XDG_STATE_HOME"], "XDG_STATE_HOME") / "renderwatch"
+    try:
+        return Path.home() / ".local" / "state" / "renderwatch"
+    except RuntimeError:
+        raise ConfigError(f"this account has no home directory for renderwatch's state: set {ENV_HOME} "
+                          "to a folder it can write") from None
 
 
 def ensure_private_dir(path: Path) -> Path:

@@ -114,3 +114,34 @@ def test_an_unknown_table_names_the_table_and_the_file(tmp_path):
     shared = tmp_path / "shared.toml"          # one renderwatch.toml for the agent and the healer
     shared.write_text('[agent]\nlisten = "127.0.0.1:9999"\n[healer]\nconcurrency = 3\n[incidents]\nqueue_size = 10\n')
     assert load_config(env={"RENDERWATCH_HOME": str(tmp_path)}, path=shared).port == 9999
+
+
+@pytest.mark.parametrize("body, words", [
+    ("[agent]\ndata_dir = 5\n", "is not a path"),
+    ("[agent]\nspool_dir = ''\n", "empty"),
+    ("[agent]\ndata_dir = '~no-such-user-rw/x'\n", "cannot be expanded"),
+    ("a = " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+])
+def test_config_values_that_are_not_paths_or_toml_are_named(tmp_path, body, words):
+    """`data_dir = 5` wrote the journal to ./5; a deeply nested file was a RecursionError traceback."""
+    f = tmp_path / "agent.toml"
+    f.write_text(body)
+    with pytest.raises(ConfigError, match=words):
+        load_config({}, path=f)
+
+
+def test_a_config_that_is_a_fifo_or_binary_is_an_error_not_a_hang(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config({}, path=fifo)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe[agent]")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config({}, path=binary)
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ConfigError, match="too large"):
+        load_config({}, path=big)

@@ -59,7 +59,7 @@ def ensure_token(env: Mapping[str, str]) -> GeneratedToken:
     path = token_path(env)
     ensure_private_dir(path.parent)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)   # a FIFO there must not hang the start
     except FileNotFoundError:
         return GeneratedToken(_write_new(path), path)
     except OSError as e:
@@ -71,7 +71,9 @@ def ensure_token(env: Mapping[str, str]) -> GeneratedToken:
         if st.st_uid != os.geteuid():
             raise ConfigError(f"{path} belongs to uid {st.st_uid}, not to this account (uid {os.geteuid()}): "
                               "remove it, or run the healer as its owner")
-        value = f.read(4096).decode("ascii", "replace").strip()
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{path} is a directory: remove it and the healer makes a new token there")
+        value = f.read(4096).decode("ascii", "replace").strip() if stat.S_ISREG(st.st_mode) else ""
     if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or len(value) < 32 or not value.isprintable():
         return GeneratedToken(_write_new(path), path)
     return GeneratedToken(value, path)

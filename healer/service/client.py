@@ -33,11 +33,14 @@ class ApiError(Exception):
 
 
 def default_url(env: Mapping[str, str]) -> str:
-    listen = env.get(ENV_HEALER_LISTEN) or DEFAULT_HEALER_LISTEN
-    host, _, port = listen.rpartition(":")
-    if host in ("", "0.0.0.0", "::", "[::]"):
+    """The healer's URL on this host from $RENDERWATCH_HEALER_LISTEN (ValueError naming it if malformed)."""
+    from renderwatch.listen import parse_listen
+
+    host, port = parse_listen(env.get(ENV_HEALER_LISTEN) or DEFAULT_HEALER_LISTEN, ENV_HEALER_LISTEN,
+                              DEFAULT_HEALER_LISTEN)
+    if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    return f"http://{host}:{port}"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def call(url: str, method: str, path: str, body: Any = None, *, env: Mapping[str, str],
@@ -112,9 +115,18 @@ def _blender_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_jobs(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
+    from renderwatch.listen import http_url
+    from renderwatch.paths import check_job_id
+
     env = os.environ if env is None else env
-    url = args.url or default_url(env)
     action = args.action or "list"
+    try:
+        url = http_url(args.url, "--url") if args.url is not None else default_url(env)
+        if action not in ("list", "submit"):
+            check_job_id(args.id, "JOB")
+    except ValueError as e:
+        print(f"renderwatch jobs: {e}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if action == "list":
             jobs = call(url, "GET", "/api/v1/jobs", env=env)["jobs"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,10 +39,9 @@ from healer.supervising.ledger_journal import (
 )
 from healer.supervising.outputs import OutputPattern, remove_partial, verify_image
 from renderwatch.files import write_atomic
-from renderwatch.paths import ensure_private_dir, home
+from renderwatch.paths import check_job_id, ensure_private_dir, home
 
 LEDGER_VERSION = 1
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def jobs_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -51,9 +49,8 @@ def jobs_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def job_dir(job: str, env: Mapping[str, str] | None = None) -> Path:
-    if not _JOB_ID.fullmatch(job):
-        raise ValueError(f"job id {job!r}: use letters, digits, '.', '_' and '-' (at most 128)")
-    return jobs_dir(env) / job
+    """The job's folder; ConfigError (a ValueError) for an id that cannot name one."""
+    return jobs_dir(env) / check_job_id(job, "job id")
 
 
 @dataclass
