@@ -83,6 +83,7 @@ class JobContext:
     attempt: AttemptState = field(default_factory=AttemptState)
     started_at: float = 0.0
     announced_complete: bool = False           # an earlier healer announced render.completed already
+    ledger_save_errors: int = 0                # saves that failed (a full state disk): said once, render goes on
     echo: Callable[[str], None] | None = None  # Blender's own lines, passed through as they come
     openjd: OpenJDLines | None = None          # progress/status/fail lines for Open Job Description
     gpu: int | None = None                     # the GPU the healer service placed this job on

@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import psutil
 
@@ -150,8 +150,12 @@ class Ledger:
     _journal: ClassVar[_Journal | None]
     _seen_gen: ClassVar[int]
     _requested: ClassVar[frozenset[int]]
+    # what a save that fails with OSError (a full or read-only state disk mid-render) does instead of
+    # raising: the supervisor's says so once and the render goes on (the next save retries the change)
+    _on_save_error: ClassVar[Any]          # Callable[[OSError], None] | None (a ClassVar callable reads as a method)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_on_save_error", None)
         object.__setattr__(self, "_journal", None)
         object.__setattr__(self, "_seen_gen", 0)
         object.__setattr__(self, "_requested", frozenset(self.frames_requested))
@@ -241,7 +245,21 @@ class Ledger:
     def save(self) -> None:
         """Make the ledger's state durable: what changed since the last save appended to the journal
         (fdatasynced at most once a second); the journal compacted into a new snapshot when due
-        (ledger_journal.py says what survives a killed healer and a power loss)."""
+        (ledger_journal.py says what survives a killed healer and a power loss). An OSError goes to
+        `when_unwritable`'s handler when one is set, else it is raised; either way the previous state stays on disk."""
+        try:
+            self._save()
+        except OSError as e:
+            handler = self._on_save_error
+            if handler is None:
+                raise
+            handler(e)
+
+    def when_unwritable(self, handler: Callable[[OSError], None] | None) -> None:
+        """What save() does with an OSError instead of raising it (None: raise)."""
+        object.__setattr__(self, "_on_save_error", handler)
+
+    def _save(self) -> None:
         self.updated_at = time.time()
         j: _Journal | None = self._journal
         if j is not None:

@@ -215,6 +215,7 @@ class Supervisor:
                       "strict": req.strict, "stall_timeout": req.stall_timeout, "origin": req.origin})
         except ValueError as e:
             raise RequestError(str(e)) from e
+        led.when_unwritable(self._ledger_unwritable)
         self._session_first_attempt = len(led.attempts)
         # A job an earlier healer already completed (and announced) is not announced again.
         ctx.announced_complete = led.status == "complete"
@@ -267,6 +268,17 @@ class Supervisor:
         self._first = action
         if action.kind == "launch" and not action.delay_s and not ctx.cancelled:
             self._launched = self._launch(led, action)
+
+    def _ledger_unwritable(self, e: OSError) -> None:
+        """The state disk filled up (or went read-only) mid-render: the frames on the output disk are what
+        counts, so the render goes on; said once, counted in the report. Each later save retries."""
+        ctx = self.ctx
+        ctx.ledger_save_errors += 1
+        if ctx.ledger_save_errors == 1:
+            path = ctx.ledger.path if ctx.ledger is not None else "the ledger"
+            ctx.say(f"WARNING: cannot write the job's ledger ({path}: {e.strerror or e}): the render goes on, "
+                    "but until it can be written a restart of this job renders its frames again; free space "
+                    "or fix RENDERWATCH_HOME")
 
     def _launch(self, led: Ledger, action: Action) -> Launched | RenderError:
         frames = [f for f in action.frames if f not in led.frames] or led.missing()

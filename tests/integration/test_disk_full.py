@@ -225,3 +225,25 @@ def test_full_output_disk_leaves_a_valid_ledger_and_recovers(tmp_path: Path, sce
         rendered = [f for a in led["attempts"] for f in a["frames_rendered"]]
         assert sorted(rendered) == [1, 2, 3], rendered                    # each frame saved by one attempt
         assert sorted(p.name for p in fs.iterdir()) == ["f_0001.png", "f_0002.png", "f_0003.png"]
+
+
+@pytest.mark.blender
+def test_a_state_disk_that_fills_mid_render_does_not_stop_the_render(tmp_path: Path, scene_factory,
+                                                                    blender34: str) -> None:
+    """The state folder's disk fills after frame 1 (ledger saves then fail with ENOSPC): the render goes on,
+    every frame is rendered and verified, renderwatch says once what it could not record, exit 0 (it
+    ended in a traceback after Blender finished, the ledger left `running`)."""
+    scene = tmp_path / "shot" / "scene.blend"
+    scene.parent.mkdir()
+    shutil.copy(scene_factory(frames=3, samples=4), scene)
+    home = tmp_path / "state"
+    fault = Path(__file__).resolve().parents[1] / "faults" / "fill_disk.py"
+    with small_fs(home, size_kib=2048):
+        env = healer_env(home, RENDERWATCH_BLENDER=blender34, FILL_DIR=str(home), FAULT_FRAME="1")
+        p = subprocess.run([*RENDERWATCH, "render", str(scene), "--frames", "1-3", "--output",
+                            str(tmp_path / "out" / "f_####"), "--quiet", "--", "--python", str(fault)],
+                           env=env, capture_output=True, text=True, timeout=180)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "Traceback" not in p.stderr and "internal error" not in p.stderr
+        assert p.stderr.count("cannot write the job's ledger") == 1, p.stderr[-3000:]
+        assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["f_0001.png", "f_0002.png", "f_0003.png"]
