@@ -225,15 +225,16 @@ async def test_fresh_renders_everything_again(scene, tmp_path):
     assert (await sup.run()).exit_code == EXIT_OK and len(launcher.argvs) == 1
 
 
-async def test_frames_of_another_run_are_kept_only_if_newer_than_the_scene(scene, tmp_path):
+async def test_frames_of_another_run_are_rendered_again_where_the_scene_overwrites(scene, tmp_path, caplog):
+    """Blender's rule (the scene's default, Output > Overwrite on): a file already there is rendered over.
+    Frames kept under use_overwrite off: tests/test_reuse.py."""
     await _complete(scene, tmp_path / "other-home")   # another job (its own ledger) rendered them
-    sup, launcher, _s, _m = supervise(scene, tmp_path, [])
-    assert (await sup.run()).exit_code == EXIT_OK and launcher.argvs == []   # newer than the .blend: kept
-    scene.touch()
-    import os
-    os.utime(scene, (time.time() + 5, time.time() + 5))   # the scene saved after those frames
-    sup, launcher, _s, _m = supervise(scene, tmp_path / "third", ["ok_1-3"])
-    assert (await sup.run()).exit_code == EXIT_OK and len(launcher.argvs) == 1
+    caplog.set_level("INFO", logger="healer.supervising.supervisor")
+    sup, launcher, _s, _m = supervise(scene, tmp_path, ["ok_1-3"])
+    result = await sup.run()
+    assert result.exit_code == EXIT_OK and len(launcher.argvs) == 1
+    assert result.ledger.frame_render_counts == {1: 1, 2: 1, 3: 1}
+    assert "3 frame(s) already on disk from another run: rendering them again" in caplog.text
 
 
 def test_farm_jobs_never_share_a_ledger_a_retry_of_a_task_does():

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 logging.getLogger("blender_asset_tracer").setLevel(logging.WARNING)
 
 R_EXTENSION = 1 << 4          # scene.r.scemode: use_file_extension
+R_BORDER, R_CROP = 1 << 9, 1 << 11   # scene.r.mode: use_border, use_crop_to_border
+R_NO_OVERWRITE = 1 << 22      # scene.r.mode: use_overwrite off (Blender skips frames already on disk)
+_PLANES = {8: "BW", 24: "RGB", 32: "RGBA"}    # r.im_format.planes: image_settings.color_mode
 PTCACHE_BAKED = 1 << 0
 _KIND = {b"LI": "library", b"IM": "image", b"VF": "font", b"SO": "sound", b"MC": "movie clip",
          b"CF": "cache file", b"VO": "volume", b"ME": "mesh data", b"OB": "object cache", b"SC": "sequencer strip"}
@@ -52,6 +55,13 @@ class SceneInfo:
     output: str                    # r.pic, as stored (may start with //)
     file_format: str | None        # "PNG", "OPEN_EXR", "FFMPEG"...; None if unknown
     use_extension: bool
+    # what each frame is and whether Blender renders over a file already there (None: not read)
+    resolution_x: int | None = None
+    resolution_y: int | None = None
+    resolution_percentage: int | None = None
+    color_mode: str | None = None  # BW | RGB | RGBA
+    cropped: bool = False          # a border render cropped to its border (the frame's size differs)
+    use_overwrite: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -105,11 +115,16 @@ def read_scene_info(path: str | os.PathLike[str]) -> SceneInfo:
         sc = _scene_block(bf)
         imtype = sc.get((b"r", b"im_format", b"imtype"))
         fmt = IMTYPES.get(int(imtype), (None, None))[0]
+        mode = int(sc.get((b"r", b"mode")))
         return SceneInfo(
             scene=_str(sc.id_name)[2:], frame_start=int(sc.get((b"r", b"sfra"))),
             frame_end=int(sc.get((b"r", b"efra"))), frame_step=max(1, int(sc.get((b"r", b"frame_step")))),
             output=_str(sc.get((b"r", b"pic"))), file_format=fmt,
-            use_extension=bool(int(sc.get((b"r", b"scemode"))) & R_EXTENSION))
+            use_extension=bool(int(sc.get((b"r", b"scemode"))) & R_EXTENSION),
+            resolution_x=int(sc.get((b"r", b"xsch"))), resolution_y=int(sc.get((b"r", b"ysch"))),
+            resolution_percentage=int(sc.get((b"r", b"size"))),
+            color_mode=_PLANES.get(int(sc.get((b"r", b"im_format", b"planes")))),
+            cropped=(mode & (R_BORDER | R_CROP)) == (R_BORDER | R_CROP), use_overwrite=not (mode & R_NO_OVERWRITE))
     except BlendReadError:
         raise
     except Exception as e:
@@ -168,7 +183,7 @@ def _sim(owner: str, kind: str, baked: bool | None) -> str:
 
 # -- one read per scene version: a farm launches the same .blend for every frame --------------------
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2             # 2: the output's size, channels and use_overwrite
 
 
 def _stamp(path: str) -> list[int] | None:

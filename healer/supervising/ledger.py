@@ -465,24 +465,45 @@ class Ledger:
         self.run_from = len(self.attempts)          # a requeue is not a restart of the run before it
         return why
 
-    def adopt_existing(self, newer_than: float) -> tuple[list[int], list[str]]:
-        """Frames already on disk from another run, kept only when complete and written after
-        `newer_than` (the scene file's last save: an older file was rendered from an older scene).
-        Returns (frames kept, notes on partial files removed)."""
-        kept, notes = [], []
+    def adopt_existing(self, newer_than: float, refusal: Callable[[str], str | None]
+                       ) -> tuple[list[int], dict[int, str], list[str]]:
+        """Frames already on disk that no run of this job verified: each complete file written after
+        `newer_than` (the scene file's last save: an older file was rendered from an older scene) is
+        kept where `refusal(path)` finds nothing wrong with it (reuse.py says when). Returns (frames
+        kept, {frame: why it is rendered again}, notes on partial files removed)."""
+        kept: list[int] = []
+        refused: dict[int, str] = {}
+        notes: list[str] = []
         for frame in self.missing():
             path = self.path_for(frame)
             try:
                 if not path or os.stat(path).st_mtime <= newer_than:
+                    if path and os.path.exists(path):
+                        refused[frame] = "written before the scene was last saved"
                     continue
             except OSError:
                 continue
-            ok, why = self.verify_frame(frame)
-            if ok:
+            v = verify_image(path)
+            why = v.reason if not v.ok else refusal(path)
+            if why is None:
+                self.frames[frame] = FrameRecord(path=os.path.abspath(path), size=v.size, verified_at=time.time())
                 kept.append(frame)
-            elif "removed" in why:
-                notes.append(why)
-        return kept, notes
+            elif v.partial:
+                remove_partial(path)
+                notes.append(f"{path}: {v.reason} (removed, will render again)")
+            else:
+                refused[frame] = why
+        return kept, refused, notes
+
+    def in_the_way(self, frames: list[int]) -> list[str]:
+        """The files on disk of `frames` that this job has not verified (Blender skips them where the
+        scene's use_overwrite is off)."""
+        out = []
+        for frame in frames:
+            path = None if frame in self.frames else self.path_for(frame)
+            if path and os.path.lexists(path):
+                out.append(path)
+        return out
 
     def reverify(self, frames: list[int] | None = None) -> list[str]:
         """Re-check recorded and expected outputs (at launch and after an exit); returns notes on removals."""

@@ -24,6 +24,7 @@ from healer.supervising.assets import AssetReport, scan_scene
 from healer.supervising.context import RenderRequest
 from healer.supervising.launch import check_user_args
 from healer.supervising.outputs import MOVIE_FORMATS, OutputPattern
+from healer.supervising.reuse import OutputSpec, scripts_of
 from healer.supervising.spawn import split_user_args
 
 log = logging.getLogger("healer.supervising.supervisor")
@@ -39,9 +40,11 @@ class Prepared:
     frames: tuple[int, ...]
     pattern: OutputPattern | None    # where frames are written (None: learnt from Blender's output)
     job: str
-    fingerprint: dict                # what the frames are made from: the scene file, the render settings
+    fingerprint: dict                # what the frames are made from: the scene file, the command line, its scripts
     scene_saved_at: float            # the .blend's mtime
     assets: AssetReport              # what the scene uses that is missing, and unbaked simulations
+    output_spec: OutputSpec | None = None   # each frame's size, channels and format, as the scene is saved
+    skips_existing: bool | None = None      # the scene's use_overwrite is off: Blender skips files on disk
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,12 @@ def prepare(req: RenderRequest, cache_dir: Path | None = None) -> Prepared | Ear
     st = os.stat(scene)
     fingerprint = {"the scene file": [st.st_size, st.st_mtime_ns],
                    "the render settings": [req.blender, list(req.blender_args), list(req.after_args), req.output]}
+    scripts = scripts_of(req.blender_args)      # (those after the render do not shape its frames)
+    if scripts:         # only then: a ledger of a job without scripts keeps its fingerprint
+        fingerprint["the scripts"] = scripts
     return Prepared(scene=scene, frames=tuple(frames), pattern=pattern, job=job, fingerprint=fingerprint,
-                    scene_saved_at=st.st_mtime, assets=assets)
+                    scene_saved_at=st.st_mtime, assets=assets, output_spec=OutputSpec.from_scene(info, fmt),
+                    skips_existing=None if info is None or info.use_overwrite is None else not info.use_overwrite)
 
 
 _SCRIPT_ARGS = frozenset({"-P", "--python", "--python-expr", "--python-text"})

@@ -50,11 +50,13 @@ from healer.supervising.endings import (
 )
 from healer.supervising.launch import Launched, ProcessLauncher, launch_attempt
 from healer.supervising.ledger import Attempt, JobLocked, Ledger, SupervisorLock, job_dir
+from healer.supervising.outputs import remove_partial
 from healer.supervising.policy import Action, JobState, Outcome, Policy, plan
 from healer.supervising.preflight import EarlyFailure, Prepared, RequestError, judge_assets, prepare
 from healer.supervising.probes import ResourceSampler, SystemProbes
 from healer.supervising.progress import ProgressDisplay
 from healer.supervising.retention import prune_at_start
+from healer.supervising.reuse import reuse_refusal
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, NoIncidents, SupervisorMetrics
 from renderwatch.paths import home
 
@@ -242,12 +244,8 @@ class Supervisor:
             ctx.say(why)
         for note in led.reverify(led.completed()):
             ctx.say(note)
-        # Frames another run left on disk: kept by a new job if written after the scene's last save.
-        kept, notes = led.adopt_existing(newer_than=prepared.scene_saved_at) if new_job and not req.fresh else ([], [])
-        for note in notes:
-            ctx.say(note)
-        if kept:
-            ctx.say(f"{len(kept)} frame(s) already on disk, written after the scene was last saved: kept")
+        if new_job and not req.fresh:
+            self._reuse_from_disk(led, prepared)
         led.save()
         ctx.update_metrics()
         ctx.incidents.job_started(ctx.info())
@@ -280,8 +278,42 @@ class Supervisor:
                     "but until it can be written a restart of this job renders its frames again; free space "
                     "or fix RENDERWATCH_HOME")
 
+    def _reuse_from_disk(self, led: Ledger, prepared: Prepared) -> None:
+        """Frames another run left on disk (reuse.py): kept only where Blender would skip them too
+        (the scene's use_overwrite off) and each is what the scene renders; else rendered again."""
+        ctx = self.ctx
+        if not prepared.skips_existing:
+            found = led.in_the_way(led.missing())
+            if found:
+                ctx.say(f"{len(found)} frame(s) already on disk from another run: rendering them again (the scene "
+                        "renders over existing files, as Blender does: Output > Overwrite is on)"
+                        if prepared.skips_existing is False else
+                        f"{len(found)} frame(s) already on disk from another run: rendering them again (the "
+                        "scene's settings could not be read)")
+            return
+        spec = prepared.output_spec
+        kept, refused, notes = led.adopt_existing(prepared.scene_saved_at, lambda path: reuse_refusal(path, spec))
+        for note in notes:
+            ctx.say(note)
+        if kept:
+            ctx.say(f"{len(kept)} frame(s) already on disk kept: the scene skips existing files (Output > Overwrite "
+                    "is off) and each is complete, written after the scene was last saved, and of its size, "
+                    "format and channels")
+        if refused:
+            first = min(refused)
+            ctx.say(f"{len(refused)} frame(s) already on disk rendered again, not what the scene renders "
+                    f"(frame {first}: {refused[first]})")
+
     def _launch(self, led: Ledger, action: Action) -> Launched | RenderError:
         frames = [f for f in action.frames if f not in led.frames] or led.missing()
+        prepared = self._prepared
+        if prepared is not None and prepared.skips_existing:
+            # Blender would skip a file already there (use_overwrite off) and it would pass as rendered.
+            gone = [path for path in led.in_the_way(frames) if remove_partial(path)]
+            if gone:
+                self.ctx.say(f"{len(gone)} file(s) of frames to render removed first ({gone[0]}"
+                             f"{', ...' if len(gone) > 1 else ''}): the scene skips existing files (Output > "
+                             "Overwrite is off), so Blender would keep them")
         return launch_attempt(self.ctx, led, frames, action)
 
     def _tell_failure(self, led: Ledger, error) -> None:
