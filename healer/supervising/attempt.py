@@ -139,6 +139,8 @@ def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, li
             ctx.say(own)
     scanner.feed(line)
     st = ctx.attempt
+    if ctx.logs is not None and ev.kind != "frame_start" and ev.kind != "settings":    # the frame's log
+        ctx.logs.feed(line, scanner.line_level, st.current_frame, att.attempt, st.frame_started_at is not None)
     if ev.kind == "progress":
         if ev.text != st.last_progress_text or ev.frame != st.current_frame:
             st.last_progress_at = now
