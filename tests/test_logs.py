@@ -359,3 +359,30 @@ def test_embedded_otlp_json_file_when_no_endpoint(tmp_path):
 def test_level_order():
     assert LEVEL_RANK["progress"] < LEVEL_RANK["info"] < LEVEL_RANK["warning"] < LEVEL_RANK["error"]
     assert logcapture.SAMPLE_S == 1.0
+
+
+def test_failed_attempt_incident_carries_the_frames_last_lines_scrubbed_and_bounded(tmp_path):
+    from healer.diagnosis.errors import SegfaultError
+    from healer.incidents.model import Incident
+    from healer.incidents.notify import build_payload
+    from healer.incidents.scrub import Scrubber
+    from healer.incidents.sentry import build_event
+
+    cap = LogCapture("j1", {}, directory=tmp_path / "logs", clock=Clock())
+    for i in range(100):
+        cap.feed(f"Fra:3 Sample {i}", "progress", 3, 1, True)
+        cap.feed(f"info {i} /home/bob/shots/a.png", "info", 3, 1, True)
+    cap.feed("Writing: /home/bob/monkey.crash.txt", "error", 3, 1, True)
+    cap.feed("other frame", "info", 4, 1, True)
+    lines = cap.frame_tail(3)
+    cap.close()
+    assert len(lines) == 30 and lines[-1] == "[error] Writing: /home/bob/monkey.crash.txt"
+    inc = Incident(kind="render.crashed", info={"job": "j1", "scene": "/s/a.blend", "frame": 3, "frame_log": lines},
+                   error=SegfaultError(summary="segfault at frame 3", frame=3))
+    scrub = Scrubber(include_env=False)
+    hook = build_payload(inc, scrub)
+    assert hook["frame_log"][-1] == "[error] Writing: ~/monkey.crash.txt"
+    assert "bob" not in json.dumps(hook["frame_log"])
+    event = build_event(inc, scrub).event
+    assert event["extra"]["frame_log"][-1] == "[error] Writing: ~/monkey.crash.txt"
+    assert "bob" not in json.dumps(event["extra"]["frame_log"])

@@ -312,7 +312,9 @@ class LogScanner:
         elif c == "B" and msg.startswith("Blender quit"):
             self.quit_seen = True
         elif c == "W" and msg.startswith("Writing: "):
-            self.crash_file = find_crash_file_path(msg) or self.crash_file
+            found = find_crash_file_path(msg)
+            if found:                            # Blender's crash handler: the crash's own line
+                self.crash_file, self.line_level = found, "error"
         elif c == "[" and msg.startswith(FRAME_MARKER):
             num = msg[len(FRAME_MARKER):].partition(" ")[0]
             if num.lstrip("-").isdigit() and len(num) < 10:

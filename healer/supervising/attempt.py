@@ -97,7 +97,8 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> error
     if error.type != "ok" and error.fatal and not ctx.cancelled:
         kind = "render.stalled" if error.type == "stall" else "render.crashed"
         ctx.incidents.emit(kind, ctx.info(frame=error.frame, log_tail=list(proc.tail), crash_file=st.crash_file,
-                                          message=error.summary), error)
+                                          message=error.summary,
+                                          frame_log=ctx.logs.frame_tail(error.frame) if ctx.logs else None), error)
     ctx.record_warnings(error)
     led.save()
     ctx.update_metrics()
