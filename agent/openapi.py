@@ -142,6 +142,29 @@ PATHS: dict[str, Any] = {
                                              "gpus": {"type": "array", "items": ref("Gpu")},
                                              "gpu_available": {"type": "boolean"}}}, "Jobs and GPUs"),
             "400": _ERROR, "401": _UNAUTHORIZED}}},
+    "/api/v1/jobs/{job}/log": {"get": {
+        "summary": "A job's Blender log: stored records, filtered; follow=1 streams new ones (server-sent events)",
+        "operationId": "jobLog", "security": SECURED,
+        "parameters": [
+            {"name": "job", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "frame", "in": "query", "required": False, "schema": {"type": "integer"}},
+            {"name": "attempt", "in": "query", "required": False, "schema": {"type": "integer"}},
+            {"name": "level", "in": "query", "required": False, "description": "this level and above",
+             "schema": {"type": "string", "enum": ["progress", "info", "warning", "warn", "error"]}},
+            {"name": "after", "in": "query", "required": False, "description": "records with seq > after",
+             "schema": {"type": "integer", "minimum": 0, "default": 0}},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
+            {"name": "follow", "in": "query", "required": False, "description": "1: text/event-stream, "
+             "`event: log` / `data: <record>` per record, a `: keepalive` comment every 15 s",
+             "schema": {"type": "integer", "enum": [0, 1]}}],
+        "responses": {
+            "200": json_body({"type": "object", "required": ["job", "records", "next", "truncated"],
+                              "properties": {"job": {"type": "string"},
+                                             "records": {"type": "array", "items": {"type": "object"}},
+                                             "next": {"type": "integer"}, "truncated": {"type": "boolean"}}},
+                             "Records, oldest first"),
+            "400": _ERROR, "401": _UNAUTHORIZED, "404": _ERROR}}},
     "/metrics": metrics_operation("Prometheus metrics (jobs, frames, ingest, process, GPU)", SECURED,
                                   _UNAUTHORIZED),
     "/healthz": {"get": {
