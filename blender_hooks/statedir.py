@@ -58,13 +58,17 @@ def state_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(e.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "renderwatch"
 
 
-def _default_root(path: Path) -> Path:
+def _default_root(path: str) -> str:
     """The state home when `path` lies in it, else `path` itself (a folder configured on its own)."""
     try:
-        root = Path(os.path.abspath(state_home()))
+        root = os.path.abspath(state_home())
     except (RuntimeError, KeyError, OSError):      # no home directory to expand
         return path
-    return root if root == path or root in path.parents else path
+    return root if _within(path, root) else path
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def private_dir(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *,
@@ -72,21 +76,23 @@ def private_dir(path: str | os.PathLike[str], root: str | os.PathLike[str] | Non
     """Make `path` and every missing folder above it 0700 and check the chain from `root` down (see the
     module's docstring); returns `path`. Raises UnsafeStateDir, NotADirectoryError or another OSError;
     FileNotFoundError for a missing folder when not `create`."""
-    p = Path(os.path.abspath(path))
-    r = Path(os.path.abspath(root)) if root is not None else _default_root(p)
-    if r != p and r not in p.parents:
+    p = os.path.abspath(path)                       # strings, not pathlib: this runs at every ledger save
+    r = os.path.abspath(root) if root is not None else _default_root(p)
+    if not _within(p, r):
         r = p
     fd = _open_root(r, create)
     try:
         here = r
-        for name in p.relative_to(r).parts:
-            here = here / name
+        for name in p[len(r):].split(os.sep):
+            if not name:
+                continue
+            here = os.path.join(here, name)
             child = _open_child(fd, name, here, create)
             os.close(fd)
             fd = child
     finally:
         os.close(fd)
-    return Path(path)
+    return path if isinstance(path, Path) else Path(path)
 
 
 def _make_missing(path: Path) -> None:
@@ -106,13 +112,13 @@ def _make_missing(path: Path) -> None:
             pass
 
 
-def _open_root(r: Path, create: bool) -> int:
+def _open_root(r: str, create: bool) -> int:
     try:
         lst = os.lstat(r)
     except FileNotFoundError:
         if not create:
             raise
-        _make_missing(r)
+        _make_missing(Path(r))
         lst = os.lstat(r)
     if stat.S_ISLNK(lst.st_mode) and lst.st_uid not in (os.geteuid(), 0):
         raise UnsafeStateDir(r, f"is a symbolic link made by uid {lst.st_uid} (neither this account, uid "
@@ -129,7 +135,7 @@ def _open_root(r: Path, create: bool) -> int:
     return fd
 
 
-def _open_child(dirfd: int, name: str, path: Path, create: bool) -> int:
+def _open_child(dirfd: int, name: str, path: str, create: bool) -> int:
     flags = _DIR_FLAGS | os.O_NOFOLLOW
     try:
         fd = os.open(name, flags, dir_fd=dirfd)
@@ -163,7 +169,7 @@ def _open_child(dirfd: int, name: str, path: Path, create: bool) -> int:
     return fd
 
 
-def _check(fd: int, path: Path) -> None:
+def _check(fd: int, path: str) -> None:
     st = os.fstat(fd)
     me = os.geteuid()
     if st.st_uid != me:
