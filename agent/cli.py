@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent.app import serve
     from agent.spool import SpoolBusy
+    from blender_hooks.statedir import UnsafeStateDir
     try:
         cfg = load_config(path=args.config, overrides={"listen": args.listen, "data_dir": args.data_dir,
                                                        "spool_dir": args.spool_dir})
@@ -57,6 +58,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except SpoolBusy as e:
+        print(f"renderwatch agent: {e}", file=sys.stderr)
+        return 2
+    except UnsafeStateDir as e:    # its data or spool folder: a link, or another account's
         print(f"renderwatch agent: {e}", file=sys.stderr)
         return 2
     except OSError as e:           # address in use, permission denied...

@@ -20,15 +20,19 @@ Usage::
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from agent.aggregates import FrameTotals
 from agent.state import Effect, State
 from blender_hooks.events import EventError, validate
+from blender_hooks.statedir import open_nofollow, read_small
 from renderwatch.paths import ensure_private_dir
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ EXPORTED = "spans-exported"
 def _write_private(path: Path, data: bytes, sync: bool = True) -> None:
     """Write a whole file atomically (tmp + rename), readable by its owner only."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, data)
         if sync:
@@ -50,14 +54,24 @@ def _write_private(path: Path, data: bytes, sync: bool = True) -> None:
     os.replace(tmp, path)
 
 
+def _open_journal(path: Path) -> BinaryIO:
+    """The journal for reading: a regular file, never through a link (ELOOP), never a FIFO or device
+    (a planted /dev/zero would be read without end)."""
+    f = os.fdopen(open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return f
+
+
 class ExportMark:
     """The highest journal position whose spans were exported, persisted in a small file."""
 
     def __init__(self, data_dir: Path):
         self.path = Path(data_dir) / EXPORTED
         try:
-            self.value = int(self.path.read_text().strip() or 0)
-        except (OSError, ValueError):
+            self.value = int((read_small(self.path, 64) or b"").strip() or 0)
+        except ValueError:
             self.value = 0
 
     def advance(self, pos: int) -> None:
@@ -85,7 +99,7 @@ class Journal:
 
     def _open(self) -> None:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -96,7 +110,7 @@ class Journal:
         """Rebuild `state` from the journal; call on_effect(effect, pos) per effect. Returns records read."""
         n = 0
         try:
-            f = open(self.path, "rb")
+            f = _open_journal(self.path)
         except FileNotFoundError:
             self._open()
             return 0
@@ -174,7 +188,7 @@ class Journal:
         expired jobs go whether exported or not: their unsent spans are given up, counted in
         `spans_given_up`. Returns how many records were dropped."""
         try:
-            with open(self.path, "rb") as f:
+            with _open_journal(self.path) as f:
                 raw_lines = f.readlines()
         except FileNotFoundError:
             return 0

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 # One implementation of the spool's on-disk contract, shared with the writer inside Blender.
-from blender_hooks.spool import _segment_name, list_segments, read_ack, write_ack
+from blender_hooks.spool import _segment_name, list_segments, open_segment, read_ack, write_ack
+from blender_hooks.statedir import open_nofollow, private_dir
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
@@ -84,10 +85,12 @@ def _holder(fd: int) -> str:
 
 
 def claim_spool(directory: Path, *, listen: str = "", data_dir: Path | str = "") -> SpoolClaim:
-    """Become the one reader of the spool at `directory` (created 0700 if missing), or raise SpoolBusy."""
+    """Become the one reader of the spool at `directory` (created 0700 if missing), or raise SpoolBusy.
+    A folder another account owns, or reached through a link below the state root, raises
+    UnsafeStateDir (blender_hooks.statedir)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(directory / READER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    private_dir(directory)
+    fd = open_nofollow(directory / READER_LOCK, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -115,7 +118,7 @@ def segment_path(directory: Path, session: str, index: int) -> Path:
 def writer_gone(directory: Path, session: str) -> bool:
     """True when nobody holds the session's lock (its Blender exited or crashed)."""
     try:
-        fd = os.open(directory / f"{session}.lock", os.O_RDWR)
+        fd = open_nofollow(directory / f"{session}.lock", os.O_RDWR)
     except FileNotFoundError:
         return True
     except OSError:
@@ -146,7 +149,9 @@ class SpoolScanner:
         self.ingestor = ingestor
         self.chunk_bytes = chunk_bytes
         self.ingested = 0
+        self.session_errors = 0     # passes over a session that an OSError cut short
         self._failing = False
+        self._dir_checked = False
 
     def scan_once(self) -> int:
         """One full pass; returns events accepted."""
@@ -172,7 +177,7 @@ class SpoolScanner:
 
     def _read(self, path: Path, offset: int) -> bytes:
         """Whole lines from offset, up to chunk_bytes (or one longer line)."""
-        with open(path, "rb") as f:
+        with open_segment(path) as f:
             f.seek(offset)
             data = f.read(self.chunk_bytes)
             cut = data.rfind(b"\n") + 1
@@ -184,43 +189,59 @@ class SpoolScanner:
 
     def _scan(self) -> Iterator[None]:
         stats = self.ingestor.stats
+        if not self._dir_checked:                # once: then no other account can change the folder
+            try:
+                private_dir(self.dir, create=False)
+            except FileNotFoundError:
+                stats.spool_segments = stats.spool_pending_bytes = 0
+                return
+            self._dir_checked = True
         segments = list_segments(self.dir)
-        pending = count = 0
+        totals = [0, 0]                          # segments kept, bytes pending
         for session, indices in segments.items():
-            ack_index, ack_offset = read_ack(self.dir, session)
-            kept = 0
-            for index in indices:
-                path = segment_path(self.dir, session, index)
-                if index < ack_index:
-                    _unlink(path)                       # fully delivered and a newer one exists
-                    continue
-                # Decide "finished" before reading the size: a writer that is gone appends no more.
-                finished = index < indices[-1] or writer_gone(self.dir, session)
-                offset = ack_offset if index == ack_index else 0
-                try:
-                    size = os.path.getsize(path)
-                except FileNotFoundError:
-                    continue
-                while offset < size:
-                    data = self._read(path, offset)
-                    if not data:
-                        if not finished:
-                            break                       # the writer is mid-line: wait for the rest
-                        with open(path, "rb") as f:     # a torn last line of a dead writer
-                            f.seek(offset)
-                            data = f.read(size - offset)
-                    res = self.ingestor.ingest_lines(data.split(b"\n"))
-                    self.ingested += res.accepted
-                    offset += len(data)
-                    write_ack(self.dir, session, index, offset)
-                    yield
-                if offset >= size and finished:
-                    _unlink(path)
-                else:
-                    kept += 1
-                    pending += max(0, size - offset)
-            count += kept
-            if not kept and writer_gone(self.dir, session):
-                for suffix in (".ack", ".ack.agent.tmp", ".lock"):
-                    _unlink(self.dir / f"{session}{suffix}")
-        stats.spool_segments, stats.spool_pending_bytes = count, pending
+            try:
+                yield from self._scan_session(session, indices, totals)
+            except OSError as e:
+                # One session's broken file (an ack the rename cannot replace, a segment that went
+                # unreadable) must not keep every other session's events from being caught up.
+                self.session_errors += 1
+                log.warning("spool %s: session %s skipped this pass: %s", self.dir, session, e)
+        stats.spool_segments, stats.spool_pending_bytes = totals
+
+    def _scan_session(self, session: str, indices: list[int], totals: list[int]) -> Iterator[None]:
+        ack_index, ack_offset = read_ack(self.dir, session, indices)
+        kept = 0
+        for index in indices:
+            path = segment_path(self.dir, session, index)
+            if index < ack_index:
+                _unlink(path)                       # fully delivered and a newer one exists
+                continue
+            # Decide "finished" before reading the size: a writer that is gone appends no more.
+            finished = index < indices[-1] or writer_gone(self.dir, session)
+            offset = ack_offset if index == ack_index else 0
+            try:
+                size = os.path.getsize(path)
+            except FileNotFoundError:
+                continue
+            while offset < size:
+                data = self._read(path, offset)
+                if not data:
+                    if not finished:
+                        break                       # the writer is mid-line: wait for the rest
+                    with open_segment(path) as f:   # a torn last line of a dead writer
+                        f.seek(offset)
+                        data = f.read(size - offset)
+                res = self.ingestor.ingest_lines(data.split(b"\n"))
+                self.ingested += res.accepted
+                offset += len(data)
+                write_ack(self.dir, session, index, offset)
+                yield
+            if offset >= size and finished:
+                _unlink(path)
+            else:
+                kept += 1
+                totals[1] += max(0, size - offset)
+        totals[0] += kept
+        if not kept and writer_gone(self.dir, session):
+            for suffix in (".ack", ".ack.agent.tmp", ".lock"):
+                _unlink(self.dir / f"{session}{suffix}")

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from .logs import logger
 from .settings import ENV_AGENT, ENV_HOME, ENV_SPOOL_DIR, ENV_SPOOL_MAX, ENV_TOKEN  # noqa: F401 (names read from here)
+from .statedir import UnsafeStateDir, open_nofollow, private_dir, read_small, state_home  # noqa: F401 (re-exported)
 
 log = logger("renderwatch.hooks.spool")
 
@@ -52,27 +53,12 @@ EVICTED_FILE = "evicted_events"
 _SEGMENT_RE = re.compile(r"^([0-9A-Za-z_-]+)\.(\d{6,})\.ndjson$")
 
 
-def state_home(env: Mapping[str, str] | None = None) -> Path:
-    """$RENDERWATCH_HOME, else $XDG_STATE_HOME/renderwatch, else ~/.local/state/renderwatch."""
-    e = os.environ if env is None else env
-    if e.get(ENV_HOME):
-        return Path(e[ENV_HOME]).expanduser()
-    return Path(e.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "renderwatch"
-
-
-def make_private_dirs(path: Path) -> Path:
-    """Create `path` and every missing folder above it 0700 (owner only), and return it. Not
-    `mkdir(parents=True, mode=0o700)`: that makes the parents with the umask's mode, so the state
-    root above the spool came out 0755. Folders that already exist are left as they are."""
-    path = Path(path)
-    try:
-        path.mkdir(mode=0o700, exist_ok=True)
-    except FileNotFoundError:
-        if path.parent == path:
-            raise
-        make_private_dirs(path.parent)
-        path.mkdir(mode=0o700, exist_ok=True)
-    return path
+def make_private_dirs(path: Path, root: Path | None = None) -> Path:
+    """Create `path` and every missing folder above it 0700 (owner only), check every folder from the
+    state root down (this account's, not a symbolic link, not writable by others: `statedir`), and
+    return it. Not `mkdir(parents=True, mode=0o700)`: that makes the parents with the umask's mode, so
+    the state root above the spool came out 0755. Raises UnsafeStateDir (a PermissionError)."""
+    return private_dir(path, root)
 
 
 def spool_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -110,28 +96,69 @@ def _segment_name(session: str, index: int) -> str:
 
 
 def list_segments(directory: Path) -> dict[str, list[int]]:
-    """{session: sorted segment indices} of every segment in the directory."""
+    """{session: sorted segment indices} of every segment in the directory: regular files only (a
+    folder or a link named like a segment is no segment, and must not stop the scan of the others)."""
     out: dict[str, list[int]] = {}
     try:
-        names = os.listdir(directory)
+        with os.scandir(directory) as it:
+            for entry in it:
+                m = _SEGMENT_RE.match(entry.name)
+                if m and entry.is_file(follow_symlinks=False):
+                    out.setdefault(m.group(1), []).append(int(m.group(2)))
     except OSError:
         return out
-    for name in names:
-        m = _SEGMENT_RE.match(name)
-        if m:
-            out.setdefault(m.group(1), []).append(int(m.group(2)))
     for idx in out.values():
         idx.sort()
     return out
 
 
-def read_ack(directory: Path, session: str) -> tuple[int, int]:
-    """(segment index, byte offset) delivered so far; (0, 0) when nothing was acknowledged."""
+ACK_BYTES = 64          # "<index> <offset>\n" is at most 40 bytes
+_ACK_RE = re.compile(rb"(\d{1,12}) (\d{1,15})\n?")
+
+
+def read_ack(directory: Path, session: str, indices: list[int] | None = None) -> tuple[int, int]:
+    """(segment index, byte offset) delivered so far; (0, 0) when nothing was acknowledged.
+
+    The ack is read like anything else in the spool: a small regular file of this account's, never
+    through a link, at most ACK_BYTES, two unsigned integers. With `indices` (the session's segments)
+    it must also name a place that exists: a segment not past the last one and an offset within it.
+    An ack that is none of that is removed with a warning and counts as (0, 0): the session is read
+    again from its oldest segment and the agent drops what it already has (dedupe by session, seq),
+    where trusting it would skip or delete unread segments."""
+    path = directory / f"{session}.ack"
+    raw = read_small(path, ACK_BYTES)
+    if raw is None:
+        if not os.path.lexists(path):
+            return 0, 0
+        return _bad_ack(path, "not a small regular file of this account's")
+    m = _ACK_RE.fullmatch(raw)
+    if m is None:
+        return _bad_ack(path, f"{raw[:40]!r} is not '<segment> <offset>'")
+    index, offset = int(m.group(1)), int(m.group(2))
+    if indices:
+        try:
+            size: int | None = os.stat(directory / _segment_name(session, index)).st_size
+        except OSError:
+            size = None
+        if size is None and index > indices[-1]:
+            return _bad_ack(path, f"segment {index} does not exist (the last is {indices[-1]})")
+        if size is not None and offset > size:
+            return _bad_ack(path, f"offset {offset} is past the end of segment {index} ({size} bytes)")
+    return index, offset
+
+
+def _bad_ack(path: Path, why: str) -> tuple[int, int]:
     try:
-        a, b = (directory / f"{session}.ack").read_text().split()
-        return int(a), int(b)
-    except (OSError, ValueError):
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError as e:
+        log.debug("renderwatch spool: cannot remove the invalid ack %s: %s", path, e)
         return 0, 0
+    log.warning("renderwatch spool: ignored and removed the ack %s (%s): the session is read again from its "
+                "oldest segment", path.name, why)
+    return 0, 0
 
 
 def write_ack(directory: Path, session: str, index: int, offset: int) -> None:
@@ -142,7 +169,7 @@ def write_ack(directory: Path, session: str, index: int, offset: int) -> None:
     if read_ack(directory, session) >= (index, offset):
         return
     tmp = directory / f"{session}.ack.{os.getpid()}.tmp"  # per process: the agent may write it too
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, f"{index} {offset}\n".encode())
     finally:
@@ -152,14 +179,15 @@ def write_ack(directory: Path, session: str, index: int, offset: int) -> None:
 
 def read_evicted(directory: Path) -> int:
     """Total events evicted unsent from this spool directory."""
+    raw = read_small(directory / EVICTED_FILE, 64)
     try:
-        return int((directory / EVICTED_FILE).read_text().strip() or 0)
-    except (OSError, ValueError):
+        return int((raw or b"").strip() or 0)
+    except ValueError:
         return 0
 
 
 def _add_evicted(directory: Path, n: int) -> None:
-    fd = os.open(directory / EVICTED_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_nofollow(directory / EVICTED_FILE, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.read(fd, 64).strip()
@@ -174,7 +202,7 @@ def _add_evicted(directory: Path, n: int) -> None:
 def _try_lock(path: Path) -> int | None:
     """An fd holding an exclusive flock on path, or None when another holder has it."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
     except OSError:
         return None
     try:
@@ -185,9 +213,14 @@ def _try_lock(path: Path) -> int | None:
         return None
 
 
+def open_segment(path: Path):
+    """A segment opened for reading (binary file object), never through a link."""
+    return os.fdopen(open_nofollow(path, os.O_RDONLY), "rb")
+
+
 def _count_lines(path: Path, start: int) -> int:
     try:
-        with open(path, "rb") as f:
+        with open_segment(path) as f:
             f.seek(start)
             n = 0
             while chunk := f.read(1 << 20):
@@ -207,7 +240,8 @@ def evict(directory: Path, max_bytes: int, keep: dict[str, int] | None = None) -
     keep = dict(keep or {})
     entries = []
     total = 0
-    for session, indices in list_segments(directory).items():
+    segments = list_segments(directory)
+    for session, indices in segments.items():
         for index in indices:
             p = directory / _segment_name(session, index)
             try:
@@ -230,7 +264,7 @@ def evict(directory: Path, max_bytes: int, keep: dict[str, int] | None = None) -
             if fd is None:  # a live writer is still appending to it
                 continue
             os.close(fd)
-        ack_index, ack_offset = read_ack(directory, session)
+        ack_index, ack_offset = read_ack(directory, session, segments.get(session))
         unsent = 0 if index < ack_index else _count_lines(p, ack_offset if index == ack_index else 0)
         try:
             os.unlink(p)
@@ -331,11 +365,9 @@ class SpoolWriter:
     def _prepare_dir(self) -> None:
         """The directory (0700) and this session's lock: before any segment is visible."""
         if self._lock_fd is None:
+            # Checked once per writer, not per event: this account's, 0700, no link below the state
+            # root (UnsafeStateDir otherwise: the writer drops events and says so once, see _fail).
             make_private_dirs(self.directory)
-            try:
-                os.chmod(self.directory, 0o700)
-            except OSError:
-                pass  # not ours to change (a shared, pre-made directory): still usable
             self._lock_fd = _try_lock(self.directory / f"{self.session}.lock")
 
     def prepare(self) -> None:
@@ -345,7 +377,7 @@ class SpoolWriter:
         try:
             with self._lock:
                 self._prepare_dir()
-            fd = os.open(self._spare_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = open_nofollow(self._spare_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC)
         except OSError:
             return  # the writer finds out itself, and says so once
         with self._lock:
@@ -373,7 +405,7 @@ class SpoolWriter:
                     spare = None
             if spare is None:
                 self._prepare_dir()
-                spare = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                spare = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             self._fd = spare
             self.index += 1
             self._size = 0
@@ -460,6 +492,8 @@ class SpoolSender:
         self._last_status = 0
         self._adopted: dict[str, int] = {}  # session -> lock fd held while draining a dead session
         self._seen = -1            # writer.appended when the last successful pass began
+        self._dir_checked = False  # the folder was found this account's own (statedir)
+        self._dir_refused = False
         self._next_scan = 0.0
         headers = {"Content-Type": "application/x-ndjson"}
         if token:
@@ -552,6 +586,8 @@ class SpoolSender:
         """Deliver everything deliverable now. False when the agent could not be reached."""
         if not self.url:
             return True
+        if not self._dir_checked and not self._check_dir():
+            return True
         own = self.writer.session if self.writer is not None else None
         if self.adopt:
             self._sweep(own)
@@ -568,6 +604,23 @@ class SpoolSender:
                     self._adopted[session] = fd
             if not self._drain_session(session, sessions[session], deadline):
                 return False
+        return True
+
+    def _check_dir(self) -> bool:
+        """Whether the spool folder may be read (once: then no other account can change it): this
+        account's, no link below the state root. Never creates it (a Blender that never renders leaves
+        nothing behind)."""
+        try:
+            private_dir(self.directory, create=False)
+        except FileNotFoundError:
+            return False                       # nothing spooled yet
+        except OSError as e:
+            if not self._dir_refused:
+                self._dir_refused = True
+                (log.debug if self.writer is not None else log.warning)(   # the writer says so itself
+                    "renderwatch spool %s not read: %s", self.directory, e)
+            return False
+        self._dir_checked = True
         return True
 
     def _sweep(self, own: str | None) -> None:
@@ -598,7 +651,7 @@ class SpoolSender:
     def _read_batch(self, path: Path, offset: int) -> bytes:
         """Whole lines from offset, at most batch_bytes (or one line, if a line is longer)."""
         try:
-            with open(path, "rb") as f:
+            with open_segment(path) as f:
                 f.seek(offset)
                 data = f.read(self.batch_bytes)
                 cut = data.rfind(b"\n") + 1
@@ -617,7 +670,7 @@ class SpoolSender:
             finished = open_index is None or index < open_index
             while True:
                 # Re-read each time: the agent's spool scanner may have moved the ack forward.
-                ack_index, ack_offset = read_ack(self.directory, session)
+                ack_index, ack_offset = read_ack(self.directory, session, indices)
                 if index < ack_index:
                     break
                 offset = ack_offset if index == ack_index else 0

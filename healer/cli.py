@@ -146,7 +146,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     if blender is not None:
         early = _prestart(blender, args.scene, frames, args.output, blender_args, ())
     setup_logging(args)
-    return _run(args, args.scene, frames, args.output, blender_args, prestarted=early)
+    from blender_hooks.statedir import UnsafeStateDir
+
+    try:
+        return _run(args, args.scene, frames, args.output, blender_args, prestarted=early)
+    except UnsafeStateDir as e:          # the job's own folder (healer/jobs/<job>): a link, another account's
+        print(f"renderwatch render: cannot keep state ({e})", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _known_blender(args: argparse.Namespace) -> str | None:
@@ -208,8 +214,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
     output = args.output or parsed.output
     early = _prestart(args.blender, parsed.scene, frames, output, parsed.passthrough, parsed.after)
     setup_logging(args)
-    return _run(args, parsed.scene, frames, output, parsed.passthrough, after=parsed.after, prestarted=early,
-                frame_range=(parsed.range_start, parsed.range_end, parsed.range_step))
+    from blender_hooks.statedir import UnsafeStateDir
+
+    try:
+        return _run(args, parsed.scene, frames, output, parsed.passthrough, after=parsed.after, prestarted=early,
+                    frame_range=(parsed.range_start, parsed.range_end, parsed.range_step))
+    except UnsafeStateDir as e:          # found as the job's folder opened: nothing was written in it
+        return _bare_blender(argv, str(e))
 
 
 def _bare_blender(argv: list[str], problem: str) -> int:
@@ -312,6 +323,7 @@ def _supervise(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | N
     import signal
     import time
 
+    from blender_hooks.statedir import UnsafeStateDir
     from healer.supervising.progress import ProgressDisplay
     from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
 
@@ -342,6 +354,9 @@ def _supervise(args: argparse.Namespace, scene: str, frames: tuple[int, ...] | N
         _close(incidents)
         print(f"renderwatch: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except UnsafeStateDir:                # the caller refuses (render) or runs Blender bare (exec)
+        _close(incidents)
+        raise
     finally:
         launcher.discard_prestarted()     # begin()'s first launch took it, or nothing will
     # asyncio here: it and what the supervisor's run() imports load while Blender starts up

@@ -121,3 +121,59 @@ def test_unreadable_names_are_ignored(tmp_path):
     assert scanner.scan_once() == 0 and stats.spool_segments == 0
     assert (spool / "notes.txt").exists()
     SpoolScanner(tmp_path / "missing", ing).scan_once()    # no spool directory at all: fine
+
+
+# -- the ack is validated: a bad one never stops the catch-up, never deletes unread events ----------------
+
+def _two_dead_sessions(spool):
+    a, b = JobStream("ja", session="sessiona01"), JobStream("jb", session="sessionb01")
+    ea, eb = a.whole(frames=2), b.whole(frames=3)
+    write_segment(spool, a.session, 1, ea)
+    write_segment(spool, b.session, 1, eb)
+    return a, b, ea, eb
+
+
+def test_a_malformed_ack_is_dropped_and_no_session_is_left_behind(tmp_path, caplog):
+    """`1 -50` in one session's ack made every scan abort (seek to a negative offset), so no session's
+    events were ever caught up: the ack is ignored and removed (with a warning), that session is read from
+    its start, the other one is read too."""
+    st, stats, ing, scanner = make(tmp_path)
+    spool = tmp_path / "spool"
+    a, b, ea, eb = _two_dead_sessions(spool)
+    (spool / f"{a.session}.ack").write_text("1 -50\n")
+    assert scanner.scan_once() == len(ea) + len(eb)
+    assert st.jobs["ja"].frames_done == 2 and st.jobs["jb"].frames_done == 3
+    assert list(spool.iterdir()) == []
+    assert any("ignored and removed the ack" in r.message for r in caplog.records)
+
+
+def test_an_ack_past_every_segment_deletes_nothing_unread(tmp_path):
+    """`999999 0` said every segment was delivered: the scanner deleted them all, unread and silently."""
+    st, stats, ing, scanner = make(tmp_path)
+    spool = tmp_path / "spool"
+    a, b, ea, eb = _two_dead_sessions(spool)
+    (spool / f"{a.session}.ack").write_text("999999 0\n")
+    (spool / f"{b.session}.ack").write_text("1 99999999\n")       # past the end of segment 1
+    assert scanner.scan_once() == len(ea) + len(eb)
+    assert st.jobs["ja"].frames_done == 2 and st.jobs["jb"].frames_done == 3
+
+
+def test_a_folder_named_like_a_segment_does_not_stop_the_scan(tmp_path):
+    st, stats, ing, scanner = make(tmp_path)
+    spool = tmp_path / "spool"
+    a, b, ea, eb = _two_dead_sessions(spool)
+    (spool / "sessionc01.000001.ndjson").mkdir()
+    (spool / f"{a.session}.000002.ndjson").mkdir()                 # beside a real segment of a session
+    assert scanner.scan_once() == len(ea) + len(eb)
+    assert st.jobs["ja"].frames_done == 2 and st.jobs["jb"].frames_done == 3
+
+
+def test_a_session_whose_ack_cannot_be_written_does_not_stop_the_others(tmp_path):
+    """The ack a folder (the rename over it fails): that session waits, the other is caught up."""
+    st, stats, ing, scanner = make(tmp_path)
+    spool = tmp_path / "spool"
+    a, b, ea, eb = _two_dead_sessions(spool)
+    (spool / f"{a.session}.ack").mkdir()
+    (spool / f"{a.session}.ack" / "keep").touch()                   # not empty: cannot be removed either
+    scanner.scan_once()
+    assert st.jobs["jb"].frames_done == 3 and scanner.session_errors >= 1

@@ -7,8 +7,11 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import socket
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -241,10 +244,15 @@ def test_writer_never_raises_when_the_directory_cannot_exist(tmp_path, caplog):
 
 
 def test_writer_counts_and_drops_on_disk_full(tmp_path, caplog):
-    """A real ENOSPC: the segment is a symlink to /dev/full."""
+    """A real ENOSPC: the segment is a /dev/full device node (made with mknod: the writer follows no
+    symbolic link, so a link to /dev/full would only test that; the tests run as root, here and in CI)."""
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
-    os.symlink("/dev/full", tmp_path / "s1.000001.ndjson")
+    full = os.stat("/dev/full")
+    try:
+        os.mknod(tmp_path / "s1.000001.ndjson", stat.S_IFCHR | 0o600, full.st_rdev)
+    except OSError as e:
+        pytest.skip(f"cannot make a device node here ({e}): needs root and a filesystem without nodev")
     caplog.set_level(logging.WARNING, "renderwatch.hooks.spool")
     w = spool.SpoolWriter(tmp_path, "s1")
     assert not w.append(ev(1))
@@ -253,7 +261,7 @@ def test_writer_counts_and_drops_on_disk_full(tmp_path, caplog):
     said = [r.message for r in caplog.records if "not writable" in r.message]
     # The write itself hit ENOSPC (not an open that failed for another reason, not a write never tried).
     assert len(said) == 1 and "No space left on device" in said[0], said
-    assert os.path.islink(tmp_path / "s1.000001.ndjson")          # the segment it wrote to is /dev/full
+    assert stat.S_ISCHR(os.lstat(tmp_path / "s1.000001.ndjson").st_mode)   # the segment it wrote to is /dev/full
     w.close()
 
 
@@ -449,3 +457,82 @@ def test_encoded_events_are_single_lines():
     line = ev(1, pad=10)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert json.loads(line)["seq"] == 1
+
+
+# -- the ack and the segments are read like anything else in the spool: owned, validated, bounded -------------
+
+def _bounded(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `code` in a child limited to 1 GiB of memory and 30 s: before the ack was bounded, reading one
+    linked to /dev/zero ate memory until it died (not a hang this test run could survive in-process)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    try:
+        return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=30,
+                              preexec_fn=limit, env={**os.environ, "PYTHONPATH": str(REPO)})
+    except subprocess.TimeoutExpired:
+        pytest.fail("unbounded: still reading after 30 s")
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_an_ack_linked_to_dev_zero_is_not_read(tmp_path):
+    os.symlink("/dev/zero", tmp_path / "s1.ack")
+    p = _bounded(f"from pathlib import Path; from blender_hooks import spool\n"
+                 f"print(spool.read_ack(Path({str(tmp_path)!r}), 's1'))", tmp_path)
+    assert p.returncode == 0 and p.stdout.strip() == "(0, 0)", p.stderr[-2000:]
+    assert not os.path.lexists(tmp_path / "s1.ack")             # the link is removed (not /dev/zero)
+    assert os.path.exists("/dev/zero")
+
+
+def test_a_segment_linked_to_dev_zero_is_not_sent(tmp_path):
+    """A link named like a segment is no segment: the sender read it line by line, without end."""
+    os.symlink("/dev/zero", tmp_path / "s2.000001.ndjson")
+    code = ("from pathlib import Path; from blender_hooks import spool\n"
+            f"s = spool.SpoolSender(Path({str(tmp_path)!r}), 'http://127.0.0.1:9/api/v1/events')\n"
+            "print(s.drain_once(), s.posts)")
+    p = _bounded(code, tmp_path)
+    assert p.returncode == 0 and p.stdout.split() == ["True", "0"], p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("content", [b"1 -50\n", b"-1 0\n", b"abc\n", b"1 2 3\n", b"1 2" + b" " * 100, b"",
+                                     b"1\t2\n", "\u0661 2\n".encode()])
+def test_a_malformed_ack_counts_as_nothing_acknowledged_and_is_removed(tmp_path, content, caplog):
+    caplog.set_level(logging.WARNING, "renderwatch.hooks.spool")
+    (tmp_path / "s1.ack").write_bytes(content)
+    assert spool.read_ack(tmp_path, "s1") == (0, 0)
+    assert not (tmp_path / "s1.ack").exists()
+    assert any("ignored and removed the ack" in r.message for r in caplog.records)
+
+
+def test_an_ack_that_is_a_fifo_or_another_accounts_is_not_trusted(tmp_path):
+    """Another account's ack simulated as root with chown to nobody (tests run as root, here and in CI)."""
+    os.mkfifo(tmp_path / "s1.ack")
+    assert spool.read_ack(tmp_path, "s1") == (0, 0)            # returns at once: no blocking open of a FIFO
+    (tmp_path / "s2.ack").write_text("1 10\n")
+    os.chown(tmp_path / "s2.ack", 65534, 65534)
+    if os.geteuid() == 0:
+        assert spool.read_ack(tmp_path, "s2") == (0, 0)
+
+
+def test_an_ack_must_name_a_place_that_exists(tmp_path):
+    w = spool.SpoolWriter(tmp_path, "s1")
+    for i in range(1, 4):
+        w.append(ev(i))
+    size = (tmp_path / "s1.000001.ndjson").stat().st_size
+    spool.write_ack(tmp_path, "s1", 1, size)
+    assert spool.read_ack(tmp_path, "s1", [1]) == (1, size)        # a valid ack stands
+    (tmp_path / "s1.ack").write_text(f"1 {size + 1}\n")           # past the end of the segment
+    assert spool.read_ack(tmp_path, "s1", [1]) == (0, 0)
+    (tmp_path / "s1.ack").write_text("999999 0\n")                # past the last segment
+    assert spool.read_ack(tmp_path, "s1", [1]) == (0, 0)
+    w.close()
+
+
+def test_the_ack_is_never_written_through_a_planted_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, tmp_path / f"s1.ack.{os.getpid()}.tmp")   # where write_ack makes its temp file
+    with pytest.raises(OSError):
+        spool.write_ack(tmp_path, "s1", 1, 10)
+    assert victim.read_text() == "precious\n"

@@ -55,9 +55,12 @@ class GeneratedToken:
 
 def ensure_token(env: Mapping[str, str]) -> GeneratedToken:
     """The token file's value, made first if missing. A file another account owns is refused
-    (ConfigError); one that others can read is replaced by a new token (the old one may be known)."""
+    (ConfigError), and so is a `healer/` folder that is a link or another account's (UnsafeStateDir, a
+    PermissionError); a file that others can read is replaced by a new token (the old one may be known)."""
     path = token_path(env)
-    ensure_private_dir(path.parent)
+    # healer/ checked from the state root down: a link or another account's folder there is refused
+    # (UnsafeStateDir), never given the token
+    ensure_private_dir(path.parent, root=home(env))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)   # a FIFO there must not hang the start
     except FileNotFoundError:

@@ -207,9 +207,20 @@ def scan_scene(path: str | os.PathLike[str], cache_dir: Path | None = None) -> t
     key_file = None
     if cache_dir is not None:
         import hashlib
-        import json
+
+        from renderwatch.paths import ensure_private_dir
 
         key_file = cache_dir / (hashlib.sha256(os.fsencode(spath)).hexdigest()[:24] + ".json")
+        try:
+            # what the cache says (frame range, output path) is trusted: read only from a folder this
+            # account owns, reached through no link below the state root
+            ensure_private_dir(cache_dir)
+        except OSError as e:
+            log.warning("scene cache not used (%s)", e)
+            key_file = None
+    if key_file is not None:
+        import json
+
         try:
             doc = json.loads(key_file.read_text())
             if (doc.get("v") == CACHE_VERSION and doc.get("stamp") == _stamp(spath)

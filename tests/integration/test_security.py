@@ -403,3 +403,118 @@ def test_the_state_root_is_created_private(tmp_path: Path, umask_022, create) ->
     for p in home.rglob("*"):
         if p.is_dir():
             assert mode(p) == 0o700, f"{p}: {oct(mode(p))}"
+
+
+# -- the state root: this account's own, no planted link followed (blender_hooks.statedir) -------------------------
+# Another local account is simulated as root with os.chown to nobody (uid 65534): the tests run as root,
+# here and in CI.
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="simulating another account needs root (os.chown)")
+
+
+def _attackers_folder(tmp_path: Path) -> Path:
+    d = tmp_path / "attacker"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    os.chown(d, NOBODY, NOBODY)
+    return d
+
+
+def _plant(link: Path, target: Path) -> None:
+    """What another account does in a folder it can write: a link of its own to a folder of its own."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, link)
+    os.lchown(link, NOBODY, NOBODY)
+
+
+@as_root
+@pytest.mark.blender
+def test_render_refuses_a_planted_job_folder(tmp_path: Path, scene_copy, blender34: str) -> None:
+    """healer/jobs/<job> a link to another account's folder: the job was rendered with its ledger and lock
+    written there (the folder chmodded 0700, exit 0, no word). Now: exit 2, the path, the owner and the fix."""
+    scene = scene_copy(frames=1)
+    home = tmp_path / "home"
+    target = _attackers_folder(tmp_path)
+    _plant(home / "healer" / "jobs" / "job-1", target)
+    p = subprocess.run([*RENDERWATCH, "render", str(scene), "--frames", "1", "--job", "job-1", "--quiet"],
+                       env=healer_env(home, RENDERWATCH_BLENDER=blender34), capture_output=True, text=True,
+                       timeout=180)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert f"{home / 'healer' / 'jobs' / 'job-1'} is a symbolic link" in p.stderr and f"uid {NOBODY}" in p.stderr
+    assert "remove the link" in p.stderr and "Traceback" not in p.stderr
+    assert list(target.iterdir()) == [] and stat.S_IMODE(target.stat().st_mode) == 0o755
+
+
+@as_root
+@pytest.mark.blender
+def test_exec_runs_bare_blender_beside_a_planted_job_folder(tmp_path: Path, scene_copy, blender34: str) -> None:
+    """The farm wrapper never fails a task on its bookkeeping: it renders as bare Blender, says why, and
+    writes nothing into the other account's folder."""
+    scene = scene_copy(frames=1)
+    home = tmp_path / "home"
+    target = _attackers_folder(tmp_path)
+    _plant(home / "healer" / "jobs" / "job-1", target)
+    p = subprocess.run([*RENDERWATCH, "exec", "--job", "job-1", "--", blender34, "-b", str(scene), "-f", "1"],
+                       env=healer_env(home), capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "WARNING: cannot keep state" in p.stderr and "symbolic link" in p.stderr and "Traceback" not in p.stderr
+    assert (scene.parent / "frames" / "f_0001.png").exists()
+    assert list(target.iterdir()) == []
+
+
+@as_root
+@pytest.mark.parametrize("plant", ["a link to another account's folder", "another account's folder"])
+def test_exec_runs_bare_blender_when_healer_is_not_ours(tmp_path: Path, plant: str) -> None:
+    """state_problem() runs the same checks as every open: exec becomes the bare command, render refuses."""
+    home = tmp_path / "home"
+    target = _attackers_folder(tmp_path)
+    if plant.startswith("a link"):
+        _plant(home / "healer", target)
+    else:
+        (home / "healer").mkdir(parents=True)
+        os.chown(home / "healer", NOBODY, NOBODY)
+    marker = tmp_path / "ran"
+    p = subprocess.run([*RENDERWATCH, "exec", "--", "touch", str(marker)], env=healer_env(home),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and marker.exists(), p.stderr[-2000:]
+    assert "WARNING: cannot keep state" in p.stderr and f"uid {NOBODY}" in p.stderr
+    r = subprocess.run([*RENDERWATCH, "render", str(tmp_path / "x.blend"), "--frames", "1"], env=healer_env(home),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "cannot keep state" in r.stderr and "Traceback" not in r.stderr
+    assert list(target.iterdir()) == [] or plant == "another account's folder"
+
+
+@as_root
+def test_the_healer_token_is_never_written_through_a_planted_healer_folder(tmp_path: Path) -> None:
+    """A symlinked healer/ received the generated API token (remote code execution for whoever reads it)."""
+    from blender_hooks.statedir import UnsafeStateDir
+    from healer.service.auth import ensure_token
+
+    home = tmp_path / "home"
+    target = _attackers_folder(tmp_path)
+    _plant(home / "healer", target)
+    with pytest.raises(UnsafeStateDir, match="symbolic link"):
+        ensure_token({"RENDERWATCH_HOME": str(home)})
+    assert list(target.iterdir()) == []
+    p = subprocess.run([*RENDERWATCH, "healer", "--listen", "127.0.0.1:0"], env=healer_env(home),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "symbolic link" in p.stderr and "Traceback" not in p.stderr
+    assert list(target.iterdir()) == []
+
+
+@as_root
+def test_the_hooks_and_the_agent_refuse_a_spool_of_another_account(tmp_path: Path) -> None:
+    from blender_hooks.events import encode, make_event
+    from blender_hooks.spool import SpoolWriter
+
+    spool = _attackers_folder(tmp_path)
+    w = SpoolWriter(spool, "abcdef12", max_bytes=1 << 30)
+    assert not w.append(encode(make_event("frame_start", session="abcdef12", seq=1, job="j", host="h", pid=1,
+                                          frame=1)))
+    w.close()
+    assert list(spool.iterdir()) == [] and w.dropped == 1
+    p = subprocess.run([*RENDERWATCH, "agent", "--listen", "127.0.0.1:0", "--spool-dir", str(spool),
+                        "--data-dir", str(tmp_path / "data")], env=healer_env(tmp_path / "home"),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and f"belongs to uid {NOBODY}" in p.stderr and "Traceback" not in p.stderr
+    assert list(spool.iterdir()) == []
