@@ -277,8 +277,7 @@ def process_tree(pid: int | None, ps=None) -> tuple[set[int], int | None, float 
     for q in tree:
         try:
             rss += q.memory_info().rss
-            t = q.cpu_times()
-            cpu += t.user + t.system + t.children_user + t.children_system
+            cpu += sum(q.cpu_times()[:4])         # user, system and the reaped children's of each
         except (ps.NoSuchProcess, ps.AccessDenied):   # a child ended meanwhile: its time is its parent's now
             if q is p:
                 return set(), None, None
