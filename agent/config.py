@@ -39,7 +39,7 @@ from blender_hooks.settings import (  # noqa: F401 (names read from here)
     check_config_tables,
 )
 from renderwatch.files import load_toml
-from renderwatch.listen import is_loopback
+from renderwatch.listen import check_token, is_loopback
 from renderwatch.listen import parse_listen as _parse_listen
 from renderwatch.paths import DEFAULT_AGENT_LISTEN, home, user_path
 
@@ -212,9 +212,13 @@ def load_config(env: Mapping[str, str] | None = None, path: str | os.PathLike[st
 
     key, listen = get("listen", DEFAULT_AGENT_LISTEN)
     host, port = parse_listen(str(listen), key)
-    token = get("token", None)[1] or None
+    token_key, token = get("token", None)
+    token = token or None
     if token is not None:
-        token = str(token)
+        try:
+            token = check_token(str(token), token_key)
+        except ValueError as bad:
+            raise ConfigError(str(bad)) from None
     if not is_loopback(host) and not token:
         raise ConfigError(f"{key}: listening on {host!r} (not loopback) needs a token: set {ENV_TOKEN} "
                           "(clients send it as 'Authorization: Bearer TOKEN'), or listen on 127.0.0.1")

@@ -45,6 +45,7 @@ from blender_hooks.settings import ENV_HEALER_STALL_TIMEOUT as ENV_STALL_TIMEOUT
 from blender_hooks.settings import ENV_HEALER_TOKEN as ENV_TOKEN
 from healer.service.alert_rules import DEFAULT_RULES, AlertRule, load_alert_rules
 from healer.supervising.policy import Policy
+from renderwatch.listen import check_token
 from renderwatch.paths import DEFAULT_HEALER_LISTEN
 
 
@@ -100,6 +101,8 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if typ is str:
             if not isinstance(value, str) or not value:
                 raise ValueError("expected a non-empty string")
+            if key == "token":
+                check_token(value, "the token")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError("expected a number")

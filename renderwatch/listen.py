@@ -58,3 +58,13 @@ def http_url(value: str, key: str, example: str = "http://127.0.0.1:9464") -> st
     except UnicodeError:
         raise ValueError(f"{key}: {value!r}: {parts.hostname!r} is not a host name (for example {example})") from None
     return url.rstrip("/")
+
+
+def check_token(value: str, key: str) -> str:
+    """A bearer token as it travels in an HTTP header: printable ASCII without spaces, at most 4096
+    characters; ValueError naming `key` otherwise (a non-ASCII one failed inside the HTTP client, and
+    the server's constant-time comparison)."""
+    if not (0 < len(value) <= 4096 and value.isascii() and value.isprintable() and " " not in value):
+        raise ValueError(f"{key}: a token is printable ASCII without spaces, at most 4096 characters "
+                         "(for example the output of `openssl rand -hex 32`)")
+    return value

@@ -53,6 +53,7 @@ from healer.incidents.model import DEFAULT_WEBHOOK_KINDS, KINDS, Incident
 from healer.incidents.scrub import Scrubber
 from renderwatch import __version__
 from renderwatch.files import remove_stale_temps, sync_dir, write_atomic
+from renderwatch.listen import http_url
 from renderwatch.paths import ensure_private_dir
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class WebhookTarget:
         url = m.get("url")
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
             raise ValueError(f"{where}.url: expected an http(s) URL, got {url!r}")
+        http_url(url, f"{where}.url", "https://hooks.example.com/renderwatch")   # a port or host a request fails on
         fmt = m.get("format", "renderwatch")
         if fmt not in FORMATS:
             raise ValueError(f"{where}.format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -406,7 +408,12 @@ class WebhookNotifier:
     def _run(self, name: str) -> None:
         try:
             while not self._stop.is_set():
-                wait = self._cycle(name)
+                try:
+                    wait = self._cycle(name)
+                except Exception as e:     # a sender thread that died would hold every later incident back
+                    log.error("webhook %s: delivery failed unexpectedly (%s: %s); retrying in 5 s", name,
+                              type(e).__name__, e)
+                    wait = 5.0
                 self._wake[name].wait(timeout=wait)
                 self._wake[name].clear()
         finally:

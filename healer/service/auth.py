@@ -101,16 +101,23 @@ def _write_new(path: Path) -> str:
 def client_token(env: Mapping[str, str]) -> tuple[str | None, Path]:
     """The token a client on this host sends: $RENDERWATCH_HEALER_TOKEN, else the healer's token file
     when this account can read it. Raises PermissionError with the fix when the file is someone else's."""
+    from renderwatch.files import read_small_file
+    from renderwatch.listen import check_token
+
     path = token_path(env)
     if env.get(ENV_HEALER_TOKEN):
-        return env[ENV_HEALER_TOKEN], path
+        return check_token(env[ENV_HEALER_TOKEN], ENV_HEALER_TOKEN), path
     try:
-        return path.read_text(encoding="ascii", errors="replace").strip() or None, path
+        value = read_small_file(path, 4096).decode("ascii", errors="replace").strip()
     except FileNotFoundError:
         return None, path
     except PermissionError:
         raise PermissionError(f"cannot read the healer's token {path}: it belongs to the account that runs the "
                               f"healer. Ask its operator for the token and set {ENV_HEALER_TOKEN}") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the healer's token {path}: {getattr(e, 'strerror', None) or e}; set "
+                          f"{ENV_HEALER_TOKEN}, or let the healer make the file again") from None
+    return (check_token(value, str(path)) if value else None), path
 
 
 def unauthorized_message(token_file: Path | None) -> dict[str, str]:

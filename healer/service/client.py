@@ -154,7 +154,7 @@ def cmd_jobs(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> 
             else:
                 job = call(url, "POST", f"{path}/{action}", {}, env=env)
                 print(f"{job['id']}\t{job['state']}")
-    except (ApiError, PermissionError) as e:
+    except (ApiError, PermissionError, ValueError) as e:     # ValueError: a token that cannot be sent
         print(f"renderwatch jobs: {e}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(e, PermissionError) else EXIT_API
+        return EXIT_API if isinstance(e, ApiError) else EXIT_USAGE
     return 0
