@@ -36,6 +36,7 @@ from agent.ingest import Ingestor, check_token, handle_events
 from agent.journal import ExportMark, Journal
 from agent.metrics import IngestCollector, IngestStats, StateCollector
 from agent.openapi import SPEC
+from agent.page import add_page_routes, check_read, unauthorized
 from agent.process import ProcessSampler
 from agent.spool import SpoolScanner, claim_spool
 from agent.state import State
@@ -97,6 +98,7 @@ def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, expor
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     add_openapi_route(app, SPEC)
+    add_page_routes(app, AGENT)
     return app
 
 
@@ -268,8 +270,8 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _jobs(request: web.Request) -> web.Response:
     a = request.app[AGENT]
-    if not check_token(request, a.config.token):
-        return _unauthorized()
+    if not check_read(request, a.config.token):
+        return unauthorized()
     try:
         limit = int(request.query.get("limit", JOBS_LIMIT))
         if not 1 <= limit <= JOBS_LIMIT_MAX:
@@ -291,8 +293,13 @@ async def _jobs(request: web.Request) -> web.Response:
              "memory_used_bytes": g.memory_used, "memory_total_bytes": g.memory_total,
              "temperature_celsius": g.temperature, "power_watts": g.power, "throttle": g.throttle}
             for g in a.gpus.gpus]
+    exported, failed = a.stats.spans()
+    health = {"version": __version__, "uptime_seconds": a.clock() - a.started,
+              "spool_pending_bytes": a.stats.spool_pending_bytes, "spool_segments": a.stats.spool_segments,
+              "spans_exported": exported, "span_export_failures": failed, "journal_errors": a.journal.errors,
+              "events_rejected": sum(a.stats.rejected.values())}
     return web.json_response({"host": a.hostname, "jobs": jobs, "jobs_total": len(visible), "gpus": gpus,
-                              "gpu_available": a.gpus.available})
+                              "gpu_available": a.gpus.available, "agent": health})
 
 
 # -- running it -------------------------------------------------------------------------------------
