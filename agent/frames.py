@@ -37,12 +37,14 @@ _TYPES = {"state": "B", "tries": "B", "attempt": "H", "device": "B", "warnings":
 class FrameTable:
     """The frames of one job, one row per frame in [base, base + rows)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_version: int = 0) -> None:
         self.base = 0
         self.rows = 0
         self.cols: dict[str, array] = {k: array(t) for k, t in _TYPES.items()}
         self.devices: list[str] = []
-        self.version = 0
+        # distinct per table (State numbers them): a page that followed a job now gone and back is
+        # behind the new table's first version, so it reloads
+        self.version = first_version
         self.changes: deque[tuple[int, int]] = deque(maxlen=CHANGES)
         self.dropped = 0
 

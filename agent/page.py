@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -59,6 +60,7 @@ class PageAssets:
         self.files = {name: (root / name).read_bytes() for name in STATIC}
         self.etags = {name: hashlib.sha256(b).hexdigest()[:16] for name, b in self.files.items()}
         self.streams: set[asyncio.Task[Any]] = set()
+        self.epoch = os.urandom(6).hex()    # this agent's run: a page from before a restart reloads
         self.closing = asyncio.Event()
 
 
@@ -91,7 +93,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     h = response.headers
     h.setdefault("Content-Security-Policy", CSP)
     h.setdefault("X-Content-Type-Options", "nosniff")
-    h.setdefault("Referrer-Policy", "no-referrer")
+    h.setdefault("Referrer-Policy", "same-origin")   # no-referrer makes Chromium send `Origin: null` on the sign-in form
     h.setdefault("X-Frame-Options", "DENY")
 
 
@@ -183,9 +185,9 @@ def attempts(job: Job) -> list[dict[str, Any]]:
     return [dict(a) for _, a in sorted(job.attempt_log.items())]
 
 
-def frames_doc(agent: Any, job: Job) -> dict[str, Any]:
+def frames_doc(agent: Any, job: Job, agent_epoch: str) -> dict[str, Any]:
     t = job.frames
-    return {"job": job.id, "version": t.version, "states": list(STATES), "columns": list(COLUMNS),
+    return {"job": job.id, "version": t.version, "epoch": agent_epoch, "states": list(STATES), "columns": list(COLUMNS),
             "devices": list(t.devices), "frames": t.to_columns(), "dropped": t.dropped,
             "attempts": attempts(job), "summary": job.to_dict(), "links": links(agent.config, job),
             "trace_id": trace_id(job)}
@@ -199,7 +201,7 @@ def _frames(agent_key: Any) -> Any:
         job = a.state.jobs.get(request.match_info["job"])
         if job is None:
             return web.json_response({"error": "not_found", "detail": "no such job on this node"}, status=404)
-        body = json.dumps(frames_doc(a, job), separators=(",", ":"))
+        body = json.dumps(frames_doc(a, job, request.app[PAGE].epoch), separators=(",", ":"))
         resp = web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-store"})
         resp.enable_compression()
         return resp
@@ -232,6 +234,8 @@ def _stream(agent_key: Any) -> Any:
         try:
             version = int(request.query.get("version", "-1"))
         except ValueError:
+            version = -1
+        if request.query.get("epoch") != page.epoch:
             version = -1
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})

@@ -182,6 +182,7 @@ class State:
         self.jobs: dict[str, Job] = {}
         self.cursors: dict[str, int] = {}     # session -> highest seq accepted (insertion-ordered)
         self.totals = FrameTotals()
+        self.tables = 0                       # frame tables made (each starts its versions apart)
 
     def accept(self, ev: dict) -> bool:
         """Advance the session's cursor; False when `seq` is not above it (a duplicate)."""
@@ -199,7 +200,8 @@ class State:
     def job_for(self, ev: dict) -> Job:
         job = self.jobs.get(ev["job"])
         if job is None:
-            job = self.jobs[ev["job"]] = Job(id=ev["job"], started_at=ev["ts"])
+            self.tables += 1
+            job = self.jobs[ev["job"]] = Job(id=ev["job"], started_at=ev["ts"], frames=FrameTable(self.tables << 40))
         job.last_event_ts = max(job.last_event_ts, ev["ts"])
         for name in ("scene", "engine", "device_type"):
             if ev.get(name) and not getattr(job, name):

@@ -151,7 +151,7 @@ def _sse_events(url: str, path: str, until: float) -> list[tuple[str, dict]]:
 def test_stream_sends_a_saved_frame_within_a_second(agent):
     s = JobStream("live")
     assert post(agent.url, ndjson([s.start(1, 10)]))[0] == 200
-    v = json.loads(get(agent.url, "/api/v1/jobs/live/frames")[1])["version"]
+    doc = json.loads(get(agent.url, "/api/v1/jobs/live/frames")[1])
     import threading
     sent = {}
 
@@ -160,22 +160,39 @@ def test_stream_sends_a_saved_frame_within_a_second(agent):
         sent["t"] = time.monotonic()
         post(agent.url, ndjson(s.frame(3)))
     threading.Thread(target=later).start()
-    evs = _sse_events(agent.url, f"/api/v1/jobs/live/stream?version={v}", time.monotonic() + 10)
+    evs = _sse_events(agent.url, f"/api/v1/jobs/live/stream?version={doc['version']}&epoch={doc['epoch']}", time.monotonic() + 10)
     got = time.monotonic()
     frames = [d for e, d in evs if e == "frames"]
     assert frames and [r[:2] for r in frames[-1]["rows"]][-1] == [3, "done"]
     assert got - sent["t"] < 1.0
 
 
-def test_stream_tells_a_page_without_a_version_to_reload(agent):
+@pytest.mark.parametrize("query", ["", "?version={version}&epoch=0123456789ab"])
+def test_stream_tells_a_page_without_a_version_or_from_another_run_to_reload(agent, query):
     s = JobStream("rl")
     assert post(agent.url, ndjson([s.start(1, 3)]))[0] == 200
+    doc = json.loads(get(agent.url, "/api/v1/jobs/rl/frames")[1])
     conn = http.client.HTTPConnection(agent.url.removeprefix("http://"), timeout=5)
-    conn.request("GET", "/api/v1/jobs/rl/stream")
+    conn.request("GET", "/api/v1/jobs/rl/stream" + query.format(version=doc["version"]))
     r = conn.getresponse()
     lines = [r.fp.readline() for _ in range(8)]     # chunked: sizes and lines
     assert b"event: reload\n" in lines
     conn.close()
+
+
+def test_a_job_gone_and_back_starts_its_versions_past_the_old_ones():
+    st = State()
+    s = JobStream("again")
+    for ev in [s.start(1, 3), *s.frame(1)]:
+        st.accept(ev)
+        st.apply(ev)
+    old = st.jobs["again"].frames.version
+    st.apply({"type": "_expire", "job": "again", "ts": s.t})
+    s2 = JobStream("again", session="0badf00d02")
+    for ev in [s2.start(1, 3)]:
+        st.accept(ev)
+        st.apply(ev)
+    assert st.jobs["again"].frames.changed_since(old) is None
 
 
 def test_page_and_headers(agent):

@@ -172,7 +172,7 @@ async function load(st) {
 
 function follow(st) {
   if (st.es) st.es.close();
-  const es = new EventSource(`/api/v1/jobs/${encodeURIComponent(st.jobId)}/stream?version=${st.doc.version}`);
+  const es = new EventSource(`/api/v1/jobs/${encodeURIComponent(st.jobId)}/stream?version=${st.doc.version}&epoch=${encodeURIComponent(st.doc.epoch)}`);
   st.es = es;
   es.onopen = () => setConn(true);
   es.onerror = () => {
