@@ -34,13 +34,16 @@ from agent.config import AgentConfig
 from agent.gpu import GpuSampler
 from agent.ingest import Ingestor, check_token, handle_events
 from agent.journal import ExportMark, Journal
+from agent.logs import FrameSpans, LogCollector, LogIngestor, LogStats, handle_log
+from agent.logstore import LogStore
 from agent.metrics import IngestCollector, IngestStats, StateCollector
 from agent.openapi import SPEC
 from agent.page import add_page_routes, check_read, unauthorized
 from agent.process import ProcessSampler
 from agent.spool import SpoolScanner, claim_spool
 from agent.state import State
-from agent.traces import RenderTracer
+from agent.traces import RenderTracer, farm_attributes, farm_parent, job_ids
+from blender_hooks.spool import read_evicted
 from renderwatch import __version__
 from renderwatch.openapi import add_openapi_route
 
@@ -49,7 +52,9 @@ log = logging.getLogger("renderwatch.agent")
 CATCHUP_SECONDS = 5.0       # events older than this are catch-up: the samplers know nothing of that time
 DEAD_PROCESS_STALE_SECONDS = 60.0   # a running job whose Blender is gone this long is stale
 EXPIRY_INTERVAL = 5.0
-JOBS_LIMIT, JOBS_LIMIT_MAX = 100, 1000    # /api/v1/jobs: a bounded answer however many jobs a node runs
+JOBS_LIMIT, JOBS_LIMIT_MAX = 100, 1000
+LOG_SCAN_INTERVAL = 0.25    # the log spool stream is read this often
+LOG_PRUNE_INTERVAL = 60.0    # /api/v1/jobs: a bounded answer however many jobs a node runs
 
 
 @dataclass
@@ -70,14 +75,19 @@ class Agent:
     started: float = 0.0
     hostname: str = ""
     metrics_handler: Any = None       # prometheus_client's aiohttp handler over `registry`
+    logstore: LogStore | None = None  # Blender's lines per job (agent.logs)
+    logspans: FrameSpans | None = None
+    logstats: LogStats | None = None
+    shipper: Any = None               # agent.logexport.LogShipper, when log export is on
 
 
 AGENT = web.AppKey("agent", Agent)
 
 
 def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, exporter: Any = None,
-               clock: Callable[[], float] = time.time) -> web.Application:
-    """The agent as an aiohttp app. Seams: nvml= and proc= for the samplers, exporter= for spans."""
+               log_exporter: Any = None, clock: Callable[[], float] = time.time) -> web.Application:
+    """The agent as an aiohttp app. Seams: nvml= and proc= for the samplers, exporter= for spans,
+    log_exporter= for log records."""
     state, stats = State(), IngestStats()
     agent = Agent(config=config, state=state, stats=stats, journal=Journal(config.data_dir),
                   mark=ExportMark(config.data_dir), registry=CollectorRegistry(auto_describe=False),
@@ -87,14 +97,21 @@ def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, expor
     agent.registry.register(IngestCollector(stats))
     agent.registry.register(agent.procs)
     agent.registry.register(agent.gpus)
+    agent.logstore = LogStore(config.logs_dir, job_max_bytes=config.log_job_max_bytes, max_bytes=config.log_max_bytes,
+                              retention_days=config.log_retention_days, clock=clock)
+    agent.logspans, agent.logstats = FrameSpans(), LogStats()
+    agent.logstats.spool_evicted = lambda: read_evicted(config.log_spool_dir)
+    agent.registry.register(LogCollector(agent.logstore, agent.logstats, _ShipperView(agent)))
     stats.journal_errors = lambda: agent.journal.errors
     stats.journal_skipped = lambda: agent.journal.replay_errors
     agent.metrics_handler = make_aiohttp_handler(agent.registry)
     app = web.Application(client_max_size=config.max_body_bytes)
     app[AGENT] = agent
-    app.cleanup_ctx.extend([_spool_claim, _core(exporter), _loop(_spool_loop), _loop(_sample_loop), _loop(_expiry_loop)])
+    app.cleanup_ctx.extend([_spool_claim, _core(exporter, log_exporter), _loop(_spool_loop), _loop(_log_spool_loop),
+                            _loop(_sample_loop), _loop(_expiry_loop), _loop(_log_loop)])
     app.router.add_post("/api/v1/events", _events)
     app.router.add_get("/api/v1/jobs", _jobs)
+    app.router.add_get("/api/v1/jobs/{job}/log", _log)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     add_openapi_route(app, SPEC)
@@ -112,13 +129,14 @@ async def _spool_claim(app: web.Application) -> AsyncIterator[None]:
         claim.release()
 
 
-def _core(exporter: Any) -> Callable[[web.Application], AsyncIterator[None]]:
+def _core(exporter: Any, log_exporter: Any) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         a = app[AGENT]
         a.started = a.clock()
         if a.config.traces_enabled:
             a.tracer = RenderTracer(a.config, a.mark, exporter)
             a.stats.spans = lambda: (a.tracer.exporter.exported, a.tracer.exporter.failures) if a.tracer else (0, 0)
+        _start_logs(a, log_exporter)
         mark = a.mark.value
         tracer = a.tracer
 
@@ -137,6 +155,8 @@ def _core(exporter: Any) -> Callable[[web.Application], AsyncIterator[None]]:
         finally:
             if a.tracer is not None:
                 await asyncio.get_running_loop().run_in_executor(None, a.tracer.shutdown)
+            if a.shipper is not None:
+                await asyncio.get_running_loop().run_in_executor(None, a.shipper.shutdown)
             a.journal.close()
     return ctx
 
@@ -156,6 +176,84 @@ def _loop(body: Callable[[Agent], Any]) -> Callable[[web.Application], AsyncIter
 async def _spool_loop(a: Agent) -> None:
     assert a.ingestor is not None
     await SpoolScanner(a.config.spool_dir, a.ingestor).run(1.0)
+
+
+# -- Blender's lines (agent.logs, agent.logstore, agent.logexport) ----------------------------------
+class _ShipperView:
+    """The shipper's counts for /metrics (the shipper starts with the core, after registration)."""
+
+    def __init__(self, a: Agent):
+        self.a = a
+
+    def counts(self) -> dict[str, int]:
+        return self.a.shipper.counts() if self.a.shipper is not None else {}
+
+
+def _start_logs(a: Agent, log_exporter: Any) -> None:
+    """Trace ids for the records, frame spans for their span ids, and the OTLP shipper."""
+    spans, store = a.logspans, a.logstore
+    assert spans is not None and store is not None
+
+    def trace_of(jid: str) -> int:
+        job = a.state.jobs.get(jid)
+        parent = farm_parent(job) if job is not None else None
+        return parent.trace_id if parent is not None else job_ids(jid)[0]
+
+    def job_info(jid: str) -> dict[str, Any]:
+        job = a.state.jobs.get(jid)
+        return farm_attributes(job) if job is not None else {}
+
+    spans.trace = trace_of
+    if a.config.logs_export_enabled:
+        from agent.logexport import LogShipper
+
+        a.shipper = LogShipper(a.config, spans, exporter=log_exporter, job_info=job_info, clock=a.clock)
+        store.on_stored = a.shipper.add
+    shipper = a.shipper
+
+    def on_frame_span(job: str, frame: int, start: float, end: float, sid: int) -> None:
+        spans.note(job, frame, start, end, sid)
+        if shipper is not None:
+            shipper.frame_span(job, frame, start, end, sid)
+
+    if a.tracer is not None:
+        a.tracer.on_frame_span = on_frame_span
+
+
+async def _log_spool_loop(a: Agent) -> None:
+    assert a.logstore is not None and a.logspans is not None
+    ingestor = LogIngestor(a.logstore, a.logspans, a.logstats)
+    # Every quarter second: the records' lag from Blender's print to the API is a goal (<= 1 s at p99)
+    await SpoolScanner(a.config.log_spool_dir, ingestor).run(LOG_SCAN_INTERVAL)
+
+
+async def _log_loop(a: Agent) -> None:
+    """The shipper's held records released (their frame never got a span), the store pruned."""
+    last_prune = 0.0
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            now = a.clock()
+            if a.shipper is not None:
+                for jid in list(a.shipper.pending):
+                    job = a.state.jobs.get(jid)
+                    if job is None or not job.active:
+                        a.shipper.job_ended(jid)
+                a.shipper.tick(now)
+            if now - last_prune >= LOG_PRUNE_INTERVAL and a.logstore is not None:
+                last_prune = now
+                active = {j.id for j in a.state.jobs.values() if j.active}
+                await asyncio.to_thread(a.logstore.prune, active)
+        except Exception:
+            log.exception("log upkeep failed")
+
+
+async def _log(request: web.Request) -> web.StreamResponse:
+    a = request.app[AGENT]
+    if not check_token(request, a.config.token):
+        return _unauthorized()
+    assert a.logstore is not None and a.logspans is not None
+    return await handle_log(request, a.logstore, a.logspans, lambda jid: jid in a.state.jobs)
 
 
 def _frame_hook(a: Agent) -> Callable[[dict], bool]:

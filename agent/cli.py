@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_status)
 
+    from agent.logcli import register as register_logs
+    register_logs(sub)
+
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent.app import serve

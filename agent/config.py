@@ -26,6 +26,9 @@ from blender_hooks.settings import (  # noqa: F401 (names read from here)
     ENV_DASHBOARD_URL,
     ENV_JOB_GRACE,
     ENV_JOURNAL_MAX_BYTES,
+    ENV_LOG_JOB_MAX_BYTES,
+    ENV_LOG_MAX_BYTES,
+    ENV_LOG_RETENTION_DAYS,
     ENV_LOGS_URL,
     ENV_MAX_BODY,
     ENV_SAMPLE_INTERVAL,
@@ -85,6 +88,11 @@ class AgentConfig:
     trace_url: str | None = None              # the page's links (URL templates with {job}, {trace_id})
     logs_url: str | None = None
     dashboard_url: str | None = None
+    log_retention_days: float = 7.0
+    log_max_bytes: int = 1 << 30
+    log_job_max_bytes: int = 64 << 20
+    logs_otlp_endpoint: str | None = None     # None: the embedded OTLP-JSON file of log records
+    logs_export_enabled: bool = True          # OTEL_LOGS_EXPORTER=none: stored on the node only
 
     @property
     def listen(self) -> str:
@@ -93,6 +101,14 @@ class AgentConfig:
     @property
     def traces_dir(self) -> Path:
         return self.data_dir / "traces"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def log_spool_dir(self) -> Path:
+        return self.spool_dir / "logs"
 
 
 def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
@@ -154,6 +170,23 @@ def _otlp(env: Mapping[str, str]) -> tuple[str | None, str, bool]:
     return endpoint, protocol, exporter == "otlp"
 
 
+OTEL_LOGS_ENDPOINT = "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
+OTEL_LOGS_EXPORTER = "OTEL_LOGS_EXPORTER"
+
+
+def _logs_endpoint(env: Mapping[str, str], traces: str | None, protocol: str) -> str | None:
+    """Where log records go: OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, else the base endpoint with /v1/logs
+    (http/protobuf) or as is (grpc), else None (the embedded OTLP-JSON file)."""
+    if env.get(OTEL_LOGS_ENDPOINT):
+        return env[OTEL_LOGS_ENDPOINT].strip()
+    if env.get(OTEL_ENDPOINT):
+        base = env[OTEL_ENDPOINT].strip()
+        return base.rstrip("/") + "/v1/logs" if protocol == "http/protobuf" else base
+    if traces is not None and traces.endswith("/v1/traces"):
+        return traces[: -len("/v1/traces")] + "/v1/logs"
+    return traces
+
+
 def load_config(env: Mapping[str, str] | None = None, path: str | os.PathLike[str] | None = None,
                 overrides: Mapping[str, Any] | None = None) -> AgentConfig:
     """Build the AgentConfig from a TOML file's [agent] table, the environment and overrides."""
@@ -164,8 +197,9 @@ def load_config(env: Mapping[str, str] | None = None, path: str | os.PathLike[st
                "job_grace_seconds": ENV_JOB_GRACE, "sample_interval_seconds": ENV_SAMPLE_INTERVAL,
                "max_body_bytes": ENV_MAX_BODY, "stale_after_seconds": ENV_STALE_AFTER,
                "trace_max_bytes": ENV_TRACE_MAX_BYTES, "trace_file_max_age_days": ENV_TRACE_FILE_MAX_AGE,
-               "journal_max_bytes": ENV_JOURNAL_MAX_BYTES, "trace_url": ENV_TRACE_URL, "logs_url": ENV_LOGS_URL,
-               "dashboard_url": ENV_DASHBOARD_URL}
+               "journal_max_bytes": ENV_JOURNAL_MAX_BYTES, "log_retention_days": ENV_LOG_RETENTION_DAYS,
+               "log_max_bytes": ENV_LOG_MAX_BYTES, "log_job_max_bytes": ENV_LOG_JOB_MAX_BYTES,
+               "trace_url": ENV_TRACE_URL, "logs_url": ENV_LOGS_URL, "dashboard_url": ENV_DASHBOARD_URL}
     unknown = sorted(set(file) - set(env_map) - {"trace_file_max_bytes"})
     if unknown:
         raise ConfigError(f"config file [agent]: unknown key(s) {', '.join(unknown)}; known: {', '.join(env_map)}")
@@ -215,6 +249,11 @@ def load_config(env: Mapping[str, str] | None = None, path: str | os.PathLike[st
         bsp_schedule_delay_ms=_number(OTEL_BSP_SCHEDULE_DELAY, e.get(OTEL_BSP_SCHEDULE_DELAY) or 1000, float, 0),
         trace_url=_link(*get("trace_url", None)), logs_url=_link(*get("logs_url", None)),
         dashboard_url=_link(*get("dashboard_url", None)),
+        log_retention_days=_number(*get("log_retention_days", 7.0), float, 0.001),
+        log_max_bytes=_number(*get("log_max_bytes", 1 << 30), int, 1 << 20),
+        log_job_max_bytes=_number(*get("log_job_max_bytes", 64 << 20), int, 1 << 16),
+        logs_otlp_endpoint=_logs_endpoint(e, endpoint, protocol),
+        logs_export_enabled=(e.get(OTEL_LOGS_EXPORTER) or "otlp").strip().lower() != "none",
     )
 
 

@@ -55,6 +55,8 @@ def otlp_json_line(spans: Sequence[ReadableSpan]) -> bytes:
 class JsonLinesSpanExporter(SpanExporter):
     """Appends OTLP-JSON lines to <dir>/spans-YYYYMMDD.jsonl with size-bounded rotation."""
 
+    PREFIX = "spans"                                  # agent.logexport's log records use "logs"
+
     def __init__(self, directory: Path, max_bytes: int = 64 << 20, clock=time.time, max_age_days: float = 7.0):
         self.dir = Path(directory)
         self.max_bytes = max_bytes
@@ -66,13 +68,13 @@ class JsonLinesSpanExporter(SpanExporter):
         self.failures = 0
 
     def path_for(self, now: float) -> Path:
-        return self.dir / time.strftime("spans-%Y%m%d.jsonl", time.gmtime(now))
+        return self.dir / time.strftime(f"{self.PREFIX}-%Y%m%d.jsonl", time.gmtime(now))
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown or not spans:
             return SpanExportResult.FAILURE if self._shutdown else SpanExportResult.SUCCESS
         try:
-            line = otlp_json_line(spans)
+            line = self.encode(spans)
             with self._lock:
                 make_private_dirs(self.dir)
                 now = self.clock()
@@ -106,7 +108,7 @@ class JsonLinesSpanExporter(SpanExporter):
         `max_bytes` (the file being written takes the last quarter before it is rotated). Every day
         starts a file, so this runs when one starts, not only when one is rotated."""
         files = []
-        for p in self.dir.glob("spans-*.jsonl"):
+        for p in self.dir.glob(f"{self.PREFIX}-*.jsonl"):
             try:
                 st = p.stat()
             except FileNotFoundError:
@@ -125,6 +127,9 @@ class JsonLinesSpanExporter(SpanExporter):
             p.unlink(missing_ok=True)
             removed += 1
         return removed
+
+    def encode(self, spans: Sequence) -> bytes:
+        return otlp_json_line(spans)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True

@@ -33,10 +33,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-from agent.ingest import Ingestor
+from typing import Any, Protocol
 
 # One implementation of the spool's on-disk contract, shared with the writer inside Blender.
 from blender_hooks.spool import _segment_name, list_segments, read_ack, write_ack
@@ -45,6 +44,14 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 # Not a session's lock: session names have no dots (blender_hooks.spool._SEGMENT_RE).
 READER_LOCK = "agent.reader.lock"
+
+
+class LineIngestor(Protocol):
+    """What a scanner feeds: agent.ingest.Ingestor (events) or agent.logs.LogIngestor (log records)."""
+
+    stats: Any
+
+    def ingest_lines(self, lines: Iterable[bytes]) -> Any: ...
 
 
 class SpoolBusy(Exception):
@@ -134,7 +141,7 @@ def _unlink(path: Path) -> None:
 class SpoolScanner:
     """Ingests spooled events the HTTP path has not delivered (yet)."""
 
-    def __init__(self, directory: Path, ingestor: Ingestor, chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, directory: Path, ingestor: LineIngestor, chunk_bytes: int = CHUNK_BYTES):
         self.dir = Path(directory)
         self.ingestor = ingestor
         self.chunk_bytes = chunk_bytes

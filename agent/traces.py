@@ -18,7 +18,7 @@ import hashlib
 import logging
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry.sdk.resources import Resource
@@ -298,6 +298,8 @@ class RenderTracer:
         self.scope = InstrumentationScope(SCOPE)
         self.emitted = 0
         self.max_bytes = cfg.trace_max_bytes
+        # Told (job, frame, start, end, span id) of each frame span: the frame's log records carry it.
+        self.on_frame_span: Callable[[str, int, float, float, int], None] | None = None
 
     def _span(self, name: str, parent: SpanContext | None, trace_id: int, sid: int, start: float,
               end: float, attrs: dict, pos: int, status: Status = _UNSET) -> SpanContext:
@@ -384,6 +386,8 @@ class RenderTracer:
         seq = ev["seq"]
         sid = span_id(job.id, fd.session, seq)
         budget.spanned[fd.frame] = sid
+        if self.on_frame_span is not None:
+            self.on_frame_span(job.id, fd.frame, fd.start, fd.end, sid)
         budget.spend(span_bytes("render.frame", attrs, status))
         if export:
             self._span("render.frame", root, tid, sid, fd.start, fd.end, attrs, pos, status)

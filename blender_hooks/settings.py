@@ -36,6 +36,10 @@ ENV_JOURNAL_MAX_BYTES = "RENDERWATCH_JOURNAL_MAX_BYTES"      # past it, unexport
 ENV_TRACE_URL = "RENDERWATCH_TRACE_URL"                      # a job's trace (Grafana Explore on Tempo, Tempo's UI)
 ENV_LOGS_URL = "RENDERWATCH_LOGS_URL"                        # a job's log lines (Grafana Explore on Loki)
 ENV_DASHBOARD_URL = "RENDERWATCH_DASHBOARD_URL"              # a job's dashboard in Grafana
+ENV_LOGS = "RENDERWATCH_LOGS"                                # "off": Blender's lines are not captured
+ENV_LOG_RETENTION_DAYS = "RENDERWATCH_LOG_RETENTION_DAYS"    # a job's stored log is deleted this long after its last line
+ENV_LOG_MAX_BYTES = "RENDERWATCH_LOG_MAX_BYTES"              # bound on the agent's whole log store: oldest jobs go first
+ENV_LOG_JOB_MAX_BYTES = "RENDERWATCH_LOG_JOB_MAX_BYTES"      # per job: past it only warnings and errors are stored
 
 # -- the healer -------------------------------------------------------------------------------------
 ENV_HEALER_CONFIG = "RENDERWATCH_HEALER_CONFIG"

@@ -28,7 +28,7 @@ _CLI_MODULES = ("blender_hooks.cli", "agent.cli", "healer.cli", "healer.service.
 
 # Which module registers each command: a farm runs `renderwatch exec` once per frame, so only the
 # command's own module is imported for it (the others' imports cost tens of milliseconds per launch).
-_COMMANDS = {"hooks": "blender_hooks.cli", "agent": "agent.cli", "status": "agent.cli", "render": "healer.cli",
+_COMMANDS = {"hooks": "blender_hooks.cli", "agent": "agent.cli", "status": "agent.cli", "logs": "agent.cli", "render": "healer.cli",
              "exec": "healer.cli", "healer": "healer.cli", "jobs": "healer.service.client",
              "classify": "healer.diagnosis.cli", "demo": "renderwatch.demo"}
 

@@ -237,12 +237,16 @@ class LogScanner:
         self._tb_last: _Traceback | None = None
         self._tb_count = 0
         self._last_event = ""                              # "progress" | "saved" | "error" | "traceback" | ...
+        # The reading of the last line fed, for its log record: "progress" | "info" | "warning" | "error"
+        self.line_level = "info"
 
     # -- feeding --------------------------------------------------------------------------
     def feed(self, line: str) -> None:
         """One line of output, with or without its line ending."""
         self.lines += 1
+        self.line_level = "info"
         if line.startswith("Fra:"):
+            self.line_level = "progress"
             self._progress(line)
             return
         if len(line) > MAX_LINE:
@@ -254,9 +258,15 @@ class LogScanner:
             msg, _module, _clock, level = split_prefix(line)
             if level == "ERROR" or level == "FATAL":
                 msg = f"{level} {msg}"          # keep it: an ERROR line is evidence for `unknown`
+                self.line_level = "error"
+            elif level == "WARNING":
+                self.line_level = "warning"
         if msg.startswith("Fra:"):
+            self.line_level = "progress"
             self._progress(msg)
             return
+        if msg[:1] in "EW" and msg.startswith(("Error", "ERROR", "Warning", "WARN")):
+            self.line_level = "error" if msg[0] == "E" else "warning"
         self._other(msg)
 
     def feed_text(self, text: str) -> None:
@@ -286,6 +296,7 @@ class LogScanner:
     def _other(self, msg: str) -> None:
         n = self.lines
         if self._tb is not None and self._traceback_line(msg):
+            self.line_level = "error"            # a line of a traceback
             return
         c = msg[:1]
         if c == "S" and msg.startswith("Saved: "):
@@ -301,7 +312,9 @@ class LogScanner:
         elif c == "B" and msg.startswith("Blender quit"):
             self.quit_seen = True
         elif c == "W" and msg.startswith("Writing: "):
-            self.crash_file = find_crash_file_path(msg) or self.crash_file
+            found = find_crash_file_path(msg)
+            if found:                            # Blender's crash handler: the crash's own line
+                self.crash_file, self.line_level = found, "error"
         elif c == "[" and msg.startswith(FRAME_MARKER):
             num = msg[len(FRAME_MARKER):].partition(" ")[0]
             if num.lstrip("-").isdigit() and len(num) < 10:
@@ -310,6 +323,7 @@ class LogScanner:
         if msg:
             self.tail.append((n, msg))
         if _TRACEBACK in msg:
+            self.line_level = "error"
             self._tb = _Traceback(line=n, frame=self._frame_in_flight(), after=self.last_saved_frame,
                                   saved=self.frames_saved)
             self._last_event = "traceback"
@@ -393,6 +407,9 @@ class LogScanner:
 
     def _add(self, type_id: str, role: str, msg: str) -> None:
         f = Finding(type_id, self.lines, msg[:_TEXT_MAX])
+        level = "warning" if role == "warn" else "error"
+        if self.line_level != "error" and self.line_level != level:
+            self.line_level = level
         count = self._counts.get(type_id, 0)
         self._counts[type_id] = count + 1
         key = (type_id, role)

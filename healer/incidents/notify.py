@@ -165,6 +165,9 @@ def _message(incident: Incident) -> str:
     return text
 
 
+FRAME_LOG_LINES, FRAME_LOG_CHARS = 30, 1000
+
+
 def build_payload(incident: Incident, scrubber: Scrubber | None = None) -> dict[str, Any]:
     """The documented v1 payload for one incident, scrubbed."""
     err = incident.error
@@ -172,8 +175,11 @@ def build_payload(incident: Incident, scrubber: Scrubber | None = None) -> dict[
         "type": err.type, "class": type(err).__name__, "summary": err.summary, "fatal": err.fatal,
         "severity": err.severity, "frame": err.frame, "exit_code": err.exit_code, "exit_signal": err.exit_signal,
     }
-    payload = {"version": PAYLOAD_VERSION, "id": incident.id, "kind": incident.kind, "time": _iso(incident.time),
+    payload: dict[str, Any] = {"version": PAYLOAD_VERSION, "id": incident.id, "kind": incident.kind, "time": _iso(incident.time),
                "host": incident.host, "message": _message(incident), "job": incident.job(), "error": error}
+    frame_log = incident.info.get("frame_log")
+    if isinstance(frame_log, list | tuple) and frame_log:       # the failed frame's last lines (logcapture.py)
+        payload["frame_log"] = [str(x)[:FRAME_LOG_CHARS] for x in frame_log[-FRAME_LOG_LINES:]]
     return scrubber.value(payload) if scrubber is not None else payload
 
 

@@ -250,7 +250,9 @@ def build_event(incident: Incident, scrubber: Scrubber, *, include: Sequence[str
         "tags": {k: str(v)[:200] for k, v in tags.items() if v is not None and v != ""},
         "contexts": contexts,
         "extra": {"findings": [f.to_dict() for f in error.findings][:50],
-                  "exit_code": error.exit_code, "exit_signal": error.exit_signal},
+                  "exit_code": error.exit_code, "exit_signal": error.exit_signal,
+                  **({"frame_log": scrubber.value([str(x)[:1000] for x in info["frame_log"][-30:]])}
+                     if isinstance(info.get("frame_log"), list | tuple) and info["frame_log"] else {})},
         "breadcrumbs": {"values": crumbs},
     }
     attachments: list[tuple[str, bytes, str]] = []

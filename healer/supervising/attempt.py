@@ -97,7 +97,8 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> error
     if error.type != "ok" and error.fatal and not ctx.cancelled:
         kind = "render.stalled" if error.type == "stall" else "render.crashed"
         ctx.incidents.emit(kind, ctx.info(frame=error.frame, log_tail=list(proc.tail), crash_file=st.crash_file,
-                                          message=error.summary), error)
+                                          message=error.summary,
+                                          frame_log=ctx.logs.frame_tail(error.frame) if ctx.logs else None), error)
     ctx.record_warnings(error)
     led.save()
     ctx.update_metrics()
@@ -139,6 +140,8 @@ def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, li
             ctx.say(own)
     scanner.feed(line)
     st = ctx.attempt
+    if ctx.logs is not None and ev.kind != "frame_start" and ev.kind != "settings":    # the frame's log
+        ctx.logs.feed(line, scanner.line_level, st.current_frame, att.attempt, st.frame_started_at is not None)
     if ev.kind == "progress":
         if ev.text != st.last_progress_text or ev.frame != st.current_frame:
             st.last_progress_at = now

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from healer.diagnosis.framecheck import EmptyCells, Expected, JobFrames
+    from healer.supervising.logcapture import LogCapture
     from healer.supervising.telemetry import AgentEvents
 
 log = logging.getLogger("healer.supervising.supervisor")
@@ -88,6 +89,7 @@ class JobContext:
     gpu: int | None = None                     # the GPU the healer service placed this job on
     check_frames: bool = True                  # inspect each saved frame (suspects.py)
     agent: AgentEvents | None = None           # the healer's own events for the host's agent
+    logs: LogCapture | None = None             # Blender's lines, kept for the agent (logcapture.py)
     frame_facts: JobFrames | None = None       # this run's inspected frames (made by the first review)
     frame_verdicts: dict[int, tuple[str, ...]] = field(default_factory=dict)
     frame_cells: dict[tuple[str, int], EmptyCells | None] = field(default_factory=dict)  # (path, size): decoded grids

@@ -37,6 +37,7 @@ from healer.diagnosis.errors import RenderError
 from healer.diagnosis.framecheck import EmptyCells, Expected, JobFrames, Suspect, inspect_frame
 from healer.supervising import probes
 from healer.supervising.launch import ProcessLauncher, exit_status
+from healer.supervising.logcapture import LogCapture
 from healer.supervising.progress import own_line, parse_line
 from healer.supervising.seams import IncidentSink, Launcher, NoIncidents
 from healer.supervising.spawn import MARKER_EXPR, attempt_env, hooks_startup
@@ -76,6 +77,7 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
                        errors.error_class(etype)(summary=message, fatal=False))
 
     watch = FrameWatch(job, env, warn, gl_driver)
+    logs = LogCapture(job, env)
 
     def on_line(line: str, _now: float) -> None:
         nonlocal current
@@ -89,6 +91,8 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
         scanner.feed(line)
         if ev.kind in ("frame_start", "progress") and ev.frame is not None:
             current = ev.frame
+        if ev.kind != "frame_start" and ev.kind != "settings":      # the frame's log (logcapture.py)
+            logs.feed(line, scanner.line_level, current, 1, scanner.frame_in_flight is not None)
         if ev.kind == "saved" and ev.path:
             saved.append(ev.path)
             if check_frames:
@@ -110,6 +114,9 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
                                         crash_text=read_crash_file(path) if path else None)
     info.update(frames_completed=len(saved), duration_s=time.time() - t0, log_tail=list(proc.tail))
     await watch.finish()
+    logs.close()
+    if error.type != "ok":
+        info["frame_log"] = logs.frame_tail(scanner.frame_in_flight)
     if error.type != "ok" and error.fatal:
         say(f"Blender ended: {error.type}: {error.summary}")
         incidents.emit("render.crashed", {**info, "message": error.summary}, error)

@@ -151,6 +151,10 @@ class Supervisor:
             if ctx.cancelled:
                 ctx.wake.set()
             ctx.agent = AgentEvents(ctx.env)
+            if ctx.job:
+                from healer.supervising.logcapture import LogCapture
+
+                ctx.logs = LogCapture(ctx.job, ctx.env)
             if self._orphan is not None:
                 await self._stop_orphan(self._orphan)
                 self._settle()
@@ -164,6 +168,8 @@ class Supervisor:
         finally:
             if ctx.agent is not None:
                 await asyncio.to_thread(ctx.agent.close)
+            if ctx.logs is not None:
+                ctx.logs.close()
             if self._lock:
                 self._lock.release()
 
