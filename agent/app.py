@@ -208,8 +208,16 @@ def _start_logs(a: Agent, log_exporter: Any) -> None:
         from agent.logexport import LogShipper
 
         a.shipper = LogShipper(a.config, spans, exporter=log_exporter, job_info=job_info, clock=a.clock)
-        store.on_stored = a.shipper.add
     shipper = a.shipper
+
+    def on_stored(rec: dict[str, Any]) -> None:
+        # the page's per-frame warning and error counts (counted from the agent's start)
+        job = a.state.jobs.get(rec["job"])
+        if job is not None and rec.get("frame") is not None:
+            job.frames.note(rec["frame"], rec["level"])
+        if shipper is not None:
+            shipper.add(rec)
+    store.on_stored = on_stored
 
     def on_frame_span(job: str, frame: int, start: float, end: float, sid: int) -> None:
         spans.note(job, frame, start, end, sid)
@@ -250,8 +258,8 @@ async def _log_loop(a: Agent) -> None:
 
 async def _log(request: web.Request) -> web.StreamResponse:
     a = request.app[AGENT]
-    if not check_token(request, a.config.token):
-        return _unauthorized()
+    if not check_read(request, a.config.token):
+        return unauthorized()
     assert a.logstore is not None and a.logspans is not None
     return await handle_log(request, a.logstore, a.logspans, lambda jid: jid in a.state.jobs)
 
