@@ -30,7 +30,7 @@ import logging
 import os
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from aiohttp import web
 
@@ -48,7 +48,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 TICK_SECONDS = 0.2          # a saved frame reaches the page within this (plus the spool's second at worst)
 KEEPALIVE_SECONDS = 15.0
 MAX_STREAMS = 32            # followers at once; more get 503 (each costs a task and a socket)
-MAX_ROWS_PER_EVENT = 2000   # more changes than this in one tick: the page reloads the table instead
+MAX_ROWS_PER_EVENT = 2000
+LOGIN_MAX_BYTES = 4096      # the sign-in form: a token, nothing else   # more changes than this in one tick: the page reloads the table instead
 
 
 class PageAssets:
@@ -140,8 +141,13 @@ def _login(agent_key: Any) -> Any:
         token = request.app[agent_key].config.token
         if not _same_origin(request):
             return web.json_response({"error": "forbidden", "detail": "cross-origin sign-in"}, status=403)
-        form = await request.post()
-        given = str(form.get("token", ""))
+        if request.content_type != "application/x-www-form-urlencoded":
+            return web.json_response({"error": "bad_request", "detail": "send the sign-in form "
+                                      "(application/x-www-form-urlencoded, field token)"}, status=400)
+        body = await request.content.read(LOGIN_MAX_BYTES + 1)
+        if len(body) > LOGIN_MAX_BYTES:
+            return web.json_response({"error": "bad_request", "detail": "form too large"}, status=400)
+        given = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0]
         if token and not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
             raise web.HTTPSeeOther("/?signin=failed")
         resp = web.HTTPSeeOther("/")

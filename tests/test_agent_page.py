@@ -273,3 +273,17 @@ def test_link_templates(tmp_path):
     for bad in ("javascript:alert(1)", "grafana:3000/x", "http://g/\"><script>"):
         with pytest.raises(ConfigError, match="RENDERWATCH_TRACE_URL"):
             load_config(env={"RENDERWATCH_HOME": str(tmp_path), "RENDERWATCH_TRACE_URL": bad})
+
+
+@pytest.mark.parametrize("ctype, body", [
+    ("multipart/form-data", b"token=x"),                  # no boundary: aiohttp's form reader raised (500)
+    ("application/json", b'{"token": "x"}'),
+    ("application/x-www-form-urlencoded", b"token=" + b"x" * 5000),
+])
+def test_sign_in_refuses_what_is_not_its_form(agent, ctype, body):
+    req = urllib.request.Request(agent.url + "/login", data=body, method="POST", headers={"Content-Type": ctype})
+    try:
+        _no_redirect().open(req)
+        raise AssertionError("accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 400
