@@ -22,12 +22,15 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 STATES = ("waiting", "rendering", "done", "rerendered", "suspect", "failed")
 WAITING, RENDERING, DONE, RERENDERED, SUSPECT, FAILED = range(len(STATES))
 MAX_ROWS = 1 << 18          # a window of 262,144 frames (6.5 MB at most per job)
 CHANGES = 4096              # changes remembered for live followers
 MAX_DEVICES = 64            # distinct device names per job; more are "other"
 _U16 = 0xFFFF
+_NP = {"B": np.uint8, "H": np.uint16, "f": np.float32}
 COLUMNS = ("frame", "state", "seconds", "peak_blender_bytes", "rss_bytes", "vram_bytes", "device", "attempt",
            "warnings", "errors")
 _TYPES = {"state": "B", "tries": "B", "attempt": "H", "device": "B", "warnings": "H", "errors": "H",
@@ -190,20 +193,28 @@ class FrameTable:
 
     def to_columns(self) -> dict[str, Any]:
         """Every frame held, column by column (compact JSON: one list per field, `device` an index
-        into `devices`, 0 for none)."""
+        into `devices`, 0 for none; 0 for a time or a peak not known). numpy does the per-frame work:
+        a 10,000-frame job's table in a few milliseconds."""
         c = self.cols
-        idx = [i for i in range(self.rows) if c["seen"][i]]
+        seen = np.frombuffer(c["seen"], dtype=np.uint8).astype(bool) if self.rows else np.zeros(0, bool)
+        every = bool(seen.all())
+
+        def col(name: str) -> np.ndarray:
+            a = np.frombuffer(c[name], dtype=_NP[c[name].typecode]) if self.rows else np.zeros(0)
+            return a if every else a[seen]
+
+        frames = np.flatnonzero(seen) + self.base
         return {
-            "frame": [self.base + i for i in idx],
-            "state": [c["state"][i] for i in idx],
-            "seconds": [_num(c["seconds"][i]) for i in idx],
-            "peak_blender_bytes": [_int(c["blender"][i]) for i in idx],
-            "rss_bytes": [_int(c["rss"][i]) for i in idx],
-            "vram_bytes": [_int(c["vram"][i]) for i in idx],
-            "device": [c["device"][i] for i in idx],
-            "attempt": [c["attempt"][i] for i in idx],
-            "warnings": [c["warnings"][i] for i in idx],
-            "errors": [c["errors"][i] for i in idx],
+            "frame": frames.tolist(),
+            "state": col("state").tolist(),
+            "seconds": np.round(col("seconds").astype(np.float64), 3).tolist(),
+            "peak_blender_bytes": col("blender").astype(np.int64).tolist(),
+            "rss_bytes": col("rss").astype(np.int64).tolist(),
+            "vram_bytes": col("vram").astype(np.int64).tolist(),
+            "device": col("device").tolist(),
+            "attempt": col("attempt").tolist(),
+            "warnings": col("warnings").tolist(),
+            "errors": col("errors").tolist(),
         }
 
     def changed_since(self, version: int) -> list[int] | None:

@@ -19,7 +19,7 @@ function el(tag, cls, text) {
 }
 
 function fmtBytes(b) {
-  if (b === null || b === undefined) return "–";
+  if (!b) return "–";   // 0: not known
   const u = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
   while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
@@ -27,7 +27,7 @@ function fmtBytes(b) {
 }
 
 function fmtSecs(s) {
-  if (s === null || s === undefined) return "–";
+  if (s === null || s === undefined || (s === 0)) return "–";
   if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
   const m = Math.floor(s / 60), h = Math.floor(m / 60);
   return h ? `${h} h ${m % 60} min` : `${m} min ${Math.round(s % 60)} s`;
@@ -226,6 +226,7 @@ function renderGrid(st) {
     frag.append(c);
   }
   $("grid").replaceChildren(frag);
+  performance.mark("renderwatch:grid");   // what bench/bench_page.py times
   $("grid-note").textContent = st.doc.dropped ? `${st.doc.dropped} frame event(s) beyond the shown window.` : "";
   updateCounts(st);
 }
@@ -236,8 +237,8 @@ function applyRow(st, row) {
   let i = st.index.get(frame);
   if (i === undefined) { load(st); return; }   // a frame the page did not have: take the table anew
   const s = STATES.indexOf(state);
-  f.state[i] = s; f.seconds[i] = seconds; f.peak_blender_bytes[i] = blender; f.rss_bytes[i] = rss;
-  f.vram_bytes[i] = vram; f.attempt[i] = attempt || 0; f.warnings[i] = warnings; f.errors[i] = errors;
+  f.state[i] = s; f.seconds[i] = seconds || 0; f.peak_blender_bytes[i] = blender || 0; f.rss_bytes[i] = rss || 0;
+  f.vram_bytes[i] = vram || 0; f.attempt[i] = attempt || 0; f.warnings[i] = warnings; f.errors[i] = errors;
   let d = st.doc.devices.indexOf(device);
   if (device && d < 0) { st.doc.devices.push(device); d = st.doc.devices.length - 1; }
   f.device[i] = device ? d + 1 : 0;
