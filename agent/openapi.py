@@ -143,6 +143,29 @@ PATHS: dict[str, Any] = {
                                              "gpus": {"type": "array", "items": ref("Gpu")},
                                              "gpu_available": {"type": "boolean"}}}, "Jobs and GPUs"),
             "400": _ERROR, "401": _UNAUTHORIZED}}},
+    "/api/v1/jobs/{job}/log": {"get": {
+        "summary": "A job's Blender log: stored records, filtered; follow=1 streams new ones (server-sent events)",
+        "operationId": "jobLog", "security": SECURED,
+        "parameters": [
+            {"name": "job", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "frame", "in": "query", "required": False, "schema": {"type": "integer"}},
+            {"name": "attempt", "in": "query", "required": False, "schema": {"type": "integer"}},
+            {"name": "level", "in": "query", "required": False, "description": "this level and above",
+             "schema": {"type": "string", "enum": ["progress", "info", "warning", "warn", "error"]}},
+            {"name": "after", "in": "query", "required": False, "description": "records with seq > after",
+             "schema": {"type": "integer", "minimum": 0, "default": 0}},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
+            {"name": "follow", "in": "query", "required": False, "description": "1: text/event-stream, "
+             "`event: log` / `data: <record>` per record, a `: keepalive` comment every 15 s",
+             "schema": {"type": "integer", "enum": [0, 1]}}],
+        "responses": {
+            "200": json_body({"type": "object", "required": ["job", "records", "next", "truncated"],
+                              "properties": {"job": {"type": "string"},
+                                             "records": {"type": "array", "items": {"type": "object"}},
+                                             "next": {"type": "integer"}, "truncated": {"type": "boolean"}}},
+                             "Records, oldest first"),
+            "400": _ERROR, "401": _UNAUTHORIZED, "404": _ERROR}}},
     "/api/v1/jobs/{job}/frames": {"get": {
         "summary": "Every frame of a job, column by column, and its attempts (the page's job view)",
         "operationId": "jobFrames", "security": SECURED,
@@ -155,18 +178,6 @@ PATHS: dict[str, Any] = {
                               "properties": {"frames": {"type": "object"}, "attempts": {"type": "array"}}},
                              "One list per field (frame, state, seconds, ...), one entry per frame"),
             "401": _UNAUTHORIZED, "404": {**_ERROR, "description": "No such job on this node"}}}},
-    "/api/v1/jobs/{job}/log": {"get": {
-        "summary": "A job's stored log lines (Blender's output), filtered; follow=1 streams them",
-        "operationId": "jobLog", "security": SECURED,
-        "description": "Also accepts the page's cookie (POST /login). docs/agent.md#logs has the filters.",
-        "parameters": [_JOB, *({"name": n, "in": "query", "required": False, "schema": {"type": t}}
-                               for n, t in (("frame", "integer"), ("attempt", "integer"), ("level", "string"),
-                                            ("after", "integer"), ("limit", "integer"), ("follow", "string")))],
-        "responses": {
-            "200": {"description": "{job, records, next, truncated}, or an event stream with follow=1",
-                    "content": {"application/json": {"schema": {"type": "object"}},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
-            "400": _ERROR, "401": _UNAUTHORIZED, "404": {**_ERROR, "description": "No such job on this node"}}}},
     "/api/v1/jobs/{job}/stream": {"get": {
         "summary": "Follow a job live (server-sent events: frames, job, attempts, reload, gone)",
         "operationId": "jobStream", "security": SECURED,
