@@ -394,6 +394,10 @@ async def _jobs(request: web.Request) -> web.Response:
         d["cpu_ratio"] = t.cpu_ratio if t and t.alive else None
         d["rss_bytes"] = t.rss if t and t.alive else None
         d["vram_bytes"] = a.gpus.job_vram.get(j.id)
+        # the latest classified end that was not ok (the healer's attempt_end): the page's node view
+        err = next((e for _, e in sorted(j.attempt_log.items(), reverse=True) if e["error_type"] not in (None, "ok")),
+                   None)
+        d["last_error"] = {k: err[k] for k in ("attempt", "error_type", "summary")} if err else None
         jobs.append(d)
     gpus = [{"gpu": g.index, "uuid": g.uuid, "name": g.name, "ok": g.ok, "utilization_ratio": g.utilization,
              "memory_used_bytes": g.memory_used, "memory_total_bytes": g.memory_total,

@@ -113,6 +113,11 @@ def test_frames_endpoint_columns_and_attempts(agent):
     assert doc["summary"]["scene"] == "<img src=x onerror=alert(1)>"
     assert doc["attempts"][0]["attempt"] == 1 and len(doc["trace_id"]) == 32
     assert get(agent.url, "/api/v1/jobs/nope/frames")[0] == 404
+    healer = JobStream(s.job, session="beefbeef01")
+    assert post(agent.url, ndjson([healer.ev("attempt_end", attempt=1, error_type="gpu_oom",
+                                             summary="out of <b>memory</b>")]))[0] == 200
+    jobs = json.loads(get(agent.url, "/api/v1/jobs")[1])["jobs"]
+    assert jobs[0]["last_error"] == {"attempt": 1, "error_type": "gpu_oom", "summary": "out of <b>memory</b>"}
 
 
 def test_frames_of_a_10000_frame_job_stay_small(agent):
