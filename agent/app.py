@@ -38,6 +38,7 @@ from agent.logs import FrameSpans, LogCollector, LogIngestor, LogStats, handle_l
 from agent.logstore import LogStore
 from agent.metrics import IngestCollector, IngestStats, StateCollector
 from agent.openapi import SPEC
+from agent.page import add_page_routes, check_read, unauthorized
 from agent.process import ProcessSampler
 from agent.spool import SpoolScanner, claim_spool
 from agent.state import State
@@ -114,6 +115,7 @@ def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, expor
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     add_openapi_route(app, SPEC)
+    add_page_routes(app, AGENT)
     return app
 
 
@@ -206,8 +208,16 @@ def _start_logs(a: Agent, log_exporter: Any) -> None:
         from agent.logexport import LogShipper
 
         a.shipper = LogShipper(a.config, spans, exporter=log_exporter, job_info=job_info, clock=a.clock)
-        store.on_stored = a.shipper.add
     shipper = a.shipper
+
+    def on_stored(rec: dict[str, Any]) -> None:
+        # the page's per-frame warning and error counts (counted from the agent's start)
+        job = a.state.jobs.get(rec["job"])
+        if job is not None and rec.get("frame") is not None:
+            job.frames.note(rec["frame"], rec["level"])
+        if shipper is not None:
+            shipper.add(rec)
+    store.on_stored = on_stored
 
     def on_frame_span(job: str, frame: int, start: float, end: float, sid: int) -> None:
         spans.note(job, frame, start, end, sid)
@@ -248,8 +258,8 @@ async def _log_loop(a: Agent) -> None:
 
 async def _log(request: web.Request) -> web.StreamResponse:
     a = request.app[AGENT]
-    if not check_token(request, a.config.token):
-        return _unauthorized()
+    if not check_read(request, a.config.token):
+        return unauthorized()
     assert a.logstore is not None and a.logspans is not None
     return await handle_log(request, a.logstore, a.logspans, lambda jid: jid in a.state.jobs)
 
@@ -366,8 +376,8 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _jobs(request: web.Request) -> web.Response:
     a = request.app[AGENT]
-    if not check_token(request, a.config.token):
-        return _unauthorized()
+    if not check_read(request, a.config.token):
+        return unauthorized()
     try:
         limit = int(request.query.get("limit", JOBS_LIMIT))
         if not 1 <= limit <= JOBS_LIMIT_MAX:
@@ -384,13 +394,22 @@ async def _jobs(request: web.Request) -> web.Response:
         d["cpu_ratio"] = t.cpu_ratio if t and t.alive else None
         d["rss_bytes"] = t.rss if t and t.alive else None
         d["vram_bytes"] = a.gpus.job_vram.get(j.id)
+        # the latest classified end that was not ok (the healer's attempt_end): the page's node view
+        err = next((e for _, e in sorted(j.attempt_log.items(), reverse=True) if e["error_type"] not in (None, "ok")),
+                   None)
+        d["last_error"] = {k: err[k] for k in ("attempt", "error_type", "summary")} if err else None
         jobs.append(d)
     gpus = [{"gpu": g.index, "uuid": g.uuid, "name": g.name, "ok": g.ok, "utilization_ratio": g.utilization,
              "memory_used_bytes": g.memory_used, "memory_total_bytes": g.memory_total,
              "temperature_celsius": g.temperature, "power_watts": g.power, "throttle": g.throttle}
             for g in a.gpus.gpus]
+    exported, failed = a.stats.spans()
+    health = {"version": __version__, "uptime_seconds": a.clock() - a.started,
+              "spool_pending_bytes": a.stats.spool_pending_bytes, "spool_segments": a.stats.spool_segments,
+              "spans_exported": exported, "span_export_failures": failed, "journal_errors": a.journal.errors,
+              "events_rejected": sum(a.stats.rejected.values())}
     return web.json_response({"host": a.hostname, "jobs": jobs, "jobs_total": len(visible), "gpus": gpus,
-                              "gpu_available": a.gpus.available})
+                              "gpu_available": a.gpus.available, "agent": health})
 
 
 # -- running it -------------------------------------------------------------------------------------

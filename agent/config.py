@@ -23,11 +23,13 @@ from blender_hooks.settings import ENV_AGENT_CONFIG as ENV_CONFIG
 from blender_hooks.settings import ENV_AGENT_DATA_DIR as ENV_DATA_DIR
 from blender_hooks.settings import ENV_AGENT_LISTEN as ENV_LISTEN
 from blender_hooks.settings import (  # noqa: F401 (names read from here)
+    ENV_DASHBOARD_URL,
     ENV_JOB_GRACE,
     ENV_JOURNAL_MAX_BYTES,
     ENV_LOG_JOB_MAX_BYTES,
     ENV_LOG_MAX_BYTES,
     ENV_LOG_RETENTION_DAYS,
+    ENV_LOGS_URL,
     ENV_MAX_BODY,
     ENV_SAMPLE_INTERVAL,
     ENV_SPOOL_DIR,
@@ -35,6 +37,7 @@ from blender_hooks.settings import (  # noqa: F401 (names read from here)
     ENV_TOKEN,
     ENV_TRACE_FILE_MAX_AGE,
     ENV_TRACE_MAX_BYTES,
+    ENV_TRACE_URL,
     ConfigError,
     check_config_tables,
 )
@@ -83,6 +86,9 @@ class AgentConfig:
     trace_max_bytes: int = 4_000_000
     journal_max_bytes: int = 256 << 20
     bsp_schedule_delay_ms: float = 1000.0
+    trace_url: str | None = None              # the page's links (URL templates with {job}, {trace_id})
+    logs_url: str | None = None
+    dashboard_url: str | None = None
     log_retention_days: float = 7.0
     log_max_bytes: int = 1 << 30
     log_job_max_bytes: int = 64 << 20
@@ -193,7 +199,8 @@ def load_config(env: Mapping[str, str] | None = None, path: str | os.PathLike[st
                "max_body_bytes": ENV_MAX_BODY, "stale_after_seconds": ENV_STALE_AFTER,
                "trace_max_bytes": ENV_TRACE_MAX_BYTES, "trace_file_max_age_days": ENV_TRACE_FILE_MAX_AGE,
                "journal_max_bytes": ENV_JOURNAL_MAX_BYTES, "log_retention_days": ENV_LOG_RETENTION_DAYS,
-               "log_max_bytes": ENV_LOG_MAX_BYTES, "log_job_max_bytes": ENV_LOG_JOB_MAX_BYTES}
+               "log_max_bytes": ENV_LOG_MAX_BYTES, "log_job_max_bytes": ENV_LOG_JOB_MAX_BYTES,
+               "trace_url": ENV_TRACE_URL, "logs_url": ENV_LOGS_URL, "dashboard_url": ENV_DASHBOARD_URL}
     unknown = sorted(set(file) - set(env_map) - {"trace_file_max_bytes"})
     if unknown:
         raise ConfigError(f"config file [agent]: unknown key(s) {', '.join(unknown)}; known: {', '.join(env_map)}")
@@ -245,9 +252,23 @@ def load_config(env: Mapping[str, str] | None = None, path: str | os.PathLike[st
         trace_max_bytes=_number(*get("trace_max_bytes", 4_000_000), int, 10_000),
         journal_max_bytes=_number(*get("journal_max_bytes", 256 << 20), int, 1 << 20),
         bsp_schedule_delay_ms=_number(OTEL_BSP_SCHEDULE_DELAY, e.get(OTEL_BSP_SCHEDULE_DELAY) or 1000, float, 0),
+        trace_url=_link(*get("trace_url", None)), logs_url=_link(*get("logs_url", None)),
+        dashboard_url=_link(*get("dashboard_url", None)),
         log_retention_days=_number(*get("log_retention_days", 7.0), float, 0.001),
         log_max_bytes=_number(*get("log_max_bytes", 1 << 30), int, 1 << 20),
         log_job_max_bytes=_number(*get("log_job_max_bytes", 64 << 20), int, 1 << 16),
         logs_otlp_endpoint=_logs_endpoint(e, endpoint, protocol),
         logs_export_enabled=(e.get(OTEL_LOGS_EXPORTER) or "otlp").strip().lower() != "none",
     )
+
+
+def _link(key: str, raw: Any) -> str | None:
+    """A link template of the page: an http(s) URL (the page puts it in an href as it is)."""
+    if raw is None or str(raw).strip() == "":
+        return None
+    url = str(raw).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c in url for c in "\"\\<> \t\n"):
+        raise ConfigError(f"{key}: {url!r} is not an http(s) URL template (for example "
+                          "http://grafana:3000/explore?...{trace_id})")
+    return url

@@ -56,6 +56,7 @@ def _event(typ: str) -> dict[str, Any]:
 
 
 _NUM_OR_NULL = nullable({"type": "number"})
+_JOB = {"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}
 
 SCHEMAS: dict[str, Any] = {
     **{f"Event_{typ}": _event(typ) for typ in EVENT_TYPES},
@@ -165,6 +166,54 @@ PATHS: dict[str, Any] = {
                                              "next": {"type": "integer"}, "truncated": {"type": "boolean"}}},
                              "Records, oldest first"),
             "400": _ERROR, "401": _UNAUTHORIZED, "404": _ERROR}}},
+    "/api/v1/jobs/{job}/frames": {"get": {
+        "summary": "Every frame of a job, column by column, and its attempts (the page's job view)",
+        "operationId": "jobFrames", "security": SECURED,
+        "description": "Also accepts the page's cookie (POST /login). gzip-compressed when asked.",
+        "parameters": [_JOB],
+        "responses": {
+            "200": json_body({"type": "object",
+                              "required": ["job", "version", "epoch", "states", "columns", "devices", "frames",
+                                           "attempts", "summary", "links", "trace_id", "dropped"],
+                              "properties": {"frames": {"type": "object"}, "attempts": {"type": "array"}}},
+                             "One list per field (frame, state, seconds, ...), one entry per frame"),
+            "401": _UNAUTHORIZED, "404": {**_ERROR, "description": "No such job on this node"}}}},
+    "/api/v1/jobs/{job}/stream": {"get": {
+        "summary": "Follow a job live (server-sent events: frames, job, attempts, reload, gone)",
+        "operationId": "jobStream", "security": SECURED,
+        "parameters": [_JOB,
+                       {"name": "version", "in": "query", "required": False, "schema": {"type": "integer"},
+                        "description": "The frames table's version the page has (from .../frames)"},
+                       {"name": "epoch", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "The agent run the page's version comes from (from .../frames)"}],
+        "responses": {
+            "200": {"description": "An event stream, kept open", "content": {"text/event-stream": {
+                "schema": {"type": "string"}}}},
+            "401": _UNAUTHORIZED, "404": {**_ERROR, "description": "No such job on this node"},
+            "503": {**_ERROR, "description": "Too many pages follow this agent"}}}},
+    "/": {"get": {
+        "summary": "The page (node view; #job=ID the job view)", "operationId": "page", "security": [],
+        "responses": {"200": {"description": "HTML (no data: the page reads the API)",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+    "/static/{name}": {"get": {
+        "summary": "The page's script, style and icon", "operationId": "pageStatic", "security": [],
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "The file", "content": {
+                          "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}},
+                          "image/svg+xml": {"schema": {"type": "string"}}}},
+                      "304": {"description": "Not modified (ETag)"},
+                      "404": {"description": "Not one of the page's files"}}}},
+    "/login": {"post": {
+        "summary": "Sign the page in: the token in a form's body sets an HttpOnly, SameSite=Strict cookie",
+        "operationId": "pageLogin", "security": [],
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+            "type": "object", "properties": {"token": {"type": "string"}}}}}},
+        "responses": {"303": {"description": "To / (with the cookie), or to /?signin=failed"},
+                      "400": {**_ERROR, "description": "Not a sign-in form (or larger than 4 KB)"},
+                      "403": {**_ERROR, "description": "A cross-origin form"}}}},
+    "/logout": {"post": {
+        "summary": "Sign the page out (clears its cookie)", "operationId": "pageLogout", "security": [],
+        "responses": {"303": {"description": "To /"}, "403": {**_ERROR, "description": "A cross-origin form"}}}},
     "/metrics": metrics_operation("Prometheus metrics (jobs, frames, ingest, process, GPU)", SECURED,
                                   _UNAUTHORIZED),
     "/healthz": {"get": {

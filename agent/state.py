@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.aggregates import FrameTotals
+from agent.frames import FrameTable
 from agent.frameset import FrameSet
 
 RECENT_FRAMES = 10          # ETA = mean of this many recent frame times x frames remaining
@@ -26,6 +27,7 @@ CURSOR_LIMIT = 100_000      # bounded dedupe memory: oldest sessions forgotten f
 # job ids took /metrics to 6 MB and the agent to 188 MB. Past the bound the job that ended longest ago
 # (else the one quiet for longest) is forgotten to make room, and counted.
 JOB_LIMIT = 1_000
+ATTEMPTS_KEPT = 50          # a job's attempt timeline (the page): the most recent ones
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Job:
     suspects: dict[str, int] = field(default_factory=dict)    # frames found suspect, by reason
     verified_only: FrameSet = field(default_factory=FrameSet)  # counted from the healer's frame_verified
     trace_budget: Any = None             # agent.traces' per-trace bookkeeping (it lives and goes with the job)
+    frames: FrameTable = field(default_factory=FrameTable)    # per-frame detail for the page (agent.frames)
+    attempt_log: dict[int, dict[str, Any]] = field(default_factory=dict)   # attempt -> its story (page)
 
     @property
     def attempts(self) -> int:
@@ -99,6 +103,24 @@ class Job:
             return None
         remaining = max(0, self.frames_total - self.frames_done)
         return sum(self.recent) / len(self.recent) * remaining
+
+    def attempt_of(self, ev: dict) -> int:
+        """The attempt an event belongs to: the healer's number, else the Blender session's place."""
+        if ev.get("attempt"):
+            return int(ev["attempt"])
+        try:
+            return self.sessions.index(ev["session"]) + 1
+        except ValueError:
+            return self.attempts
+
+    def attempt_entry(self, n: int, ts: float) -> dict[str, Any]:
+        entry = self.attempt_log.get(n)
+        if entry is None:
+            entry = self.attempt_log[n] = {"attempt": n, "started_at": ts, "ended_at": None, "error_type": None,
+                                           "summary": None, "evidence": None, "advice": None, "frame": None}
+            while len(self.attempt_log) > ATTEMPTS_KEPT:
+                del self.attempt_log[min(self.attempt_log)]
+        return entry
 
     def mark_done(self, frame: int) -> None:
         if self.done.add(frame) and frame in self.expected:
@@ -166,6 +188,7 @@ class State:
         self.totals = FrameTotals()
         self.jobs_evicted = 0                 # jobs forgotten to keep at most JOB_LIMIT (never during a replay
                                               # that stays under it: the same events evict the same jobs)
+        self.tables = 0                       # frame tables made (each starts its versions apart)
 
     def accept(self, ev: dict) -> bool:
         """Advance the session's cursor; False when `seq` is not above it (a duplicate)."""
@@ -185,7 +208,8 @@ class State:
         if job is None:
             if len(self.jobs) >= JOB_LIMIT:
                 self._evict_one()
-            job = self.jobs[ev["job"]] = Job(id=ev["job"], started_at=ev["ts"])
+            self.tables += 1
+            job = self.jobs[ev["job"]] = Job(id=ev["job"], started_at=ev["ts"], frames=FrameTable(self.tables << 40))
         job.last_event_ts = max(job.last_event_ts, ev["ts"])
         for name in ("scene", "engine", "device_type"):
             if ev.get(name) and not getattr(job, name):
@@ -228,6 +252,9 @@ class State:
             # Union: `-f 1 -f 5` and restarted attempts each announce their frames.
             new = job.expected.update(range(ev["frame_start"], ev["frame_end"] + 1, step))
             job.done_expected += sum(1 for f in new if f in job.done)
+            if new:
+                job.frames.expect(new)
+        job.attempt_entry(job.attempt_of(ev), ev["ts"])
         if job.status != "running" and not _settled(job, ev):
             job.status, job.ended_at, job.error_type, job.final_ts = "running", None, None, None
         job.last_progress_ts = max(job.last_progress_ts, ev["ts"])
@@ -236,6 +263,7 @@ class State:
         job = self.job_for(ev)
         job.current_frame = ev["frame"]
         job.frame_started[ev["frame"]] = ev["ts"]
+        job.frames.started(ev["frame"], job.attempt_of(ev), ev.get("device_type") or job.device_type)
         job.phases.pop(ev["frame"], None)
         job.last_progress_ts = max(job.last_progress_ts, ev["ts"])
 
@@ -259,6 +287,7 @@ class State:
             for kind, value in peaks.items():
                 if value > job.peaks.get(kind, 0):
                     job.peaks[kind] = value
+            job.frames.ended(frame, True, seconds, peaks, job.attempt_of(ev), ev.get("device_type"))
             self.totals.record(job.labels, seconds, peaks, counted=True)
             if is_cpu_fallback(ev):
                 self.totals.suspect("cpu_fallback")
@@ -280,6 +309,7 @@ class State:
                 job.peaks[kind] = value
         if ev.get("output_path"):
             job.output_path = ev["output_path"]
+        job.frames.ended(frame, ev["saved"], seconds, peaks, job.attempt_of(ev), ev.get("device_type"))
         if ev["saved"]:      # an unsaved frame_end is a frame cut short (cancel, crash, write error)
             self.totals.record(job.labels, seconds, peaks)
             if is_cpu_fallback(ev):
@@ -299,6 +329,7 @@ class State:
         phases = tuple(job.phases.pop(frame, ()))
         job.mark_done(frame)
         job.verified_only.add(frame)
+        job.frames.ended(frame, True, None, {}, job.attempt_of(ev), None)
         job.frames_rendered += 1
         job.last_progress_ts = max(job.last_progress_ts, end)
         if job.current_frame == frame:
@@ -314,11 +345,19 @@ class State:
         job = self.job_for(ev)
         self.totals.suspect(ev["reason"])
         job.suspects[ev["reason"]] = job.suspects.get(ev["reason"], 0) + 1
+        job.frames.suspect(ev["frame"])
         return FrameCheck(job, ev["frame"], ev["reason"], ev.get("detail") or "", ev["ts"], ev)
 
     def _job_end(self, ev: dict) -> JobDone | None:
         job = self.job_for(ev)
         job.current_frame = None
+        for frame in job.frame_started:          # cut short: no frame_end came
+            job.frames.failed(frame)
+        entry = job.attempt_log.get(job.attempt_of(ev))
+        if entry is not None and entry["ended_at"] is None:
+            entry["ended_at"] = ev["ts"]
+            if ev.get("error_type") and not entry["error_type"]:
+                entry["error_type"] = ev["error_type"]
         if _settled(job, ev):
             return None                   # one Blender's own end, older than the healer's verdict on the job
         job.status = _END_STATUS.get(ev["status"], "cancelled")
@@ -338,11 +377,26 @@ class State:
         job.root_emitted = True
         return JobDone(job)
 
+    def _attempt_end(self, ev: dict) -> None:
+        """The healer classified how one attempt ended: the page's attempt timeline."""
+        job = self.job_for(ev)
+        entry = job.attempt_entry(ev["attempt"], ev.get("started_at") or ev["ts"])
+        if ev.get("started_at"):
+            entry["started_at"] = min(entry["started_at"], ev["started_at"])
+        entry["ended_at"] = ev["ts"]
+        for name in ("error_type", "summary", "evidence", "advice", "frame"):
+            if ev.get(name) is not None:
+                entry[name] = ev[name]
+        if ev.get("frame") is not None and ev["error_type"] != "ok":
+            job.frames.failed(ev["frame"])
+
     def _stale(self, ev: dict) -> None:
         """Internal `_stale` record (journaled by the agent): a running job that stopped reporting."""
         job = self.jobs.get(ev["job"])
         if job is not None and job.status == "running":
             job.status, job.ended_at, job.current_frame = "stale", ev["ts"], None
+            for frame in job.frame_started:
+                job.frames.failed(frame)
 
     def _expire(self, ev: dict) -> JobDone | None:
         """Internal `_expire` record: forget the job (its grace period is over); emit its root if due."""
@@ -387,5 +441,6 @@ def frame_peaks(ev: dict) -> dict[str, float]:
 _HANDLERS = {
     "job_start": State._job_start, "frame_start": State._frame_start, "phase": State._phase,
     "frame_end": State._frame_end, "job_end": State._job_end, "frame_check": State._frame_check,
-    "frame_verified": State._frame_verified, "_stale": State._stale, "_expire": State._expire,
+    "frame_verified": State._frame_verified, "attempt_end": State._attempt_end, "_stale": State._stale,
+    "_expire": State._expire,
 }

@@ -15,7 +15,7 @@ Every event is one JSON object. Common fields (all required):
 
 Per type (see FIELDS): job_start, frame_start, phase, frame_end, job_end (from the hooks), and from the
 healer: job_end with `final` (how the whole supervised job ended: complete, cancel, or failed with its
-error_type), frame_check (a saved frame that looks wrong, `reason` one of SUSPECT_REASONS) and frame_verified
+error_type), attempt_end (one attempt's classified end), frame_check (a saved frame that looks wrong, `reason` one of SUSPECT_REASONS) and frame_verified
 (a frame the healer verified on disk after Blender died before its hooks could report it; the agent
 counts it only if no frame_end of the hooks does).
 
@@ -47,7 +47,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "peak_memory_blender_bytes": (0.0, MAX_BYTES), "max_rss_bytes": (0.0, MAX_BYTES),
 }
 
-EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end", "frame_check", "frame_verified")
+EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end", "frame_check", "frame_verified",
+               "attempt_end")
 PHASES = ("sync", "bvh", "kernels", "sampling", "denoise", "compositing", "save", "other")
 JOB_END_STATUS = ("complete", "cancel", "failed")   # "failed": the healer's verdict only (with error_type)
 # The line the hooks print under the healer at each render's start: what its frames should be (JSON).
@@ -104,6 +105,11 @@ FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     # sent by the healer: a frame it verified on disk whose frame_end the hooks may never have sent
     # (Blender killed between writing the file and the render_write handler)
     "frame_verified": {"frame": (int, True), "output_path": (str, False), "attempt": (int, False)},
+    # sent by the healer: one attempt (one Blender run) ended, with its classified end ("ok" included),
+    # the first line of evidence and the catalog's advice (the agent's page shows them as a timeline)
+    "attempt_end": {"attempt": (int, True), "error_type": (str, True), "summary": (str, False),
+                    "evidence": (str, False), "advice": (str, False), "started_at": (_NUM, False),
+                    "frame": (int, False), "exit_code": (int, False)},
 }
 
 

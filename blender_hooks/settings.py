@@ -33,6 +33,10 @@ ENV_STALE_AFTER = "RENDERWATCH_STALE_AFTER_SECONDS"
 ENV_TRACE_MAX_BYTES = "RENDERWATCH_TRACE_MAX_BYTES"          # a job's trace budget (Tempo refuses past 5 MB)
 ENV_TRACE_FILE_MAX_AGE = "RENDERWATCH_TRACE_FILE_MAX_AGE_DAYS"   # embedded span files older than this go
 ENV_JOURNAL_MAX_BYTES = "RENDERWATCH_JOURNAL_MAX_BYTES"      # past it, unexported spans of ended jobs are let go
+# the page's links to the central tier (URL templates; {job} and {trace_id} are filled in; unset: no link)
+ENV_TRACE_URL = "RENDERWATCH_TRACE_URL"                      # a job's trace (Grafana Explore on Tempo, Tempo's UI)
+ENV_LOGS_URL = "RENDERWATCH_LOGS_URL"                        # a job's log lines (Grafana Explore on Loki)
+ENV_DASHBOARD_URL = "RENDERWATCH_DASHBOARD_URL"              # a job's dashboard in Grafana
 ENV_LOGS = "RENDERWATCH_LOGS"                                # "off": Blender's lines are not captured
 ENV_LOG_RETENTION_DAYS = "RENDERWATCH_LOG_RETENTION_DAYS"    # a job's stored log is deleted this long after its last line
 ENV_LOG_MAX_BYTES = "RENDERWATCH_LOG_MAX_BYTES"              # bound on the agent's whole log store: oldest jobs go first

@@ -25,7 +25,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 
 from agent.app import AGENT, create_app
 from agent.logs import FrameSpans, LogIngestor
-from agent.logstore import LogStore, StoreFull
+from agent.logstore import LogStore
 from agent.spool import SpoolScanner
 from blender_hooks.logrecords import LEVEL_RANK, clean_text
 from healer.diagnosis.classify import LogScanner
@@ -182,8 +182,7 @@ def test_store_disk_full_keeps_records_in_the_spool_and_dedupes_the_retry(tmp_pa
     for i in range(1, 5):
         cap.feed(f"line {i}", "info", 1, 1, True)
     cap.close()
-    with pytest.raises(StoreFull):
-        scanner.scan_once()
+    scanner.scan_once()              # the scanner skips the session this pass (StoreFull), the others go on
     assert store.stats.write_errors == 1 and not store.stats.writable
     assert any(spool.glob("*.ndjson"))                     # kept in the spool for the next try
     seg.unlink()

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from blender_hooks.farm import OpenJDLines
-from healer.diagnosis.catalog import EXIT_STRICT, REPORT_TYPES, exit_status
+from healer.diagnosis.catalog import EXIT_STRICT, REPORT_TYPES, TYPES, exit_status
 from healer.supervising.context import JobContext, RenderRequest
 from healer.supervising.endings import (
     RenderResult,
@@ -390,6 +390,7 @@ class Supervisor:
                 return finish_cancelled(ctx, led)
             if error.type != "ok" and (error.fatal or error.type not in REPORT_TYPES):
                 self._tell_failure(led, error)
+            _tell_agent_attempt(ctx, led, error)
             history = [_outcome(a) for a in led.attempts[self._session_first_attempt:]
                        if a.pid is not None and a.ended_at is not None]
             earlier = [_outcome(a) for a in led.attempts[:self._session_first_attempt]
@@ -398,6 +399,30 @@ class Supervisor:
                           now=ctx.wall(), cpu_count=os.cpu_count() or 1, earlier=earlier)
             if action.kind == "complete" and any(o.error_type not in (None, "ok") for o in history):
                 ctx.incidents.emit("render.recovered", ctx.info(message="every frame rendered after restarts"))
+
+
+def _tell_agent_attempt(ctx: JobContext, led: Ledger, error) -> None:
+    """The attempt's classified end for the agent's page (its attempt timeline): type, summary, the
+    first line of evidence and the catalog's advice. Spool only: the agent's scanner reads it within a
+    second, and a crash opens no connection of its own."""
+    if ctx.agent is None or not led.attempts:
+        return
+    att = led.attempts[-1]
+    f = next((f for f in error.findings if f.line > 0), None) or next(iter(error.findings), None)
+    row = TYPES.get(error.type)
+    fields: dict = {"attempt": att.attempt, "error_type": error.type, "summary": (error.summary or "")[:1000]}
+    if f is not None:
+        fields["evidence"] = (f"line {f.line}: " if f.line > 0 else "") + f.text[:500]
+    if row is not None and row.advice and error.type != "ok":
+        fields["advice"] = row.advice
+    if att.started_at:
+        fields["started_at"] = att.started_at
+    frame = error.frame if error.frame is not None else att.frame_in_flight
+    if frame is not None and error.type != "ok":
+        fields["frame"] = frame
+    if att.exit_code is not None:
+        fields["exit_code"] = att.exit_code
+    ctx.agent.send("attempt_end", job=led.job, spool_only=True, **fields)
 
 
 def _evidence(error) -> str:
