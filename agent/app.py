@@ -401,7 +401,8 @@ async def _jobs(request: web.Request) -> web.Response:
         jobs.append(d)
     gpus = [{"gpu": g.index, "uuid": g.uuid, "name": g.name, "ok": g.ok, "utilization_ratio": g.utilization,
              "memory_used_bytes": g.memory_used, "memory_total_bytes": g.memory_total,
-             "temperature_celsius": g.temperature, "power_watts": g.power, "throttle": g.throttle}
+             "temperature_celsius": g.temperature, "power_watts": g.power, "throttle": g.throttle,
+             "paused": a.state.gpu_pauses.get(g.uuid)}
             for g in a.gpus.gpus]
     exported, failed = a.stats.spans()
     health = {"version": __version__, "uptime_seconds": a.clock() - a.started,

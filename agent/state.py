@@ -27,6 +27,7 @@ CURSOR_LIMIT = 100_000      # bounded dedupe memory: oldest sessions forgotten f
 # job ids took /metrics to 6 MB and the agent to 188 MB. Past the bound the job that ended longest ago
 # (else the one quiet for longest) is forgotten to make room, and counted.
 JOB_LIMIT = 1_000
+GPU_PAUSES_KEPT = 64        # a node has a few GPUs: pauses for more uuids than this are not kept
 ATTEMPTS_KEPT = 50          # a job's attempt timeline (the page): the most recent ones
 
 
@@ -189,6 +190,7 @@ class State:
         self.jobs_evicted = 0                 # jobs forgotten to keep at most JOB_LIMIT (never during a replay
                                               # that stays under it: the same events evict the same jobs)
         self.tables = 0                       # frame tables made (each starts its versions apart)
+        self.gpu_pauses: dict[str, str] = {}  # GPU uuid -> why the healer service paused it (an alert)
 
     def accept(self, ev: dict) -> bool:
         """Advance the session's cursor; False when `seq` is not above it (a duplicate)."""
@@ -377,6 +379,13 @@ class State:
         job.root_emitted = True
         return JobDone(job)
 
+    def _gpu_pause(self, ev: dict) -> None:
+        """The healer service paused (or resumed) a GPU on an alert: the page's GPU table shows it."""
+        if not ev["paused"]:
+            self.gpu_pauses.pop(ev["uuid"], None)
+        elif ev["uuid"] in self.gpu_pauses or len(self.gpu_pauses) < GPU_PAUSES_KEPT:
+            self.gpu_pauses[ev["uuid"]] = ev.get("reason") or "paused by an alert"
+
     def _attempt_end(self, ev: dict) -> None:
         """The healer classified how one attempt ended: the page's attempt timeline."""
         job = self.job_for(ev)
@@ -441,6 +450,7 @@ def frame_peaks(ev: dict) -> dict[str, float]:
 _HANDLERS = {
     "job_start": State._job_start, "frame_start": State._frame_start, "phase": State._phase,
     "frame_end": State._frame_end, "job_end": State._job_end, "frame_check": State._frame_check,
-    "frame_verified": State._frame_verified, "attempt_end": State._attempt_end, "_stale": State._stale,
+    "frame_verified": State._frame_verified, "attempt_end": State._attempt_end,
+    "gpu_pause": State._gpu_pause, "_stale": State._stale,
     "_expire": State._expire,
 }

@@ -48,7 +48,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 
 EVENT_TYPES = ("job_start", "frame_start", "phase", "frame_end", "job_end", "frame_check", "frame_verified",
-               "attempt_end")
+               "attempt_end", "gpu_pause")
 PHASES = ("sync", "bvh", "kernels", "sampling", "denoise", "compositing", "save", "other")
 JOB_END_STATUS = ("complete", "cancel", "failed")   # "failed": the healer's verdict only (with error_type)
 # The line the hooks print under the healer at each render's start: what its frames should be (JSON).
@@ -110,7 +110,11 @@ FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "attempt_end": {"attempt": (int, True), "error_type": (str, True), "summary": (str, False),
                     "evidence": (str, False), "advice": (str, False), "started_at": (_NUM, False),
                     "frame": (int, False), "exit_code": (int, False)},
+    # sent by the healer service: a GPU an alert paused (no new render goes there) or resumed; `job` is
+    # the host's pseudo-job HOST_JOB, which holds no job at the agent
+    "gpu_pause": {"uuid": (str, True), "paused": (bool, True), "reason": (str, False)},
 }
+HOST_JOB = "-host-"
 
 
 class EventError(ValueError):

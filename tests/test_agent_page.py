@@ -292,3 +292,53 @@ def test_sign_in_refuses_what_is_not_its_form(agent, ctype, body):
         raise AssertionError("accepted")
     except urllib.error.HTTPError as e:
         assert e.code == 400
+
+
+def test_a_gpu_the_healer_paused_shows_as_paused(tmp_path):
+    """The healer service pauses a GPU on Alertmanager's GPUOverheating and says so on its own spool
+    session (healer.service.app.JobManager.pause_gpu); the agent's GPU table (the page's node view)
+    shows it until the resume. NVML is the recorded fake of tests/test_agent_gpu.py (no GPU here)."""
+    import asyncio
+
+    from test_agent_gpu import FakeNvml
+
+    from healer.config import load_config
+    from healer.service.app import JobManager
+    from healer.service.metrics import HealerMetrics
+
+    spool = tmp_path / "spool"
+    uuid = FakeNvml().nvmlDeviceGetUUID(None)
+    env = {"RENDERWATCH_HOME": str(tmp_path / "home"), "RENDERWATCH_SPOOL_DIR": str(spool),
+           "RENDERWATCH_AGENT": "off"}
+
+    class OneGpu:                      # the placer's view of that GPU (its NVML calls only)
+        def nvmlInit(self): pass
+        def nvmlDeviceGetCount(self): return 1
+        def nvmlDeviceGetHandleByIndex(self, i): return i
+        def nvmlDeviceGetUUID(self, h): return uuid.encode()
+
+    async def alert(paused: bool) -> None:
+        mgr = JobManager(load_config(env=env), HealerMetrics(), nvml=OneGpu())
+        assert mgr.pause_gpu(uuid) == "paused" if paused else True
+        if not paused:
+            mgr.placer.pause(uuid)
+            assert mgr.resume_gpu(uuid) == "resumed"
+        await mgr.close()
+
+    h = run_in_thread(agent_config(tmp_path, spool_dir=spool), nvml=FakeNvml())
+    try:
+        def gpus() -> list[dict]:
+            return json.loads(get(h.url, "/api/v1/jobs")[1])["gpus"]
+
+        asyncio.run(alert(True))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (gpus() and gpus()[0].get("paused")):
+            time.sleep(0.2)
+        assert gpus()[0]["paused"] == "Alertmanager: GPUOverheating"
+        asyncio.run(alert(False))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and gpus()[0].get("paused"):
+            time.sleep(0.2)
+        assert gpus()[0]["paused"] is None
+    finally:
+        h.stop()

@@ -134,6 +134,7 @@ class JobManager:
         self.metrics = metrics
         self.incidents = incidents
         self.placer = GpuPlacer(nvml)
+        self.agent: Any = None            # AgentEvents for the host's own events (a GPU paused), made when needed
         self.policy = cfg.policy()
         self.jobs: dict[str, Job] = {}
         self.slots = asyncio.Semaphore(cfg.concurrency)
@@ -286,10 +287,26 @@ class JobManager:
         return "nothing"
 
     def pause_gpu(self, uuid: str) -> str | bool:
-        return "paused" if self.placer.pause(uuid) else False     # False: no such GPU here, nothing held
+        if not self.placer.pause(uuid):
+            return False                                # no such GPU here, nothing held
+        self._tell_agent(uuid, True)
+        return "paused"
 
     def resume_gpu(self, uuid: str) -> str:
-        return "resumed" if self.placer.resume(uuid) else "was not paused"
+        if not self.placer.resume(uuid):
+            return "was not paused"
+        self._tell_agent(uuid, False)
+        return "resumed"
+
+    def _tell_agent(self, uuid: str, paused: bool) -> None:
+        """The node's agent shows the pause on its page (an event on the healer's own spool session)."""
+        from blender_hooks.events import HOST_JOB
+        from healer.supervising.telemetry import AgentEvents
+
+        if self.agent is None:
+            self.agent = AgentEvents(self.cfg.env)
+        self.agent.send("gpu_pause", job=HOST_JOB, uuid=uuid, paused=paused,
+                        reason="Alertmanager: GPUOverheating" if paused else None)
 
     def restart(self, job: Job) -> None:
         if job.state in ("queued", "running"):
@@ -327,6 +344,8 @@ class JobManager:
         return resumed
 
     async def close(self) -> None:
+        if self.agent is not None:
+            await asyncio.to_thread(self.agent.close)
         for job in self.jobs.values():
             self.cancel(job)
         tasks = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
