@@ -126,7 +126,7 @@ class FrameTable:
         c = self.cols
         c["state"][i] = RENDERING
         c["tries"][i] = min(255, c["tries"][i] + 1)
-        c["attempt"][i] = min(_U16, attempt)
+        c["attempt"][i] = max(0, min(_U16, attempt))
         if device:
             c["device"][i] = self._device(device)
         self._touch(frame)
@@ -149,7 +149,7 @@ class FrameTable:
             if peaks.get(kind):
                 c[kind][i] = peaks[kind]
         if attempt:
-            c["attempt"][i] = min(_U16, attempt)
+            c["attempt"][i] = max(0, min(_U16, attempt))
         if device:
             c["device"][i] = self._device(device)
         self._touch(frame)

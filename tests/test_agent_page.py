@@ -342,3 +342,33 @@ def test_a_gpu_the_healer_paused_shows_as_paused(tmp_path):
         assert gpus()[0]["paused"] is None
     finally:
         h.stop()
+
+
+def test_any_valid_event_fits_the_frame_table():
+    """Whatever numbers a validated event carries (a frame of -225714, an attempt of -574: schemathesis
+    found the OverflowError of the table's unsigned columns), the job's frame table takes it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as hs
+
+    from blender_hooks.events import make_event, validate
+
+    ints = hs.integers(min_value=-(2**63) + 1, max_value=2**63 - 1)
+
+    @settings(max_examples=300, deadline=None)
+    @given(frame=ints, attempt=ints, typ=hs.sampled_from(["frame_start", "frame_end", "frame_verified",
+                                                           "attempt_end", "frame_check"]))
+    def run(frame: int, attempt: int, typ: str) -> None:
+        st = State()
+        extra = {"frame_end": dict(seconds=1.0, saved=True), "attempt_end": dict(attempt=attempt, error_type="segfault"),
+                 "frame_check": dict(reason="blank")}.get(typ, {})
+        for seq, ev in enumerate([
+            make_event("job_start", session="s1234567", seq=1, job="j", host="h", pid=1, ts=1.7e9,
+                       blend_file="/b", scene="s", frame_start=1, frame_end=3, engine="CYCLES",
+                       device_type="CPU", blender_version="4.2"),
+            make_event(typ, session="s1234567", seq=2, job="j", host="h", pid=1, ts=1.7e9 + 1, frame=frame,
+                       **({"attempt": attempt} | extra))], 1):
+            st.accept(ev)
+            st.apply(validate(ev))
+        st.jobs["j"].frames.to_columns()
+
+    run()
