@@ -361,12 +361,12 @@ def test_any_valid_event_fits_the_frame_table():
         st = State()
         extra = {"frame_end": dict(seconds=1.0, saved=True), "attempt_end": dict(attempt=attempt, error_type="segfault"),
                  "frame_check": dict(reason="blank")}.get(typ, {})
-        for seq, ev in enumerate([
+        for ev in [
             make_event("job_start", session="s1234567", seq=1, job="j", host="h", pid=1, ts=1.7e9,
                        blend_file="/b", scene="s", frame_start=1, frame_end=3, engine="CYCLES",
                        device_type="CPU", blender_version="4.2"),
             make_event(typ, session="s1234567", seq=2, job="j", host="h", pid=1, ts=1.7e9 + 1, frame=frame,
-                       **({"attempt": attempt} | extra))], 1):
+                       **({"attempt": attempt} | extra))]:
             st.accept(ev)
             st.apply(validate(ev))
         st.jobs["j"].frames.to_columns()
