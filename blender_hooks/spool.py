@@ -29,8 +29,10 @@ Usage::
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
+import itertools
 import os
 import re
 import threading
@@ -47,6 +49,7 @@ log = logger("renderwatch.hooks.spool")
 DEFAULT_AGENT = "http://127.0.0.1:9464"
 EVENTS_PATH = "/api/v1/events"
 
+HELD_MAX = 10_000           # events a writer holds in memory for its sender while the spool cannot take them
 SEGMENT_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 EVICTED_FILE = "evicted_events"
@@ -303,6 +306,11 @@ class SpoolWriter:
         self.index = 0           # current segment index (1-based once open)
         self.appended = 0        # events written
         self.dropped = 0         # events that could not be written (disk full, permissions...)
+        # When the spool cannot be written and a sender delivers over HTTP (`hold_for_sender`), events wait
+        # here for it instead of being dropped, in order, bounded (HELD_MAX): with a full disk the agent
+        # still gets them. While any wait, new ones queue behind them (the agent takes a session's events
+        # in seq order only).
+        self.held: collections.deque[bytes] | None = None
         self.closed = False
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -321,13 +329,28 @@ class SpoolWriter:
         self._spare_fd: int | None = None
         self._spare_path = self.directory / f"{session}.next"
 
+    def hold_for_sender(self) -> None:
+        """A sender delivers this writer's events over HTTP: hold what the disk refuses for it."""
+        if self.held is None:
+            self.held = collections.deque()
+
+    def _hold(self, line: bytes) -> bool:
+        held = self.held
+        if held is not None and len(held) < HELD_MAX and not self.closed:
+            held.append(line)
+            return True
+        self.dropped += 1
+        return False
+
     def append(self, line: bytes) -> bool:
-        """Write one encoded event (ending in a newline) with a single os.write. True if written."""
+        """Write one encoded event (ending in a newline) with a single os.write. True if written (or, with
+        a full spool and a sender, held in memory for it)."""
         with self._lock:
+            if self.held:
+                return self._hold(line)
             if self._fd is None:
                 if self.closed or time.monotonic() < self._retry_at or not self._open():
-                    self.dropped += 1
-                    return False
+                    return self._hold(line)
             fd: int = self._fd  # type: ignore[assignment]  # _open() succeeded
             try:
                 n = os.write(fd, line)
@@ -338,8 +361,7 @@ class SpoolWriter:
                     raise OSError(errno.ENOSPC, f"short write ({n} of {len(line)} bytes)")
             except OSError as e:
                 self._fail(e)
-                self.dropped += 1
-                return False
+                return self._hold(line)
             self.appended += 1
             self._size += n
             if self._size >= self.segment_bytes:
@@ -350,7 +372,8 @@ class SpoolWriter:
     def _fail(self, e: BaseException) -> None:
         if not self._logged:
             self._logged = True
-            log.warning("renderwatch spool %s not writable (%s): events are dropped until it is", self.directory, e)
+            log.warning("renderwatch spool %s not writable (%s): events %s until it is", self.directory, e,
+                        "go to the agent from memory" if self.held is not None else "are dropped")
         self._close_fd()
         self._retry_at = time.monotonic() + 1.0
 
@@ -483,6 +506,8 @@ class SpoolSender:
         self.sent = 0            # events delivered (2xx)
         self.rejected = 0        # events the agent refused (400, or a single line over its limit)
         self.posts = 0
+        if url and writer is not None:
+            writer.hold_for_sender()   # a full spool: its events come to this sender from memory
         self._wake = threading.Event()
         self._stopping = False
         self._deadline: float | None = None
@@ -552,8 +577,10 @@ class SpoolSender:
                         w.evict_now()
                 now = time.monotonic()
                 appended = w.appended if w is not None else 0
-                if stopping or appended != self._seen or now >= self._next_scan:
+                if stopping or appended != self._seen or now >= self._next_scan or (w is not None and w.held):
                     ok = self.drain_once(self._deadline if stopping else None)
+                    if ok and w is not None and w.held:
+                        ok = self._send_held(w, self._deadline if stopping else None)
                     if ok:
                         self._seen, self._next_scan = appended, now + self.rescan_interval
             except Exception as e:  # the thread must survive anything
@@ -724,6 +751,32 @@ class SpoolSender:
         if status != self._last_status:
             self._last_status = status
             log.warning("renderwatch agent answered HTTP %d at %s: events wait in the spool", status, self.url)
+
+    def _send_held(self, w: SpoolWriter, deadline: float | None) -> bool:
+        """Deliver what the writer holds in memory (its spool could not take it), after the session's
+        segments (drain_once), oldest first. False when the agent could not be reached."""
+        held = w.held
+        while held:
+            with w._lock:                      # a handler may append meanwhile: take a snapshot
+                batch = list(itertools.islice(held, 500))
+            size = 0
+            for n, line in enumerate(batch):
+                size += len(line)
+                if size > self.batch_bytes and n:
+                    del batch[n:]
+                    break
+            status = self._post(b"".join(batch), deadline)
+            if status is None:
+                return False
+            with w._lock:
+                for _ in batch:
+                    held.popleft()
+            if 200 <= status < 300:
+                self.sent += len(batch)
+            else:
+                self.rejected += len(batch)
+                self._log_status(status)
+        return True
 
     def _post(self, data: bytes, deadline: float | None) -> int | None:
         """POST one batch; the HTTP status, or None when the agent was unreachable."""

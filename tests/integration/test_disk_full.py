@@ -247,3 +247,39 @@ def test_a_state_disk_that_fills_mid_render_does_not_stop_the_render(tmp_path: P
         assert "Traceback" not in p.stderr and "internal error" not in p.stderr
         assert p.stderr.count("cannot write the job's ledger") == 1, p.stderr[-3000:]
         assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["f_0001.png", "f_0002.png", "f_0003.png"]
+
+
+def test_a_full_spool_disk_still_delivers_to_a_reachable_agent(tmp_path: Path) -> None:
+    """The hooks' writer and sender (the code that runs inside Blender) with their spool on a full
+    filesystem and the agent up: every event reaches the agent, in order, from memory (they were all
+    dropped, and `hooks check` blamed the token)."""
+    from agent_support import agent_config, get
+
+    from agent.app import run_in_thread
+    from blender_hooks.spool import SpoolSender, SpoolWriter, agent_url
+
+    h = run_in_thread(agent_config(tmp_path, spool_dir=tmp_path / "agent-spool"))
+    spool = tmp_path / "spool"
+    try:
+        with small_fs(spool):
+            fill(spool)
+            w = SpoolWriter(spool, "fullspool1")
+            sender = SpoolSender(spool, agent_url({"RENDERWATCH_AGENT": h.url}), writer=w, poll_interval=0.05).start()
+            evs = [make_event("job_start", session="fullspool1", seq=1, job="full-disk-job", host="h", pid=1,
+                              blend_file="/s.blend", scene="s", frame_start=1, frame_end=20, engine="CYCLES",
+                              device_type="CPU", blender_version="4.2")]
+            evs += [make_event("frame_end", session="fullspool1", seq=i + 1, job="full-disk-job", host="h", pid=1,
+                               frame=i, seconds=0.1, saved=True) for i in range(1, 21)]
+            assert all(w.append(encode(e)) for e in evs)
+            assert w.dropped == 0 and w.appended == 0          # nothing could go to the disk
+            sender.wake()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and sender.sent < len(evs):
+                time.sleep(0.05)
+            sender.close()
+            w.close()
+        jobs = json.loads(get(h.url, "/api/v1/jobs")[1])["jobs"]
+        job = next(j for j in jobs if j["job"] == "full-disk-job")
+        assert job["frames_done"] == 20, job
+    finally:
+        h.stop()
