@@ -25,7 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 RESULTS = HERE / "results.json"
-AREAS = ("hooks", "agent", "classify", "frames", "healer", "scale", "farm", "incidents", "robustness", "fuzz", "load", "chaos")
+AREAS = ("hooks", "agent", "classify", "frames", "healer", "scale", "farm", "incidents", "robustness", "fuzz", "load", "chaos",
+         "logs")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 

@@ -417,6 +417,40 @@ def test_otlp_records_carry_the_frame_span_job_ids_and_resource(tmp_path):
     assert int.from_bytes(got["Read blend"][1].span_id, "big") == root
 
 
+def test_a_flood_of_records_without_spans_keeps_the_shipper_bounded(tmp_path):
+    """A million lines with no frame span yet (a flood): the records waiting for spans and the SDK's
+    queue are bounded, so the agent stays in its 80 MB (at 50,000 + 65,536 they took ~80 MB alone)."""
+    import tracemalloc
+
+    from agent.logexport import MAX_PENDING, LogShipper
+
+    class Slow:                                       # an exporter that never catches up
+        def export(self, batch):
+            time.sleep(0.01)
+            from opentelemetry.sdk._logs.export import LogRecordExportResult
+            return LogRecordExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis=0):
+            return True
+
+        def shutdown(self):
+            pass
+
+    shipper = LogShipper(agent_config(tmp_path), FrameSpans(), exporter=Slow())
+    tracemalloc.start()
+    try:
+        for i in range(60_000):
+            shipper.add({"seq": i + 1, "ts": 1.8e9 + i / 1000, "job": "flood", "attempt": 1, "frame": 1 + i // 1000,
+                         "phase": "render", "level": "info", "text": f"Object {i} synced: Mesh.{i:05d}",
+                         "trace_id": None, "span_id": None})
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        shipper.shutdown()
+    assert shipper.npending <= MAX_PENDING
+    assert peak < 10e6, f"{peak / 1e6:.0f} MB held for 60,000 records"
+
+
 def test_embedded_otlp_json_file_when_no_endpoint(tmp_path):
     from agent.logexport import LogShipper
 
