@@ -256,10 +256,13 @@ def bench_export(work: Path, n: int = 20_000) -> dict:
         for r in recs:
             shipper.add(r)
         for i, (frame, (lo, hi)) in enumerate(sorted(frames.items())):
+            while shipper.in_flight() > 4096:           # frames end seconds apart: the exporter keeps up
+                time.sleep(0.002)
             shipper.frame_span("bench", frame, lo, hi, 0x1000 + i)
         shipper.force_flush(60_000)
         ours = len(recs) / (time.process_time() - c0)
         exported = shipper.counts()["exported"]
+        dropped = shipper.counts()["dropped_queue_full"]
         shipper.shutdown()
         bare = OTLPLogExporter(endpoint=url)
         c0 = time.process_time()
@@ -274,7 +277,7 @@ def bench_export(work: Path, n: int = 20_000) -> dict:
                     "LoggerProvider + BatchLogRecordProcessor + OTLPLogExporter, frame span ids joined)",
             "measured": round(ours), "unit": "records/s", "goal": ">= 10,000; the same order as the bare exporter",
             "peer": "SDK's bare OTLPLogExporter.export, same records", "peer_measured": round(peer),
-            "pass": exported == len(recs) and ours >= 10_000}
+            "pass": exported == len(recs) and not dropped and ours >= 10_000}
 
 
 # -- a real agent: RSS after a flood, lag to the API -----------------------------------------------

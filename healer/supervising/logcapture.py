@@ -14,13 +14,15 @@ frame, attempt and phase in flight. Nothing is classified twice. What is kept is
 
 Records go to a spool session of their own under `<spool>/logs/` with the hooks' spool writer
 (durable while the agent is down or restarting; the spool's bound evicts the oldest segments,
-counted). Writes are batched: records wait at most FLUSH_S (50 ms) or BATCH_BYTES, then go out in
-one `os.write`; a warning or an error line is written at once, with everything before it. So a
-crash of the supervisor itself loses at most the last 50 ms of progress and info lines, never a
-warning or an error, and a line is at the agent well within a second. (One write per record cost
-~2.5 % of a core at 1,000 written lines a second; bench/bench_logs.py measures both.) A spool that
-cannot be written (disk full) drops records, counted and told to the agent in the next record
-that is written; the render never waits for its log.
+counted). The work is batched: the line handler only queues a line; at most FLUSH_S (50 ms) later
+the flusher thread folds, cleans and encodes the queued lines and writes them in one `os.write`
+(or sooner, past BATCH_LINES lines or BATCH_BYTES bytes). A warning or an error line is processed
+and written at once, with everything before it. So a crash of the supervisor itself loses at most
+the last 50 ms of progress and info lines, never a warning or an error, and a line is at the agent
+well within a second. (Line by line, with one write per record, capture cost ~2.5 % of a core at
+1,000 written lines a second: bench/bench_logs.py.) A spool that cannot be written (disk full)
+drops records, counted and told to the agent in the next record that is written; the render never
+waits for its log.
 
 Usage::
 
@@ -50,6 +52,7 @@ TAIL_LINES = 50             # the last lines kept per capture for incidents
 TAIL_LINE_CHARS = 1000
 FLUSH_S = 0.05              # a batched record waits at most this long for its write
 BATCH_BYTES = 64 * 1024     # ... or until this much is waiting
+BATCH_LINES = 4096          # ... or until this many lines are queued
 URGENT = frozenset(("warning", "error"))     # written at once
 
 
@@ -89,6 +92,7 @@ class LogCapture:
         # The batch: encoded records not yet written, their bytes, and the drops they report.
         # The lock is taken by the line handler and the flusher thread, never across a render step.
         self._lock = threading.Lock()
+        self._lines: list[tuple[str, str, int | None, int | None, bool, float]] = []   # queued, not processed
         self._buf: list[bytes] = []
         self._buf_bytes = 0
         self._buf_reported = 0
@@ -98,19 +102,45 @@ class LogCapture:
 
     # -- feeding --------------------------------------------------------------------------------
     def feed(self, line: str, level: str, frame: int | None, attempt: int | None, rendering: bool) -> None:
-        """One line as Blender printed it (surrogate-escaped bytes allowed), with the classifier's level."""
+        """One line as Blender printed it (surrogate-escaped bytes allowed), with the classifier's level.
+
+        The line handler only queues the line: folding, cleaning, encoding and writing run for a
+        whole batch at once (at most FLUSH_S later, on the flusher thread), where the code is hot;
+        one at a time between Blender's lines they cost ~4x more CPU. A warning or an error line
+        is processed and written at once, with every line before it."""
         if not self.enabled:
             return
         try:
-            self._feed(line, level, frame, attempt, rendering)
+            now = self.clock()
+            if self._writer is None and not self._failed:
+                self._open()
+            with self._lock:
+                self._lines.append((line, level, frame, attempt, rendering, now))
+                if level in URGENT or self._flusher is None or len(self._lines) >= BATCH_LINES:
+                    self._process_locked()
+                    self._flush_locked()
+                elif len(self._lines) == 1:
+                    self._due.set()                              # the flusher takes it within FLUSH_S
         except Exception as e:              # the log never stops the render
-            if not self._failed:
-                self._failed = True
-                log.warning("log capture failed (%s): Blender's lines are no longer kept for this job", e)
+            self._capture_failed(e)
 
-    def _feed(self, line: str, level: str, frame: int | None, attempt: int | None, rendering: bool) -> None:
+    def _capture_failed(self, e: BaseException) -> None:
+        if not self._failed:
+            self._failed = True
+            log.warning("log capture failed (%s): Blender's lines are no longer kept for this job", e)
+
+    def _process_locked(self) -> None:
+        """Fold, clean and encode the queued lines (the caller holds the lock)."""
+        lines, self._lines = self._lines, []
+        for item in lines:
+            try:
+                self._feed(*item)
+            except Exception as e:
+                self._capture_failed(e)
+
+    def _feed(self, line: str, level: str, frame: int | None, attempt: int | None, rendering: bool,
+              now: float) -> None:
         self.counts["lines"] += 1
-        now = self.clock()
         key = (attempt, frame)
         if key != self._key:
             self._flush_folds()
@@ -150,26 +180,24 @@ class LogCapture:
         self._folds.clear()
 
     def _write(self, ts: float, level: str, line: str, folded: int) -> None:
+        """Encode one record into the batch (the caller holds the lock)."""
         text, cut = clean_text(line)
         if cut:
             self.counts["cut"] += 1
         attempt, frame = self._key
         self.tail.append((frame, attempt, level, text[:TAIL_LINE_CHARS]))
-        if self._writer is None and self._open() is None:
+        if self._writer is None:
             self._drop(1)
             return
-        with self._lock:
-            self.n += 1
-            rec = encode_record(session=self.session, n=self.n, job=self.job, ts=ts, attempt=attempt, frame=frame,
-                                phase=self._phase, level=level, text=text, folded=folded,
-                                dropped=self._unreported_drops - self._buf_reported)
-            self._buf_reported = self._unreported_drops     # the agent learns of lines the full disk took
-            self._buf.append(rec)
-            self._buf_bytes += len(rec)
-            if level in URGENT or self._buf_bytes >= BATCH_BYTES:
-                self._flush_locked()
-            elif len(self._buf) == 1:
-                self._due.set()                              # the flusher writes it within FLUSH_S
+        self.n += 1
+        rec = encode_record(session=self.session, n=self.n, job=self.job, ts=ts, attempt=attempt, frame=frame,
+                            phase=self._phase, level=level, text=text, folded=folded,
+                            dropped=self._unreported_drops - self._buf_reported)
+        self._buf_reported = self._unreported_drops         # the agent learns of lines the full disk took
+        self._buf.append(rec)
+        self._buf_bytes += len(rec)
+        if self._buf_bytes >= BATCH_BYTES:
+            self._flush_locked()
 
     def _flush_locked(self) -> None:
         """Write the waiting records in one os.write (the caller holds the lock)."""
@@ -186,8 +214,9 @@ class LogCapture:
             self._drop(n)
 
     def flush(self) -> None:
-        """Write what is waiting now."""
+        """Process and write what is waiting now."""
         with self._lock:
+            self._process_locked()
             self._flush_locked()
 
     def _flush_loop(self) -> None:
@@ -198,8 +227,9 @@ class LogCapture:
             with self._lock:
                 self._due.clear()
                 try:
+                    self._process_locked()
                     self._flush_locked()
-                except Exception as e:                       # never a dead flusher with records waiting
+                except Exception as e:                       # never a dead flusher with lines waiting
                     log.warning("log capture flush failed: %s", e)
 
     def _drop(self, n: int) -> None:
@@ -225,22 +255,26 @@ class LogCapture:
     # -- reading back ---------------------------------------------------------------------------
     def frame_tail(self, frame: int | None, limit: int = 30) -> list[str]:
         """The last lines captured for `frame` (all frames when None), oldest first."""
+        try:
+            with self._lock:
+                self._process_locked()
+        except Exception:
+            pass
         lines = [f"[{level}] {text}" for f, _a, level, text in self.tail if frame is None or f == frame]
         return lines[-limit:]
 
     def close(self, timeout: float = 0.5) -> None:
         """Write the folded streams' last lines, then close the session (idempotent)."""
-        try:
-            if self.enabled:
-                self._flush_folds()
-        except Exception:
-            pass
         self._closing.set()
         self._due.set()
         if self._flusher is not None:
             self._flusher.join(timeout)
         try:
-            self.flush()
+            with self._lock:
+                self._process_locked()
+                if self.enabled:
+                    self._flush_folds()
+                self._flush_locked()
         except Exception:
             pass
         writer, keeper, self._writer, self._keeper = self._writer, self._keeper, None, None
