@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 SCOPE = "renderwatch.agent.logs"
 HOLD_S = 900.0              # a frame's records wait at most this long for its span
 MAX_PENDING = 5_000         # records waiting for spans, all jobs together (~0.5 KB each)
-QUEUE_SIZE = 8192           # records emitted and not yet exported (~1.3 KB each in the SDK's queue);
+QUEUE_SIZE = 4096           # records emitted and not yet exported (~1.3 KB each in the SDK's queue);
                             # past it a record is not emitted, counted as dropped_queue_full
 # Both bound the agent under a flood (a million lines: bench/bench_logs.py): at 50,000 and 65,536 the
 # waiting records alone took ~80 MB, the agent's whole budget. What a flood leaves out of OTLP stays in

@@ -256,7 +256,7 @@ def bench_export(work: Path, n: int = 20_000) -> dict:
         for r in recs:
             shipper.add(r)
         for i, (frame, (lo, hi)) in enumerate(sorted(frames.items())):
-            while shipper.in_flight() > 4096:           # frames end seconds apart: the exporter keeps up
+            while shipper.in_flight() > 2048:           # frames end seconds apart: the exporter keeps up
                 time.sleep(0.002)
             shipper.frame_span("bench", frame, lo, hi, 0x1000 + i)
         shipper.force_flush(60_000)
