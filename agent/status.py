@@ -145,8 +145,8 @@ def run_status(agent: str | None, once: bool = False, interval: float = 1.0) -> 
         if raw.lower() == "off":
             raise ValueError(f"{key} is 'off' (the hooks spool only): give the agent's address with --agent")
         base = http_url(raw, key, DEFAULT_AGENT)
-        if not (math.isfinite(interval) and 0.1 <= interval <= 3600):
-            raise ValueError(f"--interval {interval!r}: give seconds between 0.1 and 3600")
+        if not (math.isfinite(interval) and 0.01 <= interval <= 3600):
+            raise ValueError(f"--interval {interval!r}: give seconds between 0.01 and 3600")
     except ValueError as e:
         print(f"renderwatch status: {e}", file=sys.stderr)
         return 2

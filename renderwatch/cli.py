@@ -19,6 +19,7 @@ import importlib
 import sys
 
 from blender_hooks.settings import ConfigError
+from healer.diagnosis.exits import EXIT_INTERNAL
 from renderwatch import __version__
 
 # Packages that contribute subcommands, in help order. A package whose cli module is missing
@@ -66,7 +67,6 @@ def setup_logging(args: argparse.Namespace) -> None:
 
 
 EXIT_SIGPIPE = 141     # 128 + SIGPIPE: what a shell shows for a C tool whose reader went away
-EXIT_INTERNAL = 70     # EX_SOFTWARE (sysexits.h): renderwatch itself failed
 
 
 def silence_stdout() -> None:
@@ -118,6 +118,8 @@ def _run(args_in: list[str]) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise                        # stdout's reader went away: main() ends quietly with 141
     except ConfigError as e:
         # a bad value that reached a loader the command did not guard itself: the message names it
         print(f"renderwatch {args.command}: {e}", file=sys.stderr)

@@ -13,3 +13,4 @@ EXIT_USAGE = 2          # bad arguments or configuration
 EXIT_INPUT = 3          # fail-fast input error: missing .blend/library, unreadable .blend, output, engine
 EXIT_STRICT = 4         # --strict: frames rendered, but a reported error (python_error, missing texture)
 EXIT_CANCELLED = 130    # cancelled or interrupted on purpose (Ctrl-C, SIGTERM, API cancel)
+EXIT_INTERNAL = 70      # renderwatch itself failed (EX_SOFTWARE): a bug, said in one line (every command)
