@@ -95,10 +95,18 @@ def _sse(base: str, query: dict[str, Any], after: int, token: str | None) -> Ite
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    agent = args.agent or os.environ.get(ENV_AGENT) or DEFAULT_AGENT
-    if "://" not in agent:
-        agent = "http://" + agent
-    base = agent.rstrip("/") + "/api/v1/jobs/" + urllib.parse.quote(args.job, safe="") + "/log"
+    from renderwatch.listen import http_url
+
+    key = "--agent" if args.agent else ENV_AGENT
+    try:
+        agent = http_url(args.agent or (os.environ.get(ENV_AGENT) or "").strip() or DEFAULT_AGENT, key, DEFAULT_AGENT)
+        if not args.job or not args.job.isprintable() or len(args.job) > 4096 or any(
+                "\ud800" <= c <= "\udfff" for c in args.job):
+            raise ValueError(f"JOB {args.job!r}: not a job id (`renderwatch status` lists them)")
+    except ValueError as e:
+        print(f"renderwatch logs: {e}", file=sys.stderr)
+        return 2
+    base = agent + "/api/v1/jobs/" + urllib.parse.quote(args.job, safe="") + "/log"
     token = os.environ.get(ENV_TOKEN) or None
     query = {k: v for k, v in (("frame", args.frame), ("attempt", args.attempt),
                                ("level", "warning" if args.level == "warn" else args.level)) if v is not None}

@@ -82,6 +82,6 @@ def test_34_segfault_with_its_real_crash_file(blender34, scene_copy, tmp_path, c
     err = classify(proc.stdout, exit_code=proc.returncode, crash_text=read_crash_file(err.crash_file))
     assert err.python_frames[-1][2] == "string_at" and any(f[2] == "fault_pre" for f in err.python_frames)
     assert "segfault.py line" in err.summary and "after frame 1 was saved" in err.summary
-    assert classify_main([str(log), "--exit-code", str(proc.returncode)]) == 0
+    assert classify_main([str(log), "--exit-code", str(proc.returncode)]) == 1     # a fatal type: exit 1
     out = capsys.readouterr().out
     assert out.startswith("segfault (fatal, error)") and "fault_pre" in out

@@ -171,7 +171,10 @@ def test_partial_png_left_by_a_crash_while_saving_is_rendered_again(scene_copy, 
     assert verify_image(scene.parent / "frames" / "f_0002.png").ok
 
 
-def test_existing_frames_are_skipped_and_a_partial_one_is_replaced(scene_copy, tmp_path):
+def test_another_jobs_frames_are_rendered_again_where_the_scene_overwrites(scene_copy, tmp_path):
+    """Frames another job left (one of them cut short by a crash) are not this job's: the scene renders over
+    existing files (Output > Overwrite on, Blender's default), so Blender would render them again, and so
+    does renderwatch (it used to keep frame 1 and deliver whatever an earlier run had made)."""
     scene = scene_copy(frames=4)
     rc, doc, _ = render([str(scene), "--frames", "1-2", "--job", "first"], tmp_path / "home", tmp_path / "r0.json")
     assert rc == 0
@@ -181,6 +184,6 @@ def test_existing_frames_are_skipped_and_a_partial_one_is_replaced(scene_copy, t
     rc, doc, out = render([str(scene), "--frames", "1-4"], tmp_path / "home", tmp_path / "r.json")
     assert rc == 0, out
     assert_every_frame_once(doc, FRAMES)
-    assert doc["frame_render_counts"] == {"1": 0, "2": 1, "3": 1, "4": 1}   # frame 1 was already there
-    assert doc["attempts"][0]["frames_planned"] == [2, 3, 4]
-    assert "truncated PNG" in out
+    assert doc["frame_render_counts"] == {"1": 1, "2": 1, "3": 1, "4": 1}
+    assert doc["attempts"][0]["frames_planned"] == [1, 2, 3, 4]
+    assert "already on disk from another run: rendering them again" in out
