@@ -129,7 +129,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     agent = run_in_thread(cfg)
     os.environ[ENV_AGENT] = agent.url            # the hooks inside Blender report here
     os.environ[ENV_SPOOL_DIR] = str(cfg.spool_dir)   # ... and spool here (the healer's events too)
-    print(f"      metrics: {agent.url}/metrics   jobs: {agent.url}/api/v1/jobs")
+    print(f"      page: {agent.url}/   metrics: {agent.url}/metrics   jobs: {agent.url}/api/v1/jobs")
 
     blender_args: list[str] = []
     if not args.no_crash:
@@ -148,7 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         status = cli_main(argv)
         _summary(agent.url, cfg.data_dir, report_path)
         if args.serve:
-            print(f"serving {agent.url}/metrics (Ctrl-C to stop); try `renderwatch status --agent {agent.url}`")
+            print(f"serving {agent.url}/ (the page) and /metrics (Ctrl-C to stop); try `renderwatch status --agent {agent.url}`")
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
