@@ -178,7 +178,12 @@ def test_the_walk_covers_every_command():
     (["demo", "--dir", "{file}"], "cannot make the demo's folder"),
 ])
 def test_named_mistakes_get_exit_2_and_say_what(argv, words, hostile, tmp_path):
-    d = hostile["dir"]
+    d = tmp_path / "own"             # files of its own: the walk above may have replaced the shared ones
+    d.mkdir()
+    (d / "file").write_text("x")
+    (d / "dir").mkdir()
+    (d / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000)
+    os.mkfifo(d / "fifo")
     argv = [a.format(dir=d / "dir", deep=d / "deep.toml", fifo=d / "fifo", file=d / "file") for a in argv]
     _, rc, err = _run(argv, hostile["env"], tmp_path)
     assert rc == 2 and words in err and "Traceback" not in err, (rc, err[-800:])

@@ -75,10 +75,13 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> error
                                            "but the files are empty or incomplete; free space there and run "
                                            "the same command again", exit_code=exit_code,
                                    exit_signal=exit_signal, frame=in_flight, findings=error.findings)
-    # Frames Blender saved but whose line we missed, and partial files left by the crash (a frame
-    # verified from its `Saved:` line in this attempt is not read again: each frame once).
+    # Frames Blender saved but whose line we missed, and partial files left by the crash. A frame
+    # verified from its `Saved:` line in this attempt is not read again (each frame once), except the
+    # last one: a crash while it was being written, or a render_write handler that cut it short, comes
+    # after its `Saved:` line (its check then saw a whole file), and it must not be delivered broken.
+    last = att.frames_rendered[-1] if att.frames_rendered else None
     for f in frames:
-        if f in att.frames_rendered and f in led.frames:
+        if f in att.frames_rendered and f in led.frames and f != last:
             continue
         ok, why = led.verify_frame(f)
         if ok and f not in att.frames_rendered:
