@@ -61,6 +61,14 @@ class Decoded:
     # "too_many_rejected" (more than max_rejected errors: decoding stopped there); None: apply it.
     refused: str | None = None
 
+    def reject(self, i: int, e: EventError, max_rejected: int | None) -> bool:
+        """Record item i's rejection; True when decoding must stop (more than `max_rejected`)."""
+        self.errors.append((i, e.reason, e.detail))
+        if max_rejected is not None and len(self.errors) > max_rejected:
+            self.refused = "too_many_rejected"
+            return True
+        return False
+
 
 def decode_lines(lines: Iterable[bytes], max_rejected: int | None = None) -> Decoded:
     """NDJSON lines (newlines stripped or not); blank lines are ignored. Stops after `max_rejected`
@@ -73,9 +81,7 @@ def decode_lines(lines: Iterable[bytes], max_rejected: int | None = None) -> Dec
         try:
             out.events.append((decode(line), line))
         except EventError as e:
-            out.errors.append((i, e.reason, e.detail))
-            if max_rejected is not None and len(out.errors) > max_rejected:
-                out.refused = "too_many_rejected"
+            if out.reject(i, e, max_rejected):
                 break
     return out
 
@@ -91,9 +97,7 @@ def decode_objects(objs: list[Any], max_rejected: int | None = None) -> Decoded:
                 raise EventError("too_large", f"event is {len(line)} bytes, the limit is {MAX_EVENT_BYTES}")
             out.events.append((ev, line))
         except EventError as e:
-            out.errors.append((i, e.reason, e.detail))
-            if max_rejected is not None and len(out.errors) > max_rejected:
-                out.refused = "too_many_rejected"
+            if out.reject(i, e, max_rejected):
                 break
     return out
 
