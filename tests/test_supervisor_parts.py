@@ -15,7 +15,7 @@ from healer.supervising.launch import check_user_args
 from healer.supervising.ledger import Ledger
 from healer.supervising.preflight import job_id_for
 from healer.supervising.progress import ProgressDisplay, own_line, parse_line
-from healer.supervising.report import build_report
+from healer.supervising.report import build_report, summary
 from healer.supervising.spawn import CPU_EXPR, GATE_EXPR, MARKER_EXPR, LaunchSpec, build_argv
 
 
@@ -224,6 +224,20 @@ def test_report_shape(tmp_path):
     assert set(doc["attempts"][0]) == {"attempt", "pid", "frames_planned", "frames_rendered", "exit_code",
                                        "exit_signal", "error_type", "error_summary", "started_at", "ended_at"}
     assert doc["error"]["type"] == "segfault"
+
+
+def test_the_summary_names_frames_rendered_again_as_ranges_on_one_line(tmp_path):
+    """A requeued 3,000-frame job printed every frame number (14 KB on one line): ranges, cut to a line."""
+    led = Ledger.open_or_create(tmp_path, job="j", scene="/s.blend", frames=list(range(1, 3001)))
+    led.status = "complete"
+    led.frame_render_counts = {f: 2 for f in range(1, 3001)}
+    assert summary(led).splitlines()[0] == "renderwatch: complete: 0/3000 frames, 0 restarts, rendered again: 1-3000"
+    led.frame_render_counts = {f: 2 if f % 2 else 1 for f in range(1, 3001)}        # every odd frame
+    first = summary(led).splitlines()[0]
+    assert len(first) < 250 and first.startswith("renderwatch: complete: 0/3000 frames, 0 restarts, rendered again: 1,3,5,")
+    assert first.endswith(" more in the report)") and "(1500 frames, " in first
+    shown = first.split("rendered again: ")[1].split(",...")[0].split(",")
+    assert first.endswith(f"(1500 frames, {1500 - len(shown)} more in the report)")
 
 
 def test_the_scene_is_read_once_per_version_and_its_files_checked_every_time(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 
+from healer.supervising.frames import format_frames
 from healer.supervising.ledger import Ledger
 from renderwatch.files import write_atomic
 
@@ -54,12 +55,26 @@ def write_report(path: str | os.PathLike[str], doc: dict) -> None:
     write_atomic(p, (json.dumps(doc, indent=2) + "\n").encode(), sync=False)
 
 
+SUMMARY_FRAMES_MAX_CHARS = 120      # one terminal line: a 3,000-frame requeue printed 14 KB here
+
+
+def frames_brief(frames: list[int]) -> str:
+    """A frame set as ranges ('1-3000', '1-4,7'), cut to one line with the count of frames left out."""
+    spec = format_frames(frames)
+    if len(spec) <= SUMMARY_FRAMES_MAX_CHARS:
+        return spec
+    cut = spec[:SUMMARY_FRAMES_MAX_CHARS].rsplit(",", 1)[0]
+    shown = sum(int(b) - int(a) + 1 if "-" in r else 1
+                for r in cut.split(",") for a, _, b in [r.partition("-")])
+    return f"{cut},... ({len(frames)} frames, {len(frames) - shown} more in the report)"
+
+
 def summary(ledger: Ledger, elapsed_s: float | None = None) -> str:
     done, total = ledger.completed_count(), len(ledger.frames_requested)
     twice = sorted(f for f, n in ledger.frame_render_counts.items() if n > 1)
     parts = [f"renderwatch: {ledger.status}: {done}/{total} frames", f"{ledger.restarts} restarts"]
     if twice:
-        parts.append(f"rendered again: {','.join(map(str, twice))}")
+        parts.append(f"rendered again: {frames_brief(twice)}")
     if elapsed_s is not None:
         parts.append(f"{elapsed_s:.1f} s")
     line = ", ".join(parts)
