@@ -131,12 +131,15 @@ function jobView(jobId) {
   $("job").hidden = false;
   $("job-title").textContent = jobId;
   const st = { jobId, doc: null, index: new Map(), cells: [], es: null, stopped: false, retry: null,
-               hidden: new Set(), drawPending: false, selected: null, counts: new Array(6).fill(0) };
+               hidden: new Set(), drawPending: false, selected: null, cursor: null, counts: new Array(6).fill(0) };
   buildLegend(st);
   const grid = $("grid");
   grid.onmouseover = (e) => showTip(st, e);
   grid.onmouseout = () => { $("tip").hidden = true; };
-  grid.onclick = (e) => { const i = e.target._i; if (i !== undefined) openLog(st, i); };
+  grid.onclick = (e) => { const i = e.target._i; if (i !== undefined) { setCursor(st, i, false); openLog(st, i); } };
+  grid.onkeydown = (e) => gridKey(st, e);
+  grid.onfocus = () => { if (st.cells.length && grid.matches(":focus-visible")) setCursor(st, st.cursor ?? step(st, -1, 1), true); };
+  grid.onblur = () => { $("tip").hidden = true; };
   load(st);
   return {
     stop() {
@@ -226,6 +229,8 @@ function renderGrid(st) {
     frag.append(c);
   }
   $("grid").replaceChildren(frag);
+  if (st.cursor !== null) st.cursor = n ? Math.min(st.cursor, n - 1) : null;
+  if (st.cursor !== null) st.cells[st.cursor].classList.add("kb");
   performance.mark("renderwatch:grid");   // what bench/bench_page.py times
   $("grid-note").textContent = st.doc.dropped ? `${st.doc.dropped} frame event(s) beyond the shown window.` : "";
   updateCounts(st);
@@ -242,7 +247,7 @@ function applyRow(st, row) {
   let d = st.doc.devices.indexOf(device);
   if (device && d < 0) { st.doc.devices.push(device); d = st.doc.devices.length - 1; }
   f.device[i] = device ? d + 1 : 0;
-  st.cells[i].className = "c s" + s + (st.selected === i ? " sel" : "");
+  st.cells[i].className = "c s" + s + (st.selected === i ? " sel" : "") + (st.cursor === i ? " kb" : "");
 }
 
 function updateCounts(st) {
@@ -264,14 +269,70 @@ function frameText(st, i) {
 }
 
 function showTip(st, e) {
-  const i = e.target._i;
+  if (e.target._i === undefined) { $("tip").hidden = true; return; }
+  tipFor(st, e.target);
+}
+
+function tipFor(st, cell) {
   const tip = $("tip");
-  if (i === undefined) { tip.hidden = true; return; }
-  tip.textContent = frameText(st, i);
+  tip.textContent = frameText(st, cell._i);
   tip.hidden = false;
-  const r = e.target.getBoundingClientRect();
+  const r = cell.getBoundingClientRect();
   tip.style.left = `${Math.min(r.right + 8, window.innerWidth - 260)}px`;
   tip.style.top = `${r.bottom + 8}px`;
+}
+
+// Keyboard: the grid is one tab stop. The arrow keys move a cursor over the shown cells (up and down by
+// what fits across a row), Home and End go to the first and last, Enter or Space opens the frame's
+// log. The cursor's frame is shown in the tooltip and said to screen readers (a polite live region).
+function shown(st, i) { return !$("grid").classList.contains("h" + st.doc.frames.state[i]); }
+
+function step(st, from, delta, times = 1) {
+  const n = st.cells.length;
+  let i = from, last = from;
+  for (let k = 0; k < times; k++) {
+    do { i += delta; } while (i >= 0 && i < n && !shown(st, i));
+    if (i < 0 || i >= n) break;
+    last = i;
+  }
+  return last < 0 ? null : last;
+}
+
+function perRow(st) {
+  const cell = st.cells[st.cursor ?? 0], grid = $("grid");
+  if (!cell || !cell.offsetWidth) return 1;
+  const gap = parseFloat(getComputedStyle(grid).columnGap) || 0;
+  return Math.max(1, Math.floor((grid.clientWidth + gap) / (cell.offsetWidth + gap)));
+}
+
+function setCursor(st, i, say) {
+  if (i === null || i === undefined || !st.cells[i]) return;
+  if (st.cursor !== null && st.cells[st.cursor]) st.cells[st.cursor].classList.remove("kb");
+  st.cursor = i;
+  const cell = st.cells[i];
+  cell.classList.add("kb");
+  if (!say) return;
+  cell.scrollIntoView({ block: "nearest" });
+  tipFor(st, cell);
+  $("grid-cursor").textContent = frameText(st, i).split("\n").join(", ");
+}
+
+function gridKey(st, e) {
+  if (!st.cells.length || e.altKey || e.ctrlKey || e.metaKey) return;
+  const at = st.cursor ?? step(st, -1, 1);
+  const moves = {
+    ArrowRight: () => step(st, at, 1), ArrowLeft: () => step(st, at, -1),
+    ArrowDown: () => step(st, at, 1, perRow(st)), ArrowUp: () => step(st, at, -1, perRow(st)),
+    Home: () => step(st, -1, 1), End: () => step(st, st.cells.length, -1),
+  };
+  if (moves[e.key]) {
+    e.preventDefault();
+    setCursor(st, moves[e.key](), true);
+  } else if ((e.key === "Enter" || e.key === " ") && at !== null) {
+    e.preventDefault();
+    setCursor(st, at, true);
+    openLog(st, at);
+  }
 }
 
 function renderSummary(st, j) {

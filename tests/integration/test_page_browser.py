@@ -221,6 +221,60 @@ def test_hostile_text_csp_and_a_page_left_open_stays_bounded(browser, tmp_path):
         handle.stop()
 
 
+def test_the_frame_grid_by_keyboard_alone(browser, tmp_path):
+    """One tab stop; the arrows move over the shown cells (down: one row of what fits across), Home and
+    End, Enter opens the frame's log; the frame under the cursor is in the tooltip and the live region."""
+    handle = run_in_thread(agent_config(tmp_path), nvml=NoNvml())
+    w = Watched(browser, handle.url)
+    try:
+        s = JobStream("keys")
+        evs = [s.start(1, 300)]
+        for n in range(1, 11):
+            evs += s.frame(n, phases=())
+        assert post(handle.url, ndjson(evs))[0] == 200
+        w.page.goto(handle.url + "/#job=keys")
+        w.page.wait_for_function("() => document.querySelectorAll('#grid .s2').length === 10")
+        w.page.keyboard.press("Tab")
+        for _ in range(20):                                  # the links and the legend come first
+            if w.page.evaluate("document.activeElement.id") == "grid":
+                break
+            w.page.keyboard.press("Tab")
+        assert w.page.evaluate("document.activeElement.id") == "grid"
+
+        def cursor() -> int:
+            return w.page.evaluate("Array.from(document.querySelectorAll('#grid .c')).findIndex((c) => c.classList.contains('kb'))")
+
+        assert cursor() == 0 and "frame 1 " in w.page.locator("#tip").inner_text()
+        w.page.keyboard.press("ArrowRight")
+        w.page.keyboard.press("ArrowRight")
+        assert cursor() == 2 and "frame 3 " in w.page.locator("#grid-cursor").inner_text()
+        across = w.page.evaluate("""() => { const c = document.querySelectorAll('#grid .c');
+            let k = 0; while (k < c.length && c[k].offsetTop === c[0].offsetTop) k++; return k; }""")
+        assert 1 < across < 300
+        w.page.keyboard.press("ArrowDown")
+        assert cursor() == 2 + across
+        w.page.keyboard.press("ArrowUp")
+        w.page.keyboard.press("ArrowLeft")
+        assert cursor() == 1
+        w.page.keyboard.press("End")
+        assert cursor() == 299 and "frame 300 " in w.page.locator("#tip").inner_text()
+        w.page.keyboard.press("Enter")
+        w.page.wait_for_function("() => document.querySelector('#log-title').textContent === 'Log of frame 300'")
+        # a hidden state is skipped: with "done" filtered out, Home is the first frame not rendered
+        w.page.locator("#legend input").nth(2).uncheck()
+        w.page.locator("#grid").focus()
+        w.page.keyboard.press("Home")
+        assert cursor() == 10
+        w.page.keyboard.press("ArrowLeft")                   # nothing shown before it: stays
+        assert cursor() == 10
+        w.page.keyboard.press(" ")
+        w.page.wait_for_function("() => document.querySelector('#log-title').textContent === 'Log of frame 11'")
+        w.assert_clean()
+    finally:
+        w.close()
+        handle.stop()
+
+
 def test_the_page_reconnects_after_the_agent_restarts(browser, tmp_path):
     agent = AgentProcess(tmp_path / "home").start()
     w = Watched(browser, agent.url)
