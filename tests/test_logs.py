@@ -420,13 +420,16 @@ def test_otlp_records_carry_the_frame_span_job_ids_and_resource(tmp_path):
 def test_a_flood_of_records_without_spans_keeps_the_shipper_bounded(tmp_path):
     """A million lines with no frame span yet (a flood): the records waiting for spans and the SDK's
     queue are bounded, so the agent stays in its 80 MB (at 50,000 + 65,536 they took ~80 MB alone)."""
+    import threading
     import tracemalloc
 
     from agent.logexport import MAX_PENDING, LogShipper
 
-    class Slow:                                       # an exporter that never catches up
-        def export(self, batch):
-            time.sleep(0.1)                           # 5,000 records a second: a flood outruns it
+    stuck = threading.Event()
+
+    class Slow:                                       # an exporter that never catches up: held until the
+        def export(self, batch):                      # flood is in (a sleep made it a race with a busy host)
+            stuck.wait(60)
             from opentelemetry.sdk._logs.export import LogRecordExportResult
             return LogRecordExportResult.SUCCESS
 
@@ -446,6 +449,7 @@ def test_a_flood_of_records_without_spans_keeps_the_shipper_bounded(tmp_path):
         _now, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+        stuck.set()
         shipper.shutdown()
     assert shipper.npending <= MAX_PENDING
     counts = shipper.counts()
