@@ -257,3 +257,21 @@ def test_junk_posts_do_not_hold_the_event_loop(tmp_path):
         handle.stop()
     assert statuses and set(statuses) == {400}
     assert max(latencies) < 1.0, f"/healthz took up to {max(latencies):.2f} s while junk was posted"
+
+
+def test_the_ingest_collector_reads_the_journal_and_the_span_exporter_it_is_built_with():
+    """IngestStats holds counters only: the journal's error counts and the exporter's span counts are
+    read from what the collector is constructed with, not from functions patched in afterwards."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.metrics import IngestCollector, IngestStats
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(IngestCollector(IngestStats(), journal=SimpleNamespace(errors=2, replay_errors=3), spans=lambda: (5, 1)))
+    text = generate_latest(reg).decode()
+    assert sample_value(text, "renderwatch_journal_write_errors_total") == 2
+    assert sample_value(text, "renderwatch_journal_replay_skipped_total") == 3
+    assert sample_value(text, "renderwatch_spans_exported_total") == 5
+    assert sample_value(text, "renderwatch_span_export_failures_total") == 1
