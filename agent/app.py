@@ -99,7 +99,8 @@ def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, expor
                   procs=ProcessSampler(proc) if proc is not None else ProcessSampler(),
                   gpus=GpuSampler(nvml), clock=clock, hostname=socket.gethostname())
     agent.registry.register(StateCollector(state, config.job_grace_seconds, clock))
-    agent.registry.register(IngestCollector(stats, journal=agent.journal, spans=agent.span_counts))
+    agent.registry.register(IngestCollector(stats, journal=agent.journal, spans=agent.span_counts,
+                                            spool_evicted=lambda: read_evicted(config.spool_dir)))
     agent.registry.register(agent.procs)
     agent.registry.register(agent.gpus)
     agent.logstore = LogStore(config.logs_dir, job_max_bytes=config.log_job_max_bytes, max_bytes=config.log_max_bytes,

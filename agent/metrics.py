@@ -51,12 +51,17 @@ def _no_spans() -> tuple[int, int]:
     return 0, 0
 
 
+def _none() -> int:
+    return 0
+
+
 class IngestCollector(Collector):
-    """The ingest counters, the journal's error counts and the span exporter's (exported, failed batches)."""
+    """The ingest counters, the journal's error counts, the span exporter's (exported, failed batches) and
+    the events the hooks' spool evicted unsent."""
 
     def __init__(self, stats: IngestStats, journal: JournalCounts | None = None,
-                 spans: Callable[[], tuple[int, int]] = _no_spans):
-        self.stats, self.journal, self.spans = stats, journal, spans
+                 spans: Callable[[], tuple[int, int]] = _no_spans, spool_evicted: Callable[[], int] = _none):
+        self.stats, self.journal, self.spans, self.spool_evicted = stats, journal, spans, spool_evicted
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
@@ -72,6 +77,8 @@ class IngestCollector(Collector):
         yield GaugeMetricFamily("renderwatch_spool_segments", "Spool segment files on disk", value=s.spool_segments)
         yield GaugeMetricFamily("renderwatch_spool_pending_bytes", "Spool bytes not yet ingested",
                                 value=s.spool_pending_bytes)
+        yield CounterMetricFamily("renderwatch_spool_evicted_events",
+                                  "Events the hooks' spool evicted unsent (over its size bound)", value=self.spool_evicted())
         yield CounterMetricFamily("renderwatch_journal_write_errors", "Journal writes that failed",
                                   value=self.journal.errors if self.journal else 0)
         yield CounterMetricFamily("renderwatch_journal_replay_skipped",

@@ -275,3 +275,16 @@ def test_the_ingest_collector_reads_the_journal_and_the_span_exporter_it_is_buil
     assert sample_value(text, "renderwatch_journal_replay_skipped_total") == 3
     assert sample_value(text, "renderwatch_spans_exported_total") == 5
     assert sample_value(text, "renderwatch_span_export_failures_total") == 1
+
+
+async def test_events_the_hooks_spool_evicted_unsent_are_exported(tmp_path):
+    """The hooks' spool adds the events it evicts unsent to spool/evicted_events (blender_hooks.spool);
+    /metrics says how many (docs/agent.md promised it, nothing exported it)."""
+    from blender_hooks.spool import EVICTED_FILE
+
+    cfg = agent_config(tmp_path)
+    async with TestClient(TestServer(create_app(cfg, nvml=NoNvml()))) as c:
+        assert sample_value(await metrics(c), "renderwatch_spool_evicted_events_total") == 0
+        cfg.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (cfg.spool_dir / EVICTED_FILE).write_text("7\n")
+        assert sample_value(await metrics(c), "renderwatch_spool_evicted_events_total") == 7
