@@ -147,3 +147,65 @@ def test_every_documented_metric_is_exported_with_its_labels(exported):
 def test_every_exported_metric_is_documented(exported):
     documented = set().union(*(m.keys() for m in _all_documented().values()))
     assert sorted(set(exported) - documented) == []
+
+
+# -- environment variables -------------------------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"RENDERWATCH_[A-Z0-9_]*[A-Z0-9]")
+_DOC_ENV = re.compile(r"RENDERWATCH_[A-Z0-9_*]*[A-Z0-9*]")
+
+
+def code_env_vars() -> tuple[set[str], set[str]]:
+    """(names, prefixes) of the RENDERWATCH_* variables the product's code reads: every string constant
+    that is exactly such a name, and the constant head of an f-string (`f"RENDERWATCH_PYTHON_{v}"`)."""
+    import ast
+
+    names, prefixes = set(), set()
+    for pkg in CODE_PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and _ENV_NAME.fullmatch(node.value):
+                    names.add(node.value)
+                elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+                    head = str(node.values[0].value)
+                    if re.fullmatch(r"RENDERWATCH_[A-Z0-9_]*_", head):
+                        prefixes.add(head)
+    return names, prefixes
+
+
+def documented_env_vars() -> dict[str, set[str]]:
+    """Doc -> the RENDERWATCH_* names it mentions (`RENDERWATCH_LOG_*` is a pattern)."""
+    return {path: set(_DOC_ENV.findall(text)) for path, text in _doc_texts().items()}
+
+
+def test_every_environment_variable_the_code_reads_is_documented():
+    import fnmatch
+
+    names, prefixes = code_env_vars()
+    documented = set().union(*documented_env_vars().values())
+    plain = {d for d in documented if "*" not in d}
+    missing = sorted(n for n in names if n not in plain)
+    missing += sorted(p + "..." for p in prefixes if not any(d.startswith(p) for d in plain))
+    assert missing == [], "read by the code, in no doc"
+    assert all(any(fnmatch.fnmatchcase(n, d) for n in names) for d in documented if "*" in d)
+
+
+def test_every_documented_environment_variable_exists_in_the_code():
+    """Anywhere in the repository's code (the product, its tests, bench, the container entrypoints)."""
+    import fnmatch
+
+    code = "\n".join(p.read_text(encoding="utf-8", errors="replace")
+                     for d in (*CODE_PACKAGES, "tests", "bench", "scripts", "docker", "deploy", "fuzz")
+                     for p in sorted((ROOT / d).rglob("*"))
+                     if p.is_file() and p.suffix not in (".md", ".png", ".pyc") and p != Path(__file__).resolve())
+    code += (ROOT / "compose.yaml").read_text(encoding="utf-8")
+    in_code = set(_ENV_NAME.findall(code))
+    _, prefixes = code_env_vars()
+    wrong = []
+    for path, names in documented_env_vars().items():
+        for d in sorted(names):
+            ok = (any(fnmatch.fnmatchcase(n, d) for n in in_code) if "*" in d
+                  else d in in_code or any(d.startswith(p) for p in prefixes))
+            if not ok:
+                wrong.append(f"{path}: {d}")
+    assert wrong == [], "documented, in no code"
