@@ -10,6 +10,7 @@ the only part not real.
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -209,3 +210,83 @@ def test_every_documented_environment_variable_exists_in_the_code():
             if not ok:
                 wrong.append(f"{path}: {d}")
     assert wrong == [], "documented, in no code"
+
+
+# -- command-line flags ----------------------------------------------------------------------------------
+
+def cli_commands() -> dict[tuple[str, ...], list[tuple[str, ...]]]:
+    """Every `renderwatch` command and subcommand (from the parser renderwatch.cli builds) -> the option
+    strings of each of its options (`("--tail", "-n", "--lines")`), hidden ones (help=SUPPRESS) and
+    -h left out. () is the top level."""
+    from renderwatch.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> dict[tuple[str, ...], list[tuple[str, ...]]]:
+        out: dict[tuple[str, ...], list[tuple[str, ...]]] = {path: []}
+        for action in parser._actions:                          # noqa: SLF001 (argparse has no public list)
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                for name, sub in action.choices.items():
+                    out.update(walk(sub, (*path, name)))
+            elif action.option_strings and action.help != argparse.SUPPRESS and "--help" not in action.option_strings:
+                out[path].append(tuple(action.option_strings))
+        return out
+
+    return walk(build_parser(), ())
+
+
+def _flags(options: list[tuple[str, ...]]) -> set[str]:
+    return {o for opts in options for o in opts}
+
+
+def _sections(text: str) -> list[str]:
+    """The text under each heading (code blocks included): the unit a command's flags are documented in
+    (a section names the command and lists its flags, often in a table below)."""
+    out, cur, in_code = [], [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        if line.startswith("#") and not in_code:
+            out.append("\n".join(cur))
+            cur = []
+        cur.append(line)
+    out.append("\n".join(cur))
+    return out
+
+
+def _mentions(block: str, path: tuple[str, ...]) -> bool:
+    if not path:
+        return "renderwatch " in block or "`renderwatch`" in block
+    return f"renderwatch {path[0]}" in block and all(re.search(rf"\b{re.escape(w)}\b", block) for w in path[1:])
+
+
+def _has_flag(block: str, flag: str) -> bool:
+    return re.search(re.escape(flag) + r"(?![\w-])", block) is not None
+
+
+def test_every_flag_of_every_command_is_documented_with_its_command():
+    blocks = [b for text in _doc_texts().values() for b in _sections(text)]
+    missing = [f"renderwatch {' '.join(path)} {opts[0]}".replace("  ", " ")
+               for path, options in cli_commands().items() for opts in options
+               if not any(_mentions(b, path) and any(_has_flag(b, o) for o in opts) for b in blocks)]
+    assert missing == [], "in no README/docs section that names the command"
+
+
+_COMMAND_LINE = re.compile(r"renderwatch ((?:[a-z][a-z-]*)(?: [a-z][a-z-]*)?)([^`\n#|;]*)")
+
+
+def test_every_flag_the_docs_give_a_command_exists():
+    """Flags on a documented `renderwatch CMD ...` line (up to a comment, a pipe or the end of the code
+    span; nothing after ` -- `, which goes to Blender) are flags of that command's parser."""
+    commands = cli_commands()
+    wrong = []
+    for path, text in _doc_texts().items():
+        for m in _COMMAND_LINE.finditer(text):
+            words, rest = m.group(1).split(), m.group(2).split(" -- ")[0]
+            if (words[0],) not in commands:
+                continue                        # `renderwatch is ...`: prose, not a command
+            cmd = tuple(words) if tuple(words) in commands else (words[0],)
+            allowed = _flags(commands[cmd]) | _flags(commands[()]) | (_flags(commands[(words[0],)]) if len(cmd) > 1 else set())
+            # `jobs [submit SCENE --frames ...]`: a subcommand named later on the line brings its flags
+            allowed |= set().union(*(_flags(commands.get((words[0], w), [])) for w in re.findall(r"[a-z]+", rest)))
+            wrong += [f"{path}: renderwatch {' '.join(cmd)} {f}" for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest)
+                      if f not in allowed]
+    assert wrong == []
