@@ -290,3 +290,125 @@ def test_every_flag_the_docs_give_a_command_exists():
             wrong += [f"{path}: renderwatch {' '.join(cmd)} {f}" for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest)
                       if f not in allowed]
     assert wrong == []
+
+
+# -- API reply and request fields --------------------------------------------------------------------------
+
+_ENDPOINT = re.compile(r"(GET|POST|PUT|DELETE) (/[A-Za-z0-9_/{}.-]+)")
+_SHAPE = re.compile(r"`(?:(?:GET|POST) /[^`\s]* )?(\{[^`]*\})`")
+
+
+def _openapi_docs() -> dict[str, dict]:
+    from agent.openapi import SPEC
+    from healer.service.openapi import spec
+
+    return {"agent": SPEC, "healer": spec(alertmanager=True)}
+
+
+def _fields(schema: object, doc: dict, depth: int = 0) -> set[str]:
+    """Property names of a schema, its $refs, anyOf/oneOf/allOf branches, and (one level down) of its
+    properties' and items' schemas."""
+    if not isinstance(schema, dict) or depth > 3:
+        return set()
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return _fields(doc["components"]["schemas"][name], doc, depth)
+    out = set(schema.get("properties", {})) | set(schema.get("required", []))
+    for key in ("anyOf", "oneOf", "allOf"):
+        for branch in schema.get(key, []):
+            out |= _fields(branch, doc, depth)
+    for sub in [*schema.get("properties", {}).values(), schema.get("items")]:
+        out |= _fields(sub, doc, depth + 1)
+    return out
+
+
+def _operation_fields(doc: dict, method: str, path: str) -> set[str] | None:
+    """Request and reply fields of one operation of an OpenAPI document (None: no such operation)."""
+    op = doc["paths"].get(path.split("?")[0], {}).get(method.lower())
+    if op is None:
+        return None
+    out: set[str] = set()
+    bodies = [op.get("requestBody", {}), *op.get("responses", {}).values()]
+    for body in bodies:
+        for media in body.get("content", {}).values():
+            out |= _fields(media.get("schema"), doc)
+    return out
+
+
+def _top_level_names(shape: str) -> set[str]:
+    """The field names of the outer object of `{"a", "b": {"c"}, "d": [...]}` (or `{a, b}`): a, b, d."""
+    depth, top = 0, []
+    for ch in shape:
+        depth += ch in "{["
+        depth -= ch in "}]"
+        top.append(ch if depth == 1 or ch in "{}" and depth <= 1 else " ")
+    flat = "".join(top)
+    return set(re.findall(r'"([a-z_]+)"', flat)) or set(re.findall(r"\b([a-z_]+)\b", flat))
+
+
+def documented_shapes(text: str) -> list[tuple[str, str, set[str]]]:
+    """(method, path, field names) of each backquoted `{"a", "b": [...]}` / `{a, b}` shape the docs give
+    an endpoint: the last `METHOD /path` before it in the same paragraph."""
+    out = []
+    for para in re.split(r"\n\s*\n|\n(?=\s*- )", text):
+        for m in _SHAPE.finditer(para):
+            endpoints = _ENDPOINT.findall(para[:m.start() + len(m.group(0))])
+            if not endpoints:
+                continue
+            method, path = endpoints[-1]
+            out.append((method, path, _top_level_names(m.group(1))))
+    return out
+
+
+def test_every_reply_and_request_field_the_docs_give_is_in_the_openapi_documents():
+    specs = _openapi_docs()
+    checked, wrong = 0, []
+    for path, text in _doc_texts().items():
+        owners = [k for k in specs if k in path] or list(specs)      # docs/healer.md: the healer's document
+        for method, route, names in documented_shapes(text):
+            known = [f for f in (_operation_fields(specs[o], method, route) for o in owners) if f is not None]
+            if not known:
+                wrong.append(f"{path}: {method} {route} is in no OpenAPI document")
+                continue
+            checked += 1
+            if not any(names <= f for f in known):
+                wrong.append(f"{path}: {method} {route} has no field(s) {sorted(names - set().union(*known))}")
+    assert wrong == []
+    assert checked >= 4                     # the reply shapes of docs/agent.md, docs/healer.md, docs/incidents.md
+
+
+# -- references to sections, and the classifier's precedence ----------------------------------------------
+
+_SECTION_REF = re.compile(r"""README(?:'s|:|,)\s+"([^"]+)\"""")
+
+
+def _headings(text: str) -> list[str]:
+    return [h.strip() for h in re.findall(r"^#+ (.+)$", text, flags=re.M)]
+
+
+def test_every_readme_section_the_code_and_docs_name_exists():
+    readme = _headings((ROOT / "README.md").read_text(encoding="utf-8"))
+    sources = {path: text for path, text in _doc_texts().items()}
+    for pkg in CODE_PACKAGES:
+        for p in sorted((ROOT / pkg).rglob("*.py")):
+            sources[str(p.relative_to(ROOT))] = p.read_text(encoding="utf-8")
+    refs = [(path, name) for path, text in sources.items() for name in _SECTION_REF.findall(text)]
+    assert refs, "no README section reference found: the pattern no longer matches how they are written"
+    assert [f'{path}: README "{name}"' for path, name in refs if not any(h.startswith(name) for h in readme)] == []
+
+
+def test_the_classifiers_precedence_docstring_lists_the_catalogs_order():
+    from healer.diagnosis import classify
+    from healer.diagnosis.catalog import CAUSE_ORDER, CRASH_ORDER
+
+    doc = " ".join((classify.__doc__ or "").split())
+    causes = doc.split("1. fatal causes found in the output:", 1)[1].split("; 2.", 1)[0]
+    crashes = doc.split("2. how the process ended:", 1)[1].split("; 3.", 1)[0]
+
+    def order(text: str, known: tuple[str, ...]) -> list[str]:
+        """The type each `a (...) > b (...) > c` item starts with."""
+        firsts = [re.match(r"\s*([a-z_]+)", item) for item in text.split(">")]
+        return [m.group(1) for m in firsts if m and m.group(1) in known]
+
+    assert order(causes, CAUSE_ORDER) == list(CAUSE_ORDER)
+    assert order(crashes, CRASH_ORDER) == list(CRASH_ORDER)
