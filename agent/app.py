@@ -80,6 +80,11 @@ class Agent:
     logstats: LogStats | None = None
     shipper: Any = None               # agent.logexport.LogShipper, when log export is on
 
+    def span_counts(self) -> tuple[int, int]:
+        """(spans exported, span export batches failed); (0, 0) while traces are off."""
+        t = self.tracer
+        return (t.exporter.exported, t.exporter.failures) if t is not None else (0, 0)
+
 
 AGENT = web.AppKey("agent", Agent)
 
@@ -94,16 +99,15 @@ def create_app(config: AgentConfig, *, nvml: Any = None, proc: Any = None, expor
                   procs=ProcessSampler(proc) if proc is not None else ProcessSampler(),
                   gpus=GpuSampler(nvml), clock=clock, hostname=socket.gethostname())
     agent.registry.register(StateCollector(state, config.job_grace_seconds, clock))
-    agent.registry.register(IngestCollector(stats))
+    agent.registry.register(IngestCollector(stats, journal=agent.journal, spans=agent.span_counts,
+                                            spool_evicted=lambda: read_evicted(config.spool_dir)))
     agent.registry.register(agent.procs)
     agent.registry.register(agent.gpus)
     agent.logstore = LogStore(config.logs_dir, job_max_bytes=config.log_job_max_bytes, max_bytes=config.log_max_bytes,
                               retention_days=config.log_retention_days, clock=clock)
-    agent.logspans, agent.logstats = FrameSpans(), LogStats()
-    agent.logstats.spool_evicted = lambda: read_evicted(config.log_spool_dir)
+    agent.logspans = FrameSpans()
+    agent.logstats = LogStats(spool_evicted=lambda: read_evicted(config.log_spool_dir))
     agent.registry.register(LogCollector(agent.logstore, agent.logstats, _ShipperView(agent)))
-    stats.journal_errors = lambda: agent.journal.errors
-    stats.journal_skipped = lambda: agent.journal.replay_errors
     agent.metrics_handler = make_aiohttp_handler(agent.registry)
     app = web.Application(client_max_size=config.max_body_bytes)
     app[AGENT] = agent
@@ -135,7 +139,6 @@ def _core(exporter: Any, log_exporter: Any) -> Callable[[web.Application], Async
         a.started = a.clock()
         if a.config.traces_enabled:
             a.tracer = RenderTracer(a.config, a.mark, exporter)
-            a.stats.spans = lambda: (a.tracer.exporter.exported, a.tracer.exporter.failures) if a.tracer else (0, 0)
         _start_logs(a, log_exporter)
         mark = a.mark.value
         tracer = a.tracer
@@ -404,7 +407,7 @@ async def _jobs(request: web.Request) -> web.Response:
              "temperature_celsius": g.temperature, "power_watts": g.power, "throttle": g.throttle,
              "paused": a.state.gpu_pauses.get(g.uuid)}
             for g in a.gpus.gpus]
-    exported, failed = a.stats.spans()
+    exported, failed = a.span_counts()
     health = {"version": __version__, "uptime_seconds": a.clock() - a.started,
               "spool_pending_bytes": a.stats.spool_pending_bytes, "spool_segments": a.stats.spool_segments,
               "spans_exported": exported, "span_export_failures": failed, "journal_errors": a.journal.errors,

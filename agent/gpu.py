@@ -1,13 +1,14 @@
 """GpuSampler: utilization, VRAM, per-process VRAM, temperature, power and throttle reasons via NVML.
 
-The NVML module is injected (`nvml=`, default the real `pynvml` from nvidia-ml-py), so tests feed
-recorded readings. Without NVML (no driver, no GPU) it reports renderwatch_gpu_available 0,
-logs one line, and keeps working. A GPU that stops answering (lost, driver reset) is logged once
+NVML is read through the one adapter, `kernel.nvml` (injected: `nvml=` takes a `kernel.nvml.Gpus` or a
+pynvml-shaped module; default the real `pynvml` from nvidia-ml-py), so tests feed recorded readings.
+Without NVML (no driver, no GPU) it reports renderwatch_gpu_available 0, the adapter logs one line,
+and it keeps working. A GPU that stops answering (lost, driver reset) is logged once
 when it goes and once when it comes back.
 
 Usage::
 
-    gpus = GpuSampler()                 # nvml=pynvml
+    gpus = GpuSampler()                 # nvml=kernel.nvml.open_nvml()
     gpus.sample(pid_to_job={4242: "job1"})
     gpus.frame_started("job1"); gpus.frame_peak("job1")    # VRAM peak of the frame in flight
     list(gpus.collect())
@@ -18,10 +19,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from kernel.nvml import GpuLost, Gpus, NvmlModule, open_nvml
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,6 @@ _LABELS = ["gpu", "uuid", "name"]
 def decode_throttle(mask: int) -> list[str]:
     """Names of the reasons set in an NVML clocks-event bitmask."""
     return [name for bit, name in THROTTLE_REASONS.items() if mask & bit]
-
-
-def _text(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 @dataclass
@@ -61,68 +59,37 @@ class GpuReading:
 class GpuSampler(Collector):
     """One reading of every NVIDIA GPU per sample(); metric families from the last reading."""
 
-    def __init__(self, nvml: Any = None):
-        if nvml is None:
-            import pynvml
-            nvml = pynvml
-        self.nvml = nvml
-        self.available = False
-        self.handles: list[Any] = []
-        self.gpus: list[GpuReading] = []
+    def __init__(self, nvml: Gpus | NvmlModule | None = None):
+        self.nvml = open_nvml(nvml)
+        self.devices = self.nvml.devices()
+        self.available = bool(self.devices)
+        self.gpus: list[GpuReading] = [GpuReading(d.index, d.uuid, d.name) for d in self.devices]
         self.job_vram: dict[str, float] = {}      # job -> VRAM in use now (all GPUs)
         self._frame_peak: dict[str, float] = {}
-        try:
-            nvml.nvmlInit()
-            for i in range(nvml.nvmlDeviceGetCount()):
-                h = nvml.nvmlDeviceGetHandleByIndex(i)
-                self.handles.append(h)
-                self.gpus.append(GpuReading(i, _text(nvml.nvmlDeviceGetUUID(h)), _text(nvml.nvmlDeviceGetName(h))))
-            self.available = bool(self.handles)
-            log.info("NVML: %d GPU(s): %s", len(self.gpus), ", ".join(g.name for g in self.gpus) or "none")
-        except nvml.NVMLError as e:
-            log.info("NVML not available (%s): GPU metrics off, renderwatch_gpu_available 0", e)
-            self.handles, self.gpus = [], []
-
-    def _read(self, fn: str, *args: Any) -> Any:
-        """One NVML call; a field the GPU does not support reads as None (GPU loss propagates)."""
-        try:
-            return getattr(self.nvml, fn)(*args)
-        except self.nvml.NVMLError as e:
-            unsupported = tuple(getattr(self.nvml, n) for n in ("NVMLError_NotSupported", "NVMLError_FunctionNotFound")
-                                if hasattr(self.nvml, n))
-            if isinstance(e, unsupported):
-                return None
-            raise
 
     def sample(self, pid_to_job: dict[int, str] | None = None) -> None:
-        if not self.handles:
+        if not self.devices:
             return
-        nv = self.nvml
         vram: dict[str, float] = {}
-        for h, g in zip(self.handles, self.gpus, strict=True):
+        for d, g in zip(self.devices, self.gpus, strict=True):
             try:
-                util = self._read("nvmlDeviceGetUtilizationRates", h)
-                mem = self._read("nvmlDeviceGetMemoryInfo", h)
-                g.utilization = util.gpu / 100.0 if util is not None else None
-                g.memory_used, g.memory_total = (float(mem.used), float(mem.total)) if mem is not None else (None, None)
-                g.temperature = self._read("nvmlDeviceGetTemperature", h, nv.NVML_TEMPERATURE_GPU)
-                power = self._read("nvmlDeviceGetPowerUsage", h)
-                g.power = power / 1000.0 if power is not None else None
-                mask = self._read("nvmlDeviceGetCurrentClocksEventReasons", h)
-                g.throttle = decode_throttle(mask) if mask is not None else []
-                for fn in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-                    for p in self._read(fn, h) or ():
-                        job = (pid_to_job or {}).get(p.pid)
-                        if job is not None and p.usedGpuMemory:
-                            vram[job] = vram.get(job, 0.0) + float(p.usedGpuMemory)
-                g.ok = True
-            except nv.NVMLError as e:
+                r = self.nvml.read(d)
+            except GpuLost as e:
                 if not g.lost:          # log the transition, not every failed poll
                     log.warning("GPU %d (%s) stopped answering NVML: %s", g.index, g.name, e)
                 g.ok, g.lost = False, True
                 g.utilization = g.memory_used = g.temperature = g.power = None
                 g.throttle = []
                 continue
+            g.utilization = r.utilization_percent / 100.0 if r.utilization_percent is not None else None
+            g.memory_used, g.memory_total = r.memory_used_bytes, r.memory_total_bytes
+            g.temperature, g.power = r.temperature_celsius, r.power_watts
+            g.throttle = decode_throttle(r.throttle_mask) if r.throttle_mask is not None else []
+            for pid, used in r.process_memory_bytes.items():
+                job = (pid_to_job or {}).get(pid)
+                if job is not None:
+                    vram[job] = vram.get(job, 0.0) + used
+            g.ok = True
             if g.lost:
                 log.info("GPU %d (%s) answering NVML again", g.index, g.name)
                 g.lost = False

@@ -8,7 +8,7 @@ Usage::
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StateCollector(state, grace_seconds=300))
-    registry.register(IngestCollector(stats))
+    registry.register(IngestCollector(stats, journal=journal, spans=agent.span_counts))
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -36,17 +37,31 @@ class IngestStats:
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     spool_segments: int = 0
     spool_pending_bytes: int = 0
-    journal_errors: Callable[[], int] = lambda: 0
-    journal_skipped: Callable[[], int] = lambda: 0           # records skipped at replay (unreadable, refused)
-    spans: Callable[[], tuple[int, int]] = lambda: (0, 0)     # (exported, failed batches)
 
     def reject(self, reason: str, n: int = 1) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + n
 
 
+class JournalCounts(Protocol):
+    errors: int               # writes that failed
+    replay_errors: int        # records skipped at replay (unreadable, refused)
+
+
+def _no_spans() -> tuple[int, int]:
+    return 0, 0
+
+
+def _none() -> int:
+    return 0
+
+
 class IngestCollector(Collector):
-    def __init__(self, stats: IngestStats):
-        self.stats = stats
+    """The ingest counters, the journal's error counts, the span exporter's (exported, failed batches) and
+    the events the hooks' spool evicted unsent."""
+
+    def __init__(self, stats: IngestStats, journal: JournalCounts | None = None,
+                 spans: Callable[[], tuple[int, int]] = _no_spans, spool_evicted: Callable[[], int] = _none):
+        self.stats, self.journal, self.spans, self.spool_evicted = stats, journal, spans, spool_evicted
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
@@ -62,12 +77,14 @@ class IngestCollector(Collector):
         yield GaugeMetricFamily("renderwatch_spool_segments", "Spool segment files on disk", value=s.spool_segments)
         yield GaugeMetricFamily("renderwatch_spool_pending_bytes", "Spool bytes not yet ingested",
                                 value=s.spool_pending_bytes)
+        yield CounterMetricFamily("renderwatch_spool_evicted_events",
+                                  "Events the hooks' spool evicted unsent (over its size bound)", value=self.spool_evicted())
         yield CounterMetricFamily("renderwatch_journal_write_errors", "Journal writes that failed",
-                                  value=s.journal_errors())
+                                  value=self.journal.errors if self.journal else 0)
         yield CounterMetricFamily("renderwatch_journal_replay_skipped",
                                   "Journal records skipped at replay: unreadable, or refused by the event schema",
-                                  value=s.journal_skipped())
-        exported, failed = s.spans()
+                                  value=self.journal.replay_errors if self.journal else 0)
+        exported, failed = self.spans()
         yield CounterMetricFamily("renderwatch_spans_exported", "Spans handed to the exporter successfully",
                                   value=exported)
         yield CounterMetricFamily("renderwatch_span_export_failures", "Span export batches that failed",

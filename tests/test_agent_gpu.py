@@ -16,6 +16,7 @@ from agent_support import sample_value
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.gpu import GpuSampler, decode_throttle
+from kernel.nvml import Nvml
 
 GIB = 1 << 30
 
@@ -164,14 +165,17 @@ def test_without_nvml_available_is_zero_and_one_line_logged(caplog):
         pytest.skip("this machine has a working NVML")
     except pynvml.NVMLError:
         pass
-    caplog.set_level(logging.INFO, logger="agent.gpu")
-    g = GpuSampler()
-    for _ in range(3):
-        g.sample({1: "j"})
-    text = scrape(g)
-    assert sample_value(text, "renderwatch_gpu_available") == 0
-    assert "renderwatch_gpu_utilization_ratio{" not in text
-    assert len([r for r in caplog.records if r.name == "agent.gpu"]) == 1
+    caplog.set_level(logging.INFO)
+    # the default (no driver here: pynvml is not even loaded) and the real pynvml's failing nvmlInit
+    for nvml in (None, Nvml(driver_present=lambda: True)):
+        caplog.clear()
+        g = GpuSampler(nvml)
+        for _ in range(3):
+            g.sample({1: "j"})
+        text = scrape(g)
+        assert sample_value(text, "renderwatch_gpu_available") == 0
+        assert "renderwatch_gpu_utilization_ratio{" not in text
+        assert len([r for r in caplog.records if r.name in ("agent.gpu", "kernel.nvml")]) == 1
 
 
 def test_decode_throttle():

@@ -257,3 +257,34 @@ def test_junk_posts_do_not_hold_the_event_loop(tmp_path):
         handle.stop()
     assert statuses and set(statuses) == {400}
     assert max(latencies) < 1.0, f"/healthz took up to {max(latencies):.2f} s while junk was posted"
+
+
+def test_the_ingest_collector_reads_the_journal_and_the_span_exporter_it_is_built_with():
+    """IngestStats holds counters only: the journal's error counts and the exporter's span counts are
+    read from what the collector is constructed with, not from functions patched in afterwards."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.metrics import IngestCollector, IngestStats
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(IngestCollector(IngestStats(), journal=SimpleNamespace(errors=2, replay_errors=3), spans=lambda: (5, 1)))
+    text = generate_latest(reg).decode()
+    assert sample_value(text, "renderwatch_journal_write_errors_total") == 2
+    assert sample_value(text, "renderwatch_journal_replay_skipped_total") == 3
+    assert sample_value(text, "renderwatch_spans_exported_total") == 5
+    assert sample_value(text, "renderwatch_span_export_failures_total") == 1
+
+
+async def test_events_the_hooks_spool_evicted_unsent_are_exported(tmp_path):
+    """The hooks' spool adds the events it evicts unsent to spool/evicted_events (blender_hooks.spool);
+    /metrics says how many (docs/agent.md promised it, nothing exported it)."""
+    from blender_hooks.spool import EVICTED_FILE
+
+    cfg = agent_config(tmp_path)
+    async with TestClient(TestServer(create_app(cfg, nvml=NoNvml()))) as c:
+        assert sample_value(await metrics(c), "renderwatch_spool_evicted_events_total") == 0
+        cfg.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (cfg.spool_dir / EVICTED_FILE).write_text("7\n")
+        assert sample_value(await metrics(c), "renderwatch_spool_evicted_events_total") == 7

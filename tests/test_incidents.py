@@ -176,3 +176,23 @@ def test_from_config_accepts_an_app_config_object(tmp_path):
 def test_kinds_are_stable():
     assert set(KINDS) >= {"render.crashed", "render.stalled", "render.restarted", "render.recovered",
                           "render.gave_up", "render.completed"}
+
+
+def test_incident_kinds_are_spelled_only_in_the_model():
+    """Every emitter names a kind by its constant in healer.incidents.model (docstrings aside), so a
+    renamed kind cannot leave one emitter behind."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    model = root / "healer" / "incidents" / "model.py"
+    found = []
+    for pkg in ("healer", "agent", "renderwatch", "kernel", "blender_hooks"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            if path == model:
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+            found += [f"{path.relative_to(root)}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
+                      if isinstance(n, ast.Constant) and n.value in KINDS and id(n) not in docs]
+    assert found == []

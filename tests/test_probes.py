@@ -90,6 +90,20 @@ def test_nvml_is_not_loaded_without_an_nvidia_driver_and_asked_with_one(monkeypa
     assert ResourceSampler(driver_present=lambda: True).sample(os.getpid())["gpu_util_percent"] == 37.0  # the busiest
 
 
+def test_the_memory_limit_is_read_from_the_cgroup_it_is_given(tmp_path):
+    import os
+
+    from healer.supervising.probes import ResourceSampler
+
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    assert ResourceSampler(driver_present=lambda: False, cgroup=str(tmp_path)).sample(os.getpid())["rss_limit_bytes"] == 1 << 30
+    (tmp_path / "memory.max").write_text("max\n")        # no limit: the host's memory
+    import psutil
+
+    assert ResourceSampler(driver_present=lambda: False, cgroup=str(tmp_path)).sample(os.getpid())["rss_limit_bytes"] == \
+        psutil.virtual_memory().total
+
+
 # -- stall: every sign of life flat for the timeout, not progress lines alone ------------------------
 
 def test_a_silent_frame_with_cpu_time_growing_is_not_a_stall():

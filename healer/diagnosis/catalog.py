@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Exit statuses of `renderwatch render` / `exec` (README: "Exit codes").
+# Exit statuses of `renderwatch render` / `exec` (their table is in README's "Operations").
 from healer.diagnosis.exits import (  # noqa: F401 (names read from here)
     EXIT_CANCELLED,
     EXIT_FAILED,

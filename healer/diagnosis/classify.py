@@ -16,8 +16,8 @@ type, a small tail, and the first and last Python traceback.
 Precedence (root cause over symptom; the first that has evidence wins):
 
 1. fatal causes found in the output: gpu_oom > gpu_error > host_oom (also `oom_killed=True`) >
-   denoiser_unavailable > engine_unavailable > blend_invalid > missing_file (the .blend itself)
-   > output_error > python_error (`script failed` with --python-exit-code, `Fatal Python error`,
+   denoiser_unavailable > scene_limit > engine_unavailable > blend_invalid > missing_file (the
+   .blend itself) > output_error > python_error (`script failed` with --python-exit-code, `Fatal Python error`,
    or a non-zero exit whose last output is a traceback; a traceback whose exception names a
    missing file / unwritable output / bad_alloc is that type instead);
 2. how the process ended: segfault (SIGSEGV/SIGBUS/SIGILL/SIGFPE, 0xC0000005, a crash file,

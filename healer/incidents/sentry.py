@@ -41,7 +41,7 @@ from healer.diagnosis import crashfile
 from healer.diagnosis.classify import last_traceback
 from healer.diagnosis.crashfile import read_crash_file
 from healer.diagnosis.errors import RenderError
-from healer.incidents.model import CHECKIN_STATUS, RENDER_STARTED, Incident
+from healer.incidents.model import CHECKIN_STATUS, RENDER_GAVE_UP, RENDER_STARTED, Incident
 from healer.incidents.scrub import Scrubber
 from renderwatch import __version__
 
@@ -147,7 +147,7 @@ def top_in_app_frame(frames: Sequence[Mapping[str, Any]]) -> str:
 
 
 def level_for(kind: str, error: RenderError) -> str:
-    if kind == "render.gave_up":
+    if kind == RENDER_GAVE_UP:
         return "fatal"
     if error.severity == "info":
         return "info"

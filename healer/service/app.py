@@ -395,7 +395,8 @@ def parse_listen(cfg: HealerConfig) -> tuple[str, int]:
 
 def create_app(cfg: HealerConfig, *, registry: CollectorRegistry | None = None, incidents: Any = None,
                nvml: Any = None, token_file: Path | None = None) -> web.Application:
-    """The healer service. Seams: incidents= (a sink), nvml= (pynvml-shaped, for GPU placement).
+    """The healer service. Seams: incidents= (a sink), nvml= (a `kernel.nvml.Gpus` or a pynvml-shaped module,
+    for GPU placement).
     `token_file`: cfg.token was generated there (healer.service.auth.ensure_token; loopback only)."""
     host, _ = parse_listen(cfg)
     if token_file is not None and not is_loopback(host):

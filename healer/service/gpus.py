@@ -1,7 +1,7 @@
 """GPU placement for the healer service: each render gets a GPU of its own, never a paused one.
 
-The GPUs come from NVML (index and UUID; none without a driver: then nothing is placed and renders
-use what Blender's preferences say). A render placed on GPU i runs with CUDA_VISIBLE_DEVICES=i and
+The GPUs come from NVML through `kernel.nvml` (index and UUID; none without a driver: then nothing is
+placed and renders use what Blender's preferences say). A render placed on GPU i runs with CUDA_VISIBLE_DEVICES=i and
 Cycles told to use that device (`spawn.GPU_EXPR`). A farm's own assignment wins: a job whose
 environment already names its GPUs (CUDA_VISIBLE_DEVICES, or OpenCue's CUE_GPU_CORES) is not placed.
 Alertmanager's GPUOverheating pauses a GPU (`pause`): no new render goes there until the alert
@@ -9,7 +9,7 @@ resolves (`resume`); renders already on it finish.
 
 Usage::
 
-    placer = GpuPlacer(nvml=pynvml)
+    placer = GpuPlacer(nvml=kernel.nvml.open_nvml())     # or a pynvml-shaped module
     gpu = await placer.acquire("job-1")        # waits while every GPU is busy or paused
     ...
     placer.release("job-1")
@@ -21,7 +21,8 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from kernel.nvml import Gpus, NvmlModule, open_nvml
 
 log = logging.getLogger(__name__)
 FARM_GPU_VARS = ("CUDA_VISIBLE_DEVICES", "CUE_GPU_CORES")
@@ -34,8 +35,8 @@ class Gpu:
 
 
 class GpuPlacer:
-    def __init__(self, nvml: Any = None):
-        self.gpus: list[Gpu] = _discover(nvml)
+    def __init__(self, nvml: Gpus | NvmlModule | None = None):
+        self.gpus: list[Gpu] = [Gpu(d.index, d.uuid) for d in open_nvml(nvml).devices()]
         self.paused: set[str] = set()
         self.placed: dict[str, Gpu] = {}            # job -> its GPU
         self._changed = asyncio.Condition()
@@ -84,21 +85,3 @@ class GpuPlacer:
             return True
         return False
 
-
-def _discover(nvml: Any) -> list[Gpu]:
-    if nvml is None:
-        try:
-            import pynvml
-        except ImportError:
-            return []
-        nvml = pynvml
-    try:
-        nvml.nvmlInit()
-        out = []
-        for i in range(nvml.nvmlDeviceGetCount()):
-            uuid = nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))
-            out.append(Gpu(i, uuid.decode() if isinstance(uuid, bytes) else str(uuid)))
-        return out
-    except Exception as e:        # no driver, no GPU: nothing to place
-        log.info("no GPUs to place renders on (%s)", type(e).__name__)
-        return []

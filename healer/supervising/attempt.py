@@ -18,6 +18,7 @@ import os
 from typing import TYPE_CHECKING
 
 from healer.diagnosis import errors
+from healer.incidents.model import RENDER_CRASHED, RENDER_STALLED
 from healer.supervising.context import AttemptState, JobContext
 from healer.supervising.launch import Launched, exit_status
 from healer.supervising.ledger import Attempt, Ledger
@@ -103,7 +104,7 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> error
     # The incident is on disk (the incident journal) before the ledger records the crash and the
     # healer acts on it: a healer killed in between loses nothing; the next one replays the journal.
     if error.type != "ok" and error.fatal and not ctx.cancelled:
-        kind = "render.stalled" if error.type == "stall" else "render.crashed"
+        kind = RENDER_STALLED if error.type == "stall" else RENDER_CRASHED
         ctx.incidents.emit(kind, ctx.info(frame=error.frame, log_tail=list(proc.tail), crash_file=st.crash_file,
                                           message=error.summary,
                                           frame_log=ctx.logs.frame_tail(error.frame) if ctx.logs else None), error)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from blender_hooks.farm import FarmIdentity, OpenJDLines
 from healer.diagnosis import errors
 from healer.diagnosis.catalog import REPORT_TYPES
+from healer.incidents.model import RENDER_WARNING
 from healer.supervising.ledger import Ledger
 from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, RunningBlender, SupervisorMetrics
@@ -159,4 +160,4 @@ class JobContext:
         if incident:
             if error is None and etype in errors.ERROR_TYPES:
                 error = errors.error_class(etype)(summary=message, fatal=False)
-            self.incidents.emit("render.warning", self.info(message=message, frame=frame), error)
+            self.incidents.emit(RENDER_WARNING, self.info(message=message, frame=frame), error)

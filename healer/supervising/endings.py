@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from healer.diagnosis import errors
 from healer.diagnosis.catalog import EXIT_CANCELLED, EXIT_OK
+from healer.incidents.model import RENDER_COMPLETED, RENDER_GAVE_UP
 from healer.supervising.context import JobContext
 from healer.supervising.ledger import Ledger, job_dir
 from healer.supervising.preflight import EarlyFailure, job_id_for
@@ -26,7 +27,7 @@ class RenderResult:
 def finish_complete(ctx: JobContext, led: Ledger) -> RenderResult:
     led.status, led.error = "complete", None
     if not ctx.announced_complete:    # on disk (the incident journal) before the ledger says so
-        ctx.incidents.emit("render.completed", ctx.info(message="every requested frame has a verified output"))
+        ctx.incidents.emit(RENDER_COMPLETED, ctx.info(message="every requested frame has a verified output"))
     led.save()
     ctx.update_metrics()
     return RenderResult("complete", EXIT_OK, led)
@@ -35,7 +36,7 @@ def finish_complete(ctx: JobContext, led: Ledger) -> RenderResult:
 def finish_failed(ctx: JobContext, led: Ledger, etype: str, message: str, code: int) -> RenderResult:
     led.status, led.error = "failed", {"type": etype, "message": message}
     cls = errors.ERROR_TYPES.get(etype, errors.UnknownError)
-    ctx.incidents.emit("render.gave_up", ctx.info(message=message), cls(summary=message))
+    ctx.incidents.emit(RENDER_GAVE_UP, ctx.info(message=message), cls(summary=message))
     led.save()
     ctx.update_metrics()
     if ctx.metrics:
@@ -59,7 +60,7 @@ def fail_early(ctx: JobContext, failure: EarlyFailure) -> RenderResult:
     led.status = "failed"
     led.error = {"type": failure.type, "message": failure.message}
     ctx.ledger = led
-    ctx.incidents.emit("render.gave_up", ctx.info(message=failure.message),
+    ctx.incidents.emit(RENDER_GAVE_UP, ctx.info(message=failure.message),
                        errors.error_class(failure.type)(summary=failure.message))
     return RenderResult("failed", failure.exit_code, led, led.error)
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kernel.nvml import Gpus, NvmlModule, open_nvml
+
 PROBES = ("alive", "progress", "heartbeat", "stall", "memory", "gpu")
 STALL_FLOOR_S = 60.0
 STALL_FACTOR = 4.0
@@ -40,6 +42,7 @@ RSS_NEAR_LIMIT_FRACTION = 0.9
 # one at least a sizeable share of a core even on a host that is busy.
 CPU_ACTIVE_FRACTION = 0.02
 CPU_TICK_S = 0.01
+CGROUP = "/sys/fs/cgroup"          # the cgroup v2 of this process (memory.max, memory.events)
 
 
 @dataclass(frozen=True)
@@ -162,103 +165,29 @@ class SignsOfLife:
             self._mtime = heartbeat_mtime_ns
 
 
-# What an NVIDIA driver that NVML can talk to leaves on a host: the kernel driver's /proc entry and
-# control device (also mounted into containers by the NVIDIA container toolkit), or WSL2's GPU device.
-NVIDIA_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
-
-
-def nvidia_driver_present() -> bool:
-    """Whether NVML can be there at all: without it, importing pynvml and failing nvmlInit costs every
-    task ~10 ms of CPU on a CPU-only node (off Linux, NVML is simply tried)."""
-    import os
-    import sys
-
-    return not sys.platform.startswith("linux") or any(os.path.exists(p) for p in NVIDIA_DRIVER_PATHS)
-
-
 class ResourceSampler:
     """Reads what the probes need from the host: Blender's RSS and CPU time (its whole process tree),
     host memory, the cgroup memory limit, GPU utilisation and whether Blender's own processes keep a
     GPU busy, through NVML. Each source that is missing yields None and is logged once."""
 
-    def __init__(self, psutil_mod=None, nvml=None, driver_present=None):
+    def __init__(self, psutil_mod=None, nvml: Gpus | NvmlModule | None = None, driver_present=None,
+                 cgroup: str = CGROUP):
         import logging
 
         import psutil as _psutil
 
         self.psutil = psutil_mod or _psutil
-        self.log = logging.getLogger(__name__)
-        self._nvml = nvml
-        self._nvml_tried = nvml is not None
-        self._handles: list = []
-        self._seen_ts: dict = {}       # per GPU: the newest per-process sample already read
-        self._driver_present = driver_present or nvidia_driver_present
-        self.limit = _cgroup_memory_limit()
-
-    def _init_gpu(self) -> None:
-        if not self._nvml_tried:
-            self._nvml_tried = True
-            if not self._driver_present():
-                self.log.debug("no NVIDIA driver on this host: no GPU hang hint")
-                return
-            try:
-                import pynvml
-
-                pynvml.nvmlInit()
-                self._nvml = pynvml
-            except Exception as e:      # no driver / no GPU: the gpu probe is left out
-                self.log.debug("NVML unavailable (%s): no GPU hang hint", type(e).__name__)
-                self._nvml = None
-                return
-        if self._nvml is not None and not self._handles:
-            try:
-                self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self._nvml.nvmlDeviceGetCount())]
-            except Exception:
-                self._nvml = None
-
-    def _gpu(self) -> float | None:
-        self._init_gpu()
-        if self._nvml is None or not self._handles:
-            return None
-        try:
-            return float(max(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles))
-        except Exception:
-            return None
-
-    def _gpu_busy(self, pids: set[int]) -> bool | None:
-        """Whether one of `pids` used a GPU since the last call (None: no NVML). NVML's per-process
-        samples where the driver keeps them; else a busy GPU on which one of them holds a context."""
-        if self._nvml is None or not self._handles:
-            return None
-        nv, busy = self._nvml, False
-        for h in self._handles:
-            try:
-                samples = nv.nvmlDeviceGetProcessUtilization(h, self._seen_ts.get(h, 0))
-            except Exception as e:
-                if type(e).__name__ == "NVMLError_NotFound":   # no sample since the last read: idle
-                    continue
-                samples = None
-            if samples is not None:
-                for smp in samples:
-                    self._seen_ts[h] = max(self._seen_ts.get(h, 0), smp.timeStamp)
-                    if smp.pid in pids and (smp.smUtil > 0 or smp.memUtil > 0):
-                        busy = True
-                continue
-            try:
-                mine = any(p.pid in pids for p in nv.nvmlDeviceGetComputeRunningProcesses(h))
-                if mine and nv.nvmlDeviceGetUtilizationRates(h).gpu > 0:
-                    busy = True
-            except Exception:
-                continue
-        return busy
+        # NVML is opened on the first sample, and only where a driver is (`driver_present`)
+        self.gpus = open_nvml(nvml, driver_present=driver_present, log_level=logging.DEBUG)
+        self.limit = cgroup_memory_limit(cgroup)
 
     def sample(self, pid: int | None) -> dict:
         vm = self.psutil.virtual_memory()
         pids, rss, cpu = process_tree(pid, self.psutil)
-        gpu = self._gpu()
+        gpu = self.gpus.busiest_percent()
         return {"rss_bytes": rss, "rss_limit_bytes": self.limit or vm.total,
                 "host_available_bytes": vm.available, "host_total_bytes": vm.total,
-                "gpu_util_percent": gpu, "cpu_seconds": cpu, "gpu_busy": self._gpu_busy(pids) if pids else None}
+                "gpu_util_percent": gpu, "cpu_seconds": cpu, "gpu_busy": self.gpus.processes_active(pids) if pids else None}
 
 
 def process_tree(pid: int | None, ps=None) -> tuple[set[int], int | None, float | None]:
@@ -284,9 +213,11 @@ def process_tree(pid: int | None, ps=None) -> tuple[set[int], int | None, float 
     return {q.pid for q in tree}, rss, cpu
 
 
-def _cgroup_memory_limit() -> int | None:
+def cgroup_memory_limit(cgroup: str = CGROUP) -> int | None:
+    """The cgroup's memory.max in bytes (None: no limit, or no cgroup v2 here)."""
     try:
-        raw = open("/sys/fs/cgroup/memory.max").read().strip()
+        with open(f"{cgroup}/memory.max") as f:
+            raw = f.read().strip()
         return None if raw == "max" else int(raw)
     except (OSError, ValueError):
         return None
@@ -295,7 +226,7 @@ def _cgroup_memory_limit() -> int | None:
 class SystemProbes:
     """The real `seams.HostProbes`: psutil, the cgroup's memory.events, statvfs, a ResourceSampler."""
 
-    def __init__(self, sampler: ResourceSampler | None = None, cgroup: str = "/sys/fs/cgroup"):
+    def __init__(self, sampler: ResourceSampler | None = None, cgroup: str = CGROUP):
         import psutil
 
         self._psutil = psutil

@@ -35,6 +35,7 @@ from healer.diagnosis.classify import LogScanner
 from healer.diagnosis.crashfile import read_crash_file
 from healer.diagnosis.errors import RenderError
 from healer.diagnosis.framecheck import EmptyCells, Expected, JobFrames, Suspect, inspect_frame
+from healer.incidents.model import RENDER_COMPLETED, RENDER_CRASHED, RENDER_WARNING
 from healer.supervising import probes
 from healer.supervising.launch import ProcessLauncher, exit_status
 from healer.supervising.logcapture import LogCapture
@@ -73,7 +74,7 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
 
     def warn(etype: str, message: str, frame: int | None = None) -> None:
         say(f"warning: {etype}: {message}")
-        incidents.emit("render.warning", {**info, "message": message, **({"frame": frame} if frame is not None else {})},
+        incidents.emit(RENDER_WARNING, {**info, "message": message, **({"frame": frame} if frame is not None else {})},
                        errors.error_class(etype)(summary=message, fatal=False))
 
     watch = FrameWatch(job, env, warn, gl_driver)
@@ -119,12 +120,12 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
         info["frame_log"] = logs.frame_tail(scanner.frame_in_flight)
     if error.type != "ok" and error.fatal:
         say(f"Blender ended: {error.type}: {error.summary}")
-        incidents.emit("render.crashed", {**info, "message": error.summary}, error)
+        incidents.emit(RENDER_CRASHED, {**info, "message": error.summary}, error)
     elif error.type != "ok":
         say(f"warning: {error.type}: {error.summary}")
-        incidents.emit("render.warning", {**info, "message": error.summary}, error)
+        incidents.emit(RENDER_WARNING, {**info, "message": error.summary}, error)
     else:
-        incidents.emit("render.completed", {**info, "message": f"{len(saved)} frame(s) saved"})
+        incidents.emit(RENDER_COMPLETED, {**info, "message": f"{len(saved)} frame(s) saved"})
     if report:
         doc = {"mode": "supervise-only", "job": job, "exit_code": (code or 0) if sig is None else 128 + sig,
                "frames_saved": saved, "error": error.to_dict(),

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from blender_hooks.farm import OpenJDLines
 from healer.diagnosis.catalog import EXIT_STRICT, REPORT_TYPES, TYPES, exit_status
+from healer.incidents.model import RENDER_RECOVERED, RENDER_RESTARTED
 from healer.supervising.context import JobContext, RenderRequest
 from healer.supervising.endings import (
     RenderResult,
@@ -370,7 +371,7 @@ class Supervisor:
                     return finish_failed(ctx, led, etype, action.reason, code)
                 if action.restart:
                     # on disk (the incident journal) before the restart is announced or made
-                    ctx.incidents.emit("render.restarted", ctx.info(message=action.reason))
+                    ctx.incidents.emit(RENDER_RESTARTED, ctx.info(message=action.reason))
                     ctx.say(f"restart: {action.reason}" + (f" (in {action.delay_s:.1f} s)" if action.delay_s else ""))
                     if ctx.openjd:
                         ctx.openjd.status(f"renderwatch restart {led.restarts + 1}: {action.reason}")
@@ -398,7 +399,7 @@ class Supervisor:
             action = plan(JobState(tuple(led.missing()), ctx.warning_types()), error, self.policy, history,
                           now=ctx.wall(), cpu_count=os.cpu_count() or 1, earlier=earlier)
             if action.kind == "complete" and any(o.error_type not in (None, "ok") for o in history):
-                ctx.incidents.emit("render.recovered", ctx.info(message="every frame rendered after restarts"))
+                ctx.incidents.emit(RENDER_RECOVERED, ctx.info(message="every frame rendered after restarts"))
 
 
 def _tell_agent_attempt(ctx: JobContext, led: Ledger, error) -> None:
