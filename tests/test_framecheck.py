@@ -9,7 +9,9 @@ import zlib
 
 import pytest
 
-from healer.diagnosis.framecheck import Expected, FrameFacts, inspect_frame, judge_frame
+from healer.images.facts import FrameFacts
+from healer.images.judge import Expected, judge_frame
+from healer.images.read import inspect_frame
 
 
 def _paeth(a: int, b: int, c: int) -> int:
@@ -168,12 +170,12 @@ def test_exr_big_chunks_are_not_one_value_without_reading_a_pixel(tmp_path, monk
     """The offset table decides: a file with a chunk too big for one value is not decoded at all.
     (A multilayer file with other passes is read chunk by chunk instead: the test below.)"""
     np = pytest.importorskip("numpy")
-    from healer.diagnosis import framecheck
+    from healer.images import exr
 
     h, w = 64, 256
     noise = np.random.default_rng(4).random((h, w), dtype=np.float32)
     _exr(tmp_path / "n.exr", {c: noise for c in "RGBA"})
-    monkeypatch.setattr(framecheck, "_exr_uniform", lambda *a: pytest.fail("pixels read"))
+    monkeypatch.setattr(exr, "_exr_uniform", lambda *a: pytest.fail("pixels read"))
     assert inspect_frame(str(tmp_path / "n.exr")).uniform is None
 
 
@@ -236,9 +238,9 @@ def test_exr_multilayer_with_passes_that_vary_is_judged_on_its_combined_only(tmp
     """A black beauty beside a depth and a normal pass that are not flat (every real multilayer render)
     is blank; a picture is not, decided at its first chunk without OpenEXR reading the file."""
     np = pytest.importorskip("numpy")
-    from healer.diagnosis import framecheck
+    from healer.images import exr
 
-    monkeypatch.setattr(framecheck, "_exr_uniform", lambda *a: pytest.fail("the whole file was read"))
+    monkeypatch.setattr(exr, "_exr_uniform", lambda *a: pytest.fail("the whole file was read"))
     h, w = 70, 96
     dt = np.float16 if pixel == "half" else np.float32
     rng = np.random.default_rng(6)
@@ -264,7 +266,7 @@ def test_exr_zip_unpacking_whole_and_any_range_matches_the_bytes_packed():
     """OpenEXR's ZIP packing (even/odd split, byte predictor, zlib) undone whole, and for any range alone
     (the first line's beauty of a picture is read without undoing the rest of its chunk)."""
     np = pytest.importorskip("numpy")
-    from healer.diagnosis.framecheck import _exr_unpack, _exr_zip_range
+    from healer.images.exr import _exr_unpack, _exr_zip_range
 
     rng = np.random.default_rng(1)
     for n in (1, 2, 11, 1000, 1001):

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from healer.images.verify import verify_image
 from healer.supervising.ledger import JobLocked, Ledger, SupervisorLock, job_dir, process_alive
-from healer.supervising.outputs import OutputPattern, verify_image
+from healer.supervising.outputs import OutputPattern
 
 
 @pytest.fixture(scope="module")
