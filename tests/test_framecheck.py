@@ -135,6 +135,41 @@ def _exr(path, chans: dict, compression="ZIP_COMPRESSION"):
     OpenEXR.File({"compression": getattr(OpenEXR, compression), "type": OpenEXR.scanlineimage}, chans).write(str(path))
 
 
+def _first_attribute_size_at(data: bytes) -> tuple[int, int]:
+    """(where the first header attribute's size field is, how many bytes back its name starts)."""
+    name_end = data.index(b"\0", 8)
+    type_end = data.index(b"\0", name_end + 1)
+    return type_end + 1, type_end + 5 - 8
+
+
+@pytest.mark.parametrize("corrupt", ["back_to_itself", "negative", "past_the_end"])
+def test_exr_header_corrupt_size_is_refused_by_both_readers_at_once(tmp_path, corrupt):
+    """One OpenEXR header parser for the frame check and the completeness check: an attribute size that
+    is negative (one pointing back at its own name looped the frame check forever, in the healer's
+    worker thread or, for a kept frame, synchronously at the job's start) or past the end is a corrupt
+    header to both, found without waiting."""
+    import threading
+
+    from healer.images.verify import verify_image
+
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "f.exr"
+    _exr(path, {c: np.full((8, 8), 0.5, np.float32) for c in "RGBA"})
+    data = bytearray(path.read_bytes())
+    at, back = _first_attribute_size_at(bytes(data))
+    size = {"back_to_itself": -back, "negative": -1, "past_the_end": 1 << 30}[corrupt]
+    data[at:at + 4] = struct.pack("<i", size)
+    path.write_bytes(bytes(data))
+    got: dict = {}
+    t = threading.Thread(target=lambda: got.update(facts=inspect_frame(path), verdict=verify_image(path)),
+                         daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "reading the header never ends"
+    assert got["facts"].error and "OpenEXR header" in got["facts"].error, got["facts"]
+    assert not got["verdict"].ok and got["verdict"].partial and got["verdict"].reason == "truncated OpenEXR header"
+
+
 @pytest.mark.parametrize("compression", ["ZIP_COMPRESSION", "PIZ_COMPRESSION", "NO_COMPRESSION", "DWAA_COMPRESSION"])
 def test_exr_single_layer_black_noisy_and_transparent(tmp_path, compression):
     np = pytest.importorskip("numpy")
