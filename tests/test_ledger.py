@@ -55,6 +55,20 @@ def test_truncated_images_are_partial(images, tmp_path, fmt, keep):
     assert not v.ok and v.partial, (fmt, keep, v)
 
 
+@pytest.mark.blender
+def test_a_complete_exr_of_a_codec_not_in_the_chunk_table_is_not_removed(images, tmp_path):
+    """A compression id newer than the lines-per-chunk table (OpenEXR adds codecs) gives no chunk count
+    to check (a single-part file has no chunkCount): the file is not guessed at one line per chunk,
+    which read chunk data as offsets and removed a complete frame as partial, every attempt."""
+    data = bytearray(images["OPEN_EXR"].read_bytes())
+    at = data.index(b"compression\0compression\0") + len(b"compression\0compression\0") + 4
+    data[at] = 10
+    p = tmp_path / "f_0001.exr"
+    p.write_bytes(bytes(data))
+    v = verify_image(p)
+    assert v.ok and not v.partial, v
+
+
 def test_missing_and_empty(tmp_path):
     assert verify_image(tmp_path / "nope.png").reason == "missing"
     (tmp_path / "empty.png").write_bytes(b"")

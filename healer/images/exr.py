@@ -72,13 +72,14 @@ def parse_header(data: bytes, pos: int) -> tuple[dict, int]:
 
 def chunk_count(header: dict) -> int | None:
     """The number of chunks of a part: its chunkCount, or from its data window and compression
-    (scanline parts; None for a tiled part without chunkCount or one without a data window)."""
+    (scanline parts; None for a tiled part without chunkCount, one without a data window, or one whose
+    compression is not in LINES_PER_CHUNK: a newer codec's chunk height is not guessed)."""
     if header.get("chunkCount"):
         return header["chunkCount"]
-    if header.get("tiled") or "dataWindow" not in header:
+    lines = LINES_PER_CHUNK.get(header.get("compression", 0))
+    if header.get("tiled") or "dataWindow" not in header or lines is None:
         return None
     _x0, y0, _x1, y1 = header["dataWindow"]
-    lines = LINES_PER_CHUNK.get(header.get("compression", 0), 1)
     return -(-(y1 - y0 + 1) // lines)
 
 
