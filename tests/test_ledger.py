@@ -69,6 +69,19 @@ def test_a_complete_exr_of_a_codec_not_in_the_chunk_table_is_not_removed(images,
     assert v.ok and not v.partial, v
 
 
+@pytest.mark.blender
+@pytest.mark.parametrize("fmt", ["OPEN_EXR", "OPEN_EXR_MULTILAYER"])
+def test_an_exr_cut_anywhere_is_partial_and_nothing_raises(images, tmp_path, fmt):
+    """Cut after its magic (a crash as the file is written), in its header, its offset table or its
+    chunks: every cut is a partial file, and verify_image never raises (it runs after every `Saved:`)."""
+    data = images[fmt].read_bytes()
+    p = tmp_path / "f_0001.exr"
+    for cut in [*range(1, 64), *range(64, len(data), max(1, len(data) // 200)), len(data) - 1]:
+        p.write_bytes(data[:cut])
+        v = verify_image(p)
+        assert not v.ok and v.partial and v.reason, (cut, v)
+
+
 def test_missing_and_empty(tmp_path):
     assert verify_image(tmp_path / "nope.png").reason == "missing"
     (tmp_path / "empty.png").write_bytes(b"")

@@ -88,6 +88,8 @@ def check_complete(f, head: bytes, size: int) -> str:
     """Walk the EXR header(s) to the offset table; every chunk offset must lie inside the file."""
     if not head.startswith(MAGIC):
         return "not an OpenEXR file (bad magic)"
+    if len(head) < 8:
+        return "truncated OpenEXR header"
     flags = struct.unpack("<I", head[4:8])[0]
     multipart = bool(flags & MULTIPART)
     f.seek(8)
