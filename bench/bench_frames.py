@@ -1,4 +1,4 @@
-"""Frame content checks on 4K frames (healer.diagnosis.framecheck), next to a full decode with Pillow.
+"""Frame content checks on 4K frames (healer.images), next to a full decode with Pillow.
 
 Frames are 3840x2160: a render-like RGBA PNG (gradients and noise, written by Pillow at zlib level 6,
 Blender's default 15 % compression being close), the same as a multilayer-free RGBA half-float EXR
@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from healer.diagnosis.framecheck import empty_cells, inspect_frame, judge_partial, may_be_partial
+from healer.images.judge import judge_partial, may_be_partial
+from healer.images.read import empty_cells, inspect_frame
 
 W, H = 3840, 2160
 RUNS = 5

@@ -330,7 +330,7 @@ def _real_png(tmp: Path) -> bytes:
 
 
 def bench_verify(n: int, tmp: Path) -> Tally:
-    from healer.supervising.outputs import verify_image
+    from healer.images.verify import verify_image
 
     png = _real_png(tmp)
     paths = {s: tmp / f"f{s}" for s in (".png", ".jpg", ".exr", ".tif")}

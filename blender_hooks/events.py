@@ -53,7 +53,7 @@ PHASES = ("sync", "bvh", "kernels", "sampling", "denoise", "compositing", "save"
 JOB_END_STATUS = ("complete", "cancel", "failed")   # "failed": the healer's verdict only (with error_type)
 # The line the hooks print under the healer at each render's start: what its frames should be (JSON).
 SETTINGS_MARK = "[renderwatch] render settings "
-# Why a frame is suspect (healer.diagnosis.framecheck): the bounded `reason` label of the metric.
+# Why a frame is suspect (healer.images.judge): the bounded `reason` label of the metric.
 SUSPECT_REASONS = ("blank", "transparent", "partial", "resolution", "channels", "too_fast", "cpu_fallback")
 
 # Rejection reasons (the `reason` label of renderwatch_events_rejected_total).

@@ -44,6 +44,7 @@ from agent_support import AgentProcess, ServerThread
 from aiohttp import web
 
 from healer.diagnosis.errors import ERROR_TYPES
+from healer.images.verify import verify_image
 from healer.incidents.notify import (
     HEADER_DELIVERY,
     HEADER_EVENT,
@@ -51,7 +52,6 @@ from healer.incidents.notify import (
     HEADER_TIMESTAMP,
     verify_signature,
 )
-from healer.supervising.outputs import verify_image
 
 REPO = Path(__file__).resolve().parent.parent
 SLOW = REPO / "tests" / "faults" / "slow.py"

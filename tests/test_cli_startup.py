@@ -25,7 +25,7 @@ def test_building_the_command_line_imports_nothing_heavy(argv):
     assert json.loads(out.stdout) == [], f"`renderwatch {argv[0]}` imports {out.stdout.strip()} before it runs"
 
 
-AFTER_SPAWN = ("healer.diagnosis.framecheck", "healer.supervising.suspects", "healer.diagnosis.classify",
+AFTER_SPAWN = ("healer.images.read", "healer.images.judge", "healer.supervising.suspects", "healer.diagnosis.classify",
                "numpy", "tomllib", "statistics")
 BEFORE_SPAWN = ("import json, sys\nimport healer.cli\nfrom healer.config import load_config\n"
                 "from healer.supervising.supervisor import Supervisor\nload_config(env={})\n"

@@ -9,7 +9,9 @@ import zlib
 
 import pytest
 
-from healer.diagnosis.framecheck import Expected, FrameFacts, inspect_frame, judge_frame
+from healer.images.facts import FrameFacts
+from healer.images.judge import Expected, judge_frame
+from healer.images.read import inspect_frame
 
 
 def _paeth(a: int, b: int, c: int) -> int:
@@ -133,6 +135,41 @@ def _exr(path, chans: dict, compression="ZIP_COMPRESSION"):
     OpenEXR.File({"compression": getattr(OpenEXR, compression), "type": OpenEXR.scanlineimage}, chans).write(str(path))
 
 
+def _first_attribute_size_at(data: bytes) -> tuple[int, int]:
+    """(where the first header attribute's size field is, how many bytes back its name starts)."""
+    name_end = data.index(b"\0", 8)
+    type_end = data.index(b"\0", name_end + 1)
+    return type_end + 1, type_end + 5 - 8
+
+
+@pytest.mark.parametrize("corrupt", ["back_to_itself", "negative", "past_the_end"])
+def test_exr_header_corrupt_size_is_refused_by_both_readers_at_once(tmp_path, corrupt):
+    """One OpenEXR header parser for the frame check and the completeness check: an attribute size that
+    is negative (one pointing back at its own name looped the frame check forever, in the healer's
+    worker thread or, for a kept frame, synchronously at the job's start) or past the end is a corrupt
+    header to both, found without waiting."""
+    import threading
+
+    from healer.images.verify import verify_image
+
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "f.exr"
+    _exr(path, {c: np.full((8, 8), 0.5, np.float32) for c in "RGBA"})
+    data = bytearray(path.read_bytes())
+    at, back = _first_attribute_size_at(bytes(data))
+    size = {"back_to_itself": -back, "negative": -1, "past_the_end": 1 << 30}[corrupt]
+    data[at:at + 4] = struct.pack("<i", size)
+    path.write_bytes(bytes(data))
+    got: dict = {}
+    t = threading.Thread(target=lambda: got.update(facts=inspect_frame(path), verdict=verify_image(path)),
+                         daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "reading the header never ends"
+    assert got["facts"].error and "OpenEXR header" in got["facts"].error, got["facts"]
+    assert not got["verdict"].ok and got["verdict"].partial and got["verdict"].reason == "truncated OpenEXR header"
+
+
 @pytest.mark.parametrize("compression", ["ZIP_COMPRESSION", "PIZ_COMPRESSION", "NO_COMPRESSION", "DWAA_COMPRESSION"])
 def test_exr_single_layer_black_noisy_and_transparent(tmp_path, compression):
     np = pytest.importorskip("numpy")
@@ -168,12 +205,12 @@ def test_exr_big_chunks_are_not_one_value_without_reading_a_pixel(tmp_path, monk
     """The offset table decides: a file with a chunk too big for one value is not decoded at all.
     (A multilayer file with other passes is read chunk by chunk instead: the test below.)"""
     np = pytest.importorskip("numpy")
-    from healer.diagnosis import framecheck
+    from healer.images import exr
 
     h, w = 64, 256
     noise = np.random.default_rng(4).random((h, w), dtype=np.float32)
     _exr(tmp_path / "n.exr", {c: noise for c in "RGBA"})
-    monkeypatch.setattr(framecheck, "_exr_uniform", lambda *a: pytest.fail("pixels read"))
+    monkeypatch.setattr(exr, "_exr_uniform", lambda *a: pytest.fail("pixels read"))
     assert inspect_frame(str(tmp_path / "n.exr")).uniform is None
 
 
@@ -236,9 +273,9 @@ def test_exr_multilayer_with_passes_that_vary_is_judged_on_its_combined_only(tmp
     """A black beauty beside a depth and a normal pass that are not flat (every real multilayer render)
     is blank; a picture is not, decided at its first chunk without OpenEXR reading the file."""
     np = pytest.importorskip("numpy")
-    from healer.diagnosis import framecheck
+    from healer.images import exr
 
-    monkeypatch.setattr(framecheck, "_exr_uniform", lambda *a: pytest.fail("the whole file was read"))
+    monkeypatch.setattr(exr, "_exr_uniform", lambda *a: pytest.fail("the whole file was read"))
     h, w = 70, 96
     dt = np.float16 if pixel == "half" else np.float32
     rng = np.random.default_rng(6)
@@ -264,7 +301,7 @@ def test_exr_zip_unpacking_whole_and_any_range_matches_the_bytes_packed():
     """OpenEXR's ZIP packing (even/odd split, byte predictor, zlib) undone whole, and for any range alone
     (the first line's beauty of a picture is read without undoing the rest of its chunk)."""
     np = pytest.importorskip("numpy")
-    from healer.diagnosis.framecheck import _exr_unpack, _exr_zip_range
+    from healer.images.exr import _exr_unpack, _exr_zip_range
 
     rng = np.random.default_rng(1)
     for n in (1, 2, 11, 1000, 1001):

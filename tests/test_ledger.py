@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from healer.images.verify import verify_image
 from healer.supervising.ledger import JobLocked, Ledger, SupervisorLock, job_dir, process_alive
-from healer.supervising.outputs import OutputPattern, verify_image
+from healer.supervising.outputs import OutputPattern
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,33 @@ def test_truncated_images_are_partial(images, tmp_path, fmt, keep):
     cut = _cut(images[fmt], tmp_path / images[fmt].name, keep)
     v = verify_image(cut)
     assert not v.ok and v.partial, (fmt, keep, v)
+
+
+@pytest.mark.blender
+def test_a_complete_exr_of_a_codec_not_in_the_chunk_table_is_not_removed(images, tmp_path):
+    """A compression id newer than the lines-per-chunk table (OpenEXR adds codecs) gives no chunk count
+    to check (a single-part file has no chunkCount): the file is not guessed at one line per chunk,
+    which read chunk data as offsets and removed a complete frame as partial, every attempt."""
+    data = bytearray(images["OPEN_EXR"].read_bytes())
+    at = data.index(b"compression\0compression\0") + len(b"compression\0compression\0") + 4
+    data[at] = 10
+    p = tmp_path / "f_0001.exr"
+    p.write_bytes(bytes(data))
+    v = verify_image(p)
+    assert v.ok and not v.partial, v
+
+
+@pytest.mark.blender
+@pytest.mark.parametrize("fmt", ["OPEN_EXR", "OPEN_EXR_MULTILAYER"])
+def test_an_exr_cut_anywhere_is_partial_and_nothing_raises(images, tmp_path, fmt):
+    """Cut after its magic (a crash as the file is written), in its header, its offset table or its
+    chunks: every cut is a partial file, and verify_image never raises (it runs after every `Saved:`)."""
+    data = images[fmt].read_bytes()
+    p = tmp_path / "f_0001.exr"
+    for cut in [*range(1, 64), *range(64, len(data), max(1, len(data) // 200)), len(data) - 1]:
+        p.write_bytes(data[:cut])
+        v = verify_image(p)
+        assert not v.ok and v.partial and v.reason, (cut, v)
 
 
 def test_missing_and_empty(tmp_path):

@@ -9,14 +9,9 @@ import asyncio
 
 import pytest
 
-from healer.diagnosis.framecheck import (
-    FrameFacts,
-    empty_cells,
-    inspect_frame,
-    judge_partial,
-    may_be_partial,
-    partial_reference,
-)
+from healer.images.facts import FrameFacts
+from healer.images.judge import judge_partial, may_be_partial, partial_reference
+from healer.images.read import empty_cells, inspect_frame
 from healer.supervising.suspects import judge_frames
 
 np = pytest.importorskip("numpy")
@@ -129,7 +124,7 @@ def test_the_size_step_and_the_reference_frame():
 
 
 def test_judge_frames_decodes_only_the_small_frame_and_its_reference(tmp_path, monkeypatch):
-    from healer.diagnosis import framecheck
+    from healer.images import read
     from healer.supervising import suspects
 
     paths = [save(tmp_path / f"f_{i:04d}.png", picture(i)) for i in (1, 2, 3)]
@@ -139,7 +134,7 @@ def test_judge_frames_decodes_only_the_small_frame_and_its_reference(tmp_path, m
 
     def counting(path):
         decoded.append(str(path))
-        return framecheck.empty_cells(path)
+        return read.empty_cells(path)
 
     monkeypatch.setattr(suspects, "empty_cells", counting)
     cells: dict = {}

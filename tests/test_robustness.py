@@ -31,8 +31,8 @@ from healer.diagnosis.classify import LogScanner, classify
 from healer.diagnosis.crashfile import parse_crash_file
 from healer.diagnosis.errors import RenderError
 from healer.diagnosis.logformat import parse_line
+from healer.images.verify import verify_image
 from healer.service.alerts import PayloadError, parse_notification
-from healer.supervising.outputs import verify_image
 
 SHARED_LOGS = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "blender-logs"
 FAST = settings(max_examples=150, deadline=None, database=None,

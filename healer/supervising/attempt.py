@@ -18,11 +18,11 @@ import os
 from typing import TYPE_CHECKING
 
 from healer.diagnosis import errors
+from healer.images.verify import verify_image
 from healer.incidents.model import RENDER_CRASHED, RENDER_STALLED
 from healer.supervising.context import AttemptState, JobContext
 from healer.supervising.launch import Launched, exit_status
 from healer.supervising.ledger import Attempt, Ledger
-from healer.supervising.outputs import verify_image
 from healer.supervising.probes import ProbeSnapshot, SignsOfLife, evaluate, last_sign_of_life, stall_timeout
 from healer.supervising.progress import own_line, parse_line
 from healer.supervising.seams import RunningBlender

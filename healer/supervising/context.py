@@ -22,7 +22,8 @@ from healer.supervising.seams import HostProbes, IncidentSink, Launcher, Running
 if TYPE_CHECKING:
     import asyncio
 
-    from healer.diagnosis.framecheck import EmptyCells, Expected, JobFrames
+    from healer.images.facts import EmptyCells
+    from healer.images.judge import Expected, JobFrames
     from healer.supervising.logcapture import LogCapture
     from healer.supervising.telemetry import AgentEvents
 

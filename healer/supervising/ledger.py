@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import psutil
 
+from healer.images.verify import verify_image
 from healer.supervising.ledger_journal import (
     COMPACT_MIN_BYTES,
     SYNC_INTERVAL_S,
@@ -37,7 +38,7 @@ from healer.supervising.ledger_journal import (
     journal_path,
     read_journal,
 )
-from healer.supervising.outputs import OutputPattern, remove_partial, verify_image
+from healer.supervising.outputs import OutputPattern, remove_partial
 from renderwatch.files import write_atomic
 from renderwatch.paths import check_job_id, ensure_private_dir, home
 

@@ -6,7 +6,7 @@ A file no ledger of this job verified (another run's, a preview's) is kept only 
 would skip it, the scene saved with Output > Overwrite off (`use_overwrite = False`), and then only
 if it is what the scene renders: a complete file (verify_image), of the scene's format, resolution
 (`resolution_x/y * resolution_percentage / 100`) and channels (`color_mode`), read with the frame
-checks' own readers (healer.diagnosis.framecheck). Where the scene renders over existing files
+checks' own readers (healer.images). Where the scene renders over existing files
 (Blender's default) every such frame is rendered again, as Blender would. What cannot be known
 (a border render cropped to its border, an unreadable scene, a format the readers do not know) is
 not kept. The scene is read as saved: what a `--python` script changes when it runs is not seen
@@ -63,7 +63,8 @@ class OutputSpec:
 
 def reuse_refusal(path: str, spec: OutputSpec | None) -> str | None:
     """Why the file at `path` is not what the scene renders (None: it is, and may be kept)."""
-    from healer.diagnosis.framecheck import Expected, inspect_frame, judge_frame
+    from healer.images.judge import Expected, judge_frame
+    from healer.images.read import inspect_frame
 
     if spec is None or not spec.width or not spec.height or not spec.file_format:
         return "the scene's output size or format is not known"

@@ -34,7 +34,9 @@ from healer.diagnosis import errors
 from healer.diagnosis.classify import LogScanner
 from healer.diagnosis.crashfile import read_crash_file
 from healer.diagnosis.errors import RenderError
-from healer.diagnosis.framecheck import EmptyCells, Expected, JobFrames, Suspect, inspect_frame
+from healer.images.facts import EmptyCells
+from healer.images.judge import Expected, JobFrames, Suspect
+from healer.images.read import inspect_frame
 from healer.incidents.model import RENDER_COMPLETED, RENDER_CRASHED, RENDER_WARNING
 from healer.supervising import probes
 from healer.supervising.launch import ProcessLauncher, exit_status

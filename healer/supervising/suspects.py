@@ -3,7 +3,7 @@
 Each frame Blender saves (and the healer verified complete) is inspected in a worker thread while
 Blender goes on with the next one (`start_check`). When the attempt ends, `review_frames` judges
 every inspected frame against the scene's settings (the hooks' render settings line) and the job's
-other frames (healer.diagnosis.framecheck.judge_frame):
+other frames (healer.images.judge.judge_frame):
 
 - a frame whose file is clearly smaller than the job's others is decoded, with the nearest frame that
   is not, to find a part left empty (`partial`: a render that stopped part way);
@@ -29,17 +29,9 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 
-from healer.diagnosis.framecheck import (
-    EmptyCells,
-    Expected,
-    FrameFacts,
-    JobFrames,
-    Suspect,
-    empty_cells,
-    inspect_frame,
-    judge_frame,
-    judge_partial,
-)
+from healer.images.facts import EmptyCells, FrameFacts
+from healer.images.judge import Expected, JobFrames, Suspect, judge_frame, judge_partial
+from healer.images.read import empty_cells, inspect_frame
 from healer.supervising.context import AttemptState, JobContext
 from healer.supervising.ledger import Ledger
 

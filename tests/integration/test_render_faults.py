@@ -12,7 +12,7 @@ import time
 import pytest
 from healer_support import assert_every_frame_once, fault, render
 
-from healer.supervising.outputs import verify_image
+from healer.images.verify import verify_image
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 FRAMES = [1, 2, 3, 4]

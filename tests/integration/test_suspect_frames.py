@@ -11,7 +11,7 @@ import pytest
 from healer_support import fault, render
 
 from blender_hooks import events
-from healer.diagnosis.framecheck import inspect_frame
+from healer.images.read import inspect_frame
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

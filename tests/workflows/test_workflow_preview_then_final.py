@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from healer_support import render
 
-from healer.diagnosis.framecheck import inspect_frame
+from healer.images.read import inspect_frame
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
