@@ -45,7 +45,7 @@ from agent.state import State
 from agent.traces import RenderTracer, farm_attributes, farm_parent, job_ids
 from blender_hooks.spool import read_evicted
 from renderwatch import __version__
-from renderwatch.openapi import add_openapi_route
+from kernel.openapi import add_openapi_route
 
 log = logging.getLogger("renderwatch.agent")
 

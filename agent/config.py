@@ -41,10 +41,10 @@ from blender_hooks.settings import (  # noqa: F401 (names read from here)
     ConfigError,
     check_config_tables,
 )
-from renderwatch.files import load_toml
-from renderwatch.listen import check_token, is_loopback
-from renderwatch.listen import parse_listen as _parse_listen
-from renderwatch.paths import DEFAULT_AGENT_LISTEN, home, user_path
+from kernel.files import load_toml
+from kernel.listen import check_token, is_loopback
+from kernel.listen import parse_listen as _parse_listen
+from kernel.paths import DEFAULT_AGENT_LISTEN, home, user_path
 
 # Environment variables the agent reads (documented in the README's agent section).
 # The standard OpenTelemetry variables (the SDK also reads headers, timeouts, TLS and

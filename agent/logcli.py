@@ -26,7 +26,7 @@ from typing import Any
 
 from blender_hooks.logrecords import LEVELS
 from blender_hooks.settings import ENV_TOKEN
-from renderwatch.paths import DEFAULT_AGENT, ENV_AGENT
+from kernel.paths import DEFAULT_AGENT, ENV_AGENT
 
 PAGE = 10000
 _CONTROLS = {c: "\ufffd" for c in (*range(0, 9), *range(10, 32), *range(127, 160))}
@@ -95,7 +95,7 @@ def _sse(base: str, query: dict[str, Any], after: int, token: str | None) -> Ite
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from renderwatch.listen import http_url
+    from kernel.listen import http_url
 
     key = "--agent" if args.agent else ENV_AGENT
     try:

@@ -94,7 +94,7 @@ def _bad_option(args: argparse.Namespace) -> str | None:
     report's path) or as a traceback (the job id): checked before any Blender starts."""
     import os
 
-    from renderwatch.paths import check_job_id
+    from kernel.paths import check_job_id
 
     try:
         if args.job is not None:
@@ -134,7 +134,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if bad is not None:
         print(f"renderwatch render: {bad}", file=sys.stderr)
         return EXIT_USAGE
-    from renderwatch.paths import state_problem
+    from kernel.paths import state_problem
 
     problem = state_problem()
     if problem is not None:
@@ -185,7 +185,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if bad is not None:
         print(f"renderwatch exec: {bad}", file=sys.stderr)
         return EXIT_USAGE
-    from renderwatch.paths import state_problem
+    from kernel.paths import state_problem
 
     problem = state_problem()
     if problem is not None:

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from blender_hooks.settings import ENV_SPOOL_DIR
-from renderwatch.listen import parse_listen
-from renderwatch.paths import ENV_AGENT, ensure_private_dir, home, user_path
+from kernel.listen import parse_listen
+from kernel.paths import ENV_AGENT, ensure_private_dir, home, user_path
 
 # Injected fault: SIGSEGV in a render_pre handler at one frame, only on the first attempt (a marker
 # file beside the script remembers it happened). A Blender script, run by Blender, not imported here.

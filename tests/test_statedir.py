@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from blender_hooks.statedir import UnsafeStateDir, private_dir
-from renderwatch.files import write_atomic
-from renderwatch.paths import ensure_private_dir, state_problem
+from kernel.files import write_atomic
+from kernel.paths import ensure_private_dir, state_problem
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="simulating another account needs root (os.chown)")

@@ -56,9 +56,9 @@ from healer.supervising.launch import check_user_args
 from healer.supervising.ledger import Ledger, jobs_dir
 from healer.supervising.report import build_report
 from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
-from renderwatch.listen import is_loopback
-from renderwatch.listen import parse_listen as _parse_listen
-from renderwatch.openapi import add_openapi_route
+from kernel.listen import is_loopback
+from kernel.listen import parse_listen as _parse_listen
+from kernel.openapi import add_openapi_route
 
 log = logging.getLogger("renderwatch.healer")
 

@@ -58,7 +58,7 @@ from healer.supervising.progress import ProgressDisplay
 from healer.supervising.retention import prune_at_start
 from healer.supervising.reuse import reuse_refusal
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, NoIncidents, SupervisorMetrics
-from renderwatch.paths import home
+from kernel.paths import home
 
 if TYPE_CHECKING:
     import asyncio
