@@ -20,7 +20,7 @@ import sys
 
 from blender_hooks.settings import ConfigError
 from healer.diagnosis.exits import EXIT_INTERNAL
-from renderwatch import __version__
+from kernel.version import __version__
 
 # Packages that contribute subcommands, in help order. A package whose cli module is missing
 # (partial install) is skipped rather than breaking every other command.
