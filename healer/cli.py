@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from blender_hooks.settings import ENV_SENTRY_DSN, ENV_WEBHOOK_URL
 from healer.diagnosis.exits import EXIT_USAGE
 from healer.supervising.frames import FrameSpecError, parse_frames
-from renderwatch.cli import setup_logging
+from kernel.console import setup_logging
 
 TYPE_CHECKING = False   # not typing's: importing typing costs a farm task ~9 ms before its Blender starts
 if TYPE_CHECKING:    # the config (and the supervisor) load after an exec's Blender has started
@@ -296,7 +296,7 @@ def _echo(line: str) -> None:
         # The task log's reader went away: the render goes on (its status still says how it went), its
         # output no longer passed through. Blender itself would die of SIGPIPE; a healthy render is
         # not stopped for a log.
-        from renderwatch.cli import silence_stdout
+        from kernel.console import silence_stdout
 
         silence_stdout()
 
