@@ -68,8 +68,8 @@ DEFAULT_SERVICE_NAME = "renderwatch-agent"
 class AgentConfig:
     """Everything the agent needs to run; build it with load_config()."""
 
-    host: str = "127.0.0.1"
-    port: int = 9464
+    host: str = DEFAULT_AGENT_LISTEN.rpartition(":")[0]
+    port: int = int(DEFAULT_AGENT_LISTEN.rpartition(":")[2])
     token: str | None = None
     data_dir: Path = field(default_factory=lambda: home() / "agent")
     spool_dir: Path = field(default_factory=lambda: home() / "spool")

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tail", "-n", "--lines", type=int, metavar="N", dest="tail",
                    help="only the last N lines (then follow, with -f)")
     p.add_argument("--output", "-o", choices=["short", "json"], default="short", help="short (default) or json")
-    p.add_argument("--agent", metavar="URL", help="agent base URL (default $RENDERWATCH_AGENT or http://127.0.0.1:9464)")
+    p.add_argument("--agent", metavar="URL", help=f"agent base URL (default ${ENV_AGENT} or {DEFAULT_AGENT})")
     p.set_defaults(func=cmd_logs)
 
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from blender_hooks.settings import ENV_SENTRY_DSN, ENV_WEBHOOK_URL
+from blender_hooks.settings import DEFAULT_HEALER_LISTEN, ENV_SENTRY_DSN, ENV_WEBHOOK_URL
 from healer.diagnosis.exits import EXIT_USAGE
 from healer.supervising.frames import FrameSpecError, parse_frames
 from kernel.console import setup_logging
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_exec, early_start=True)     # sets up logging once its Blender has started
 
     h = sub.add_parser("healer", help="the supervisor as a per-host service with an HTTP API")
-    h.add_argument("--listen", help="host:port (default 127.0.0.1:9465)")
+    h.add_argument("--listen", help=f"host:port (default {DEFAULT_HEALER_LISTEN})")
     h.add_argument("--concurrency", type=int, help="renders at once (default 2)")
     h.add_argument("--config", help="TOML config file (default $RENDERWATCH_HEALER_CONFIG)")
     h.set_defaults(func=cmd_healer)
