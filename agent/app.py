@@ -44,8 +44,8 @@ from agent.spool import SpoolScanner, claim_spool
 from agent.state import State
 from agent.traces import RenderTracer, farm_attributes, farm_parent, job_ids
 from blender_hooks.spool import read_evicted
-from renderwatch import __version__
-from renderwatch.openapi import add_openapi_route
+from kernel.openapi import add_openapi_route
+from kernel.version import __version__
 
 log = logging.getLogger("renderwatch.agent")
 

@@ -14,13 +14,14 @@ import signal
 import sys
 
 from agent.config import ConfigError, load_config
+from blender_hooks.settings import DEFAULT_AGENT, DEFAULT_AGENT_LISTEN, ENV_AGENT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("agent", help="per-host telemetry agent: hook events -> Prometheus metrics + OTLP traces",
                        description="Ingest Blender hook events (HTTP and the local spool), sample processes and "
                                    "GPUs, serve /metrics, /healthz, /api/v1/jobs and export OTLP traces.")
-    a.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:9464, "
+    a.add_argument("--listen", metavar="HOST:PORT", help=f"address to serve on (default {DEFAULT_AGENT_LISTEN}, "
                    "$RENDERWATCH_AGENT_LISTEN); a non-loopback address needs $RENDERWATCH_TOKEN")
     a.add_argument("--config", metavar="FILE", help="TOML file with an [agent] table ($RENDERWATCH_CONFIG)")
     a.add_argument("--data-dir", metavar="DIR", help="journal and trace files (default <state home>/agent)")
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_agent)
 
     s = sub.add_parser("status", help="live terminal view of the local agent's jobs and GPUs")
-    s.add_argument("--agent", metavar="URL", help="agent base URL (default $RENDERWATCH_AGENT or http://127.0.0.1:9464)")
+    s.add_argument("--agent", metavar="URL", help=f"agent base URL (default ${ENV_AGENT} or {DEFAULT_AGENT})")
     s.add_argument("--once", action="store_true", help="print one frame and exit (for pipes and scripts)")
     s.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_status)

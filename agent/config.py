@@ -41,10 +41,10 @@ from blender_hooks.settings import (  # noqa: F401 (names read from here)
     ConfigError,
     check_config_tables,
 )
-from renderwatch.files import load_toml
-from renderwatch.listen import check_token, is_loopback
-from renderwatch.listen import parse_listen as _parse_listen
-from renderwatch.paths import DEFAULT_AGENT_LISTEN, home, user_path
+from kernel.files import load_toml
+from kernel.listen import check_token, is_loopback
+from kernel.listen import parse_listen as _parse_listen
+from kernel.paths import DEFAULT_AGENT_LISTEN, home, user_path
 
 # Environment variables the agent reads (documented in the README's agent section).
 # The standard OpenTelemetry variables (the SDK also reads headers, timeouts, TLS and
@@ -68,8 +68,8 @@ DEFAULT_SERVICE_NAME = "renderwatch-agent"
 class AgentConfig:
     """Everything the agent needs to run; build it with load_config()."""
 
-    host: str = "127.0.0.1"
-    port: int = 9464
+    host: str = DEFAULT_AGENT_LISTEN.rpartition(":")[0]
+    port: int = int(DEFAULT_AGENT_LISTEN.rpartition(":")[2])
     token: str | None = None
     data_dir: Path = field(default_factory=lambda: home() / "agent")
     spool_dir: Path = field(default_factory=lambda: home() / "spool")

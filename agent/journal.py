@@ -33,7 +33,7 @@ from agent.aggregates import FrameTotals
 from agent.state import Effect, State
 from blender_hooks.events import EventError, validate
 from blender_hooks.statedir import open_nofollow, read_small
-from renderwatch.paths import ensure_private_dir
+from kernel.paths import ensure_private_dir
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from blender_hooks.logrecords import LEVELS
 from blender_hooks.settings import ENV_TOKEN
-from renderwatch.paths import DEFAULT_AGENT, ENV_AGENT
+from kernel.paths import DEFAULT_AGENT, ENV_AGENT
 
 PAGE = 10000
 _CONTROLS = {c: "\ufffd" for c in (*range(0, 9), *range(10, 32), *range(127, 160))}
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tail", "-n", "--lines", type=int, metavar="N", dest="tail",
                    help="only the last N lines (then follow, with -f)")
     p.add_argument("--output", "-o", choices=["short", "json"], default="short", help="short (default) or json")
-    p.add_argument("--agent", metavar="URL", help="agent base URL (default $RENDERWATCH_AGENT or http://127.0.0.1:9464)")
+    p.add_argument("--agent", metavar="URL", help=f"agent base URL (default ${ENV_AGENT} or {DEFAULT_AGENT})")
     p.set_defaults(func=cmd_logs)
 
 
@@ -95,7 +95,7 @@ def _sse(base: str, query: dict[str, Any], after: int, token: str | None) -> Ite
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from renderwatch.listen import http_url
+    from kernel.listen import http_url
 
     key = "--agent" if args.agent else ENV_AGENT
     try:

@@ -24,7 +24,7 @@ from blender_hooks.events import (
     REASONS,
     SCHEMA_VERSION,
 )
-from renderwatch.openapi import BEARER, document, json_body, metrics_operation, nullable, ref
+from kernel.openapi import BEARER, document, json_body, metrics_operation, nullable, ref
 
 SECURED: list[dict[str, list[str]]] = [{"token": []}]
 _ERROR = json_body(ref("Error"), "")

@@ -21,7 +21,7 @@ import urllib.request
 from typing import Any
 
 from blender_hooks.settings import ENV_TOKEN  # noqa: F401 (names read from here)
-from renderwatch.paths import DEFAULT_AGENT, ENV_AGENT
+from kernel.paths import DEFAULT_AGENT, ENV_AGENT
 
 BAR = 20
 MAX_ROWS = 20               # jobs shown; the rest are counted on one line
@@ -137,7 +137,7 @@ def render_frame(doc: dict[str, Any], color: bool = False) -> str:
 
 
 def run_status(agent: str | None, once: bool = False, interval: float = 1.0) -> int:
-    from renderwatch.listen import http_url
+    from kernel.listen import http_url
 
     key = "--agent" if agent else ENV_AGENT
     raw = agent or (os.environ.get(ENV_AGENT) or "").strip() or DEFAULT_AGENT

@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from blender_hooks.cli import STARTUP
+from renderwatch.hooks import STARTUP
 from renderwatch.scenes import create_demo_scene
 
 REPO = Path(__file__).resolve().parent.parent

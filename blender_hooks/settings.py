@@ -15,6 +15,14 @@ ENV_AGENT = "RENDERWATCH_AGENT"                 # the agent's base URL the hooks
 ENV_TOKEN = "RENDERWATCH_TOKEN"                 # the agent's bearer token (required off loopback)
 ENV_BLENDER = "RENDERWATCH_BLENDER"             # the Blender executable (healer, demo, hooks install/check)
 
+# -- the defaults they share (one place: the hooks send to the agent's default address, the agent listens
+# on it, the healer's clients call the healer's) -------------------------------------------------------
+DEFAULT_AGENT_LISTEN = "127.0.0.1:9464"             # the agent's address (loopback only by default)
+DEFAULT_HEALER_LISTEN = "127.0.0.1:9465"            # the healer service's address
+DEFAULT_AGENT = f"http://{DEFAULT_AGENT_LISTEN}"   # where the hooks send when RENDERWATCH_AGENT is unset
+XDG_STATE_HOME = "XDG_STATE_HOME"                   # the state root without RENDERWATCH_HOME: <it>/renderwatch,
+STATE_DIR_NAME = "renderwatch"                      # else ~/.local/state/renderwatch (blender_hooks.statedir)
+
 # -- the hooks --------------------------------------------------------------------------------------
 ENV_SPOOL_DIR = "RENDERWATCH_SPOOL_DIR"         # the spool directory (default <home>/spool)
 ENV_SPOOL_MAX = "RENDERWATCH_SPOOL_MAX_BYTES"   # bound on the whole spool directory
@@ -66,6 +74,7 @@ ENV_WEBHOOK_SECRET = "RENDERWATCH_WEBHOOK_SECRET"   # its HMAC secret
 # -- tests and benchmarks ---------------------------------------------------------------------------
 ENV_BLENDER_VERSIONS = "RENDERWATCH_BLENDER_VERSIONS"   # rows of the version matrix to run
 ENV_MATRIX_REQUIRED = "RENDERWATCH_MATRIX_REQUIRED"     # 1: a row that is not set up fails
+ENV_BPY_PYTHON = "RENDERWATCH_BPY_PYTHON"               # an interpreter with the bpy wheel (renderwatch.scenes)
 
 
 class ConfigError(ValueError):

@@ -41,12 +41,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .logs import logger
-from .settings import ENV_AGENT, ENV_HOME, ENV_SPOOL_DIR, ENV_SPOOL_MAX, ENV_TOKEN  # noqa: F401 (names read from here)
+from .settings import DEFAULT_AGENT, ENV_AGENT, ENV_HOME, ENV_SPOOL_DIR, ENV_SPOOL_MAX, ENV_TOKEN  # noqa: F401 (names read from here)
 from .statedir import UnsafeStateDir, open_nofollow, private_dir, read_small, state_home  # noqa: F401 (re-exported)
 
 log = logger("renderwatch.hooks.spool")
 
-DEFAULT_AGENT = "http://127.0.0.1:9464"
 EVENTS_PATH = "/api/v1/events"
 
 HELD_MAX = 10_000           # events a writer holds in memory for its sender while the spool cannot take them

@@ -30,7 +30,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from .settings import ENV_HOME
+from .settings import ENV_HOME, STATE_DIR_NAME, XDG_STATE_HOME
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 FIX = "set RENDERWATCH_HOME to a folder of this account's"
@@ -51,11 +51,15 @@ class UnsafeStateDir(PermissionError):
 
 
 def state_home(env: Mapping[str, str] | None = None) -> Path:
-    """$RENDERWATCH_HOME, else $XDG_STATE_HOME/renderwatch, else ~/.local/state/renderwatch."""
+    """$RENDERWATCH_HOME, else $XDG_STATE_HOME/renderwatch, else ~/.local/state/renderwatch, `~` expanded
+    (the one rule: kernel.paths.home checks the values first and names a bad one). RuntimeError when
+    a `~` cannot be expanded."""
     e = os.environ if env is None else env
     if e.get(ENV_HOME):
         return Path(e[ENV_HOME]).expanduser()
-    return Path(e.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "renderwatch"
+    if e.get(XDG_STATE_HOME):
+        return Path(e[XDG_STATE_HOME]).expanduser() / STATE_DIR_NAME
+    return Path.home() / ".local" / "state" / STATE_DIR_NAME
 
 
 def _default_root(path: str) -> str:

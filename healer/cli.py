@@ -13,10 +13,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from blender_hooks.settings import ENV_SENTRY_DSN, ENV_WEBHOOK_URL
+from blender_hooks.settings import DEFAULT_HEALER_LISTEN, ENV_SENTRY_DSN, ENV_WEBHOOK_URL
 from healer.diagnosis.exits import EXIT_USAGE
 from healer.supervising.frames import FrameSpecError, parse_frames
-from renderwatch.cli import setup_logging
+from kernel.console import setup_logging
 
 TYPE_CHECKING = False   # not typing's: importing typing costs a farm task ~9 ms before its Blender starts
 if TYPE_CHECKING:    # the config (and the supervisor) load after an exec's Blender has started
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_exec, early_start=True)     # sets up logging once its Blender has started
 
     h = sub.add_parser("healer", help="the supervisor as a per-host service with an HTTP API")
-    h.add_argument("--listen", help="host:port (default 127.0.0.1:9465)")
+    h.add_argument("--listen", help=f"host:port (default {DEFAULT_HEALER_LISTEN})")
     h.add_argument("--concurrency", type=int, help="renders at once (default 2)")
     h.add_argument("--config", help="TOML config file (default $RENDERWATCH_HEALER_CONFIG)")
     h.set_defaults(func=cmd_healer)
@@ -94,7 +94,7 @@ def _bad_option(args: argparse.Namespace) -> str | None:
     report's path) or as a traceback (the job id): checked before any Blender starts."""
     import os
 
-    from renderwatch.paths import check_job_id
+    from kernel.paths import check_job_id
 
     try:
         if args.job is not None:
@@ -134,7 +134,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if bad is not None:
         print(f"renderwatch render: {bad}", file=sys.stderr)
         return EXIT_USAGE
-    from renderwatch.paths import state_problem
+    from kernel.paths import state_problem
 
     problem = state_problem()
     if problem is not None:
@@ -185,7 +185,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if bad is not None:
         print(f"renderwatch exec: {bad}", file=sys.stderr)
         return EXIT_USAGE
-    from renderwatch.paths import state_problem
+    from kernel.paths import state_problem
 
     problem = state_problem()
     if problem is not None:
@@ -296,7 +296,7 @@ def _echo(line: str) -> None:
         # The task log's reader went away: the render goes on (its status still says how it went), its
         # output no longer passed through. Blender itself would die of SIGPIPE; a healthy render is
         # not stopped for a log.
-        from renderwatch.cli import silence_stdout
+        from kernel.console import silence_stdout
 
         silence_stdout()
 

@@ -45,8 +45,8 @@ from blender_hooks.settings import ENV_HEALER_STALL_TIMEOUT as ENV_STALL_TIMEOUT
 from blender_hooks.settings import ENV_HEALER_TOKEN as ENV_TOKEN
 from healer.service.alert_rules import DEFAULT_RULES, AlertRule, load_alert_rules
 from healer.supervising.policy import Policy
-from renderwatch.listen import check_token
-from renderwatch.paths import DEFAULT_HEALER_LISTEN
+from kernel.listen import check_token
+from kernel.paths import DEFAULT_HEALER_LISTEN
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     incidents: Mapping[str, Any] | None = None
     path = path or env.get(ENV_CONFIG)
     if path:
-        from renderwatch.files import load_toml  # only where a config file is given: not on every task
+        from kernel.files import load_toml  # only where a config file is given: not on every task
 
         doc = load_toml(path, f"config file (--config / {ENV_CONFIG})")
         check_config_tables(doc, path)

@@ -1,3 +1,3 @@
 """renderwatch: observability and self-healing for Blender render nodes."""
 
-__version__ = "0.1.0"
+from kernel.version import __version__  # noqa: F401 (the one version, kept in the shared kernel)

@@ -20,17 +20,18 @@ import sys
 
 from blender_hooks.settings import ConfigError
 from healer.diagnosis.exits import EXIT_INTERNAL
-from renderwatch import __version__
+from kernel.console import EXIT_SIGPIPE, setup_logging, silence_stdout
+from kernel.version import __version__
 
 # Packages that contribute subcommands, in help order. A package whose cli module is missing
 # (partial install) is skipped rather than breaking every other command.
-_CLI_MODULES = ("blender_hooks.cli", "agent.cli", "healer.cli", "healer.service.client", "healer.diagnosis.cli",
+_CLI_MODULES = ("renderwatch.hooks", "agent.cli", "healer.cli", "healer.service.client", "healer.diagnosis.cli",
                 "renderwatch.demo")
 
 
 # Which module registers each command: a farm runs `renderwatch exec` once per frame, so only the
 # command's own module is imported for it (the others' imports cost tens of milliseconds per launch).
-_COMMANDS = {"hooks": "blender_hooks.cli", "agent": "agent.cli", "status": "agent.cli", "logs": "agent.cli", "render": "healer.cli",
+_COMMANDS = {"hooks": "renderwatch.hooks", "agent": "agent.cli", "status": "agent.cli", "logs": "agent.cli", "render": "healer.cli",
              "exec": "healer.cli", "healer": "healer.cli", "jobs": "healer.service.client",
              "classify": "healer.diagnosis.cli", "demo": "renderwatch.demo"}
 
@@ -51,38 +52,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             raise
         mod.register(sub)
     return parser
-
-
-def setup_logging(args: argparse.Namespace) -> None:
-    """The root logger at --log-level (once; a command that starts Blender first calls it itself)."""
-    import logging
-
-    if getattr(args, "_logging_set_up", False):
-        return
-    args._logging_set_up = True
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-EXIT_SIGPIPE = 141     # 128 + SIGPIPE: what a shell shows for a C tool whose reader went away
-
-
-def silence_stdout() -> None:
-    """Stdout's reader is gone (`renderwatch status | head`): point fd 1 at /dev/null, so that what is still
-    buffered, and any later write, goes nowhere instead of raising BrokenPipeError again at exit (the
-    way the Python docs handle SIGPIPE: the signal itself stays ignored, as the services need)."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, sys.stdout.fileno())
-        finally:
-            os.close(devnull)
-    except (OSError, ValueError):    # no real stdout (a test's StringIO): nothing to redirect
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from blender_hooks.settings import ENV_SPOOL_DIR
-from renderwatch.listen import parse_listen
-from renderwatch.paths import ENV_AGENT, ensure_private_dir, home, user_path
+from blender_hooks.settings import DEFAULT_AGENT_LISTEN, ENV_SPOOL_DIR
+from kernel.listen import parse_listen
+from kernel.paths import ENV_AGENT, ensure_private_dir, home, user_path
 
 # Injected fault: SIGSEGV in a render_pre handler at one frame, only on the first attempt (a marker
 # file beside the script remembers it happened). A Blender script, run by Blender, not imported here.
@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crash-at", type=int, default=5, help="frame at which Blender crashes once (default 5)")
     p.add_argument("--no-crash", action="store_true", help="render without the injected crash")
     p.add_argument("--dir", help="working directory for the scene, frames and report (default <state>/demo)")
-    p.add_argument("--listen", default="127.0.0.1:9464",
-                   help="agent address (default 127.0.0.1:9464; a free port is used if it is taken)")
+    p.add_argument("--listen", default=DEFAULT_AGENT_LISTEN,
+                   help=f"agent address (default {DEFAULT_AGENT_LISTEN}; a free port is used if it is taken)")
     p.add_argument("--blender", help="Blender executable (default: blender on PATH)")
     p.add_argument("--serve", action="store_true", help="keep the agent serving after the render (Ctrl-C stops)")
     p.set_defaults(func=cmd_demo)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from blender_hooks.settings import ENV_BLENDER
+from blender_hooks.settings import ENV_BLENDER, ENV_BPY_PYTHON
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def create_demo_scene(path: str | os.PathLike[str], frames: int = 10, samples: i
 
 def bpy_python() -> str | None:
     """A Python interpreter that can `import bpy` (the bpy==5.0.1 wheel), or None."""
-    cand = os.environ.get("RENDERWATCH_BPY_PYTHON") or sys.executable
+    cand = os.environ.get(ENV_BPY_PYTHON) or sys.executable
     try:
         ok = subprocess.run([cand, "-c", "import importlib.util,sys; sys.exit(importlib.util.find_spec('bpy') is None)"],
                             capture_output=True, timeout=60).returncode == 0

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 import blender_hooks
-from blender_hooks import cli as hooks_cli
 from blender_hooks import wheel_cli
+from renderwatch import hooks as hooks_cli
 
 PKG = Path(blender_hooks.__file__).parent
 
 
 def test_importing_the_package_and_schema_does_not_import_bpy():
     code = ("import sys, blender_hooks, blender_hooks.events, blender_hooks.spool, blender_hooks.stats, "
-            "blender_hooks.cli, blender_hooks.wheel_cli; sys.exit('bpy' in sys.modules)")
+            "renderwatch.hooks, blender_hooks.wheel_cli; sys.exit('bpy' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

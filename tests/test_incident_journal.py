@@ -213,7 +213,7 @@ def test_half_written_files_of_a_killed_healer_are_removed_and_a_live_writers_ke
     """Found by the chaos kill at the incident's moment: a healer killed inside the outbox's atomic
     write left `.tmp-*.json` behind for ever. The writer's pid is in the name now."""
     from healer.incidents.notify import Outbox
-    from renderwatch.files import write_atomic
+    from kernel.files import write_atomic
 
     dead = 2 ** 22 + 4321
     outbox, journal = tmp_path / "outbox", tmp_path / "journal"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from blender_hooks.statedir import UnsafeStateDir, private_dir
-from renderwatch.files import write_atomic
-from renderwatch.paths import ensure_private_dir, state_problem
+from kernel.files import write_atomic
+from kernel.paths import ensure_private_dir, state_problem
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="simulating another account needs root (os.chown)")
@@ -160,3 +160,17 @@ def test_write_atomic_replaces_a_planted_link_instead_of_writing_through_it(tmp_
     os.symlink(victim, tmp_path / "ledger.json")
     write_atomic(tmp_path / "ledger.json", b"{}")
     assert victim.read_text() == "precious" and not os.path.islink(tmp_path / "ledger.json")
+
+
+@pytest.mark.parametrize("env", [
+    {"RENDERWATCH_HOME": "/srv/rw"}, {"RENDERWATCH_HOME": "~/rw"}, {"XDG_STATE_HOME": "/srv/state"},
+    {"XDG_STATE_HOME": "~/state"}, {"RENDERWATCH_HOME": "", "XDG_STATE_HOME": "~/state"}, {},
+])
+def test_the_hooks_and_the_services_find_the_same_state_root(env):
+    """One rule for the state root: the hooks' spool inside Blender (blender_hooks.statedir) and the agent
+    that reads it (kernel.paths.home) name the same folder, `~` in $XDG_STATE_HOME included."""
+    from blender_hooks.statedir import state_home
+    from kernel.paths import home
+
+    assert state_home(env) == home(env)
+    assert home(env).is_absolute()

@@ -31,7 +31,7 @@ class IncidentsConfig:
 
     sentry: SentryConfig | None = None
     webhooks: tuple[WebhookTarget, ...] = ()
-    outbox: Path | None = None                 # default: renderwatch.paths.home() / "healer" / "outbox"
+    outbox: Path | None = None                 # default: kernel.paths.home() / "healer" / "outbox"
     path_rewrites: tuple[tuple[str, str], ...] = ()
     retry_base_s: float = 1.0
     retry_max_s: float = 300.0

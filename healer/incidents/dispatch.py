@@ -44,7 +44,7 @@ from healer.incidents.model import RENDER_STARTED, Incident, IncidentExporter
 from healer.incidents.notify import WebhookNotifier
 from healer.incidents.scrub import Scrubber
 from healer.incidents.sentry import SentryReporter
-from renderwatch.paths import home
+from kernel.paths import home
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ import psutil
 
 from healer.diagnosis.errors import Finding, RenderError, error_class
 from healer.incidents.model import Incident
-from renderwatch.files import remove_stale_temps, sync_dir, write_atomic
-from renderwatch.paths import ensure_private_dir
+from kernel.files import remove_stale_temps, sync_dir, write_atomic
+from kernel.paths import ensure_private_dir
 
 log = logging.getLogger(__name__)
 

@@ -51,10 +51,10 @@ from urllib.parse import urlsplit
 
 from healer.incidents.model import DEFAULT_WEBHOOK_KINDS, KINDS, Incident
 from healer.incidents.scrub import Scrubber
-from renderwatch import __version__
-from renderwatch.files import remove_stale_temps, sync_dir, write_atomic
-from renderwatch.listen import http_url
-from renderwatch.paths import ensure_private_dir
+from kernel.files import remove_stale_temps, sync_dir, write_atomic
+from kernel.listen import http_url
+from kernel.paths import ensure_private_dir
+from kernel.version import __version__
 
 log = logging.getLogger(__name__)
 

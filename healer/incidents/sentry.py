@@ -43,7 +43,7 @@ from healer.diagnosis.crashfile import read_crash_file
 from healer.diagnosis.errors import RenderError
 from healer.incidents.model import CHECKIN_STATUS, RENDER_GAVE_UP, RENDER_STARTED, Incident
 from healer.incidents.scrub import Scrubber
-from renderwatch import __version__
+from kernel.version import __version__
 
 if TYPE_CHECKING:
     from sentry_sdk._types import Event

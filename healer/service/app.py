@@ -56,9 +56,10 @@ from healer.supervising.launch import check_user_args
 from healer.supervising.ledger import Ledger, jobs_dir
 from healer.supervising.report import build_report
 from healer.supervising.supervisor import RenderRequest, RequestError, Supervisor
-from renderwatch.listen import is_loopback
-from renderwatch.listen import parse_listen as _parse_listen
-from renderwatch.openapi import add_openapi_route
+from kernel.listen import is_loopback
+from kernel.listen import parse_listen as _parse_listen
+from kernel.openapi import add_openapi_route
+from kernel.paths import DEFAULT_HEALER_LISTEN
 
 log = logging.getLogger("renderwatch.healer")
 
@@ -384,7 +385,7 @@ METRICS = web.AppKey("metrics", HealerMetrics)
 
 def parse_listen(cfg: HealerConfig) -> tuple[str, int]:
     try:
-        host, port = _parse_listen(cfg.listen, "listen", "127.0.0.1:9465")
+        host, port = _parse_listen(cfg.listen, "listen", DEFAULT_HEALER_LISTEN)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if not is_loopback(host) and not cfg.token:

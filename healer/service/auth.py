@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blender_hooks.settings import ENV_HEALER_TOKEN, ConfigError
-from renderwatch.paths import ensure_private_dir, home
+from kernel.paths import ensure_private_dir, home
 
 ALERTMANAGER_PATH = "/api/v1/alertmanager"     # checks Alertmanager's own token (healer.service.alerts)
 _TOKEN_BYTES = 32
@@ -101,8 +101,8 @@ def _write_new(path: Path) -> str:
 def client_token(env: Mapping[str, str]) -> tuple[str | None, Path]:
     """The token a client on this host sends: $RENDERWATCH_HEALER_TOKEN, else the healer's token file
     when this account can read it. Raises PermissionError with the fix when the file is someone else's."""
-    from renderwatch.files import read_small_file
-    from renderwatch.listen import check_token
+    from kernel.files import read_small_file
+    from kernel.listen import check_token
 
     path = token_path(env)
     if env.get(ENV_HEALER_TOKEN):
@@ -135,7 +135,7 @@ def auth_middleware(token: str | None, token_file: Path | None = None):
     # Imported here: `renderwatch jobs` reads the token without the server's imports.
     from aiohttp import web
 
-    from renderwatch.openapi import OPENAPI_PATH
+    from kernel.openapi import OPENAPI_PATH
 
     expected = f"Bearer {token}".encode() if token else None
     open_paths = {"/healthz", OPENAPI_PATH, ALERTMANAGER_PATH} | ({"/metrics"} if token_file is not None else set())

@@ -23,7 +23,7 @@ from typing import Any
 from blender_hooks.settings import ENV_HEALER_LISTEN
 from healer.diagnosis.catalog import EXIT_USAGE
 from healer.service.auth import client_token
-from renderwatch.paths import DEFAULT_HEALER_LISTEN
+from kernel.paths import DEFAULT_HEALER_LISTEN
 
 EXIT_API = 1
 
@@ -34,7 +34,7 @@ class ApiError(Exception):
 
 def default_url(env: Mapping[str, str]) -> str:
     """The healer's URL on this host from $RENDERWATCH_HEALER_LISTEN (ValueError naming it if malformed)."""
-    from renderwatch.listen import parse_listen
+    from kernel.listen import parse_listen
 
     host, port = parse_listen(env.get(ENV_HEALER_LISTEN) or DEFAULT_HEALER_LISTEN, ENV_HEALER_LISTEN,
                               DEFAULT_HEALER_LISTEN)
@@ -115,8 +115,8 @@ def _blender_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_jobs(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
-    from renderwatch.listen import http_url
-    from renderwatch.paths import check_job_id
+    from kernel.listen import http_url
+    from kernel.paths import check_job_id
 
     env = os.environ if env is None else env
     action = args.action or "list"

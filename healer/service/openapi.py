@@ -13,7 +13,7 @@ from typing import Any
 
 from healer.service.alerts import ALERTMANAGER_PATH, ENV_ALERTMANAGER_TOKEN, PAYLOAD_VERSION
 from healer.supervising.frames import MAX_FRAME, MIN_FRAME
-from renderwatch.openapi import BEARER, document, json_body, metrics_operation, nullable, ref
+from kernel.openapi import BEARER, document, json_body, metrics_operation, nullable, ref
 
 SECURED: list[dict[str, list[str]]] = [{"token": []}]
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"     # healer.ledger's job ids

@@ -208,7 +208,7 @@ def scan_scene(path: str | os.PathLike[str], cache_dir: Path | None = None) -> t
     if cache_dir is not None:
         import hashlib
 
-        from renderwatch.paths import ensure_private_dir
+        from kernel.paths import ensure_private_dir
 
         key_file = cache_dir / (hashlib.sha256(os.fsencode(spath)).hexdigest()[:24] + ".json")
         try:
@@ -243,8 +243,8 @@ def scan_scene(path: str | os.PathLike[str], cache_dir: Path | None = None) -> t
         import dataclasses
         import json
 
-        from renderwatch.files import write_atomic
-        from renderwatch.paths import ensure_private_dir
+        from kernel.files import write_atomic
+        from kernel.paths import ensure_private_dir
 
         try:
             ensure_private_dir(key_file.parent)

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from blender_hooks.farm import FarmIdentity, OpenJDLines
+from blender_hooks.farm import FarmIdentity
 from healer.diagnosis import errors
 from healer.diagnosis.catalog import REPORT_TYPES
 from healer.incidents.model import RENDER_WARNING
 from healer.supervising.ledger import Ledger
+from healer.supervising.openjd import OpenJDLines
 from healer.supervising.progress import ProgressDisplay
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, RunningBlender, SupervisorMetrics
 

@@ -39,8 +39,8 @@ from healer.supervising.ledger_journal import (
     read_journal,
 )
 from healer.supervising.outputs import OutputPattern, remove_partial
-from renderwatch.files import write_atomic
-from renderwatch.paths import check_job_id, ensure_private_dir, home
+from kernel.files import write_atomic
+from kernel.paths import check_job_id, ensure_private_dir, home
 
 LEDGER_VERSION = 1
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from healer.supervising.frames import format_frames
 from healer.supervising.ledger import Ledger
-from renderwatch.files import write_atomic
+from kernel.files import write_atomic
 
 
 def build_report(ledger: Ledger, exit_code: int | None = None) -> dict:

@@ -146,7 +146,7 @@ def prune_at_start(env: Mapping[str, str], job: str) -> None:
     """What a job's start prunes (never the starting job's own folder). Errors are logged, never raised:
     retention must not stop a render."""
     from healer.supervising.ledger import jobs_dir
-    from renderwatch.paths import home
+    from kernel.paths import home
 
     try:
         policy = RetentionPolicy.from_env(env)

@@ -46,7 +46,7 @@ from healer.supervising.seams import IncidentSink, Launcher, NoIncidents
 from healer.supervising.spawn import MARKER_EXPR, attempt_env, hooks_startup
 from healer.supervising.suspects import CHECK_WAIT_S, judge_frames, parse_settings, raster_gl_saved
 from healer.supervising.telemetry import AgentEvents
-from renderwatch.files import write_atomic
+from kernel.files import write_atomic
 
 log = logging.getLogger("healer.supervising.supervise_only")
 

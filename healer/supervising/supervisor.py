@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from blender_hooks.farm import OpenJDLines
 from healer.diagnosis.catalog import EXIT_STRICT, REPORT_TYPES, TYPES, exit_status
 from healer.incidents.model import RENDER_RECOVERED, RENDER_RESTARTED
 from healer.supervising.context import JobContext, RenderRequest
@@ -51,6 +50,7 @@ from healer.supervising.endings import (
 )
 from healer.supervising.launch import Launched, ProcessLauncher, launch_attempt
 from healer.supervising.ledger import Attempt, JobLocked, Ledger, SupervisorLock, job_dir
+from healer.supervising.openjd import OpenJDLines
 from healer.supervising.outputs import remove_partial
 from healer.supervising.policy import Action, JobState, Outcome, Policy, plan
 from healer.supervising.preflight import EarlyFailure, Prepared, RequestError, judge_assets, prepare
@@ -59,7 +59,7 @@ from healer.supervising.progress import ProgressDisplay
 from healer.supervising.retention import prune_at_start
 from healer.supervising.reuse import reuse_refusal
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, NoIncidents, SupervisorMetrics
-from renderwatch.paths import home
+from kernel.paths import home
 
 if TYPE_CHECKING:
     import asyncio

@@ -23,8 +23,8 @@ from aiohttp import web
 from blender_matrix import BlenderCmd
 from healer_support import spooled_events
 
-from blender_hooks.cli import STARTUP
 from blender_hooks.events import decode
+from renderwatch.hooks import STARTUP
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

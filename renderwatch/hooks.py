@@ -25,11 +25,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import blender_hooks
 from blender_hooks.settings import ENV_ATTEMPT, ENV_JOB_ID
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(blender_hooks.__file__).resolve().parent
 STARTUP = PACKAGE_DIR / "startup.py"
-# What runs inside Blender: the standard-library modules (not this CLI nor the wheel's).
+# What runs inside Blender: the standard-library modules the add-on imports.
 PACKAGE_FILES = ("__init__.py", "addon.py", "events.py", "farm.py", "logs.py", "settings.py", "spool.py", "stats.py",
                  "statedir.py", "transport.py", "blender_manifest.toml")
 ADDON_ID = "renderwatch_hooks"

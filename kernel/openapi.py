@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from renderwatch import __version__
+from kernel.version import __version__
 
 OPENAPI_PATH = "/openapi.json"
 BEARER = {"type": "http", "scheme": "bearer",

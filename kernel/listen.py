@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from blender_hooks.settings import DEFAULT_AGENT, DEFAULT_AGENT_LISTEN
+
 
 def is_loopback(host: str) -> bool:
     """True for localhost, 127.0.0.0/8 and ::1; host names and wildcard addresses are not loopback."""
@@ -21,7 +23,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_listen(value: str, key: str = "listen", example: str = "127.0.0.1:9464") -> tuple[str, int]:
+def parse_listen(value: str, key: str = "listen", example: str = DEFAULT_AGENT_LISTEN) -> tuple[str, int]:
     """'HOST:PORT' or '[V6]:PORT' -> (host, port); ValueError naming `key` when malformed."""
     v = value.strip()
     if v.startswith("["):
@@ -37,7 +39,7 @@ def parse_listen(value: str, key: str = "listen", example: str = "127.0.0.1:9464
     return host, int(port_s)
 
 
-def http_url(value: str, key: str, example: str = "http://127.0.0.1:9464") -> str:
+def http_url(value: str, key: str, example: str = DEFAULT_AGENT) -> str:
     """A base URL a person gave (a flag or a variable): `HOST:PORT` gets `http://`; ValueError naming
     `key` unless it is http(s) with a host and, when given, a numeric port (urllib would raise
     InvalidURL or 'unknown url type' from deep inside a request)."""

@@ -11,13 +11,18 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from blender_hooks.settings import ENV_AGENT, ENV_HOME, ConfigError  # noqa: F401 (names read from here)
+from blender_hooks.settings import (  # noqa: F401 (names read from here)
+    DEFAULT_AGENT,
+    DEFAULT_AGENT_LISTEN,
+    DEFAULT_HEALER_LISTEN,
+    ENV_AGENT,
+    ENV_HOME,
+    XDG_STATE_HOME,
+    ConfigError,
+)
 from blender_hooks.spool import make_private_dirs
-from blender_hooks.statedir import UnsafeStateDir  # noqa: F401 (the error callers catch)
+from blender_hooks.statedir import UnsafeStateDir, state_home  # noqa: F401 (the error callers catch)
 
-DEFAULT_AGENT = "http://127.0.0.1:9464"
-DEFAULT_AGENT_LISTEN = "127.0.0.1:9464"
-DEFAULT_HEALER_LISTEN = "127.0.0.1:9465"
 # A job id names a folder under the state root: no separators, no dot-names, bounded
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -49,12 +54,12 @@ def home(env: Mapping[str, str] | None = None) -> Path:
     """State root: $RENDERWATCH_HOME, else $XDG_STATE_HOME/renderwatch, else ~/.local/state/renderwatch.
     ConfigError (naming RENDERWATCH_HOME) when none of them can be resolved."""
     e: Mapping[str, str] = os.environ if env is None else env
-    if e.get(ENV_HOME):
-        return user_path(e[ENV_HOME], ENV_HOME)
-    if e.get("XDG_STATE_HOME"):
-        return user_path(e["XDG_STATE_HOME"], "XDG_STATE_HOME") / "renderwatch"
+    for key in (ENV_HOME, XDG_STATE_HOME):       # the first one set is the root: checked, named when bad
+        if e.get(key):
+            user_path(e[key], key)
+            break
     try:
-        return Path.home() / ".local" / "state" / "renderwatch"
+        return state_home(e)                     # the one rule (blender_hooks.statedir, used inside Blender too)
     except RuntimeError:
         raise ConfigError(f"this account has no home directory for renderwatch's state: set {ENV_HOME} "
                           "to a folder it can write") from None
