@@ -25,7 +25,7 @@ from kernel.version import __version__
 
 # Packages that contribute subcommands, in help order. A package whose cli module is missing
 # (partial install) is skipped rather than breaking every other command.
-_CLI_MODULES = ("renderwatch.hooks", "agent.cli", "healer.cli", "healer.service.client", "healer.diagnosis.cli",
+_CLI_MODULES = ("renderwatch.hooks", "agent.cli", "healer.cli", "healer.service.client", "renderwatch.classify",
                 "renderwatch.demo")
 
 
@@ -33,7 +33,7 @@ _CLI_MODULES = ("renderwatch.hooks", "agent.cli", "healer.cli", "healer.service.
 # command's own module is imported for it (the others' imports cost tens of milliseconds per launch).
 _COMMANDS = {"hooks": "renderwatch.hooks", "agent": "agent.cli", "status": "agent.cli", "logs": "agent.cli", "render": "healer.cli",
              "exec": "healer.cli", "healer": "healer.cli", "jobs": "healer.service.client",
-             "classify": "healer.diagnosis.cli", "demo": "renderwatch.demo"}
+             "classify": "renderwatch.classify", "demo": "renderwatch.demo"}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

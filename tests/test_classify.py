@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from healer.diagnosis import errors
 from healer.diagnosis.classify import _COMPILED, _GATE, FINDINGS_KEPT, FRAME_MARKER, LogScanner, classify
-from healer.diagnosis.cli import main as classify_main
 from healer.diagnosis.logformat import iter_lines, split_prefix
+from renderwatch.classify import main as classify_main
 from renderwatch.matrix import MATRIX
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -669,4 +669,4 @@ def test_cli_unreadable_input(tmp_path):
 def test_cli_is_registered_in_the_renderwatch_command(blender_logs):
     cli = pytest.importorskip("renderwatch.cli")
     args = cli.build_parser().parse_args(["classify", str(blender_logs / "ok_3.4.log"), "--exit-code", "0"])
-    assert args.func.__module__ == "healer.diagnosis.cli"
+    assert args.func.__module__ == "renderwatch.classify"

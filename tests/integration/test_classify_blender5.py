@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from healer.diagnosis.classify import classify
-from healer.diagnosis.cli import main as classify_main
 from healer.diagnosis.crashfile import read_crash_file
+from renderwatch.classify import main as classify_main
 
 pytestmark = pytest.mark.blender
 
