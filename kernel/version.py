@@ -1,4 +1,4 @@
 """renderwatch's version: what `renderwatch --version`, the OpenAPI documents, the agent's page, Sentry's
-release and the webhooks' user agent say (pyproject.toml's `version` is the same number)."""
+release, the webhooks' user agent and the package's metadata (pyproject.toml reads it from here) say."""
 
 __version__ = "0.1.0"
