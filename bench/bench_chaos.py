@@ -21,9 +21,9 @@ from pathlib import Path
 from renderwatch.scenes import create_demo_scene, find_blender
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from chaos_support import (  # noqa: E402  (tests/ is not a package)
+from tests.support.chaos import (  # noqa: E402  (tests/ is imported from the repository root)
     FRAMES,
     WebhookReceiver,
     check_round,

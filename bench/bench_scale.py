@@ -103,8 +103,8 @@ def run() -> list[dict]:
                 rows.append(_row(n, "real Blender 3.4, Workbench 16x16", bare, wall, cpu, start))
         elif REAL:
             rows.append({"name": "healer CPU per frame, real Blender: no Blender found", "pass": None})
-        sys.path.insert(0, str(REPO / "tests"))
-        from fake_blender import SCENE, ReplayLauncher, ReplayProbes, long_run
+        sys.path.insert(0, str(REPO))
+        from tests.support.fake_blender import SCENE, ReplayLauncher, ReplayProbes, long_run
 
         for n in REPLAYED:
             home = work / f"replay{n}"

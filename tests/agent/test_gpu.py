@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pynvml
 import pytest
-from agent_support import sample_value
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.gpu import GpuSampler, decode_throttle
+from tests.support.agent import sample_value
 
 GIB = 1 << 30
 

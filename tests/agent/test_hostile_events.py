@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from agent_support import get, post
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,8 +19,9 @@ from agent.app import run_in_thread
 from agent.config import AgentConfig
 from agent.status import render_frame
 from blender_hooks.events import EventError, decode, encode, make_event, valid_text
+from tests.support.agent import get, post
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _agent(d: Path):

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from agent_support import JobStream, NoNvml, agent_config, ndjson, sample_value
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.app import AGENT, create_app
 from blender_hooks.events import encode
+from tests.support.agent import JobStream, NoNvml, agent_config, ndjson, sample_value
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ import json
 import os
 import stat
 
-from agent_support import JobStream
-
 from agent.journal import ExportMark, Journal
 from agent.state import State
 from blender_hooks.events import encode
+from tests.support.agent import JobStream
 
 
 def journal_events(j: Journal, st: State, events: list[dict]) -> list:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_support import NoNvml, ServerThread, agent_config, sample_value, wait_until
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -31,8 +30,9 @@ from blender_hooks.logrecords import LEVEL_RANK, clean_text
 from healer.diagnosis.classify import LogScanner
 from healer.supervising import logcapture
 from healer.supervising.logcapture import LogCapture
+from tests.support.agent import NoNvml, ServerThread, agent_config, sample_value, wait_until
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VERSIONS = sorted(p.name.removeprefix("blender-logs-") for p in FIXTURES.glob("blender-logs-*"))
 
 

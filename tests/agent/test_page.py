@@ -11,12 +11,12 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from agent_support import JobStream, NoNvml, agent_config, get, ndjson, post
 
 from agent.app import run_in_thread
 from agent.frames import MAX_ROWS, STATES, FrameTable
 from agent.page import COOKIE, CSP, session_value
 from agent.state import State
+from tests.support.agent import JobStream, NoNvml, agent_config, get, ndjson, post
 
 
 def _state(events: list[dict]) -> State:
@@ -300,11 +300,10 @@ def test_a_gpu_the_healer_paused_shows_as_paused(tmp_path):
     shows it until the resume. NVML is the recorded fake of tests/test_agent_gpu.py (no GPU here)."""
     import asyncio
 
-    from test_agent_gpu import FakeNvml
-
     from healer.config import load_config
     from healer.service.app import JobManager
     from healer.service.metrics import HealerMetrics
+    from tests.agent.test_gpu import FakeNvml
 
     spool = tmp_path / "spool"
     uuid = FakeNvml().nvmlDeviceGetUUID(None)

@@ -9,10 +9,10 @@ import sys
 import time
 
 import psutil
-from agent_support import sample_value, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.process import ProcessSampler
+from tests.support.agent import sample_value, wait_until
 
 CHILD = r"""
 import sys, time, subprocess

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from agent_support import JobStream, SessionLock, ndjson, read_ack, write_segment
-
 from agent.ingest import Ingestor
 from agent.journal import Journal
 from agent.metrics import IngestStats
 from agent.spool import SpoolScanner, write_ack
 from agent.state import State
+from tests.support.agent import JobStream, SessionLock, ndjson, read_ack, write_segment
 
 
 def make(tmp_path):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from agent_support import JobStream
 
 from agent.state import FrameDone, JobDone, State
+from tests.support.agent import JobStream
 
 
 def feed(st: State, events: list[dict]) -> list:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from agent_support import JobStream, NoNvml, agent_config, ndjson, post
-
 from agent.app import run_in_thread
 from agent.status import bar, render_frame
+from tests.support.agent import JobStream, NoNvml, agent_config, ndjson, post
 
 
 def test_status_once_against_a_real_agent(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-from agent_support import JobStream, agent_config
 from google.protobuf.json_format import ParseDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -15,6 +14,7 @@ from agent.exporters import JsonLinesSpanExporter
 from agent.journal import ExportMark
 from agent.state import State
 from agent.traces import RenderTracer, job_ids
+from tests.support.agent import JobStream, agent_config
 
 
 def run_job(tracer: RenderTracer, events: list[dict], first_pos: int = 1) -> None:

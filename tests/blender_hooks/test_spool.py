@@ -473,7 +473,7 @@ def _bounded(code: str, cwd: Path) -> subprocess.CompletedProcess:
         pytest.fail("unbounded: still reading after 30 s")
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_an_ack_linked_to_dev_zero_is_not_read(tmp_path):

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COLLECTOR = REPO / "collector"
 SITE = COLLECTOR / "otel-collector.yaml"
 GATEWAY = COLLECTOR / "otel-collector-gateway.yaml"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"
 DOCKERFILES = sorted((REPO / "docker").glob("*Dockerfile"))
 ENTRYPOINT = REPO / "docker" / "render-node-entrypoint"

@@ -26,10 +26,18 @@ from urllib.parse import unquote
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from promtools import PanelQuery, Prometheus, panel_queries, start_prometheus, substitute, wait_for
-from synthetic_farm import SyntheticFarm, serve_farm
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.promtools import (
+    PanelQuery,
+    Prometheus,
+    panel_queries,
+    start_prometheus,
+    substitute,
+    wait_for,
+)
+from tests.support.synthetic_farm import SyntheticFarm, serve_farm
+
+REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
 ALL = {"host": ".*", "scene": ".*", "job": ".*"}
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from promtools import PROMETHEUS_DIR, PROMETHEUS_YML, RULE_FILES, binary
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.promtools import PROMETHEUS_DIR, PROMETHEUS_YML, RULE_FILES, binary
+
+REPO = Path(__file__).resolve().parents[2]
 ALERTMANAGER_YML = REPO / "collector" / "alertmanager" / "alertmanager.yml"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))

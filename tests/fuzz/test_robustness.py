@@ -22,7 +22,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from healer_support import RecordingActions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,8 +32,9 @@ from healer.diagnosis.errors import RenderError
 from healer.diagnosis.logformat import parse_line
 from healer.service.alerts import PayloadError, parse_notification
 from healer.supervising.outputs import verify_image
+from tests.support.healer import RecordingActions
 
-SHARED_LOGS = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "blender-logs"
+SHARED_LOGS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "blender-logs"
 FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

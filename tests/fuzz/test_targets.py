@@ -12,7 +12,7 @@ import pytest
 
 from fuzz.targets import TARGETS, Broken
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "fuzz" / "corpus"
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pynvml
 import pytest
-from agent_support import sample_value
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.gpu import GpuSampler
+from tests.support.agent import sample_value
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from agent_support import JobStream, NoNvml, OtlpReceiver, agent_config, attrs, ndjson, post
-
 from agent.app import run_in_thread
+from tests.support.agent import JobStream, NoNvml, OtlpReceiver, agent_config, attrs, ndjson, post
 
 FRAMES = 10_000
 SLOW, FAILED = 9_500, 7_777

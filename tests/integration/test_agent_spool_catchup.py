@@ -3,7 +3,8 @@ acknowledged; the same events arriving again over HTTP are duplicates, never cou
 
 from __future__ import annotations
 
-from agent_support import (
+from agent.app import run_in_thread
+from tests.support.agent import (
     JobStream,
     NoNvml,
     SessionLock,
@@ -16,8 +17,6 @@ from agent_support import (
     wait_until,
     write_segment,
 )
-
-from agent.app import run_in_thread
 
 LABELS = {"scene": "Scene", "engine": "CYCLES", "device_type": "CPU"}
 

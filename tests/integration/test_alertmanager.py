@@ -18,10 +18,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from healer_support import RecordingActions
 from prometheus_client import CollectorRegistry
 
 from healer.service.alerts import DEFAULT_RULES, AlertRule, add_alertmanager_routes
+from tests.support.healer import RecordingActions
 
 TOKEN = "am-integration-token-42"
 

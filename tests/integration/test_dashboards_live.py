@@ -21,12 +21,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from agent_support import agent_config, free_port, wait_until
-from promtools import panel_queries, query, start_prometheus, substitute
-from test_agent_gpu import FakeNvml
 
 from agent.app import run_in_thread
 from healer.service.client import call
+from tests.agent.test_gpu import FakeNvml
+from tests.support.agent import agent_config, free_port, wait_until
+from tests.support.promtools import panel_queries, query, start_prometheus, substitute
 
 REPO = Path(__file__).resolve().parents[2]
 FAULTS = REPO / "tests" / "faults"

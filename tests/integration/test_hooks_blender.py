@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from blender_matrix import BlenderCmd
-from healer_support import spooled_events
 
 from blender_hooks.cli import STARTUP
 from blender_hooks.events import decode
+from tests.support.blender_matrix import BlenderCmd
+from tests.support.healer import spooled_events
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from healer_support import FAULTS, healer_env, spooled_events
+
+from tests.support.healer import FAULTS, healer_env, spooled_events
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ class Rqd:
     """RQD plus the Cuebot stand-in, spoken to in JSON lines."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([str(RQD_PYTHON), str(REPO / "tests" / "rqd_harness.py")],
+        self.proc = subprocess.Popen([str(RQD_PYTHON), str(REPO / "tests" / "support" / "rqd_harness.py")],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ready = self._read()
         assert self.ready.get("ready"), self.ready

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from healer_support import RENDERWATCH, healer_env
+
+from tests.support.healer import RENDERWATCH, healer_env
 
 REPO = Path(__file__).resolve().parents[2]
 NASTY = ["a b", "'single'", '"double"', "semi;colon", "$(touch PWNED)", "`touch PWNED`", "--leading-dash", "-x",

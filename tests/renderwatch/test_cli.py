@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED_LOGS = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "blender-logs"
+SHARED_LOGS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "blender-logs"
 
 
 def _closed_pipe_run(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

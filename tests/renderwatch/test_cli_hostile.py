@@ -20,7 +20,7 @@ import pytest
 from renderwatch.cli import EXIT_INTERNAL, build_parser
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 6.0
 
 

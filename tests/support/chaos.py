@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from agent_support import AgentProcess, ServerThread
 from aiohttp import web
 
 from healer.diagnosis.errors import ERROR_TYPES
@@ -52,8 +51,9 @@ from healer.incidents.notify import (
     verify_signature,
 )
 from healer.supervising.outputs import verify_image
+from tests.support.agent import AgentProcess, ServerThread
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SLOW = REPO / "tests" / "faults" / "slow.py"
 RENDERWATCH = [sys.executable, "-m", "renderwatch"]
 SECRET = "chaos-webhook-secret"

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from healer.supervising.frames import render_args
 
-RUNS = Path(__file__).resolve().parent / "fixtures" / "runs"
-SCENE = Path(__file__).resolve().parent / "fixtures" / "scenes" / "tiny.blend"
+RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
+SCENE = Path(__file__).resolve().parents[1] / "fixtures" / "scenes" / "tiny.blend"
 
 
 def load_run(name: str) -> dict:

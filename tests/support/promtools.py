@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "collector" / "prometheus"
 PROMETHEUS_YML = PROMETHEUS_DIR / "prometheus.yml"
 RULE_FILES = tuple(sorted((PROMETHEUS_DIR / "rules").glob("*.yml")))

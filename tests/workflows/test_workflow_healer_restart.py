@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from agent_support import free_port, get, wait_until
-from healer_support import healer_env
+
+from tests.support.agent import free_port, get, wait_until
+from tests.support.healer import healer_env
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from healer.diagnosis.cli import main as classify_main
 from healer.diagnosis.logformat import iter_lines, split_prefix
 from renderwatch.matrix import MATRIX
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def _finding(err, line, type_id, text):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from healer.diagnosis.crashfile import parse_crash_file, read_crash_file
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 # Reference strings (the header and frame formats in ../shared/reference/blender-output.md; a release
 # build's crash file). The real files below are from Debian's 3.4 build, whose backtrace is empty.

@@ -87,7 +87,7 @@ def test_the_readmes_exit_table_is_the_codes(tmp_path, capsys):
     from healer.diagnosis import catalog, exits
     from renderwatch.cli import main
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     table = dict(re.findall(r"^\| (\d+) \| (.+) \|$", readme, re.M))
     codes = {v for k, v in vars(exits).items() if k.startswith("EXIT_")}
     assert {int(c) for c in table} == codes

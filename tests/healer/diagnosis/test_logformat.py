@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from healer.diagnosis import logformat
 from healer.diagnosis.logformat import MAX_LINE, find_crash_file_path, iter_lines, parse_line
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def test_34_progress_line_with_every_field():

@@ -26,7 +26,7 @@ from healer.incidents.dispatch import Incidents
 from healer.incidents.journal import Journal, error_from_dict, error_to_dict
 from healer.incidents.model import RENDER_COMPLETED, RENDER_CRASHED, Incident
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class Recording:

@@ -16,7 +16,6 @@ import urllib.request
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from healer_support import RecordingActions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -32,6 +31,7 @@ from healer.service.alerts import (
     load_alert_rules,
     parse_notification,
 )
+from tests.support.healer import RecordingActions
 
 TOKEN = "am-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

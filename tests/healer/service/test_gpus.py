@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from nvml_fakes import NoDriver, TwoGpus
 
 from healer.service.gpus import GpuPlacer
 from healer.supervising.spawn import GPU_EXPR, LaunchSpec, attempt_env, build_argv
+from tests.support.fakes import NoDriver, TwoGpus
 
 
 async def test_each_render_gets_its_own_gpu_and_waits_for_a_free_one():

@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fake_blender import ReplayLauncher, ReplayProbes, long_run
 
 from healer.diagnosis.catalog import EXIT_OK
 from healer.supervising import attempt, ledger
@@ -22,6 +21,7 @@ from healer.supervising.ledger import Ledger
 from healer.supervising.ledger_journal import COMPACT_MIN_BYTES
 from healer.supervising.policy import Policy
 from healer.supervising.supervisor import RenderRequest, Supervisor
+from tests.support.fake_blender import ReplayLauncher, ReplayProbes, long_run
 
 N = 2000
 

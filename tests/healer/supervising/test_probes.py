@@ -80,9 +80,8 @@ def test_nvml_is_not_loaded_without_an_nvidia_driver_and_asked_with_one(monkeypa
     import os
     import sys
 
-    from nvml_fakes import TwoGpus
-
     from healer.supervising.probes import ResourceSampler
+    from tests.support.fakes import TwoGpus
 
     monkeypatch.setitem(sys.modules, "pynvml", _NoNVML())
     assert ResourceSampler(driver_present=lambda: False).sample(os.getpid())["gpu_util_percent"] is None
@@ -151,9 +150,8 @@ def test_process_tree_cpu_time_grows_while_working_and_not_while_asleep():
 def test_gpu_activity_counts_only_for_blenders_own_processes():
     import os
 
-    from nvml_fakes import ContextOnly, ProcessGpus
-
     from healer.supervising.probes import ResourceSampler
+    from tests.support.fakes import ContextOnly, ProcessGpus
 
     me = os.getpid()
     nvml = ProcessGpus({me: 80})

@@ -13,14 +13,13 @@ import time
 import zlib
 from pathlib import Path
 
-from fake_blender import ReplayLauncher, ReplayProbes, only_frames
-
 from healer.diagnosis.catalog import EXIT_OK
 from healer.supervising.assets import R_NO_OVERWRITE, SceneInfo, read_scene_info
 from healer.supervising.policy import Policy
 from healer.supervising.preflight import Prepared, prepare
 from healer.supervising.reuse import OutputSpec, reuse_refusal, scripts_of
 from healer.supervising.supervisor import RenderRequest, Supervisor
+from tests.support.fake_blender import ReplayLauncher, ReplayProbes, only_frames
 
 PLANES = {"BW": 8, "RGB": 24, "RGBA": 32}
 
@@ -87,7 +86,7 @@ def test_the_scripts_of_a_command_line_are_named_by_their_content(tmp_path):
 
 
 def test_the_scene_read_says_whether_blender_skips_existing_files(tmp_path):
-    plain = read_scene_info(Path(__file__).parent / "fixtures" / "scenes" / "tiny.blend")
+    plain = read_scene_info(Path(__file__).resolve().parents[2] / "fixtures" / "scenes" / "tiny.blend")
     assert (plain.resolution_x, plain.resolution_y, plain.resolution_percentage) == (32, 18, 100)
     assert plain.color_mode == "RGBA" and plain.use_overwrite is True and not plain.cropped
     skip = read_scene_info(no_overwrite_copy(tmp_path / "skip.blend", planes=24))
@@ -100,7 +99,7 @@ def no_overwrite_copy(dst: Path, planes: int = 24) -> Path:
     from blender_asset_tracer import blendfile
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(Path(__file__).parent / "fixtures" / "scenes" / "tiny.blend", dst)
+    shutil.copy(Path(__file__).resolve().parents[2] / "fixtures" / "scenes" / "tiny.blend", dst)
     bf = blendfile.BlendFile(dst, mode="r+b")
     try:
         sc = bf.find_blocks_from_code(b"SC")[0]

@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 
 import pytest
-from healer_support import spooled_events
 
 from blender_hooks import events
 from healer.supervising.spawn import MARKER
 from healer.supervising.supervise_only import supervise_only
+from tests.support.healer import spooled_events
 
 np = pytest.importorskip("numpy")
 Image = pytest.importorskip("PIL.Image")

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_blender import ReplayLauncher, ReplayProbes, load_run
 from prometheus_client import CollectorRegistry
 
 from healer.diagnosis.catalog import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STRICT
 from healer.service.metrics import HealerMetrics
 from healer.supervising.policy import Policy
 from healer.supervising.supervisor import RenderRequest, Supervisor
+from tests.support.fake_blender import ReplayLauncher, ReplayProbes, load_run
 
 
 class Sink:

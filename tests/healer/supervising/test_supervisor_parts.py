@@ -231,9 +231,8 @@ def test_the_scene_is_read_once_per_version_and_its_files_checked_every_time(tmp
     import os
     import shutil
 
-    from fake_blender import SCENE as TINY_SCENE
-
     from healer.supervising import assets
+    from tests.support.fake_blender import SCENE as TINY_SCENE
 
     scene = tmp_path / "tiny.blend"
     shutil.copy(TINY_SCENE, scene)

@@ -13,7 +13,6 @@ import struct
 import zlib
 from pathlib import Path
 
-from fake_blender import ReplayLauncher, ReplayProbes, only_frames
 from prometheus_client import CollectorRegistry
 
 from blender_hooks import events
@@ -21,6 +20,7 @@ from healer.diagnosis.catalog import EXIT_OK, EXIT_STRICT
 from healer.service.metrics import HealerMetrics
 from healer.supervising.policy import Policy
 from healer.supervising.supervisor import RenderRequest, Supervisor
+from tests.support.fake_blender import ReplayLauncher, ReplayProbes, only_frames
 
 
 def png(w: int = 32, h: int = 18, flat: bytes | None = None) -> bytes:
