@@ -1,4 +1,4 @@
-"""Chaos benchmark: many seeded rounds of tests/chaos_support.py (real Blender 3.4, agent, healer, webhooks).
+"""Chaos benchmark: many seeded rounds of tests/support/chaos.py (real Blender 3.4, agent, healer, webhooks).
 
 Each round renders 6 frames under `renderwatch render` while Blender (SIGKILL, SIGSEGV, SIGSTOP), the
 agent (SIGKILL + restart) or the healer (SIGKILL + the same command again) is killed at random moments.

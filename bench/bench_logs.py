@@ -4,7 +4,7 @@
 
 - Capture cost: a supervised render that prints 1,000 lines a second, with logs on and off in the
   same run: the supervisor process's CPU added (goal <= 1 % of a core) and the render's wall time
-  (goal <= 1.01x). The Blender is tests/fake_blender.py's replay (a recorded Blender 3.4 run's
+  (goal <= 1.01x). The Blender is tests/support/fake_blender.py's replay (a recorded Blender 3.4 run's
   frames, with filler lines 1 ms apart: no real Blender prints 1,000 lines a second on demand),
   so the process's CPU includes the replay; the added CPU is the capture's. Two mixes: every line
   written (info lines, under the 1,000-a-frame budget: the worst case) and Blender's own mix (the

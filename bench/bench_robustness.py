@@ -10,7 +10,7 @@ cut), so a failing input is reproducible from the seed printed in the row.
 
 A crash is any exception other than the target's documented rejection (EventError, PayloadError)
 or an HTTP 5xx. Inputs known to hang the agent (an unbounded job_start frame range, see
-tests/test_robustness.py::test_job_start_frame_range_bounded) are not generated.
+tests/fuzz/test_robustness.py::test_job_start_frame_range_bounded) are not generated.
 
 Also: /healthz latency of a real agent while four clients post 1 MiB of invalid NDJSON each
 (`healthz_under_junk`; the event loop must stay free while bodies are decoded).

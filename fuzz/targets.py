@@ -4,7 +4,7 @@ A bug is an exception other than the parser's documented rejection (EventError, 
 broken promise about the result (an event that does not encode and decode back to itself, a
 classification without a type or a summary, a decision for an alert that is not in the payload).
 Targets are plain functions of `bytes`: `fuzz.__main__` hands them to atheris (coverage-guided) and
-tests/test_fuzz.py replays the corpus kept in fuzz/corpus/<target>/ through them on every run.
+tests/fuzz/test_targets.py replays the corpus kept in fuzz/corpus/<target>/ through them on every run.
 
 Usage::
 

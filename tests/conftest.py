@@ -73,7 +73,7 @@ def scene_copy(tmp_path, scene_factory):
 
 @pytest.fixture
 def scene(tmp_path) -> Path:
-    """The replayed runs' scene (tests/fake_blender.py) in tmp_path/shot: frames land in shot/frames/."""
+    """The replayed runs' scene (tests/support/fake_blender.py) in tmp_path/shot: frames land in shot/frames/."""
     from tests.support.fake_blender import SCENE
 
     dst = tmp_path / "shot" / "tiny.blend"
@@ -82,7 +82,7 @@ def scene(tmp_path) -> Path:
     return dst
 
 
-# -- the Blender version matrix (tests/blender_matrix.py) -----------------------------------------
+# -- the Blender version matrix (tests/support/blender_matrix.py) -----------------------------------------
 
 _recorder = Recorder()
 

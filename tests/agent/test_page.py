@@ -297,7 +297,7 @@ def test_sign_in_refuses_what_is_not_its_form(agent, ctype, body):
 def test_a_gpu_the_healer_paused_shows_as_paused(tmp_path):
     """The healer service pauses a GPU on Alertmanager's GPUOverheating and says so on its own spool
     session (healer.service.app.JobManager.pause_gpu); the agent's GPU table (the page's node view)
-    shows it until the resume. NVML is the recorded fake of tests/test_agent_gpu.py (no GPU here)."""
+    shows it until the resume. NVML is the recorded fake of tests/agent/test_gpu.py (no GPU here)."""
     import asyncio
 
     from healer.config import load_config

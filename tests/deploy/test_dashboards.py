@@ -1,7 +1,7 @@
 """Grafana dashboards: the committed JSON is what dashboards/build.py generates, the models are
 sound, and every Prometheus query of every panel returns data from a real Prometheus.
 
-The live test serves a synthetic farm (tests/synthetic_farm.py: two render nodes, each an agent and
+The live test serves a synthetic farm (tests/support/synthetic_farm.py: two render nodes, each an agent and
 a healer `/metrics` in aiohttp with the real metric families and labels, one crash and restart)
 to Debian's prometheus with the repository's rules, a day of backfilled history for the baseline
 rules, and file-based discovery; then evaluates each panel's expression over the HTTP API with the

@@ -1,5 +1,5 @@
 """The real NVML (nvidia-ml-py) on a machine with an NVIDIA GPU; skipped where there is none
-(the fake-NVML tests in tests/test_agent_gpu.py cover the logic everywhere)."""
+(the fake-NVML tests in tests/agent/test_gpu.py cover the logic everywhere)."""
 
 from __future__ import annotations
 

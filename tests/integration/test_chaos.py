@@ -5,7 +5,7 @@ healer has recorded a crash and not yet handed its incident on.
 
 Every round must end with every frame on disk exactly once and verified, no verified frame rendered
 twice, every frame's telemetry in the agent exactly once and every incident notified exactly once
-(tests/chaos_support.py: `check_round`).
+(tests/support/chaos.py: `check_round`).
 
 The seed is random per run and printed in every failure; `RENDERWATCH_CHAOS_SEED=S` replays a run and
 `-k roundNN` one round of it. `RENDERWATCH_CHAOS_ROUNDS` sets the number of rounds (default 20, about

@@ -3,7 +3,7 @@ repository's rules) that scraped a real agent and a real healer service during r
 (Blender 3.4) with one crash and restart, and one job the healer gave up on.
 
 Faked, because it cannot run here: the GPU. The agent runs with recorded NVML readings behind its
-`nvml=` seam (tests/test_agent_gpu.py's FakeNvml), so the GPU panels have series to read. Exempt,
+`nvml=` seam (tests/agent/test_gpu.py's FakeNvml), so the GPU panels have series to read. Exempt,
 each with its reason: panels that need more history than a test can make (the regression baseline
 looks back a day), the panel fed only by Alertmanager deliveries, and VRAM per job (the recorded
 NVML processes cannot carry this test's Blender pids). Panels about running jobs ("Memory now",

@@ -4,7 +4,7 @@ memory accounting of the frame.
 
 Real: RQD (its own venv, .venvs/rqd, set up by ./bootstrap test), its frame launch (the command in a
 file run with `/usr/bin/time` in a new session), its kill (`killpg(pid, 9)`), its per-session memory
-sums and its task log. Stood in for (tests/rqd_harness.py): Cuebot's server side, which cannot run
+sums and its task log. Stood in for (tests/support/rqd_harness.py): Cuebot's server side, which cannot run
 here; the harness records RQD's reports and calls RQD with opencue-proto's own stub."""
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from blender_hooks.events import encode, make_event
 
 class NoNvml:
     """A fake NVML shaped like a machine without the NVIDIA driver, so a test does not depend on
-    whether its host has a GPU (the real no-GPU path is tested in test_agent_gpu.py)."""
+    whether its host has a GPU (the real no-GPU path is tested in tests/agent/test_gpu.py)."""
 
     class NVMLError(Exception):
         pass

@@ -1,4 +1,4 @@
-"""A long job: thousands of tiny frames replayed by the recorded-run Blender (tests/fake_blender.py; a
+"""A long job: thousands of tiny frames replayed by the recorded-run Blender (tests/support/fake_blender.py; a
 real Blender at this length takes minutes here, and these paths are bookkeeping, not processes). What a
 frame costs is measured in bench/bench_healer.py, not timed here; this asserts what must stay true at
 any length: each frame verified once, a resume after the healer dies mid-job renders only the missing

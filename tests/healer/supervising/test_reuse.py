@@ -1,7 +1,7 @@
 """healer.supervising.reuse: when a frame already on disk is kept. The rule (Blender's: a file is skipped
 only where the scene's use_overwrite is off), the checks (complete, the scene's size, format and
 channels, read by the frame checks' readers) and the fingerprint of the command line's scripts; then
-the supervisor applying them, with Blender's recorded runs replayed (tests/fake_blender.py). The same
+the supervisor applying them, with Blender's recorded runs replayed (tests/support/fake_blender.py). The same
 with real Blender 3.4 and the real CLI: tests/workflows/test_workflow_preview_then_final.py."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The supervisor's restart and failure paths, driven by a Blender that replays real recorded runs
-(tests/fake_blender.py; recorded from Debian's Blender 3.4 by tests/fixtures/record_runs.py). The real
+(tests/support/fake_blender.py; recorded from Debian's Blender 3.4 by tests/fixtures/record_runs.py). The real
 launcher is faked here because these paths are about decisions and bookkeeping, not processes: the same
 paths run against real Blender in tests/integration/test_render_faults.py."""
 
@@ -227,7 +227,7 @@ async def test_fresh_renders_everything_again(scene, tmp_path):
 
 async def test_frames_of_another_run_are_rendered_again_where_the_scene_overwrites(scene, tmp_path, caplog):
     """Blender's rule (the scene's default, Output > Overwrite on): a file already there is rendered over.
-    Frames kept under use_overwrite off: tests/test_reuse.py."""
+    Frames kept under use_overwrite off: tests/healer/supervising/test_reuse.py."""
     await _complete(scene, tmp_path / "other-home")   # another job (its own ledger) rendered them
     caplog.set_level("INFO", logger="healer.supervising.supervisor")
     sup, launcher, _s, _m = supervise(scene, tmp_path, ["ok_1-3"])

@@ -2,7 +2,7 @@
 looped); --strict fails; a re-render that comes out right clears it; the hooks' render settings line
 gives the resolution to check and the silent CPU fallback; the agent hears of each suspect frame.
 
-Blender is the replay of recorded Debian 3.4 runs (tests/fake_blender.py); the frame files are what
+Blender is the replay of recorded Debian 3.4 runs (tests/support/fake_blender.py); the frame files are what
 the test writes for each `Saved:` line, and the healer reads them for real."""
 
 from __future__ import annotations
