@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import resource
-import socket
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from blender_hooks import spool
 from blender_hooks.events import decode, encode, make_event
+from tests.support.net import free_port
 
 
 def ev(seq: int, pad: int = 0, session: str = "s1") -> bytes:
@@ -32,12 +32,6 @@ def all_lines(directory: Path, session: str = "s1") -> list[bytes]:
     for index in spool.list_segments(directory).get(session, []):
         out += (directory / f"{session}.{index:06d}.ndjson").read_bytes().splitlines()
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Receiver:

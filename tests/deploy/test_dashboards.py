@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from urllib.parse import unquote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.net import free_port
 from tests.support.promtools import (
     PanelQuery,
     Prometheus,
@@ -203,12 +203,6 @@ def test_a_chosen_host_scene_and_job_narrow_the_panels(prometheus: Prometheus) -
         ("127.0.0.2", pick["job"], pick["scene"])]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _scrape(url: str, timeout: float = 30.0) -> dict[str, str]:
     """{family name: type} of a running service's /metrics, once it answers /healthz."""
     deadline = time.monotonic() + timeout
@@ -230,7 +224,7 @@ def test_synthetic_farm_exposes_only_what_the_real_agent_and_healer_expose(tmp_p
     expose every family the synthetic farm imitates, with the same type, so the live dashboard
     test above cannot pass on names the product does not have."""
     env = {**os.environ, "RENDERWATCH_HOME": str(tmp_path), "RENDERWATCH_ALERTMANAGER_TOKEN": "t0ken"}
-    ports = {"agent": _free_port(), "healer": _free_port()}
+    ports = {"agent": free_port(), "healer": free_port()}
     procs = [subprocess.Popen([str(Path(sys.executable).parent / "renderwatch"), role, "--listen",
                                f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for role, port in ports.items()]

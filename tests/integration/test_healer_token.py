@@ -18,8 +18,8 @@ import pytest
 
 from blender_hooks.settings import ConfigError
 from healer.service.auth import client_token, ensure_token, token_path
-from tests.support.agent import free_port
 from tests.support.healer import RENDERWATCH, healer_env
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -34,8 +34,9 @@ from agent.openapi import SPEC as AGENT_SPEC
 from healer.config import load_config
 from healer.service.app import create_app as create_healer_app
 from healer.service.openapi import spec as healer_spec
-from tests.support.agent import NoNvml, agent_config, free_port
+from tests.support.agent import NoNvml, agent_config
 from tests.support.healer import RENDERWATCH, healer_env
+from tests.support.net import free_port
 
 EXAMPLES = int(os.environ.get("RENDERWATCH_SCHEMATHESIS_EXAMPLES", "30"))
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]

@@ -21,6 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.support.healer import RENDERWATCH, healer_env
+from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NASTY = ["a b", "'single'", '"double"', "semi;colon", "$(touch PWNED)", "`touch PWNED`", "--leading-dash", "-x",
@@ -220,7 +221,7 @@ def test_alertmanager_route_exists_only_with_its_token(tmp_path: Path) -> None:
 
 
 def test_healer_non_utf8_authorization_is_401(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = healer_env(tmp_path, RENDERWATCH_HEALER_TOKEN=TOKEN)
     proc = subprocess.Popen([*RENDERWATCH, "healer", "--listen", f"127.0.0.1:{port}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -233,12 +234,6 @@ def test_healer_non_utf8_authorization_is_401(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, timeout: float = 30) -> None:
@@ -344,7 +339,7 @@ def test_incidents_outbox_from_config_is_private(tmp_path: Path, umask_022) -> N
     from healer.diagnosis.errors import error_class
     from healer.incidents.dispatch import Incidents
 
-    env = {"RENDERWATCH_HOME": str(tmp_path / "home"), "RENDERWATCH_WEBHOOK_URL": f"http://127.0.0.1:{_free_port()}/h",
+    env = {"RENDERWATCH_HOME": str(tmp_path / "home"), "RENDERWATCH_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/h",
            "RENDERWATCH_WEBHOOK_SECRET": "k"}
     inc = Incidents.from_config(None, env=env)
     try:

@@ -28,6 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from agent.config import AgentConfig
 from blender_hooks.events import encode, make_event
+from tests.support.net import free_port
 
 
 class NoNvml:
@@ -41,12 +42,6 @@ class NoNvml:
 
     def nvmlInit(self) -> None:
         raise self.NVMLError("NVML Shared Library Not Found")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def agent_config(tmp_path: Path, **kw) -> AgentConfig:

@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -52,6 +51,7 @@ from healer.incidents.notify import (
 )
 from healer.supervising.outputs import verify_image
 from tests.support.agent import AgentProcess, ServerThread
+from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW = REPO / "tests" / "faults" / "slow.py"
@@ -116,11 +116,6 @@ class WebhookReceiver(ServerThread):
 
 
 # -- processes -------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def http_get(url: str, timeout: float = 2.0) -> str | None:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from blender_hooks import spool
-from tests.support.agent import AgentProcess, free_port, get, wait_until
+from tests.support.agent import AgentProcess, get, wait_until
 from tests.support.healer import render
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import free_port, get, wait_until
+from tests.support.agent import get, wait_until
 from tests.support.healer import healer_env
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -31,14 +31,9 @@ from healer.incidents.notify import (
     verify_signature,
 )
 from healer.incidents.scrub import Scrubber
+from tests.support.net import free_port
 
 SECRET = "whsec-test-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Receiver:
