@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from blender_hooks.settings import ENV_MATRIX_REQUIRED
 from renderwatch import matrix
 from renderwatch.matrix import BlenderVersion
 
@@ -52,7 +53,7 @@ def command_for(row: BlenderVersion) -> BlenderCmd:
     if cmd is None:
         why = (f"Blender {row.label} is not set up here: `.venv/bin/python -m renderwatch.matrix setup "
                f"--only {row.line}`" + ("" if row.binary else f" (needs CPython {row.python})"))
-        if os.environ.get(matrix.ENV_REQUIRED) == "1":
+        if os.environ.get(ENV_MATRIX_REQUIRED) == "1":
             pytest.fail(why)
         pytest.skip(why)
     return BlenderCmd(cmd, row)
