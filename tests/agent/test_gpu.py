@@ -8,7 +8,6 @@ used to check that the agent reports renderwatch_gpu_available 0 and keeps worki
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import pynvml
 import pytest
@@ -16,77 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.gpu import GpuSampler, decode_throttle
 from tests.support.agent import sample_value
-
-GIB = 1 << 30
-
-# Recorded readings, one dict per sample: utilization %, memory used, temperature, power mW,
-# clocks-event reasons bitmask, compute processes (pid, used bytes).
-RECORDED = [
-    dict(util=3, used=0.4 * GIB, temp=41, power=18_500, reasons=0x1, procs=[]),
-    dict(util=97, used=5.2 * GIB, temp=71, power=138_000, reasons=0x0, procs=[(4242, 4.6 * GIB)]),
-    dict(util=99, used=7.9 * GIB, temp=83, power=140_000, reasons=0x4 | 0x20, procs=[(4242, 7.3 * GIB)]),
-    dict(util=98, used=6.1 * GIB, temp=84, power=139_500, reasons=0x4, procs=[(4242, 5.5 * GIB), (999, 0.2 * GIB)]),
-]
-
-
-class FakeNvml:
-    """pynvml-shaped fake: one GPU replaying RECORDED; `lost_at` makes samples raise GpuIsLost."""
-
-    NVMLError = pynvml.NVMLError
-    NVMLError_NotSupported = pynvml.NVMLError_NotSupported
-    NVMLError_GpuIsLost = pynvml.NVMLError_GpuIsLost
-    NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
-
-    def __init__(self, readings=RECORDED, lost_at=(), no_power=False):
-        self.readings = list(readings)
-        self.i = -1
-        self.lost_at = set(lost_at)
-        self.no_power = no_power
-
-    def _r(self) -> dict:
-        if self.i in self.lost_at:
-            raise pynvml.NVMLError_GpuIsLost()
-        return self.readings[min(self.i, len(self.readings) - 1)]
-
-    def nvmlInit(self):
-        pass
-
-    def nvmlDeviceGetCount(self):
-        return 1
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return ("handle", i)
-
-    def nvmlDeviceGetUUID(self, h):
-        return "GPU-8f1c2b3a-0000-1111-2222-333344445555"
-
-    def nvmlDeviceGetName(self, h):
-        return b"NVIDIA RTX A4000"
-
-    def nvmlDeviceGetUtilizationRates(self, h):
-        self.i += 1                     # first call of a sample: advance the recording
-        return SimpleNamespace(gpu=self._r()["util"], memory=0)
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        return SimpleNamespace(used=int(self._r()["used"]), total=16 * GIB, free=0)
-
-    def nvmlDeviceGetTemperature(self, h, sensor):
-        assert sensor == pynvml.NVML_TEMPERATURE_GPU
-        return self._r()["temp"]
-
-    def nvmlDeviceGetPowerUsage(self, h):
-        if self.no_power:
-            raise pynvml.NVMLError_NotSupported()
-        return self._r()["power"]
-
-    def nvmlDeviceGetCurrentClocksEventReasons(self, h):
-        return self._r()["reasons"]
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h):
-        return [SimpleNamespace(pid=p, usedGpuMemory=int(b)) for p, b in self._r()["procs"]]
-
-    def nvmlDeviceGetGraphicsRunningProcesses(self, h):
-        return []
+from tests.support.fakes import GIB, FakeNvml
 
 
 def scrape(sampler: GpuSampler) -> str:

@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agent.app import AGENT, create_app
 from blender_hooks.events import encode
-from tests.support.agent import JobStream, NoNvml, agent_config, ndjson, sample_value
+from tests.support.agent import JobStream, agent_config, ndjson, sample_value
+from tests.support.fakes import NoNvml
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ from blender_hooks.logrecords import LEVEL_RANK, clean_text
 from healer.diagnosis.classify import LogScanner
 from healer.supervising import logcapture
 from healer.supervising.logcapture import LogCapture
-from tests.support.agent import NoNvml, ServerThread, agent_config, sample_value, wait_until
+from tests.support.agent import ServerThread, agent_config, sample_value, wait_until
+from tests.support.fakes import NoNvml
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VERSIONS = sorted(p.name.removeprefix("blender-logs-") for p in FIXTURES.glob("blender-logs-*"))

@@ -16,7 +16,8 @@ from agent.app import run_in_thread
 from agent.frames import MAX_ROWS, STATES, FrameTable
 from agent.page import COOKIE, CSP, session_value
 from agent.state import State
-from tests.support.agent import JobStream, NoNvml, agent_config, get, ndjson, post
+from tests.support.agent import JobStream, agent_config, get, ndjson, post
+from tests.support.fakes import NoNvml
 
 
 def _state(events: list[dict]) -> State:
@@ -303,21 +304,15 @@ def test_a_gpu_the_healer_paused_shows_as_paused(tmp_path):
     from healer.config import load_config
     from healer.service.app import JobManager
     from healer.service.metrics import HealerMetrics
-    from tests.agent.test_gpu import FakeNvml
+    from tests.support.fakes import FakeNvml, OneGpu
 
     spool = tmp_path / "spool"
     uuid = FakeNvml().nvmlDeviceGetUUID(None)
     env = {"RENDERWATCH_HOME": str(tmp_path / "home"), "RENDERWATCH_SPOOL_DIR": str(spool),
            "RENDERWATCH_AGENT": "off"}
 
-    class OneGpu:                      # the placer's view of that GPU (its NVML calls only)
-        def nvmlInit(self): pass
-        def nvmlDeviceGetCount(self): return 1
-        def nvmlDeviceGetHandleByIndex(self, i): return i
-        def nvmlDeviceGetUUID(self, h): return uuid.encode()
-
     async def alert(paused: bool) -> None:
-        mgr = JobManager(load_config(env=env), HealerMetrics(), nvml=OneGpu())
+        mgr = JobManager(load_config(env=env), HealerMetrics(), nvml=OneGpu(uuid))
         assert mgr.pause_gpu(uuid) == "paused" if paused else True
         if not paused:
             mgr.placer.pause(uuid)

@@ -7,7 +7,8 @@ import sys
 
 from agent.app import run_in_thread
 from agent.status import bar, render_frame
-from tests.support.agent import JobStream, NoNvml, agent_config, ndjson, post
+from tests.support.agent import JobStream, agent_config, ndjson, post
+from tests.support.fakes import NoNvml
 
 
 def test_status_once_against_a_real_agent(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from agent.app import run_in_thread
 from tests.support.agent import (
     JobStream,
-    NoNvml,
     SessionLock,
     agent_config,
     get,
@@ -17,6 +16,7 @@ from tests.support.agent import (
     wait_until,
     write_segment,
 )
+from tests.support.fakes import NoNvml
 
 LABELS = {"scene": "Scene", "engine": "CYCLES", "device_type": "CPU"}
 

@@ -24,8 +24,8 @@ import pytest
 
 from agent.app import run_in_thread
 from healer.service.client import call
-from tests.agent.test_gpu import FakeNvml
 from tests.support.agent import agent_config, wait_until
+from tests.support.fakes import FakeNvml
 from tests.support.net import free_port
 from tests.support.promtools import panel_queries, query, start_prometheus, substitute
 

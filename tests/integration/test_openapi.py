@@ -34,7 +34,8 @@ from agent.openapi import SPEC as AGENT_SPEC
 from healer.config import load_config
 from healer.service.app import create_app as create_healer_app
 from healer.service.openapi import spec as healer_spec
-from tests.support.agent import NoNvml, agent_config
+from tests.support.agent import agent_config
+from tests.support.fakes import NoNvml
 from tests.support.healer import RENDERWATCH, healer_env
 from tests.support.net import free_port
 

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -31,21 +32,8 @@ from blender_hooks.events import encode, make_event
 from tests.support.net import free_port
 
 
-class NoNvml:
-    """A fake NVML shaped like a machine without the NVIDIA driver, so a test does not depend on
-    whether its host has a GPU (the real no-GPU path is tested in tests/agent/test_gpu.py)."""
-
-    class NVMLError(Exception):
-        pass
-
-    NVMLError_NotSupported = NVMLError
-
-    def nvmlInit(self) -> None:
-        raise self.NVMLError("NVML Shared Library Not Found")
-
-
 def agent_config(tmp_path: Path, **kw) -> AgentConfig:
-    base = dict(host="127.0.0.1", port=0, data_dir=tmp_path / "agent", spool_dir=tmp_path / "spool",
+    base: dict[str, Any] = dict(host="127.0.0.1", port=0, data_dir=tmp_path / "agent", spool_dir=tmp_path / "spool",
                 bsp_schedule_delay_ms=50.0)
     base.update(kw)
     return AgentConfig(**base)

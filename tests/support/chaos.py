@@ -147,7 +147,7 @@ class Agent(AgentProcess):
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self) -> Agent:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*RENDERWATCH, "agent", "--listen", f"127.0.0.1:{self.port}",
                                           "--data-dir", str(self.home / "agent"), "--spool-dir", str(self.home / "spool")],
@@ -156,7 +156,7 @@ class Agent(AgentProcess):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if http_get(self.url + "/healthz", timeout=0.5) is not None:
-                return
+                return self
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)

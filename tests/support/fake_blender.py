@@ -47,7 +47,10 @@ def only_frames(run: dict | str, frames: Sequence[int], *, extra: Sequence[str] 
     """A recorded run cut to some of its frames (each frame's lines run from its marker to its `Saved:`),
     with `extra` lines said before the first frame (e.g. the hooks' render settings line)."""
     run = load_run(run) if isinstance(run, str) else run
-    head, blocks, tail, cur = [], {}, [], None
+    head: list[list] = []
+    blocks: dict[int, list[list]] = {}
+    tail: list[list] = []
+    cur: int | None = None
     for t, line in run["lines"]:
         if line.startswith("[renderwatch] frame_start "):
             cur = int(line.split()[2])

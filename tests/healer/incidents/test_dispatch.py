@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -12,35 +11,8 @@ from prometheus_client import CollectorRegistry
 from healer.diagnosis.errors import SegfaultError
 from healer.incidents.config import load_incidents_config
 from healer.incidents.dispatch import Incidents, incidents_counter
-from healer.incidents.model import KINDS, RENDER_COMPLETED, RENDER_CRASHED, RENDER_STARTED, Incident
-
-
-class Recording:
-    """An exporter that records what it is handed (optionally slowly, or failing)."""
-
-    name = "rec"
-
-    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
-        self.got: list[Incident] = []
-        self.delay, self.fail = delay, fail
-        self.gate = threading.Event()
-        self.gate.set()
-        self.flushed = self.shut = 0
-
-    def export(self, batch):
-        self.gate.wait()
-        time.sleep(self.delay)
-        if self.fail:
-            raise RuntimeError("exporter bug")
-        self.got.extend(batch)
-        return {"rec": "sent"}
-
-    def force_flush(self, timeout):
-        self.flushed += 1
-        return True
-
-    def shutdown(self):
-        self.shut += 1
+from healer.incidents.model import KINDS, RENDER_COMPLETED, RENDER_CRASHED, RENDER_STARTED
+from tests.support.fakes import RecordingExporter
 
 
 def sample(reg: CollectorRegistry, kind: str, target: str, outcome: str) -> float:
@@ -49,7 +21,7 @@ def sample(reg: CollectorRegistry, kind: str, target: str, outcome: str) -> floa
 
 
 def test_emit_returns_at_once_while_the_exporter_is_slow():
-    rec = Recording(delay=0.2)
+    rec = RecordingExporter(delay=0.2)
     inc = Incidents([rec])
     t0 = time.perf_counter()
     for i in range(20):
@@ -59,7 +31,7 @@ def test_emit_returns_at_once_while_the_exporter_is_slow():
 
 
 def test_info_is_snapshotted_at_emit_time():
-    rec = Recording()
+    rec = RecordingExporter()
     rec.gate.clear()
     inc = Incidents([rec])
     state = {"job": "j", "frames_completed": 1}
@@ -78,7 +50,7 @@ def test_dataclass_info_and_normalized_job_view():
         frames: list
         frames_completed: list
 
-    rec = Recording()
+    rec = RecordingExporter()
     with Incidents([rec]) as inc:
         inc.emit(RENDER_CRASHED, Job("j", "/x/shot.blend", [1, 2, 3, 4, 8], [1, 2]), SegfaultError(frame=3))
     job = rec.got[0].job()
@@ -89,7 +61,7 @@ def test_dataclass_info_and_normalized_job_view():
 
 def test_close_drains_and_counts(tmp_path):
     reg = CollectorRegistry()
-    rec = Recording(delay=0.01)
+    rec = RecordingExporter(delay=0.01)
     inc = Incidents([rec], registry=reg)
     for _ in range(10):
         inc.emit(RENDER_CRASHED, {}, SegfaultError())
@@ -102,7 +74,7 @@ def test_close_drains_and_counts(tmp_path):
 
 def test_full_queue_drops_and_counts_instead_of_blocking():
     reg = CollectorRegistry()
-    rec = Recording()
+    rec = RecordingExporter()
     rec.gate.clear()
     inc = Incidents([rec], registry=reg, queue_size=2)
     for _ in range(10):
@@ -114,7 +86,7 @@ def test_full_queue_drops_and_counts_instead_of_blocking():
 
 def test_a_failing_exporter_does_not_stop_the_others():
     reg = CollectorRegistry()
-    bad, good = Recording(fail=True), Recording()
+    bad, good = RecordingExporter(fail=True), RecordingExporter()
     bad.name = "bad"
     with Incidents([bad, good], registry=reg) as inc:
         inc.emit(RENDER_CRASHED, {}, SegfaultError())
@@ -124,7 +96,7 @@ def test_a_failing_exporter_does_not_stop_the_others():
 
 def test_noop_and_job_started():
     Incidents.noop().emit(RENDER_CRASHED, {}, SegfaultError())
-    rec = Recording()
+    rec = RecordingExporter()
     with Incidents([rec]) as inc:
         inc.job_started({"job": "j"})
         inc.emit(RENDER_COMPLETED, {"job": "j"})
@@ -134,8 +106,8 @@ def test_noop_and_job_started():
 def test_same_registry_reused_after_restart():
     reg = CollectorRegistry()
     counter = incidents_counter(reg)          # the registry's owner keeps it (healer.service.metrics)
-    Incidents([Recording()], counter=counter).close()
-    second = Incidents([Recording()], counter=counter)
+    Incidents([RecordingExporter()], counter=counter).close()
+    second = Incidents([RecordingExporter()], counter=counter)
     second.emit(RENDER_CRASHED, {})
     second.close()
     assert sample(reg, RENDER_CRASHED, "rec", "sent") == 1

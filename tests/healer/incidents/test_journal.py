@@ -24,28 +24,10 @@ from prometheus_client import CollectorRegistry
 from healer.diagnosis.errors import Finding, SegfaultError, StallError
 from healer.incidents.dispatch import Incidents
 from healer.incidents.journal import Journal, error_from_dict, error_to_dict
-from healer.incidents.model import RENDER_COMPLETED, RENDER_CRASHED, Incident
+from healer.incidents.model import RENDER_COMPLETED, RENDER_CRASHED
+from tests.support.fakes import RecordingExporter
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-class Recording:
-    def __init__(self, name: str = "rec", *, durable: bool = True, flush_ok: bool = True) -> None:
-        self.name, self.durable, self.flush_ok = name, durable, flush_ok
-        self.got: list[Incident] = []
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def export(self, batch):
-        self.gate.wait(10)
-        self.got.extend(batch)
-        return {self.name: "sent"}
-
-    def force_flush(self, timeout):
-        return self.flush_ok
-
-    def shutdown(self):
-        pass
 
 
 def files(path: Path) -> list[Path]:
@@ -53,7 +35,7 @@ def files(path: Path) -> list[Path]:
 
 
 def test_the_incident_is_on_disk_before_emit_returns_and_goes_once_handed_over(tmp_path):
-    rec = Recording()
+    rec = RecordingExporter()
     rec.gate.clear()                               # the worker has not reached the exporter yet
     inc = Incidents([rec], journal=Journal(tmp_path / "j"))
     inc.emit(RENDER_CRASHED, {"job": "j1", "scene": "/s/a.blend", "frame": 5}, SegfaultError(summary="boom", frame=5))
@@ -70,7 +52,7 @@ def test_the_incident_is_on_disk_before_emit_returns_and_goes_once_handed_over(t
 
 
 def test_an_exporter_that_only_queues_is_settled_when_a_flush_says_sent(tmp_path):
-    webhooks, sentry = Recording("webhooks"), Recording("sentry", durable=False, flush_ok=False)
+    webhooks, sentry = RecordingExporter("webhooks"), RecordingExporter("sentry", durable=False, flush_ok=False)
     inc = Incidents([webhooks, sentry], journal=Journal(tmp_path / "j"), flush_timeout_s=0.01)
     inc.emit(RENDER_CRASHED, {"job": "j1"}, SegfaultError())
     assert not inc.force_flush(2)                  # Sentry's transport could not send
@@ -90,7 +72,7 @@ def test_a_new_healer_replays_only_to_the_exporters_still_owed(tmp_path):
         (path / f"{i:020d}-{i:032x}.json").write_text(json.dumps({
             "v": 1, "id": f"{i:032x}", "kind": RENDER_CRASHED, "time": 1000.0 + i, "info": {"job": f"j{i}"},
             "error": error_to_dict(err), "exporters": ["sentry", "webhooks"], "done": done, "writer": dead}))
-    webhooks, sentry = Recording("webhooks"), Recording("sentry")
+    webhooks, sentry = RecordingExporter("webhooks"), RecordingExporter("sentry")
     reg = CollectorRegistry()
     inc = Incidents([webhooks, sentry], journal=Journal(path), registry=reg)
     assert inc.close(5)
@@ -104,11 +86,11 @@ def test_a_new_healer_replays_only_to_the_exporters_still_owed(tmp_path):
 
 def test_a_running_healers_incidents_are_not_taken_over(tmp_path):
     path = tmp_path / "j"
-    held = Recording()
+    held = RecordingExporter()
     held.gate.clear()
     first = Incidents([held], journal=Journal(path))
     first.emit(RENDER_CRASHED, {"job": "mine"}, SegfaultError())
-    other = Recording()
+    other = RecordingExporter()
     second = Incidents([other], journal=Journal(path))        # same host, same home, a second job
     assert second.close(2) and other.got == []
     held.gate.set()
@@ -122,7 +104,7 @@ def test_an_unreadable_journal_file_is_moved_aside_and_the_rest_replayed(tmp_pat
     (path / "00000000000000000002-good.json").write_text(json.dumps({
         "v": 1, "id": "good", "kind": RENDER_COMPLETED, "time": 2.0, "info": {"job": "ok"}, "error": None,
         "exporters": ["rec"], "done": [], "writer": None}))
-    rec = Recording()
+    rec = RecordingExporter()
     with caplog.at_level(logging.WARNING, "healer.incidents.journal"):
         inc = Incidents([rec], journal=Journal(path))
         assert inc.close(5)
@@ -135,7 +117,7 @@ def test_a_journal_that_cannot_be_written_keeps_the_incident_in_memory_and_count
     journal = Journal(tmp_path / "j")
     os.rmdir(journal.path)
     journal.path.write_text("not a directory")               # every write now fails (even as root)
-    rec, reg = Recording(), CollectorRegistry()
+    rec, reg = RecordingExporter(), CollectorRegistry()
     inc = Incidents([rec], journal=journal, registry=reg)
     with caplog.at_level(logging.WARNING, "healer.incidents.dispatch"):
         inc.emit(RENDER_CRASHED, {"job": "j"}, SegfaultError())

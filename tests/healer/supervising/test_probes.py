@@ -71,19 +71,14 @@ def test_gpu_hang_hint_only_when_stalling_with_an_idle_gpu():
     assert fresh["gpu"].healthy
 
 
-class _NoNVML:
-    def __getattr__(self, name):
-        raise AssertionError(f"pynvml.{name} used on a host without an NVIDIA driver")
-
-
 def test_nvml_is_not_loaded_without_an_nvidia_driver_and_asked_with_one(monkeypatch):
     import os
     import sys
 
     from healer.supervising.probes import ResourceSampler
-    from tests.support.fakes import TwoGpus
+    from tests.support.fakes import ForbiddenNvml, TwoGpus
 
-    monkeypatch.setitem(sys.modules, "pynvml", _NoNVML())
+    monkeypatch.setitem(sys.modules, "pynvml", ForbiddenNvml())
     assert ResourceSampler(driver_present=lambda: False).sample(os.getpid())["gpu_util_percent"] is None
     monkeypatch.setitem(sys.modules, "pynvml", TwoGpus())
     assert ResourceSampler(driver_present=lambda: True).sample(os.getpid())["gpu_util_percent"] == 37.0  # the busiest

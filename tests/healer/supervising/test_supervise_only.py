@@ -15,6 +15,7 @@ import pytest
 from blender_hooks import events
 from healer.supervising.spawn import MARKER
 from healer.supervising.supervise_only import supervise_only
+from tests.support.fakes import IncidentRecorder
 from tests.support.healer import spooled_events
 
 np = pytest.importorskip("numpy")
@@ -55,17 +56,6 @@ class Said:
         pass
 
 
-class Sink:
-    def __init__(self):
-        self.got: list[tuple[str, dict, object]] = []
-
-    def emit(self, kind, info=None, error=None):
-        self.got.append((kind, info, error))
-
-    def job_started(self, info):
-        pass
-
-
 def picture(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = rng.integers(30, 220, (36, 64, 4), dtype=np.uint8)
@@ -85,7 +75,7 @@ def frames(tmp_path, images: dict[int, np.ndarray], settings: dict | None = None
 
 
 def run(tmp_path, lines, **kw):
-    sink, said = Sink(), []
+    sink, said = IncidentRecorder(), []
     env = {"RENDERWATCH_HOME": str(tmp_path / "home"), "RENDERWATCH_AGENT": "off"}
     code = asyncio.run(supervise_only(["blender", "--background"], env=env, incidents=sink, launcher=Said(lines),
                                       say=said.append, echo=lambda _l: None, report=str(tmp_path / "r.json"), **kw))
@@ -130,7 +120,7 @@ def test_right_frames_say_nothing_and_checks_can_be_off(tmp_path):
     lines = frames(tmp_path, {1: picture(1), 2: picture(2), 3: picture(3)}, SETTINGS)
     code, sink, said, doc = run(tmp_path, lines)
     assert doc["suspect_frames"] == {} and not [s for s in said if "warning" in s]
-    assert [k for k, _i, _e in sink.got] == ["render.completed"]
+    assert [k for k, _i, _e in sink.got] == ["render.started", "render.completed"]
     black = np.zeros((36, 64, 4), np.uint8)
     code, sink, said, doc = run(tmp_path, frames(tmp_path, {1: picture(1), 2: black}, SETTINGS), check_frames=False)
     assert doc["suspect_frames"] == {}

@@ -17,27 +17,12 @@ from healer.service.metrics import HealerMetrics
 from healer.supervising.policy import Policy
 from healer.supervising.supervisor import RenderRequest, Supervisor
 from tests.support.fake_blender import ReplayLauncher, ReplayProbes, load_run
-
-
-class Sink:
-    """Records what the supervisor tells the incident sink."""
-
-    def __init__(self) -> None:
-        self.kinds: list[str] = []
-        self.errors: list = []
-
-    def emit(self, kind, info=None, error=None) -> None:
-        self.kinds.append(kind)
-        self.errors.append(error)
-
-    def job_started(self, info) -> None:
-        self.kinds.append("render.started")
-        self.errors.append(None)
+from tests.support.fakes import IncidentRecorder
 
 
 def supervise(scene: Path, tmp_path: Path, runs, *, frames=(1, 2, 3), policy=None, oom_kills=None, **req):
     launcher = ReplayLauncher(runs)
-    sink = Sink()
+    sink = IncidentRecorder()
     metrics = HealerMetrics(CollectorRegistry())
     sup = Supervisor(RenderRequest(scene=str(scene), frames=tuple(frames), blender=shutil.which("true") or "true",
                                    **req),

@@ -21,6 +21,7 @@ from healer.service.metrics import HealerMetrics
 from healer.supervising.policy import Policy
 from healer.supervising.supervisor import RenderRequest, Supervisor
 from tests.support.fake_blender import ReplayLauncher, ReplayProbes, only_frames
+from tests.support.fakes import IncidentRecorder
 
 
 def png(w: int = 32, h: int = 18, flat: bytes | None = None) -> bytes:
@@ -35,24 +36,9 @@ def png(w: int = 32, h: int = 18, flat: bytes | None = None) -> bytes:
 BLACK = bytes([0, 0, 0, 255])
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.kinds: list[str] = []
-        self.errors: list = []
-        self.infos: list = []
-
-    def emit(self, kind, info=None, error=None) -> None:
-        self.kinds.append(kind)
-        self.errors.append(error)
-        self.infos.append(info)
-
-    def job_started(self, info) -> None:
-        pass
-
-
 def supervise(scene, tmp_path, runs, image, **req):
     launcher = ReplayLauncher(runs, image=image)
-    sink = Sink()
+    sink = IncidentRecorder()
     env = {"RENDERWATCH_HOME": str(tmp_path / "home"), "RENDERWATCH_AGENT": "off"}
     sup = Supervisor(RenderRequest(scene=str(scene), frames=(1, 2, 3), blender=shutil.which("true") or "true", **req),
                      policy=Policy.default().with_overrides(backoff_base_s=0.0), incidents=sink,
