@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.targets import TARGETS, Broken
+from fuzz.oracle import Broken
+from fuzz.targets import TARGETS
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "fuzz" / "corpus"
@@ -25,23 +26,25 @@ def test_the_repo_corpus_replays_clean(target):
 
 
 def test_the_event_target_catches_an_event_that_does_not_round_trip(monkeypatch):
+    import fuzz.oracle as o
     import fuzz.targets as t
 
     seed = next(p for p in sorted((CORPUS / "events").iterdir()) if b'"frame_start"' in p.read_bytes())
-    real = t.encode
-    monkeypatch.setattr(t, "encode", lambda ev: real({**ev, "frame": ev.get("frame", 0) + 1}))
+    real = o.encode
+    monkeypatch.setattr(o, "encode", lambda ev: real({**ev, "frame": ev.get("frame", 0) + 1}))
     with pytest.raises(Broken, match="does not survive encode/decode"):
         t.fuzz_events(seed.read_bytes())
 
 
 def test_the_event_target_catches_an_undocumented_rejection(monkeypatch):
+    import fuzz.oracle as o
     import fuzz.targets as t
     from blender_hooks.events import EventError
 
     def reject(data):
         raise EventError("mystery", "")
 
-    monkeypatch.setattr(t, "decode", reject)
+    monkeypatch.setattr(o, "decode", reject)
     with pytest.raises(Broken, match="documented reason"):
         t.fuzz_events(b"{}")
 
@@ -49,10 +52,11 @@ def test_the_event_target_catches_an_undocumented_rejection(monkeypatch):
 def test_the_alertmanager_target_catches_an_action_on_a_target_the_alert_did_not_name(monkeypatch):
     import dataclasses
 
+    import fuzz.oracle as o
     import fuzz.targets as t
 
-    real = t.decide
-    monkeypatch.setattr(t, "decide", lambda note, rules: [dataclasses.replace(d, target="someone-else")
+    real = o.decide
+    monkeypatch.setattr(o, "decide", lambda note, rules: [dataclasses.replace(d, target="someone-else")
                                                             for d in real(note, rules)])
     seed = next(p for p in sorted((CORPUS / "alertmanager").iterdir()) if b"RenderStalled" in p.read_bytes()
                 and b'"resolved"' not in p.read_bytes())
