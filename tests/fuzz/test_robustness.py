@@ -220,9 +220,10 @@ def test_ingest_non_utf8_authorization_is_401(agent_url: str) -> None:
 
 # -- the classifier -----------------------------------------------------------------------------------------------
 def fixture_logs() -> list[bytes]:
-    if not SHARED_LOGS.is_dir():
-        pytest.skip("../shared/fixtures/blender-logs is not beside the repository")
-    return [p.read_bytes() for p in sorted(SHARED_LOGS.glob("*.log"))]
+    logs = [p.read_bytes() for p in sorted(SHARED_LOGS.glob("*.log"))] if SHARED_LOGS.is_dir() else []
+    if not logs:      # not a pass over no input: a skip that says why (pytest -rs)
+        pytest.skip(f"no real Blender logs (*.log) in {SHARED_LOGS}: ../shared is not beside the repository")
+    return logs
 
 
 def byte_mutate(data: bytes, rnd: random.Random, n: int) -> bytes:
