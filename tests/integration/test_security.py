@@ -73,12 +73,19 @@ def test_hostile_paths_and_args_reach_blender_literally(tmp_path: Path, scene_fa
     assert canaries(tmp_path) == [] and canaries(Path.cwd()) == []
 
 
-@pytest.mark.parametrize("name", ["-scene.blend", ".hidden.blend", "--.blend"])
-def test_leading_dash_scene_name_gets_a_valid_job_id(name: str) -> None:
-    from healer.supervising.ledger import job_dir
+@pytest.mark.parametrize(("name", "stem"), [("-scene.blend", "scene"), (".hidden.blend", "hidden"), ("--.blend", "job")])
+def test_leading_dash_scene_name_gets_a_valid_job_id(tmp_path: Path, name: str, stem: str) -> None:
+    """docs/threat-model.md, known gaps fixed: a scene named like an option or a hidden file still gets a job
+    id that starts with a letter or digit (no command that is handed it reads it as an option, it names no
+    hidden folder), keeps the readable part of the name, and its folder is a direct child of the jobs root."""
+    from healer.supervising.ledger import job_dir, jobs_dir
     from healer.supervising.preflight import job_id_for
 
-    job_dir(job_id_for(f"/shots/{name}", [1], None, []), {"RENDERWATCH_HOME": "/nonexistent"})
+    env = {"RENDERWATCH_HOME": str(tmp_path / "home")}
+    job = job_id_for(f"/shots/{name}", [1], None, [])
+    assert job[0].isalnum() and job.startswith(f"{stem}-"), job
+    folder = job_dir(job, env)
+    assert folder.parent == jobs_dir(env) and folder.name == job
 
 
 @pytest.mark.parametrize("spec", ["1;touch PWNED", "$(touch PWNED)", "`touch PWNED`", "1-2 && touch PWNED", "-1",
