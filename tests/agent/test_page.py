@@ -313,8 +313,9 @@ def test_a_gpu_the_healer_paused_shows_as_paused(tmp_path):
 
     async def alert(paused: bool) -> None:
         mgr = JobManager(load_config(env=env), HealerMetrics(), nvml=OneGpu(uuid))
-        assert mgr.pause_gpu(uuid) == "paused" if paused else True
-        if not paused:
+        if paused:
+            assert mgr.pause_gpu(uuid) == "paused"
+        else:
             mgr.placer.pause(uuid)
             assert mgr.resume_gpu(uuid) == "resumed"
         await mgr.close()
@@ -363,6 +364,7 @@ def test_any_valid_event_fits_the_frame_table():
                        **({"attempt": attempt} | extra))]:
             st.accept(ev)
             st.apply(validate(ev))
-        st.jobs["j"].frames.to_columns()
+        cols = st.jobs["j"].frames.to_columns()
+        assert all(len(col) == len(cols["frame"]) for col in cols.values()), cols
 
     run()

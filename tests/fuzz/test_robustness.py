@@ -322,7 +322,7 @@ def test_crash_file_real_is_complete() -> None:
 
 
 def test_crash_file_huge_line_number() -> None:
-    parse_crash_file('# Blender 3.4.1\n# backtrace\n# Python backtrace\n  File "a.py", line ' + "9" * 5000 + " in f\n")
+    oracle.crash_report(parse_crash_file('# Blender 3.4.1\n# backtrace\n# Python backtrace\n  File "a.py", line ' + "9" * 5000 + " in f\n"))
 
 
 # -- the ledger's output verification ------------------------------------------------------------------------------

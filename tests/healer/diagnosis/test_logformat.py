@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from healer.diagnosis import logformat
-from healer.diagnosis.logformat import MAX_LINE, find_crash_file_path, iter_lines, parse_line
+from healer.diagnosis.logformat import MAX_LINE, LogLine, find_crash_file_path, iter_lines, parse_line
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
@@ -157,7 +157,7 @@ def test_parse_line_never_raises(text):
                                  "00:00.327  render  | ", "Saved: '", "'", "Writing: ", ".crash.txt", "\r"]),
                 max_size=25))
 def test_parse_line_never_raises_on_near_miss_lines(parts):
-    parse_line("".join(parts))
+    assert isinstance(parse_line("".join(parts)), LogLine)
 
 
 @settings(max_examples=100, deadline=None)
