@@ -34,6 +34,7 @@ from agent.metrics import IngestStats
 from agent.state import State
 from agent.traces import RenderTracer
 from blender_hooks.events import encode, make_event
+from tests.support.net import free_port
 
 INGEST_GOAL = 100_000
 PHASES = ("sync", "bvh", "sampling", "save")
@@ -99,18 +100,12 @@ def bench_ingest_direct(tracing: str) -> dict:
             "goal": f">= {INGEST_GOAL}", "pass": rate >= INGEST_GOAL}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Agent:
     """A real `renderwatch agent` subprocess in a temporary home."""
 
     def __init__(self) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="rw-bench-agent-"))
-        self.port = _free_port()
+        self.port = free_port()
         env = {**os.environ, "RENDERWATCH_HOME": str(self.home)}
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "renderwatch", "--log-level", "WARNING", "agent",
@@ -196,7 +191,7 @@ def bench_scrape(agent: _Agent) -> dict:
     peer = None
     exe = shutil.which("prometheus-node-exporter")
     if exe:
-        port = _free_port()
+        port = free_port()
         ne = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
         try:

@@ -1,4 +1,4 @@
-"""Chaos benchmark: many seeded rounds of tests/chaos_support.py (real Blender 3.4, agent, healer, webhooks).
+"""Chaos benchmark: many seeded rounds of tests/support/chaos.py (real Blender 3.4, agent, healer, webhooks).
 
 Each round renders 6 frames under `renderwatch render` while Blender (SIGKILL, SIGSEGV, SIGSTOP), the
 agent (SIGKILL + restart) or the healer (SIGKILL + the same command again) is killed at random moments.
@@ -21,9 +21,9 @@ from pathlib import Path
 from renderwatch.scenes import create_demo_scene, find_blender
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from chaos_support import (  # noqa: E402  (tests/ is not a package)
+from tests.support.chaos import (  # noqa: E402  (tests/ is imported from the repository root)
     FRAMES,
     WebhookReceiver,
     check_round,

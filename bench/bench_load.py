@@ -41,6 +41,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.support.net import free_port
+
 ENV_SECONDS = "RENDERWATCH_BENCH_LOAD_SECONDS"
 ENV_JOBS = "RENDERWATCH_BENCH_LOAD_JOBS"
 ENV_BLENDERS = "RENDERWATCH_BENCH_LOAD_BLENDERS"
@@ -48,12 +50,6 @@ ENV_FRAME_S = "RENDERWATCH_BENCH_LOAD_FRAME_S"     # "2-5": frame time range in 
 RENDERWATCH = [sys.executable, "-m", "renderwatch"]
 GOAL_SCRAPE_P99_MS = 250.0
 GOAL_API_P99_MS = 250.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(port: int, path: str, timeout: float = 30, headers: dict | None = None) -> None:

@@ -4,7 +4,7 @@
 
 - Capture cost: a supervised render that prints 1,000 lines a second, with logs on and off in the
   same run: the supervisor process's CPU added (goal <= 1 % of a core) and the render's wall time
-  (goal <= 1.01x). The Blender is tests/fake_blender.py's replay (a recorded Blender 3.4 run's
+  (goal <= 1.01x). The Blender is tests/support/fake_blender.py's replay (a recorded Blender 3.4 run's
   frames, with filler lines 1 ms apart: no real Blender prints 1,000 lines a second on demand),
   so the process's CPU includes the replay; the added CPU is the capture's. Two mixes: every line
   written (info lines, under the 1,000-a-frame budget: the worst case) and Blender's own mix (the
@@ -98,7 +98,7 @@ def bench_pipeline(work: Path) -> list[dict]:
 # -- capture: a whole supervised render at 1,000 lines a second ------------------------------------
 
 def _run(mix: str, frames: int) -> dict:
-    from fake_blender import long_run
+    from tests.support.fake_blender import long_run
 
     base = long_run(range(1, frames + 1))
     per_frame = int(SECONDS * RATE / frames)
@@ -116,9 +116,8 @@ def _run(mix: str, frames: int) -> dict:
 
 
 def _supervised(scene: Path, home: Path, run: dict, frames: int, logs: str) -> tuple[float, float, int]:
-    from fake_blender import ReplayLauncher, ReplayProbes
-
     from healer.supervising.supervisor import RenderRequest, Supervisor
+    from tests.support.fake_blender import ReplayLauncher, ReplayProbes
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RENDERWATCH_", "SENTRY_", "FAULT_"))}
     env.update({"RENDERWATCH_HOME": str(home), "RENDERWATCH_AGENT": "off", "RENDERWATCH_LOGS": logs})
@@ -137,8 +136,8 @@ def _supervised(scene: Path, home: Path, run: dict, frames: int, logs: str) -> t
 
 
 def bench_render(work: Path) -> list[dict]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from fake_blender import SCENE
+    sys.path.insert(0, str(REPO))
+    from tests.support.fake_blender import SCENE
 
     rows = []
     frames = 8
@@ -395,7 +394,7 @@ def bench_agent_process(work: Path) -> list[dict]:
 
 def run() -> list[dict]:
     rows: list[dict] = []
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO))
     with tempfile.TemporaryDirectory(prefix="rw-bench-logs-") as tmp:
         work = Path(tmp)
         rows += bench_pipeline(work)

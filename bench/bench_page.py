@@ -32,7 +32,7 @@ FOLLOW_S = 20.0
 
 
 def _post(url: str, events: list[dict]) -> None:
-    from agent_support import ndjson, post
+    from tests.support.agent import ndjson, post
     status, body = post(url, ndjson(events))
     assert status == 200, body
 
@@ -62,7 +62,7 @@ def _grid_ms(browser, url: str, job: str, runs: int = 7) -> tuple[float, list[fl
 
 def _follow_cpu(url: str, pid: int, browser, job: str, with_page: bool) -> float:
     """The agent's CPU (% of one core) over FOLLOW_S while a job saves a frame every 0.5 s."""
-    from agent_support import JobStream
+    from tests.support.agent import JobStream
     s = JobStream(job, session=os.urandom(6).hex())
     _post(url, [s.start(1, 10_000)])
     ctx = page = None
@@ -89,9 +89,10 @@ def _follow_cpu(url: str, pid: int, browser, job: str, with_page: bool) -> float
 def run() -> list[dict]:
     if not os.path.exists(CHROMIUM):
         return [{"name": "page benchmarks: Debian's chromium is not installed", "pass": None}]
-    sys.path.insert(0, str(REPO / "tests"))
-    from agent_support import AgentProcess, JobStream
+    sys.path.insert(0, str(REPO))
     from playwright.sync_api import sync_playwright
+
+    from tests.support.agent import AgentProcess, JobStream
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:

@@ -8,9 +8,10 @@ verification (healer.outputs.verify_image on real files) and the Alertmanager pa
 with one field mutated, real Blender logs / crash files / PNGs with bytes flipped, inserted and
 cut), so a failing input is reproducible from the seed printed in the row.
 
-A crash is any exception other than the target's documented rejection (EventError, PayloadError)
-or an HTTP 5xx. Inputs known to hang the agent (an unbounded job_start frame range, see
-tests/test_robustness.py::test_job_start_frame_range_bounded) are not generated.
+What a crash and an unclear rejection are is fuzz.oracle's to say (the judge shared with the fuzz
+targets and tests/fuzz/test_robustness.py): a crash is any exception other than the target's
+documented rejection (EventError, PayloadError), a broken promise about the result, or an HTTP 5xx. Inputs known to hang the agent (an unbounded job_start frame range, see
+tests/fuzz/test_robustness.py::test_job_start_frame_range_bounded) are not generated.
 
 Also: /healthz latency of a real agent while four clients post 1 MiB of invalid NDJSON each
 (`healthz_under_junk`; the event loop must stay free while bodies are decoded).
@@ -35,7 +36,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from blender_hooks.events import REASONS, EventError, decode, encode, make_event
+from blender_hooks.events import encode, make_event
+from fuzz import oracle
 
 ENV_INPUTS = "RENDERWATCH_BENCH_ROBUSTNESS_INPUTS"
 SEED = 20260101
@@ -183,13 +185,17 @@ def drive(name: str, n: int, make: Callable[[random.Random, int], object], check
 
 
 # -- targets ------------------------------------------------------------------------------------------------------
-def check_decode(data: object, t: Tally) -> None:
+def judged(t: Tally, judge: Callable[[], bool]) -> None:
+    """Count the oracle's verdict: a clear rejection, an unclear one; a broken promise is a crash (raised)."""
     try:
-        decode(data)  # type: ignore[arg-type]
-    except EventError as e:
+        t.rejected += judge()
+    except oracle.Unclear:
         t.rejected += 1
-        if e.reason not in REASONS or not e.detail:
-            t.unclear += 1
+        t.unclear += 1
+
+
+def check_decode(data: object, t: Tally) -> None:
+    judged(t, lambda: oracle.event(data))  # type: ignore[arg-type]
 
 
 def bench_ingest(n: int, tmp: Path) -> Tally:
@@ -206,7 +212,7 @@ def bench_ingest(n: int, tmp: Path) -> Tally:
     def check(lines: object, t: Tally) -> None:
         res = ing.ingest_lines(lines)  # type: ignore[arg-type]
         t.rejected += res.rejected
-        t.unclear += sum(1 for e in res.errors if e["reason"] not in REASONS or not e["detail"])
+        t.unclear += oracle.unclear_errors(res.errors)
 
     return drive("agent ingest (Ingestor + journal)", n, make, check)
 
@@ -241,12 +247,7 @@ def bench_http(n: int, tmp: Path) -> Tally:
             raise
         if resp.status >= 500 or resp.status not in (200, 400, 413):
             raise RuntimeError(f"HTTP {resp.status}: {raw[:80]!r}")
-        if resp.status == 400:
-            t.rejected += 1
-            doc = json.loads(raw)
-            reasons = [e["reason"] for e in doc.get("errors", [])] or [doc.get("error")]
-            if not all(x in REASONS for x in reasons):
-                t.unclear += 1
+        judged(t, lambda: oracle.ingest_reply(resp.status, json.loads(raw)))
 
     try:
         return drive("agent HTTP POST /api/v1/events", n, make, check)
@@ -257,7 +258,6 @@ def bench_http(n: int, tmp: Path) -> Tally:
 
 def bench_classify(n: int) -> Tally:
     from healer.diagnosis.classify import LogScanner
-    from healer.diagnosis.errors import RenderError
 
     real = _real_lines()
 
@@ -277,14 +277,16 @@ def bench_classify(n: int) -> Tally:
         for line in lines:
             s.feed(line)
         err = s.finish(code, crash_text=crash)
-        if not isinstance(err, RenderError) or not err.type or not err.summary:
+        try:
+            oracle.classification(err)
+        except oracle.Broken:
             t.unclear += 1
 
     return drive("classifier (LogScanner.feed/finish)", n, make, check)
 
 
 def bench_crashfile(n: int) -> Tally:
-    from healer.diagnosis.crashfile import CrashReport, parse_crash_file
+    from healer.diagnosis.crashfile import parse_crash_file
 
     real_path = SHARED / "segfault_3.4.crash.txt"
     real = real_path.read_bytes() if real_path.exists() else b"# Blender 3.4.1\n# backtrace\n./blender(+0x1) [0x1]\n"
@@ -297,10 +299,10 @@ def bench_crashfile(n: int) -> Tally:
 
     def check(data: object, t: Tally) -> None:
         rep = parse_crash_file(data)  # type: ignore[arg-type]
-        if not isinstance(rep, CrashReport):
+        try:
+            t.rejected += oracle.crash_report(rep)
+        except oracle.Broken:
             t.unclear += 1
-        elif rep.partial:
-            t.rejected += 1
 
     return drive("crash-file parser", n, make, check)
 
@@ -363,11 +365,8 @@ def bench_verify(n: int, tmp: Path) -> Tally:
         p = paths[suffix]
         p.write_bytes(data)
         v = verify_image(p)
-        if not v.ok:
-            t.rejected += 1
-            if not v.reason:
-                t.unclear += 1
-        elif expect == "truncated":
+        judged(t, lambda: oracle.verification(v))
+        if v.ok and expect == "truncated":
             t.unclear += 1          # a truncated real PNG judged complete: worse than unclear
             raise AssertionError(f"truncated PNG ({len(data)} of {len(png)} bytes) judged complete")
 
@@ -375,8 +374,6 @@ def bench_verify(n: int, tmp: Path) -> Tally:
 
 
 def bench_alerts(n: int) -> Tally:
-    from healer.service.alerts import DEFAULT_RULES, PayloadError, decide, parse_notification
-
     def make(r: random.Random, i: int) -> object:
         if r.random() < 0.3:
             return rand_json(r)
@@ -396,12 +393,7 @@ def bench_alerts(n: int) -> Tally:
         return doc
 
     def check(obj: object, t: Tally) -> None:
-        try:
-            decide(parse_notification(obj), DEFAULT_RULES)
-        except PayloadError as e:
-            t.rejected += 1
-            if not str(e):
-                t.unclear += 1
+        judged(t, lambda: oracle.alert_payload(obj))
 
     return drive("Alertmanager payload (parse_notification + decide)", n, make, check)
 

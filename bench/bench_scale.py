@@ -2,7 +2,7 @@
 
 Real Blender 3.4 renders a 16x16 Workbench scene for 100 and 1,000 frames, bare (`blender -b -a`) and
 supervised (the healer's Supervisor, in this process, with its hooks, ledger journal and frame checks);
-10,000 frames are replayed by the recorded-run Blender (tests/fake_blender.py: the same lines and a
+10,000 frames are replayed by the recorded-run Blender (tests/support/fake_blender.py: the same lines and a
 real PNG per frame), because a real run that long takes many minutes on this machine. Each row:
 
 - measured: the healer's own CPU per frame (this process's CPU time, its threads included; Blender's
@@ -103,8 +103,8 @@ def run() -> list[dict]:
                 rows.append(_row(n, "real Blender 3.4, Workbench 16x16", bare, wall, cpu, start))
         elif REAL:
             rows.append({"name": "healer CPU per frame, real Blender: no Blender found", "pass": None})
-        sys.path.insert(0, str(REPO / "tests"))
-        from fake_blender import SCENE, ReplayLauncher, ReplayProbes, long_run
+        sys.path.insert(0, str(REPO))
+        from tests.support.fake_blender import SCENE, ReplayLauncher, ReplayProbes, long_run
 
         for n in REPLAYED:
             home = work / f"replay{n}"

@@ -95,7 +95,7 @@ def _run(args_in: list[str]) -> int:
         return 2
     except Exception as e:
         # A bug, not the user's input: one line that says so, the traceback only when asked for
-        # (tests/test_cli_hostile.py walks every command and flag and fails on this line).
+        # (tests/renderwatch/test_cli_hostile.py walks every command and flag and fails on this line).
         if str(args.log_level).upper() == "DEBUG":
             raise
         print(f"renderwatch {args.command}: internal error: {type(e).__name__}: {e} (a bug in renderwatch: "

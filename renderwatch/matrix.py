@@ -33,7 +33,7 @@ from blender_hooks.settings import ENV_BLENDER
 from blender_hooks.settings import ENV_BLENDER_VERSIONS as ENV_VERSIONS  # noqa: F401 (names read from here)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / ".venvs" / "matrix-results.json"   # written by the test run (tests/blender_matrix.py)
+RESULTS = REPO_ROOT / ".venvs" / "matrix-results.json"   # written by the test run (tests/support/blender_matrix.py)
 README_BEGIN = "<!-- support-table:begin (python -m renderwatch.matrix table --readme) -->"
 README_END = "<!-- support-table:end -->"
 STAMP = ".renderwatch-matrix"

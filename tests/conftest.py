@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from blender_matrix import BlenderCmd, Recorder, command_for, params
 
 from renderwatch.scenes import bpy_python, create_demo_scene, find_blender
+from tests.support.blender_matrix import BlenderCmd, Recorder, command_for, params
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -73,8 +73,8 @@ def scene_copy(tmp_path, scene_factory):
 
 @pytest.fixture
 def scene(tmp_path) -> Path:
-    """The replayed runs' scene (tests/fake_blender.py) in tmp_path/shot: frames land in shot/frames/."""
-    from fake_blender import SCENE
+    """The replayed runs' scene (tests/support/fake_blender.py) in tmp_path/shot: frames land in shot/frames/."""
+    from tests.support.fake_blender import SCENE
 
     dst = tmp_path / "shot" / "tiny.blend"
     dst.parent.mkdir()
@@ -82,7 +82,7 @@ def scene(tmp_path) -> Path:
     return dst
 
 
-# -- the Blender version matrix (tests/blender_matrix.py) -----------------------------------------
+# -- the Blender version matrix (tests/support/blender_matrix.py) -----------------------------------------
 
 _recorder = Recorder()
 

@@ -4,7 +4,7 @@ classifier's precedence. Each check reads the code's own source of the fact (a r
 healer service's metric registries, the OpenAPI documents, the argparse parsers renderwatch.cli builds),
 so a doc that drifts from the code, or code that grows a fact nobody documented, fails here.
 
-No GPU here: the agent's GPU families come from the NVML seam's fake (tests/nvml_fakes.py's TwoGpus),
+No GPU here: the agent's GPU families come from the NVML seam's fake (tests/support/fakes.py's TwoGpus),
 the only part not real.
 """
 
@@ -15,11 +15,12 @@ import re
 from pathlib import Path
 
 import pytest
-from agent_support import JobStream, agent_config, ndjson
 from aiohttp.test_utils import TestClient, TestServer
-from nvml_fakes import TwoGpus
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
+
+from tests.support.agent import JobStream, agent_config, ndjson
+from tests.support.fakes import TwoGpus
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

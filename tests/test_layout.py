@@ -9,7 +9,7 @@ import ast
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
 HEALER = REPO / "healer"
 
 
@@ -140,8 +140,9 @@ def test_the_io_check_finds_io():
 #   2 kernel/         the shared kernel every package may import (paths, files, listen, the console)
 #   3 agent/, healer/ the two services, side by side (neither imports the other's modules)
 #   4 renderwatch/    the command layer: `renderwatch` and its commands
-#   5 bench/, fuzz/   the tools on top (tests/ stands above all and is not walked)
-FLOORS = {"blender_hooks": 1, "kernel": 2, "agent": 3, "healer": 3, "renderwatch": 4, "bench": 5, "fuzz": 5}
+#   5 fuzz/           the fuzz targets and the one robustness oracle (fuzz/oracle.py)
+#   6 bench/          the benchmarks, which judge with that oracle (tests/ stands above all, not walked)
+FLOORS = {"blender_hooks": 1, "kernel": 2, "agent": 3, "healer": 3, "renderwatch": 4, "fuzz": 5, "bench": 6}
 BLENDER_MODULES = {"bpy", "mathutils", "bmesh", "bpy_extras", "gpu", "aud", "bl_math", "idprop", "freestyle", "_cycles"}
 # The one module that imports bpy. blender_hooks/wheel_cli.py (`renderwatch-blender`) is Blender's own
 # command line for the bpy wheel: it runs in the process that becomes Blender and imports the add-on's

@@ -3,7 +3,7 @@
 Everything else reads this table: the classifier's precedence (`CAUSE_ORDER`, `CRASH_ORDER`) and the
 advice its summaries end with, the policy's default rules (`healer.supervising.policy`), the exit
 status of a job that gives up on a type, and the classes in `healer.diagnosis.errors` (whose names
-Sentry and the webhooks carry). A new type is one row here and one class there; `tests/test_errors.py`
+Sentry and the webhooks carry). A new type is one row here and one class there; `tests/healer/diagnosis/test_errors.py`
 checks that the two agree.
 
 Usage::

@@ -1,6 +1,6 @@
 """What the supervisor is given, as Protocols: how Blender is run, what the host is asked, where
 incidents and metrics go. The real implementations are `launch.ProcessLauncher` and
-`probes.SystemProbes`; tests pass a Blender that replays recorded runs (tests/fake_blender.py).
+`probes.SystemProbes`; tests pass a Blender that replays recorded runs (tests/support/fake_blender.py).
 
 Usage::
 

@@ -1,14 +1,14 @@
 """The real NVML (nvidia-ml-py) on a machine with an NVIDIA GPU; skipped where there is none
-(the fake-NVML tests in tests/test_agent_gpu.py cover the logic everywhere)."""
+(the fake-NVML tests in tests/agent/test_gpu.py cover the logic everywhere)."""
 
 from __future__ import annotations
 
 import pynvml
 import pytest
-from agent_support import sample_value
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.gpu import GpuSampler
+from tests.support.agent import sample_value
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from agent_support import JobStream, NoNvml, OtlpReceiver, agent_config, attrs, ndjson, post
-
 from agent.app import run_in_thread
+from tests.support.agent import JobStream, OtlpReceiver, agent_config, attrs, ndjson, post
+from tests.support.fakes import NoNvml
 
 FRAMES = 10_000
 SLOW, FAILED = 9_500, 7_777

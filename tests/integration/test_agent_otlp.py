@@ -6,11 +6,12 @@ from __future__ import annotations
 from concurrent import futures
 
 import grpc
-from agent_support import JobStream, NoNvml, OtlpReceiver, agent_config, attrs, ndjson, post
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from agent.app import run_in_thread
 from agent.traces import job_ids
+from tests.support.agent import JobStream, OtlpReceiver, agent_config, attrs, ndjson, post
+from tests.support.fakes import NoNvml
 
 
 def check_two_jobs(spans: list) -> None:

@@ -8,10 +8,11 @@ import shutil
 import subprocess
 
 import pytest
-from agent_support import JobStream, NoNvml, agent_config, get, ndjson, post
-from promtools import query, start_prometheus, wait_for
 
 from agent.app import run_in_thread
+from tests.support.agent import JobStream, agent_config, get, ndjson, post
+from tests.support.fakes import NoNvml
+from tests.support.promtools import query, start_prometheus, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from agent_support import (
+
+from tests.support.agent import (
     AgentProcess,
     JobStream,
     OtlpReceiver,

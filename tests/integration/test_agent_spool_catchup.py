@@ -3,9 +3,9 @@ acknowledged; the same events arriving again over HTTP are duplicates, never cou
 
 from __future__ import annotations
 
-from agent_support import (
+from agent.app import run_in_thread
+from tests.support.agent import (
     JobStream,
-    NoNvml,
     SessionLock,
     agent_config,
     get,
@@ -16,8 +16,7 @@ from agent_support import (
     wait_until,
     write_segment,
 )
-
-from agent.app import run_in_thread
+from tests.support.fakes import NoNvml
 
 LABELS = {"scene": "Scene", "engine": "CYCLES", "device_type": "CPU"}
 

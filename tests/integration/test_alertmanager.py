@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -18,18 +17,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from healer_support import RecordingActions
 from prometheus_client import CollectorRegistry
 
 from healer.service.alerts import DEFAULT_RULES, AlertRule, add_alertmanager_routes
+from tests.support.healer import RecordingActions
+from tests.support.net import free_port
 
 TOKEN = "am-integration-token-42"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def iso(t: datetime) -> str:

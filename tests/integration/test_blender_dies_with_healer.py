@@ -12,7 +12,8 @@ import time
 
 import psutil
 import pytest
-from healer_support import RENDERWATCH, fault, healer_env
+
+from tests.support.healer import RENDERWATCH, fault, healer_env
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

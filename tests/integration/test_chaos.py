@@ -5,7 +5,7 @@ healer has recorded a crash and not yet handed its incident on.
 
 Every round must end with every frame on disk exactly once and verified, no verified frame rendered
 twice, every frame's telemetry in the agent exactly once and every incident notified exactly once
-(tests/chaos_support.py: `check_round`).
+(tests/support/chaos.py: `check_round`).
 
 The seed is random per run and printed in every failure; `RENDERWATCH_CHAOS_SEED=S` replays a run and
 `-k roundNN` one round of it. `RENDERWATCH_CHAOS_ROUNDS` sets the number of rounds (default 20, about
@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 
 import pytest
-from chaos_support import FRAMES, WebhookReceiver, check_round, default_rounds, default_seed, run_round
+
+from tests.support.chaos import FRAMES, WebhookReceiver, check_round, default_rounds, default_seed, run_round
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -61,7 +62,7 @@ def test_healer_killed_the_moment_it_records_a_crash_loses_no_incident(at_s, rec
     """The kill at the incident's moment, aimed rather than drawn: Blender segfaults, and the healer is
     SIGKILLed as soon as its ledger shows the crash. The render.crashed incident must still be
     delivered exactly once (the next healer replays the incident journal), with the other invariants."""
-    from chaos_support import Fault
+    from tests.support.chaos import Fault
 
     result = run_round(SEED, 90 + int(at_s * 10), workdir, chaos_scene, receiver, blender=blender34,
                        faults=[Fault("incident_kill", at_s)])
@@ -75,7 +76,7 @@ def test_seed_is_reproducible():
     """The same seed draws the same faults at the same moments (timings of the processes aside)."""
     import random
 
-    from chaos_support import plan_faults
+    from tests.support.chaos import plan_faults
 
     a = [(f.kind, f.delay_s) for n in range(5) for f in plan_faults(random.Random(f"{SEED}:{n}"))]
     b = [(f.kind, f.delay_s) for n in range(5) for f in plan_faults(random.Random(f"{SEED}:{n}"))]
@@ -136,7 +137,7 @@ def test_frame_killed_between_write_and_render_write_still_reaches_the_agent(tmp
     import subprocess
     import sys
 
-    from chaos_support import Agent, wait_telemetry
+    from tests.support.chaos import Agent, wait_telemetry
 
     home = tmp_path / "home"
     home.mkdir()

@@ -3,7 +3,7 @@ repository's rules) that scraped a real agent and a real healer service during r
 (Blender 3.4) with one crash and restart, and one job the healer gave up on.
 
 Faked, because it cannot run here: the GPU. The agent runs with recorded NVML readings behind its
-`nvml=` seam (tests/test_agent_gpu.py's FakeNvml), so the GPU panels have series to read. Exempt,
+`nvml=` seam (tests/agent/test_gpu.py's FakeNvml), so the GPU panels have series to read. Exempt,
 each with its reason: panels that need more history than a test can make (the regression baseline
 looks back a day), the panel fed only by Alertmanager deliveries, and VRAM per job (the recorded
 NVML processes cannot carry this test's Blender pids). Panels about running jobs ("Memory now",
@@ -21,12 +21,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from agent_support import agent_config, free_port, wait_until
-from promtools import panel_queries, query, start_prometheus, substitute
-from test_agent_gpu import FakeNvml
 
 from agent.app import run_in_thread
 from healer.service.client import call
+from tests.support.agent import agent_config, wait_until
+from tests.support.fakes import FakeNvml
+from tests.support.net import free_port
+from tests.support.promtools import panel_queries, query, start_prometheus, substitute
 
 REPO = Path(__file__).resolve().parents[2]
 FAULTS = REPO / "tests" / "faults"

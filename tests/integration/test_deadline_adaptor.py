@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from healer_support import healer_env, spooled_events
+
+from tests.support.healer import healer_env, spooled_events
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 BIN = Path(sys.executable).parent

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from healer_support import RENDERWATCH, healer_env
 
 from blender_hooks.events import encode, make_event
+from tests.support.healer import RENDERWATCH, healer_env
 
 PAGE = 4096
 
@@ -253,10 +253,9 @@ def test_a_full_spool_disk_still_delivers_to_a_reachable_agent(tmp_path: Path) -
     """The hooks' writer and sender (the code that runs inside Blender) with their spool on a full
     filesystem and the agent up: every event reaches the agent, in order, from memory (they were all
     dropped, and `hooks check` blamed the token)."""
-    from agent_support import agent_config, get
-
     from agent.app import run_in_thread
     from blender_hooks.spool import SpoolSender, SpoolWriter, agent_url
+    from tests.support.agent import agent_config, get
 
     h = run_in_thread(agent_config(tmp_path, spool_dir=tmp_path / "agent-spool"))
     spool = tmp_path / "spool"

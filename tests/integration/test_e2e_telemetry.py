@@ -11,7 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from agent_support import AgentProcess, OtlpReceiver, attrs, wait_until
+
+from tests.support.agent import AgentProcess, OtlpReceiver, attrs, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = REPO / "blender_hooks" / "startup.py"

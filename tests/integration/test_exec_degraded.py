@@ -9,8 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from healer_support import RENDERWATCH, healer_env
 from test_disk_full import fill, small_fs
+
+from tests.support.healer import RENDERWATCH, healer_env
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from healer_support import fault, healer_env
 
 from healer.config import ConfigError, load_config
 from healer.service.app import create_app
+from tests.support.healer import fault, healer_env
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
@@ -153,7 +153,7 @@ async def _alert(client: TestClient, status: str, uuid: str) -> None:
 async def test_gpu_placement_through_the_api(scene_copy, tmp_path, service_env, blender34):
     """Two GPUs behind the NVML seam (no GPU here), real Blender: each render its own GPU, none on a GPU
     that GPUOverheating paused until it resolves, a render waiting for a GPU can be cancelled."""
-    from nvml_fakes import TwoGpus
+    from tests.support.fakes import TwoGpus
 
     scene = scene_copy(frames=4)
     env = {**service_env, "RENDERWATCH_BLENDER": blender34, "RENDERWATCH_ALERTMANAGER_TOKEN": "am-token",

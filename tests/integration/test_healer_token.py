@@ -15,11 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from agent_support import free_port
-from healer_support import RENDERWATCH, healer_env
 
 from blender_hooks.settings import ConfigError
 from healer.service.auth import client_token, ensure_token, token_path
+from tests.support.healer import RENDERWATCH, healer_env
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
 

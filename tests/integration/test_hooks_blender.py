@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,11 +19,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from blender_matrix import BlenderCmd
-from healer_support import spooled_events
 
 from blender_hooks.events import decode
 from renderwatch.hooks import STARTUP
+from tests.support.blender_matrix import BlenderCmd
+from tests.support.healer import spooled_events
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
@@ -37,12 +37,6 @@ def wheel_blender(bpy_py: str) -> list[str]:
 def blender(matrix_blender: BlenderCmd) -> BlenderCmd:
     """argv prefix of a Blender of the matrix (a list), with its row."""
     return matrix_blender
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def hooks_env(tmp_path: Path, agent: str, **extra: str) -> dict[str, str]:

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_support import AgentProcess
+
+from tests.support.agent import AgentProcess
 
 pytestmark = [pytest.mark.blender]
 
@@ -52,7 +53,7 @@ def test_check_sees_the_event_at_a_real_agent(blender34, tmp_path):
 
 
 def test_check_warns_when_the_agent_is_down_and_the_events_wait(blender34, tmp_path):
-    from agent_support import free_port
+    from tests.support.net import free_port
 
     p = _check(blender34, _env(tmp_path, RENDERWATCH_AGENT=f"http://127.0.0.1:{free_port()}"))
     out = p.stdout + p.stderr

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from agent_support import AgentProcess, OtlpReceiver, wait_until
 from aiohttp import web
-from healer_support import fault, render
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
 
 from agent.traces import job_ids
+from tests.support.agent import AgentProcess, OtlpReceiver, wait_until
+from tests.support.healer import fault, render
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
@@ -98,7 +98,7 @@ def test_exec_captures_blenders_lines_for_the_agent_that_starts_later(blender34,
     """`renderwatch exec` (what farms run), not only `render`: real Blender 3.4's lines are spooled with
     their frames while no agent runs, and a `renderwatch agent` started afterwards serves them to
     `renderwatch logs`, progress folded with its count."""
-    from healer_support import RENDERWATCH, healer_env
+    from tests.support.healer import RENDERWATCH, healer_env
 
     home = tmp_path / "home"
     scene = scene_copy(frames=4)

@@ -11,7 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from healer_support import RENDERWATCH, healer_env
+
+from tests.support.healer import RENDERWATCH, healer_env
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

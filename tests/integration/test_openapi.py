@@ -23,9 +23,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from agent_support import NoNvml, agent_config, free_port
 from aiohttp import web
-from healer_support import RENDERWATCH, healer_env
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
@@ -36,6 +34,10 @@ from agent.openapi import SPEC as AGENT_SPEC
 from healer.config import load_config
 from healer.service.app import create_app as create_healer_app
 from healer.service.openapi import spec as healer_spec
+from tests.support.agent import agent_config
+from tests.support.fakes import NoNvml
+from tests.support.healer import RENDERWATCH, healer_env
+from tests.support.net import free_port
 
 EXAMPLES = int(os.environ.get("RENDERWATCH_SCHEMATHESIS_EXAMPLES", "30"))
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]

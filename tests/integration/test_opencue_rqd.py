@@ -4,7 +4,7 @@ memory accounting of the frame.
 
 Real: RQD (its own venv, .venvs/rqd, set up by ./bootstrap test), its frame launch (the command in a
 file run with `/usr/bin/time` in a new session), its kill (`killpg(pid, 9)`), its per-session memory
-sums and its task log. Stood in for (tests/rqd_harness.py): Cuebot's server side, which cannot run
+sums and its task log. Stood in for (tests/support/rqd_harness.py): Cuebot's server side, which cannot run
 here; the harness records RQD's reports and calls RQD with opencue-proto's own stub."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from healer_support import FAULTS, healer_env, spooled_events
+
+from tests.support.healer import FAULTS, healer_env, spooled_events
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ class Rqd:
     """RQD plus the Cuebot stand-in, spoken to in JSON lines."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([str(RQD_PYTHON), str(REPO / "tests" / "rqd_harness.py")],
+        self.proc = subprocess.Popen([str(RQD_PYTHON), str(REPO / "tests" / "support" / "rqd_harness.py")],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ready = self._read()
         assert self.ready.get("ready"), self.ready

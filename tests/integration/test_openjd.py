@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from healer_support import FAULTS, healer_env
+
+from tests.support.healer import FAULTS, healer_env
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_support import AgentProcess, JobStream, NoNvml, agent_config, get, ndjson, post, wait_until
-from healer_support import RENDERWATCH, fault, healer_env
 
 from agent.app import run_in_thread
+from tests.support.agent import AgentProcess, JobStream, agent_config, get, ndjson, post, wait_until
+from tests.support.fakes import NoNvml
+from tests.support.healer import RENDERWATCH, fault, healer_env
 
 CHROMIUM = "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")

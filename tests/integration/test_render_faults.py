@@ -10,9 +10,9 @@ import subprocess
 import time
 
 import pytest
-from healer_support import assert_every_frame_once, fault, render
 
 from healer.images.verify import verify_image
+from tests.support.healer import assert_every_frame_once, fault, render
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 FRAMES = [1, 2, 3, 4]
@@ -107,7 +107,7 @@ def test_a_read_only_output_folder_is_found_before_blender_renders(scene_copy, t
     import os
     import sys
 
-    from healer_support import healer_env
+    from tests.support.healer import healer_env
 
     scene = scene_copy(frames=4)
     renders = tmp_path / "renders"
@@ -134,7 +134,7 @@ def test_a_read_only_output_folder_is_found_before_blender_renders(scene_copy, t
 
 @pytest.fixture
 def texture_scene(scene_factory, blender34, tmp_path):
-    from healer_support import FAULTS
+    from tests.support.healer import FAULTS
     out = tmp_path / "tex_shot" / "textured.blend"
     out.parent.mkdir()
     subprocess.run([blender34, "-b", str(scene_factory(frames=4)), "--python", str(FAULTS / "make_texture_scene.py"),

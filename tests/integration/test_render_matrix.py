@@ -8,7 +8,8 @@ As Python modules the wheels write no crash file: the signal and the log (4.x's 
 from __future__ import annotations
 
 import pytest
-from healer_support import assert_every_frame_once, fault, render
+
+from tests.support.healer import assert_every_frame_once, fault, render
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

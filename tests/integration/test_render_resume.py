@@ -11,9 +11,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from healer_support import RENDERWATCH, assert_every_frame_once, fault, healer_env, render
 
 from healer.supervising.ledger import Ledger, jobs_dir
+from tests.support.healer import RENDERWATCH, assert_every_frame_once, fault, healer_env, render
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

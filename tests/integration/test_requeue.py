@@ -8,7 +8,8 @@ import json
 import subprocess
 
 import pytest
-from healer_support import RENDERWATCH, fault, healer_env
+
+from tests.support.healer import RENDERWATCH, fault, healer_env
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

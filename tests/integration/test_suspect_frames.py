@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from healer_support import fault, render
 
 from blender_hooks import events
 from healer.images.read import inspect_frame
+from tests.support.healer import fault, render
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

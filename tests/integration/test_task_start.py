@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from healer_support import RENDERWATCH, healer_env
+
+from tests.support.healer import RENDERWATCH, healer_env
 
 pytestmark = pytest.mark.blender
 

@@ -16,13 +16,14 @@ import sys
 import time
 
 import pytest
-from agent_support import NoNvml, agent_config, get
 from aiohttp.test_utils import TestClient, TestServer
-from healer_support import fault, healer_env
 
 from agent.app import run_in_thread
 from healer.config import load_config
 from healer.service.app import create_app
+from tests.support.agent import agent_config, get
+from tests.support.fakes import NoNvml
+from tests.support.healer import fault, healer_env
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from agent_support import AgentProcess, free_port, get, wait_until
-from healer_support import render
 
 from blender_hooks import spool
+from tests.support.agent import AgentProcess, get, wait_until
+from tests.support.healer import render
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

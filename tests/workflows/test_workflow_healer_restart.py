@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from agent_support import free_port, get, wait_until
-from healer_support import healer_env
+
+from tests.support.agent import get, wait_until
+from tests.support.healer import healer_env
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_support import AgentProcess
-from blender_matrix import BlenderCmd
-from healer_support import RENDERWATCH, REPO, fault, render
 
 from agent.status import fetch_jobs
+from tests.support.agent import AgentProcess
+from tests.support.blender_matrix import BlenderCmd
+from tests.support.healer import RENDERWATCH, REPO, fault, render
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

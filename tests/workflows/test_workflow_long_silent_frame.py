@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from healer_support import RENDERWATCH, fault, healer_env
+
+from tests.support.healer import RENDERWATCH, fault, healer_env
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_support import ServerThread
 from aiohttp import web
-from chaos_support import WebhookReceiver
-from healer_support import FAULTS, assert_every_frame_once, fault, render
 from prometheus_client import CollectorRegistry
 
 from renderwatch.matrix import MATRIX
+from tests.support.agent import ServerThread
+from tests.support.chaos import WebhookReceiver
+from tests.support.healer import FAULTS, assert_every_frame_once, fault, render
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from healer_support import healer_env
+
+from tests.support.healer import healer_env
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

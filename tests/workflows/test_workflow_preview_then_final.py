@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from healer_support import render
 
 from healer.images.read import inspect_frame
+from tests.support.healer import render
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
@@ -88,7 +88,7 @@ def test_where_the_scene_keeps_existing_files_right_frames_are_kept_and_a_previe
 
 def test_under_a_farm_manager_too_exec_renders_the_final_over_a_preview(blender34, scene_copy, tmp_path):
     """`renderwatch exec -- blender ...` (a farm's task command) goes through the same supervisor."""
-    from healer_support import RENDERWATCH, healer_env
+    from tests.support.healer import RENDERWATCH, healer_env
 
     scene = scene_copy(frames=4, width=64, height=36)
     py = tmp_path / "preview.py"

@@ -1,0 +1,1 @@
+"""Tests of blender_hooks/ (what runs inside Blender)."""

@@ -1,0 +1,1 @@
+"""Tests of the deployment files: collector/, dashboards/, deploy/, compose.yaml, the Prometheus rules."""

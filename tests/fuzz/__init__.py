@@ -1,0 +1,1 @@
+"""Tests of fuzz/ and the property tests that share its oracle."""
