@@ -18,7 +18,7 @@ import pytest
 from agent_support import AgentProcess, free_port, get, wait_until
 from healer_support import render
 
-from blender_hooks import spool
+from blender_hooks import spoolfile
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
@@ -33,7 +33,7 @@ def _clean_env(home: Path, **extra: str) -> dict[str, str]:
 
 def _spooled_jobs(spool_dir: Path) -> set[str]:
     jobs = set()
-    for session, indices in spool.list_segments(spool_dir).items():
+    for session, indices in spoolfile.list_segments(spool_dir).items():
         for i in indices:
             for line in (spool_dir / f"{session}.{i:06d}.ndjson").read_bytes().splitlines():
                 jobs.add(json.loads(line)["job"])
@@ -76,7 +76,7 @@ def test_the_demo_leaves_the_node_agents_events_to_it(tmp_path, scene_copy, blen
             _agent_jobs(node.url)
         job = _agent_jobs(node.url)[JOB]
         assert (job["frames_done"], job["frames_total"]) == (2, 2)
-        assert not spool.list_segments(home / "spool"), "the node's agent left events in its spool"
+        assert not spoolfile.list_segments(home / "spool"), "the node's agent left events in its spool"
     finally:
         node.stop()
 
