@@ -204,11 +204,14 @@ class SpoolScanner:
             except FileNotFoundError:
                 continue
             while offset < size:
-                data = read_lines(path, offset, self.chunk_bytes)
-                if not data:
-                    if not finished:
-                        break                       # the writer is mid-line: wait for the rest
-                    data = read_tail(path, offset, size)   # a torn last line of a dead writer
+                try:
+                    data = read_lines(path, offset, self.chunk_bytes)
+                    if not data:
+                        if not finished:
+                            break                   # the writer is mid-line: wait for the rest
+                        data = read_tail(path, offset, size)   # a torn last line of a dead writer
+                except FileNotFoundError:
+                    break                           # the hooks' sender delivered it all and deleted it (or evicted)
                 res = self.ingestor.ingest_lines(data.split(b"\n"))
                 self.ingested += res.accepted
                 if not advance_ack(self.dir, session, index, offset + len(data), wait=ACK_WAIT_S):
@@ -218,11 +221,11 @@ class SpoolScanner:
                     break
                 offset += len(data)
                 yield
-            if offset >= size and finished:
+            if (offset >= size and finished) or not os.path.lexists(path):   # read all, or deleted under us
                 _unlink(path)
             else:
                 kept += 1
                 totals[1] += max(0, size - offset)
         totals[0] += kept
         if not kept and writer_gone(self.dir, session):
-            forget_session(self.dir, session)
+            forget_session(self.dir, session, wait=ACK_WAIT_S)

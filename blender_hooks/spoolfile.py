@@ -189,7 +189,8 @@ def writer_gone(directory: Path, session: str) -> bool:
 def _ack_lock(directory: Path, wait: float) -> int | None:
     """The ack lock (a flock on the folder itself), tried (never waited on) until `wait` seconds pass;
     None when busy. OSError when the folder cannot be opened."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # The folder's own link is followed, as statedir follows the root's (RENDERWATCH_SPOOL_DIR may be one).
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -305,11 +306,12 @@ def advance_ack(directory: Path, session: str, index: int, offset: int, *, wait:
         os.close(fd)
 
 
-def forget_session(directory: Path, session: str) -> None:
-    """Remove a finished session's ack, temporary ack and lock (its segments are all gone)."""
+def forget_session(directory: Path, session: str, *, wait: float = ACK_WAIT_S) -> None:
+    """Remove a finished session's ack, temporary ack and lock (its segments are all gone); under the
+    ack lock when it can be had within `wait` seconds."""
     fd: int | None = None
     try:
-        fd = _ack_lock(directory, ACK_WAIT_S)
+        fd = _ack_lock(directory, wait)
     except OSError:
         pass
     try:

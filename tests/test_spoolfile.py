@@ -294,3 +294,15 @@ def test_a_scanner_that_finds_the_ack_lock_busy_reads_no_further_in_that_session
     while spoolfile.list_segments(tmp_path):
         scanner.scan_once()
     assert set(ingestor.seqs) == set(range(1, 201))
+
+
+def test_a_spool_folder_reached_through_the_admins_link_still_has_its_ack_advanced(tmp_path):
+    """RENDERWATCH_SPOOL_DIR may be a link (statedir follows the root's own link: an admin's choice); the
+    ack lock is taken on the folder it names."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (real / spoolfile.segment_name("s1", 1)).write_bytes(b"x" * 100)
+    link = tmp_path / "spool"
+    link.symlink_to(real)
+    assert spoolfile.advance_ack(link, "s1", 1, 50)
+    assert spoolfile.read_ack(link, "s1", [1]) == (1, 50)
