@@ -43,7 +43,7 @@ from agent.process import ProcessSampler
 from agent.spool import SpoolScanner, claim_spool
 from agent.state import State
 from agent.traces import RenderTracer, farm_attributes, farm_parent, job_ids
-from blender_hooks.spool import read_evicted
+from blender_hooks.spoolfile import read_evicted
 from kernel.openapi import add_openapi_route
 from kernel.version import __version__
 

@@ -1,11 +1,8 @@
 """The spool scanner: catch-up from the hooks' durable spool, so an agent that was down loses nothing.
 
-Spool layout (written by blender_hooks; one set per Blender process, `session`):
-
-    <dir>/<session>.<index:06d>.ndjson   segments, one JSON event per line
-    <dir>/<session>.ack                  "<index> <offset>": everything before it was delivered
-    <dir>/<session>.lock                 flock()ed by the live writer; a free lock = a dead writer
-    <dir>/agent.reader.lock              flock()ed by the one agent reading this spool, for its life
+The spool's files (segments, acks, locks) and how they are read and acknowledged are one contract,
+`blender_hooks.spoolfile`, shared with the writer and the sender inside Blender; this module is the
+agent's consumer of it. `<dir>/agent.reader.lock` is flock()ed by the one agent reading the spool.
 
 One reader per spool: the scanner acknowledges (and deletes) what it ingests, so a second agent on
 the same spool would take events that are the node's agent's. `claim_spool` takes the reader lock
@@ -13,8 +10,8 @@ the same spool would take events that are the node's agent's. `claim_spool` take
 agent has it; the lock dies with its process, so a crashed agent leaves nothing to clean up.
 
 At start and every second the scanner ingests whole lines past each session's ack, then moves
-the ack forward (never backward: the hooks' own sender writes it too; the agent deduplicates by
-session seq, so reading a line twice is harmless). A segment that is fully acknowledged and
+the ack forward (`spoolfile.advance_ack`: never backward, atomic with the hooks' own sender, which
+writes it too; the agent deduplicates by session seq, so reading a line twice is harmless). A segment that is fully acknowledged and
 finished (a newer one exists, or its writer is gone) is deleted; so are the ack and lock files of
 a session with nothing left.
 
@@ -28,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -38,13 +36,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 # One implementation of the spool's on-disk contract, shared with the writer inside Blender.
-from blender_hooks.spool import _segment_name, list_segments, open_segment, read_ack, write_ack
+from blender_hooks.spoolfile import (
+    READER_LOCK,
+    advance_ack,
+    forget_session,
+    list_segments,
+    read_ack,
+    read_lines,
+    read_tail,
+    segment_path,
+    writer_gone,
+)
 from blender_hooks.statedir import open_nofollow, private_dir
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
-# Not a session's lock: session names have no dots (blender_hooks.spool._SEGMENT_RE).
-READER_LOCK = "agent.reader.lock"
+ACK_WAIT_S = 0.005      # the ack lock is tried this long at most: the scanner runs on the event loop
 
 
 class LineIngestor(Protocol):
@@ -111,27 +118,6 @@ def claim_spool(directory: Path, *, listen: str = "", data_dir: Path | str = "")
     return SpoolClaim(directory, fd)
 
 
-def segment_path(directory: Path, session: str, index: int) -> Path:
-    return directory / _segment_name(session, index)
-
-
-def writer_gone(directory: Path, session: str) -> bool:
-    """True when nobody holds the session's lock (its Blender exited or crashed)."""
-    try:
-        fd = open_nofollow(directory / f"{session}.lock", os.O_RDWR)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)          # also releases the lock if we took it
-
-
 def _unlink(path: Path) -> None:
     try:
         os.unlink(path)
@@ -175,18 +161,6 @@ class SpoolScanner:
                     log.warning("spool %s: %s", self.dir, e)
             await asyncio.sleep(interval)
 
-    def _read(self, path: Path, offset: int) -> bytes:
-        """Whole lines from offset, up to chunk_bytes (or one longer line)."""
-        with open_segment(path) as f:
-            f.seek(offset)
-            data = f.read(self.chunk_bytes)
-            cut = data.rfind(b"\n") + 1
-            if cut == 0 and len(data) == self.chunk_bytes:
-                f.seek(offset)
-                data = f.readline()
-                cut = len(data) if data.endswith(b"\n") else 0
-        return data[:cut]
-
     def _scan(self) -> Iterator[None]:
         stats = self.ingestor.stats
         if not self._dir_checked:                # once: then no other account can change the folder
@@ -211,8 +185,14 @@ class SpoolScanner:
     def _scan_session(self, session: str, indices: list[int], totals: list[int]) -> Iterator[None]:
         ack_index, ack_offset = read_ack(self.dir, session, indices)
         kept = 0
+        busy = False
         for index in indices:
             path = segment_path(self.dir, session, index)
+            if busy:                                # not read this pass: counted as kept
+                kept += 1
+                with contextlib.suppress(OSError):
+                    totals[1] += os.path.getsize(path)
+                continue
             if index < ack_index:
                 _unlink(path)                       # fully delivered and a newer one exists
                 continue
@@ -224,24 +204,28 @@ class SpoolScanner:
             except FileNotFoundError:
                 continue
             while offset < size:
-                data = self._read(path, offset)
-                if not data:
-                    if not finished:
-                        break                       # the writer is mid-line: wait for the rest
-                    with open_segment(path) as f:   # a torn last line of a dead writer
-                        f.seek(offset)
-                        data = f.read(size - offset)
+                try:
+                    data = read_lines(path, offset, self.chunk_bytes)
+                    if not data:
+                        if not finished:
+                            break                   # the writer is mid-line: wait for the rest
+                        data = read_tail(path, offset, size)   # a torn last line of a dead writer
+                except FileNotFoundError:
+                    break                           # the hooks' sender delivered it all and deleted it (or evicted)
                 res = self.ingestor.ingest_lines(data.split(b"\n"))
                 self.ingested += res.accepted
+                if not advance_ack(self.dir, session, index, offset + len(data), wait=ACK_WAIT_S):
+                    # The hooks' sender holds the ack lock: stop this session until the next pass. Not
+                    # only this segment: acknowledging a later one would pass this one's unread lines.
+                    busy = True
+                    break
                 offset += len(data)
-                write_ack(self.dir, session, index, offset)
                 yield
-            if offset >= size and finished:
+            if (offset >= size and finished) or not os.path.lexists(path):   # read all, or deleted under us
                 _unlink(path)
             else:
                 kept += 1
                 totals[1] += max(0, size - offset)
         totals[0] += kept
         if not kept and writer_gone(self.dir, session):
-            for suffix in (".ack", ".ack.agent.tmp", ".lock"):
-                _unlink(self.dir / f"{session}{suffix}")
+            forget_session(self.dir, session, wait=ACK_WAIT_S)

@@ -7,12 +7,9 @@ acknowledged offset and POSTs them as NDJSON to the agent; the agent deduplicate
 (session, seq), so a resend after a crash is harmless and an agent that is down or restarted
 loses nothing: it catches up from the spool.
 
-On-disk layout (directory 0700, files 0600), one set per Blender process (`session`):
-
-    <dir>/<session>.<index:06d>.ndjson   segments, one JSON event per line, rotated at 4 MiB
-    <dir>/<session>.ack                  "<index> <offset>": everything before it was delivered
-    <dir>/<session>.lock                 flock()ed by the live writer; a free lock = a dead writer
-    <dir>/evicted_events                 total events evicted unsent (a decimal integer)
+The files (segments rotated at 4 MiB, the ack, the session lock, `evicted_events`) and how they are
+read, acknowledged and evicted are the spool's contract, in one module: `blender_hooks.spoolfile`
+(the agent's scanner reads the same folder through it). This module is the writer and the sender.
 
 The directory is bounded (`RENDERWATCH_SPOOL_MAX_BYTES`, default 64 MiB): past it the oldest
 segments are evicted first and their unsent events added to `evicted_events`. A sender also
@@ -31,10 +28,8 @@ from __future__ import annotations
 
 import collections
 import errno
-import fcntl
 import itertools
 import os
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -42,7 +37,20 @@ from pathlib import Path
 
 from .logs import logger
 from .settings import DEFAULT_AGENT, ENV_AGENT, ENV_HOME, ENV_SPOOL_DIR, ENV_SPOOL_MAX, ENV_TOKEN  # noqa: F401 (names read from here)
-from .statedir import UnsafeStateDir, open_nofollow, private_dir, read_small, state_home  # noqa: F401 (re-exported)
+from .spoolfile import (
+    advance_ack,
+    evict,
+    forget_session,
+    list_segments,
+    read_ack,
+    read_lines,
+    segment_path,
+    session_lock_path,
+    spare_path,
+    spare_session,
+    try_lock,
+)
+from .statedir import UnsafeStateDir, open_nofollow, private_dir, state_home  # noqa: F401 (re-exported)
 
 log = logger("renderwatch.hooks.spool")
 
@@ -51,8 +59,6 @@ EVENTS_PATH = "/api/v1/events"
 HELD_MAX = 10_000           # events a writer holds in memory for its sender while the spool cannot take them
 SEGMENT_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-EVICTED_FILE = "evicted_events"
-_SEGMENT_RE = re.compile(r"^([0-9A-Za-z_-]+)\.(\d{6,})\.ndjson$")
 
 
 def make_private_dirs(path: Path, root: Path | None = None) -> Path:
@@ -93,201 +99,6 @@ def agent_token(env: Mapping[str, str] | None = None) -> str | None:
     return e.get(ENV_TOKEN) or None
 
 
-def _segment_name(session: str, index: int) -> str:
-    return f"{session}.{index:06d}.ndjson"
-
-
-def list_segments(directory: Path) -> dict[str, list[int]]:
-    """{session: sorted segment indices} of every segment in the directory: regular files only (a
-    folder or a link named like a segment is no segment, and must not stop the scan of the others)."""
-    out: dict[str, list[int]] = {}
-    try:
-        with os.scandir(directory) as it:
-            for entry in it:
-                m = _SEGMENT_RE.match(entry.name)
-                if m and entry.is_file(follow_symlinks=False):
-                    out.setdefault(m.group(1), []).append(int(m.group(2)))
-    except OSError:
-        return out
-    for idx in out.values():
-        idx.sort()
-    return out
-
-
-ACK_BYTES = 64          # "<index> <offset>\n" is at most 40 bytes
-_ACK_RE = re.compile(rb"(\d{1,12}) (\d{1,15})\n?")
-
-
-def read_ack(directory: Path, session: str, indices: list[int] | None = None) -> tuple[int, int]:
-    """(segment index, byte offset) delivered so far; (0, 0) when nothing was acknowledged.
-
-    The ack is read like anything else in the spool: a small regular file of this account's, never
-    through a link, at most ACK_BYTES, two unsigned integers. With `indices` (the session's segments)
-    it must also name a place that exists: a segment not past the last one and an offset within it.
-    An ack that is none of that is removed with a warning and counts as (0, 0): the session is read
-    again from its oldest segment and the agent drops what it already has (dedupe by session, seq),
-    where trusting it would skip or delete unread segments."""
-    path = directory / f"{session}.ack"
-    raw = read_small(path, ACK_BYTES)
-    if raw is None:
-        if not os.path.lexists(path):
-            return 0, 0
-        return _bad_ack(path, "not a small regular file of this account's")
-    m = _ACK_RE.fullmatch(raw)
-    if m is None:
-        return _bad_ack(path, f"{raw[:40]!r} is not '<segment> <offset>'")
-    index, offset = int(m.group(1)), int(m.group(2))
-    if indices:
-        try:
-            size: int | None = os.stat(directory / _segment_name(session, index)).st_size
-        except OSError:
-            size = None
-        if size is None and index > indices[-1]:
-            return _bad_ack(path, f"segment {index} does not exist (the last is {indices[-1]})")
-        if size is not None and offset > size:
-            return _bad_ack(path, f"offset {offset} is past the end of segment {index} ({size} bytes)")
-    return index, offset
-
-
-def _bad_ack(path: Path, why: str) -> tuple[int, int]:
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.rmdir(path)
-        else:
-            os.unlink(path)
-    except OSError as e:
-        log.debug("renderwatch spool: cannot remove the invalid ack %s: %s", path, e)
-        return 0, 0
-    log.warning("renderwatch spool: ignored and removed the ack %s (%s): the session is read again from its "
-                "oldest segment", path.name, why)
-    return 0, 0
-
-
-def write_ack(directory: Path, session: str, index: int, offset: int) -> None:
-    """Move the ack forward atomically (temporary file, then rename); never backward.
-
-    The agent's spool scanner advances the same file (with its own temporary name).
-    """
-    if read_ack(directory, session) >= (index, offset):
-        return
-    tmp = directory / f"{session}.ack.{os.getpid()}.tmp"  # per process: the agent may write it too
-    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        os.write(fd, f"{index} {offset}\n".encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, directory / f"{session}.ack")
-
-
-def read_evicted(directory: Path) -> int:
-    """Total events evicted unsent from this spool directory."""
-    raw = read_small(directory / EVICTED_FILE, 64)
-    try:
-        return int((raw or b"").strip() or 0)
-    except ValueError:
-        return 0
-
-
-def _add_evicted(directory: Path, n: int) -> None:
-    fd = open_nofollow(directory / EVICTED_FILE, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        raw = os.read(fd, 64).strip()
-        total = (int(raw) if raw.isdigit() else 0) + n
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{total}\n".encode())
-    finally:
-        os.close(fd)  # also releases the flock
-
-
-def _try_lock(path: Path) -> int | None:
-    """An fd holding an exclusive flock on path, or None when another holder has it."""
-    try:
-        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
-    except OSError:
-        os.close(fd)
-        return None
-
-
-def open_segment(path: Path):
-    """A segment opened for reading (binary file object), never through a link."""
-    return os.fdopen(open_nofollow(path, os.O_RDONLY), "rb")
-
-
-def _count_lines(path: Path, start: int) -> int:
-    try:
-        with open_segment(path) as f:
-            f.seek(start)
-            n = 0
-            while chunk := f.read(1 << 20):
-                n += chunk.count(b"\n")
-            return n
-    except OSError:
-        return 0
-
-
-def evict(directory: Path, max_bytes: int, keep: dict[str, int] | None = None) -> int:
-    """Delete the oldest segments until the directory holds at most max_bytes; return events lost.
-
-    `keep` maps session -> segment index that must stay (a live writer's open segment). The last
-    segment of any session whose writer is alive (lock held) stays too. Unsent events of an
-    evicted segment (past its ack) are added to `evicted_events`.
-    """
-    keep = dict(keep or {})
-    entries = []
-    total = 0
-    segments = list_segments(directory)
-    for session, indices in segments.items():
-        for index in indices:
-            p = directory / _segment_name(session, index)
-            try:
-                st = os.stat(p)
-            except OSError:
-                continue
-            total += st.st_size
-            entries.append((st.st_mtime, index, session, p, st.st_size))
-    if total <= max_bytes:
-        return 0
-    last = {s: max(i) for s, i in list_segments(directory).items()}
-    lost = 0
-    for _mtime, index, session, p, size in sorted(entries):
-        if total <= max_bytes:
-            break
-        if keep.get(session) == index:
-            continue
-        if index == last.get(session) and session not in keep:
-            fd = _try_lock(directory / f"{session}.lock")
-            if fd is None:  # a live writer is still appending to it
-                continue
-            os.close(fd)
-        ack_index, ack_offset = read_ack(directory, session, segments.get(session))
-        unsent = 0 if index < ack_index else _count_lines(p, ack_offset if index == ack_index else 0)
-        try:
-            os.unlink(p)
-        except OSError:
-            continue
-        total -= size
-        lost += unsent
-    remaining = list_segments(directory)
-    for session in last:
-        if session not in remaining and session not in keep:
-            for suffix in (".ack", ".lock"):
-                try:
-                    os.unlink(directory / f"{session}{suffix}")
-                except OSError:
-                    pass
-    if lost:
-        _add_evicted(directory, lost)
-        log.warning("spool over %d bytes: evicted %d unsent events (oldest first)", max_bytes, lost)
-    return lost
-
-
 class SpoolWriter:
     """Appends encoded events to this session's segments. Never raises; failures are counted.
 
@@ -326,7 +137,7 @@ class SpoolWriter:
         # the sender thread pre-creates the next segment as <session>.next, opened, and a rotation
         # renames it into place.
         self._spare_fd: int | None = None
-        self._spare_path = self.directory / f"{session}.next"
+        self._spare_path = spare_path(self.directory, session)
 
     def hold_for_sender(self) -> None:
         """A sender delivers this writer's events over HTTP: hold what the disk refuses for it."""
@@ -390,7 +201,7 @@ class SpoolWriter:
             # Checked once per writer, not per event: this account's, 0700, no link below the state
             # root (UnsafeStateDir otherwise: the writer drops events and says so once, see _fail).
             make_private_dirs(self.directory)
-            self._lock_fd = _try_lock(self.directory / f"{self.session}.lock")
+            self._lock_fd = try_lock(session_lock_path(self.directory, self.session))
 
     def prepare(self) -> None:
         """Create the spare segment ahead of need (the sender thread calls this; never raises)."""
@@ -416,7 +227,7 @@ class SpoolWriter:
 
     def _open(self) -> bool:
         """Open the next segment (caller holds self._lock): the spare renamed, else a new file."""
-        path = self.directory / _segment_name(self.session, self.index + 1)
+        path = segment_path(self.directory, self.session, self.index + 1)
         try:
             spare, self._spare_fd = self._spare_fd, None
             if spare is not None:
@@ -462,7 +273,7 @@ class SpoolWriter:
         if fd is not None:
             if self.index == 0:  # nothing was ever written: leave nothing behind
                 try:
-                    os.unlink(self.directory / f"{self.session}.lock")
+                    os.unlink(session_lock_path(self.directory, self.session))
                 except OSError:
                     pass
             try:
@@ -624,7 +435,7 @@ class SpoolSender:
                 if not self.adopt:
                     continue
                 if session not in self._adopted:
-                    fd = _try_lock(self.directory / f"{session}.lock")
+                    fd = try_lock(session_lock_path(self.directory, session))
                     if fd is None:
                         continue  # its writer is alive: it has its own sender
                     self._adopted[session] = fd
@@ -657,14 +468,15 @@ class SpoolSender:
             return
         with_segments = list_segments(self.directory)
         for name in names:
-            session, dot, ext = name.rpartition(".")
-            if ext != "next" or not dot or session == own or session in with_segments:
+            session = spare_session(name)
+            if session is None or session == own or session in with_segments:
                 continue
-            fd = _try_lock(self.directory / f"{session}.lock")
+            lock = session_lock_path(self.directory, session)
+            fd = try_lock(lock)
             if fd is None:
                 continue  # alive
             self._unlink(self.directory / name)
-            self._unlink(self.directory / f"{session}.lock")
+            self._unlink(lock)
             os.close(fd)
 
     def _session_open_index(self, session: str) -> int | None:
@@ -677,22 +489,14 @@ class SpoolSender:
     def _read_batch(self, path: Path, offset: int) -> bytes:
         """Whole lines from offset, at most batch_bytes (or one line, if a line is longer)."""
         try:
-            with open_segment(path) as f:
-                f.seek(offset)
-                data = f.read(self.batch_bytes)
-                cut = data.rfind(b"\n") + 1
-                if cut == 0 and len(data) == self.batch_bytes:
-                    f.seek(offset)
-                    data = f.readline()
-                    cut = len(data) if data.endswith(b"\n") else 0
+            return read_lines(path, offset, self.batch_bytes)
         except FileNotFoundError:  # evicted under us
             return b""
-        return data[:cut]
 
     def _drain_session(self, session: str, indices: list[int], deadline: float | None) -> bool:
         open_index = self._session_open_index(session)
         for index in indices:
-            path = self.directory / _segment_name(session, index)
+            path = segment_path(self.directory, session, index)
             finished = open_index is None or index < open_index
             while True:
                 # Re-read each time: the agent's spool scanner may have moved the ack forward.
@@ -723,7 +527,8 @@ class SpoolSender:
                     self._log_status(status)
                     return False
                 try:
-                    write_ack(self.directory, session, index, offset + len(data))
+                    if not advance_ack(self.directory, session, index, offset + len(data)):
+                        return False  # another consumer holds the ack lock: again on the next pass
                 except OSError as e:
                     log.warning("renderwatch spool: cannot write ack: %s", e)
                     return False
@@ -744,7 +549,7 @@ class SpoolSender:
             return
         if size > offset:
             log.warning("renderwatch spool: dropping %d bytes of a torn last line in %s", size - offset, path.name)
-            write_ack(self.directory, session, index, size)
+            advance_ack(self.directory, session, index, size)   # busy: the segment is deleted all the same
 
     def _log_status(self, status: int) -> None:
         if status != self._last_status:
@@ -809,8 +614,7 @@ class SpoolSender:
                 log.warning("renderwatch spool: cannot delete %s: %s", path, e)
 
     def _forget_session(self, session: str) -> None:
-        for suffix in (".ack", f".ack.{os.getpid()}.tmp", ".lock"):
-            self._unlink(self.directory / f"{session}{suffix}")
+        forget_session(self.directory, session)
         fd = self._adopted.pop(session, None)
         if fd is not None:
             os.close(fd)

@@ -32,7 +32,7 @@ PACKAGE_DIR = Path(blender_hooks.__file__).resolve().parent
 STARTUP = PACKAGE_DIR / "startup.py"
 # What runs inside Blender: the standard-library modules the add-on imports.
 PACKAGE_FILES = ("__init__.py", "addon.py", "events.py", "farm.py", "logs.py", "settings.py", "spool.py", "stats.py",
-                 "statedir.py", "transport.py", "blender_manifest.toml")
+                 "statedir.py", "spoolfile.py", "transport.py", "blender_manifest.toml")
 ADDON_ID = "renderwatch_hooks"
 EXTENSIONS_REPO = "user_default"
 EXTENSION_MIN = (4, 2, 0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from agent.ingest import Ingestor
 from agent.journal import Journal
 from agent.metrics import IngestStats
-from agent.spool import SpoolScanner, write_ack
+from agent.spool import SpoolScanner
 from agent.state import State
+from blender_hooks.spoolfile import advance_ack
 from tests.support.agent import JobStream, SessionLock, ndjson, read_ack, write_segment
 
 
@@ -90,9 +91,9 @@ def test_ack_only_moves_forward(tmp_path):
     evs = s.whole(frames=3)
     path = write_segment(spool, s.session, 1, evs)
     size = path.stat().st_size
-    write_ack(spool, s.session, 1, size)            # the hooks' sender delivered it all already
+    advance_ack(spool, s.session, 1, size)            # the hooks' sender delivered it all already
     assert scanner.scan_once() == 0 and stats.ingested == 0
-    write_ack(spool, s.session, 1, 10)              # an older ack never replaces a newer one
+    advance_ack(spool, s.session, 1, 10)              # an older ack never replaces a newer one
     assert read_ack(spool, s.session) == (1, size)
     lock.release()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from blender_hooks import spool
+from blender_hooks import spool, spoolfile
 from blender_hooks.events import decode, encode, make_event
 from tests.support.net import free_port
 
@@ -29,7 +29,7 @@ def ev(seq: int, pad: int = 0, session: str = "s1") -> bytes:
 
 def all_lines(directory: Path, session: str = "s1") -> list[bytes]:
     out: list[bytes] = []
-    for index in spool.list_segments(directory).get(session, []):
+    for index in spoolfile.list_segments(directory).get(session, []):
         out += (directory / f"{session}.{index:06d}.ndjson").read_bytes().splitlines()
     return out
 
@@ -110,7 +110,7 @@ def test_writer_rotates_segments_in_order(tmp_path):
     for i in range(1, 201):
         w.append(ev(i))
     w.close()
-    indices = spool.list_segments(tmp_path)["s1"]
+    indices = spoolfile.list_segments(tmp_path)["s1"]
     assert len(indices) > 5 and indices == list(range(1, len(indices) + 1))
     for i in indices[:-1]:  # each full segment stops at the first write past the limit
         assert 1000 <= (tmp_path / f"s1.{i:06d}.ndjson").stat().st_size < 1000 + len(ev(200))
@@ -127,12 +127,12 @@ def test_eviction_is_oldest_first_bounded_and_counted(tmp_path):
     w = spool.SpoolWriter(tmp_path, "s1", segment_bytes=2000, max_bytes=10**9)
     for i in range(1, 301):
         w.append(ev(i))
-    before = spool.list_segments(tmp_path)["s1"]
+    before = spoolfile.list_segments(tmp_path)["s1"]
     lost = spool.evict(tmp_path, 6000, keep={"s1": w.index})
-    after = spool.list_segments(tmp_path)["s1"]
+    after = spoolfile.list_segments(tmp_path)["s1"]
     kept = all_lines(tmp_path)
     assert lost == 300 - len(kept) > 0
-    assert spool.read_evicted(tmp_path) == lost
+    assert spoolfile.read_evicted(tmp_path) == lost
     assert after == before[-len(after):]                          # the oldest went first
     assert [decode(x)["seq"] for x in kept] == list(range(301 - len(kept), 301))
     assert sum((tmp_path / f"s1.{i:06d}.ndjson").stat().st_size for i in after) <= 6000
@@ -143,15 +143,15 @@ def test_eviction_skips_delivered_events(tmp_path):
     w = spool.SpoolWriter(tmp_path, "s1", segment_bytes=1500, max_bytes=10**9)
     for i in range(1, 101):
         w.append(ev(i))
-    segs = spool.list_segments(tmp_path)["s1"]
+    segs = spoolfile.list_segments(tmp_path)["s1"]
     first = (tmp_path / f"s1.{segs[0]:06d}.ndjson").read_bytes()
     second = (tmp_path / f"s1.{segs[1]:06d}.ndjson").read_bytes()
     half = first.index(b"\n", len(first) // 2) + 1
-    spool.write_ack(tmp_path, "s1", segs[0], half)            # half of segment 1 was delivered
+    spoolfile.advance_ack(tmp_path, "s1", segs[0], half)            # half of segment 1 was delivered
     budget = sum(p.stat().st_size for p in tmp_path.glob("*.ndjson")) - len(first) - len(second) + 1
     lost = spool.evict(tmp_path, budget, keep={"s1": w.index})
     assert lost == first[half:].count(b"\n") + second.count(b"\n")
-    assert spool.read_evicted(tmp_path) == lost
+    assert spoolfile.read_evicted(tmp_path) == lost
     w.close()
 
 
@@ -164,7 +164,7 @@ async def test_sender_thread_keeps_the_spool_bounded(tmp_path):
     await until(lambda: not w.evict_pending and sum(p.stat().st_size for p in tmp_path.glob("*.ndjson")) <= 5000)
     await asyncio.sleep(0.1)
     kept = len(all_lines(tmp_path))
-    assert spool.read_evicted(tmp_path) == 500 - kept > 0
+    assert spoolfile.read_evicted(tmp_path) == 500 - kept > 0
     w.close()
     s.close(0.5)
 
@@ -191,7 +191,7 @@ async def test_sender_precreates_the_next_segment_and_leaves_nothing_behind(tmp_
     w = spool.SpoolWriter(tmp_path, "s1", segment_bytes=1000)
     s = spool.SpoolSender(tmp_path, None, writer=w, poll_interval=0.02).start()
     await until(lambda: (tmp_path / "s1.next").exists())
-    assert not spool.list_segments(tmp_path)          # a spare is not a segment
+    assert not spoolfile.list_segments(tmp_path)          # a spare is not a segment
     for i in range(1, 21):
         w.append(ev(i))
     await until(lambda: (tmp_path / "s1.next").exists() and w.index > 1)
@@ -271,8 +271,8 @@ async def test_sender_delivers_acks_and_cleans_up(tmp_path):
     s.wake()
     await until(lambda: len(rx.seqs) == 100)
     # Finished segments are deleted once delivered; the live one stays with the ack at its end.
-    await until(lambda: spool.list_segments(tmp_path)["s1"] == [w.index])
-    assert spool.read_ack(tmp_path, "s1") == (w.index, (tmp_path / f"s1.{w.index:06d}.ndjson").stat().st_size)
+    await until(lambda: spoolfile.list_segments(tmp_path)["s1"] == [w.index])
+    assert spoolfile.read_ack(tmp_path, "s1") == (w.index, (tmp_path / f"s1.{w.index:06d}.ndjson").stat().st_size)
     w.close()
     await asyncio.to_thread(s.close, 2.0)
     assert sorted(rx.seqs) == list(range(1, 101)) and s.sent == 100
@@ -289,7 +289,7 @@ async def test_agent_down_then_up_loses_nothing(tmp_path):
         w.append(ev(i))
         s.wake()
     await asyncio.sleep(0.5)  # the sender fails and backs off; everything stays in the spool
-    assert spool.read_ack(tmp_path, "s1") == (0, 0)
+    assert spoolfile.read_ack(tmp_path, "s1") == (0, 0)
     rx = Receiver()
     await rx.start(port)
     for i in range(51, 101):
@@ -343,7 +343,7 @@ async def test_400_advances_and_is_not_resent(tmp_path):
     s = spool.SpoolSender(tmp_path, url, writer=w)
     assert await asyncio.to_thread(s.drain_once)
     assert s.rejected == 5 and rx.seqs == []
-    assert spool.read_ack(tmp_path, "s1")[1] == (tmp_path / "s1.000001.ndjson").stat().st_size
+    assert spoolfile.read_ack(tmp_path, "s1")[1] == (tmp_path / "s1.000001.ndjson").stat().st_size
     w.append(ev(6))
     assert await asyncio.to_thread(s.drain_once)
     assert rx.seqs == [6] and len(rx.posts) == 2
@@ -361,7 +361,7 @@ async def test_5xx_and_401_are_retried_without_losing(tmp_path):
     s = spool.SpoolSender(tmp_path, url)
     assert not await asyncio.to_thread(s.drain_once)
     assert not await asyncio.to_thread(s.drain_once)
-    assert spool.read_ack(tmp_path, "s1") == (0, 0)
+    assert spoolfile.read_ack(tmp_path, "s1") == (0, 0)
     assert await asyncio.to_thread(s.drain_once)
     assert rx.seqs == [1, 2, 3]
     await rx.stop()
@@ -413,7 +413,7 @@ async def test_sender_adopts_a_dead_sessions_events(tmp_path):
     assert await asyncio.to_thread(s.drain_once)
     assert sorted(rx.seqs) == [1] + list(range(1, 31))      # mine, then the dead session's
     assert not list(tmp_path.glob("dead1.*"))                # delivered and cleaned up
-    assert spool.list_segments(tmp_path)["alive1"] == [1]    # a live writer's events are its own
+    assert spoolfile.list_segments(tmp_path)["alive1"] == [1]    # a live writer's events are its own
     s.close(0.1)
     me.close()
     live_other.close()
@@ -426,9 +426,9 @@ async def test_sender_and_agent_scanner_share_the_ack(tmp_path):
     for i in range(1, 11):
         w.append(ev(i))
     size = (tmp_path / "s1.000001.ndjson").stat().st_size
-    spool.write_ack(tmp_path, "s1", 1, size)      # the scanner ingested everything
-    spool.write_ack(tmp_path, "s1", 1, 10)        # a stale writer cannot move it back
-    assert spool.read_ack(tmp_path, "s1") == (1, size)
+    spoolfile.advance_ack(tmp_path, "s1", 1, size)      # the scanner ingested everything
+    spoolfile.advance_ack(tmp_path, "s1", 1, 10)        # a stale writer cannot move it back
+    assert spoolfile.read_ack(tmp_path, "s1") == (1, size)
     rx = Receiver()
     url = await rx.start()
     assert await asyncio.to_thread(spool.SpoolSender(tmp_path, url, writer=w).drain_once)
@@ -472,8 +472,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_an_ack_linked_to_dev_zero_is_not_read(tmp_path):
     os.symlink("/dev/zero", tmp_path / "s1.ack")
-    p = _bounded(f"from pathlib import Path; from blender_hooks import spool\n"
-                 f"print(spool.read_ack(Path({str(tmp_path)!r}), 's1'))", tmp_path)
+    p = _bounded(f"from pathlib import Path; from blender_hooks import spoolfile\n"
+                 f"print(spoolfile.read_ack(Path({str(tmp_path)!r}), 's1'))", tmp_path)
     assert p.returncode == 0 and p.stdout.strip() == "(0, 0)", p.stderr[-2000:]
     assert not os.path.lexists(tmp_path / "s1.ack")             # the link is removed (not /dev/zero)
     assert os.path.exists("/dev/zero")
@@ -494,7 +494,7 @@ def test_a_segment_linked_to_dev_zero_is_not_sent(tmp_path):
 def test_a_malformed_ack_counts_as_nothing_acknowledged_and_is_removed(tmp_path, content, caplog):
     caplog.set_level(logging.WARNING, "renderwatch.hooks.spool")
     (tmp_path / "s1.ack").write_bytes(content)
-    assert spool.read_ack(tmp_path, "s1") == (0, 0)
+    assert spoolfile.read_ack(tmp_path, "s1") == (0, 0)
     assert not (tmp_path / "s1.ack").exists()
     assert any("ignored and removed the ack" in r.message for r in caplog.records)
 
@@ -502,11 +502,11 @@ def test_a_malformed_ack_counts_as_nothing_acknowledged_and_is_removed(tmp_path,
 def test_an_ack_that_is_a_fifo_or_another_accounts_is_not_trusted(tmp_path):
     """Another account's ack simulated as root with chown to nobody (tests run as root, here and in CI)."""
     os.mkfifo(tmp_path / "s1.ack")
-    assert spool.read_ack(tmp_path, "s1") == (0, 0)            # returns at once: no blocking open of a FIFO
+    assert spoolfile.read_ack(tmp_path, "s1") == (0, 0)            # returns at once: no blocking open of a FIFO
     (tmp_path / "s2.ack").write_text("1 10\n")
     os.chown(tmp_path / "s2.ack", 65534, 65534)
     if os.geteuid() == 0:
-        assert spool.read_ack(tmp_path, "s2") == (0, 0)
+        assert spoolfile.read_ack(tmp_path, "s2") == (0, 0)
 
 
 def test_an_ack_must_name_a_place_that_exists(tmp_path):
@@ -514,19 +514,20 @@ def test_an_ack_must_name_a_place_that_exists(tmp_path):
     for i in range(1, 4):
         w.append(ev(i))
     size = (tmp_path / "s1.000001.ndjson").stat().st_size
-    spool.write_ack(tmp_path, "s1", 1, size)
-    assert spool.read_ack(tmp_path, "s1", [1]) == (1, size)        # a valid ack stands
+    spoolfile.advance_ack(tmp_path, "s1", 1, size)
+    assert spoolfile.read_ack(tmp_path, "s1", [1]) == (1, size)        # a valid ack stands
     (tmp_path / "s1.ack").write_text(f"1 {size + 1}\n")           # past the end of the segment
-    assert spool.read_ack(tmp_path, "s1", [1]) == (0, 0)
+    assert spoolfile.read_ack(tmp_path, "s1", [1]) == (0, 0)
     (tmp_path / "s1.ack").write_text("999999 0\n")                # past the last segment
-    assert spool.read_ack(tmp_path, "s1", [1]) == (0, 0)
+    assert spoolfile.read_ack(tmp_path, "s1", [1]) == (0, 0)
     w.close()
 
 
 def test_the_ack_is_never_written_through_a_planted_link(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
-    os.symlink(victim, tmp_path / f"s1.ack.{os.getpid()}.tmp")   # where write_ack makes its temp file
+    (tmp_path / "s1.000001.ndjson").write_bytes(ev(1))
+    os.symlink(victim, tmp_path / "s1.ack.tmp")                  # where advance_ack makes its temp file
     with pytest.raises(OSError):
-        spool.write_ack(tmp_path, "s1", 1, 10)
+        spoolfile.advance_ack(tmp_path, "s1", 1, 10)
     assert victim.read_text() == "precious\n"

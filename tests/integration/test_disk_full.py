@@ -100,7 +100,8 @@ def test_spool_writer_counts_and_drops_on_a_full_disk(tmp_path: Path) -> None:
 
 
 def test_spool_is_bounded_when_the_agent_is_away(tmp_path: Path) -> None:
-    from blender_hooks.spool import SpoolWriter, read_evicted
+    from blender_hooks.spool import SpoolWriter
+    from blender_hooks.spoolfile import read_evicted
 
     fs = tmp_path / "fs"
     with small_fs(fs):

@@ -278,13 +278,14 @@ def assert_private(root: Path, expect_files: int) -> None:
 
 def test_spool_files_are_private(tmp_path: Path, umask_022) -> None:
     from blender_hooks.events import encode, make_event
-    from blender_hooks.spool import SpoolWriter, _add_evicted, write_ack
+    from blender_hooks.spool import SpoolWriter
+    from blender_hooks.spoolfile import add_evicted, advance_ack
 
     d = tmp_path / "spool"
     w = SpoolWriter(d, "abcdef12", max_bytes=1 << 30)
     assert w.append(encode(make_event("frame_start", session="abcdef12", seq=1, job="j", host="h", pid=1, frame=1)))
-    write_ack(d, "abcdef12", 1, 10)
-    _add_evicted(d, 3)
+    advance_ack(d, "abcdef12", 1, 10)
+    add_evicted(d, 3)
     w.close()
     assert_private(d, 3)
 

@@ -79,8 +79,8 @@ class RecordingActions:
 
 def spooled_events(spool_dir: Path) -> list[dict]:
     """Every event the hooks spooled under SPOOL_DIR (RENDERWATCH_AGENT=off), in segment order."""
-    from blender_hooks import spool
+    from blender_hooks import spoolfile
     from blender_hooks.events import decode
 
-    return [decode(line) for session, indices in spool.list_segments(spool_dir).items() for i in indices
+    return [decode(line) for session, indices in spoolfile.list_segments(spool_dir).items() for i in indices
             for line in (spool_dir / f"{session}.{i:06d}.ndjson").read_bytes().splitlines()]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from blender_hooks import spool
+from blender_hooks import spoolfile
 from tests.support.agent import AgentProcess, get, wait_until
 from tests.support.healer import render
 from tests.support.net import free_port
@@ -34,7 +34,7 @@ def _clean_env(home: Path, **extra: str) -> dict[str, str]:
 
 def _spooled_jobs(spool_dir: Path) -> set[str]:
     jobs = set()
-    for session, indices in spool.list_segments(spool_dir).items():
+    for session, indices in spoolfile.list_segments(spool_dir).items():
         for i in indices:
             for line in (spool_dir / f"{session}.{i:06d}.ndjson").read_bytes().splitlines():
                 jobs.add(json.loads(line)["job"])
@@ -77,7 +77,7 @@ def test_the_demo_leaves_the_node_agents_events_to_it(tmp_path, scene_copy, blen
             _agent_jobs(node.url)
         job = _agent_jobs(node.url)[JOB]
         assert (job["frames_done"], job["frames_total"]) == (2, 2)
-        assert not spool.list_segments(home / "spool"), "the node's agent left events in its spool"
+        assert not spoolfile.list_segments(home / "spool"), "the node's agent left events in its spool"
     finally:
         node.stop()
 
