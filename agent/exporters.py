@@ -28,7 +28,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from blender_hooks.spool import make_private_dirs
+from blender_hooks.statedir import private_dir
 
 log = logging.getLogger(__name__)
 _ID_KEYS = ("traceId", "spanId", "parentSpanId")
@@ -76,7 +76,7 @@ class JsonLinesSpanExporter(SpanExporter):
         try:
             line = self.encode(spans)
             with self._lock:
-                make_private_dirs(self.dir)
+                private_dir(self.dir)
                 now = self.clock()
                 path = self.path_for(now)
                 if path != self._current:     # a new day's file (or the first write): bound the others

@@ -61,14 +61,6 @@ SEGMENT_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
-def make_private_dirs(path: Path, root: Path | None = None) -> Path:
-    """Create `path` and every missing folder above it 0700 (owner only), check every folder from the
-    state root down (this account's, not a symbolic link, not writable by others: `statedir`), and
-    return it. Not `mkdir(parents=True, mode=0o700)`: that makes the parents with the umask's mode, so
-    the state root above the spool came out 0755. Raises UnsafeStateDir (a PermissionError)."""
-    return private_dir(path, root)
-
-
 def spool_dir(env: Mapping[str, str] | None = None) -> Path:
     """The spool directory: $RENDERWATCH_SPOOL_DIR, else <state home>/spool."""
     e = os.environ if env is None else env
@@ -200,7 +192,7 @@ class SpoolWriter:
         if self._lock_fd is None:
             # Checked once per writer, not per event: this account's, 0700, no link below the state
             # root (UnsafeStateDir otherwise: the writer drops events and says so once, see _fail).
-            make_private_dirs(self.directory)
+            private_dir(self.directory)
             self._lock_fd = try_lock(session_lock_path(self.directory, self.session))
 
     def prepare(self) -> None:

@@ -79,7 +79,8 @@ def private_dir(path: str | os.PathLike[str], root: str | os.PathLike[str] | Non
                 create: bool = True) -> Path:
     """Make `path` and every missing folder above it 0700 and check the chain from `root` down (see the
     module's docstring); returns `path`. Raises UnsafeStateDir, NotADirectoryError or another OSError;
-    FileNotFoundError for a missing folder when not `create`."""
+    FileNotFoundError for a missing folder when not `create`. Not `mkdir(parents=True, mode=0o700)`:
+    that makes the parents with the umask's mode (the state root above the spool came out 0755)."""
     p = os.path.abspath(path)                       # strings, not pathlib: this runs at every ledger save
     r = os.path.abspath(root) if root is not None else _default_root(p)
     if not _within(p, r):

@@ -20,8 +20,7 @@ from blender_hooks.settings import (  # noqa: F401 (names read from here)
     XDG_STATE_HOME,
     ConfigError,
 )
-from blender_hooks.spool import make_private_dirs
-from blender_hooks.statedir import UnsafeStateDir, state_home  # noqa: F401 (the error callers catch)
+from blender_hooks.statedir import UnsafeStateDir, private_dir, state_home  # noqa: F401 (the error callers catch)
 
 # A job id names a folder under the state root: no separators, no dot-names, bounded
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -72,7 +71,7 @@ def ensure_private_dir(path: Path, root: Path | None = None) -> Path:
     root may be a link an administrator made, nothing below it may. Raises UnsafeStateDir (a
     PermissionError naming the path, the owner found and the fix) otherwise
     (blender_hooks.statedir)."""
-    return make_private_dirs(path, root)
+    return private_dir(path, root)
 
 
 def state_problem(env: Mapping[str, str] | None = None) -> str | None:
