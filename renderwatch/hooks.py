@@ -282,10 +282,12 @@ def _agent_saw(base: str, token: str | None, job: str, pid: int) -> tuple[str | 
 def _spooled(directory: Path, job: str, pid: int) -> tuple[int, int, set[str]]:
     """(events of `job`, of them those carrying attempt CHECK_ATTEMPT, other job ids of process `pid`)."""
     from blender_hooks.events import decode
+    from blender_hooks.spoolfile import list_segments, segment_path
 
     n = with_attempt = 0
     others: set[str] = set()
-    for path in directory.glob("*.ndjson"):
+    for path in (segment_path(directory, session, i) for session, idx in list_segments(directory).items()
+                 for i in idx):
         try:
             lines = path.read_bytes().splitlines()
         except OSError:
