@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from blender_hooks.logrecords import LEVELS
 from blender_hooks.settings import ENV_TOKEN
+from kernel.logrecords import LEVELS
 from kernel.paths import DEFAULT_AGENT, ENV_AGENT
 
 PAGE = 10000

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent.logstore import LogStore
-from blender_hooks.logrecords import CUT_MARK, LEVEL_RANK, decode_record
+from kernel.logrecords import CUT_MARK, LEVEL_RANK, decode_record
 
 CUT_PREFIX = CUT_MARK.split("{", 1)[0]
 LIMIT, LIMIT_MAX = 1000, 10000

@@ -19,7 +19,7 @@ in the spool and tries again (nothing acknowledged, nothing lost while the spool
 Usage::
 
     store = LogStore(data_dir / "logs", job_max_bytes=64 << 20)
-    store.append_batch([rec, ...])               # records from blender_hooks.logrecords.decode_record
+    store.append_batch([rec, ...])               # records from kernel.logrecords.decode_record
     page = store.read("j1", after=0, limit=100, level="warning", frame=3)
 """
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from blender_hooks.logrecords import LEVEL_RANK
+from kernel.logrecords import LEVEL_RANK
 
 log = logging.getLogger(__name__)
 

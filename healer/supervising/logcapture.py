@@ -10,7 +10,7 @@ frame, attempt and phase in flight. Nothing is classified twice. What is kept is
 - past INFO_PER_FRAME info lines in one frame, info lines are folded the same way;
 - a warning, an error or a traceback line is never folded;
 - every line is valid UTF-8 (undecodable bytes and control characters replaced) and at most
-  16 KiB, cut with a marker (blender_hooks.logrecords).
+  16 KiB, cut with a marker (kernel.logrecords).
 
 Records go to a spool session of their own under `<spool>/logs/` with the hooks' spool writer
 (durable while the agent is down or restarting; the spool's bound evicts the oldest segments,
@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from blender_hooks import spool
-from blender_hooks.logrecords import clean_text, encode_record, logs_enabled, logs_spool_dir
+from kernel.logrecords import clean_text, encode_record, logs_enabled, logs_spool_dir
 
 log = logging.getLogger("healer.supervising.logcapture")
 

@@ -26,10 +26,10 @@ from agent.app import AGENT, create_app
 from agent.logs import FrameSpans, LogIngestor
 from agent.logstore import LogStore
 from agent.spool import SpoolScanner
-from blender_hooks.logrecords import LEVEL_RANK, clean_text
 from healer.diagnosis.classify import LogScanner
 from healer.supervising import logcapture
 from healer.supervising.logcapture import LogCapture
+from kernel.logrecords import LEVEL_RANK, clean_text
 from tests.support.agent import ServerThread, agent_config, sample_value, wait_until
 from tests.support.fakes import NoNvml
 
@@ -169,7 +169,7 @@ def test_spool_unwritable_drops_are_counted_and_told_to_the_agent(tmp_path, monk
 
 
 def spooled(spool: Path) -> list[dict]:
-    from blender_hooks.logrecords import decode_record
+    from kernel.logrecords import decode_record
 
     return [r for p in sorted(spool.glob("*.ndjson")) for line in p.read_bytes().splitlines()
             if (r := decode_record(line)) is not None]

@@ -29,8 +29,8 @@ from json.encoder import encode_basestring as _js  # the C encoder json.dumps us
 from pathlib import Path
 from typing import Any
 
-from .settings import ENV_LOGS
-from .spool import spool_dir
+from blender_hooks.settings import ENV_LOGS
+from blender_hooks.spool import spool_dir
 
 LEVELS = ("progress", "info", "warning", "error")
 LEVEL_RANK = {name: i for i, name in enumerate(LEVELS)}
