@@ -220,7 +220,8 @@ class Supervisor:
                 directory, job=prepared.job, scene=prepared.scene, frames=list(prepared.frames),
                 output=prepared.pattern,
                 spec={"blender": req.blender, "output": req.output, "blender_args": list(req.blender_args),
-                      "strict": req.strict, "stall_timeout": req.stall_timeout, "origin": req.origin})
+                      "strict": req.strict, "stall_timeout": req.stall_timeout, "origin": req.origin},
+                wall=ctx.wall)
         except ValueError as e:
             raise RequestError(str(e)) from e
         led.when_unwritable(self._ledger_unwritable)
@@ -366,7 +367,7 @@ class Supervisor:
                     etype = action.error_type or "unknown"
                     if ctx.openjd:
                         ctx.openjd.fail(f"renderwatch gave up: {action.reason}")
-                    code = EXIT_STRICT if action.reason.startswith("--strict") else exit_status(etype)
+                    code = EXIT_STRICT if action.strict else exit_status(etype)
                     return finish_failed(ctx, led, etype, action.reason, code)
                 if action.restart:
                     # on disk (the incident journal) before the restart is announced or made
