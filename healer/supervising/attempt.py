@@ -2,25 +2,26 @@
 
 Every output line feeds the classifier's scanner and the progress parser; a `Saved:` line verifies
 that frame on disk and records it in the ledger (fsynced), so nothing verified is rendered again. A
-probe loop stops Blender on a stall or a cancel. When Blender exits the attempt is classified.
+probe loop stops Blender on a stall or a cancel. When Blender exits the attempt is classified and its
+frames checked on disk; what it did is returned as a value, which the supervisor settles
+(outcome.settle) and records in the ledger.
 
 Usage::
 
-    launched = launch_attempt(ctx, ledger, frames=[3, 4], action=action)    # launch.py: Blender runs
-    error = await run_attempt(ctx, ledger, launched)                        # a RenderError ("ok" too)
+    launched = supervisor._start(ledger, frames=[3, 4], action=action)      # Blender runs
+    result = await run_attempt(ctx, ledger, launched)                       # an AttemptResult
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from typing import TYPE_CHECKING
 
-from healer.diagnosis import errors
 from healer.supervising.context import AttemptState, JobContext
 from healer.supervising.launch import Launched, exit_status
 from healer.supervising.ledger import Attempt, Ledger
+from healer.supervising.outcome import AttemptResult, FrameOnDisk
 from healer.supervising.outputs import verify_image
 from healer.supervising.probes import ProbeSnapshot, SignsOfLife, evaluate, last_sign_of_life, stall_timeout
 from healer.supervising.progress import own_line, parse_line
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
     from healer.diagnosis.classify import LogScanner
 
 
-async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> errors.RenderError:
-    """Watch the attempt `launch.launch_attempt` started until its Blender exits; classify the exit."""
+async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> AttemptResult:
+    """Watch the attempt `launch.start_attempt` started until its Blender exits: what it did, as a value
+    (the supervisor settles it and records it: outcome.settle)."""
     att, frames = launched.attempt, launched.frames
     ctx.attempt = st = AttemptState(last_progress_at=launched.started_at)
     oom_before = launched.oom_kills_before
@@ -53,6 +55,7 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> error
                 os.unlink(launched.heartbeat)
             except OSError:
                 pass
+    ended = ctx.clock()
     exit_code, exit_signal = exit_status(rc)
     in_flight = att.frame_in_flight
     oom_after = ctx.probes.oom_kills()
@@ -60,73 +63,33 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> error
     from healer.diagnosis.crashfile import read_crash_file
 
     crash_text = read_crash_file(crash_file) if crash_file else None
-    error = scanner.finish(exit_code, exit_signal, crash_file=crash_file, crash_text=crash_text,
-                           stalled=bool(st.stalled), frame=in_flight,
-                           oom_killed=exit_signal == 9 and oom_before is not None and (oom_after or 0) > oom_before)
-    if st.stalled and error.type == "stall":
-        error = dataclasses.replace(error, summary=f"{st.stalled}; {error.summary}" if error.summary else st.stalled)
-    if ctx.cancelled:
-        error = errors.InterruptedError(summary="cancelled", exit_code=exit_code, exit_signal=exit_signal)
-    if error.frame is None and in_flight is not None:
-        error = dataclasses.replace(error, frame=in_flight)
-    if st.disk_full and not ctx.cancelled and error.type in ("ok", "unknown", "output_error"):
-        # Blender prints `Saved:` and exits 0 even when the write hit a full disk: trust the disk.
-        error = errors.OutputError(summary=f"no space left on {st.disk_full}: Blender reported frames saved "
-                                           "but the files are empty or incomplete; free space there and run "
-                                           "the same command again", exit_code=exit_code,
-                                   exit_signal=exit_signal, frame=in_flight, findings=error.findings)
+    classified = scanner.finish(exit_code, exit_signal, crash_file=crash_file, crash_text=crash_text,
+                                stalled=bool(st.stalled), frame=in_flight,
+                                oom_killed=exit_signal == 9 and oom_before is not None and (oom_after or 0) > oom_before)
     # Frames Blender saved but whose line we missed, and partial files left by the crash. A frame
     # verified from its `Saved:` line in this attempt is not read again (each frame once), except the
     # last one: a crash while it was being written, or a render_write handler that cut it short, comes
     # after its `Saved:` line (its check then saw a whole file), and it must not be delivered broken.
-    last = att.frames_rendered[-1] if att.frames_rendered else None
+    saved = tuple(att.frames_rendered)
+    last = saved[-1] if saved else None
+    on_disk = []
     for f in frames:
         if f in att.frames_rendered and f in led.frames and f != last:
             continue
-        ok, why = led.verify_frame(f)
-        if ok and f not in att.frames_rendered:
-            att.frames_rendered.append(f)
-        elif not ok and "removed" in why:
-            att.frames_rendered[:] = [x for x in att.frames_rendered if x != f]
-            ctx.say(why)
+        check = led.check_frame(f)
+        on_disk.append(FrameOnDisk(f, check.ok, check.removed))
+        if check.removed:
+            ctx.say(check.reason)
     from healer.supervising.suspects import review_frames
 
     await review_frames(ctx, led, st)       # frames that are whole files but wrong pictures: rendered again
-    tell_agent_verified(ctx, led, att, st.current_frame, exit_code, exit_signal)
-    att.frame_in_flight = in_flight if in_flight not in led.frames else None
-    if att.frame_in_flight is not None and st.frame_started_at is not None:
-        att.frame_age_s = round(ctx.clock() - st.frame_started_at, 3)
-    att.exit_code, att.exit_signal = exit_code, exit_signal
-    att.error_type = error.type
-    att.error_summary = error.summary or None
-    att.ended_at = ctx.wall()
-    # The incident is on disk (the incident journal) before the ledger records the crash and the
-    # healer acts on it: a healer killed in between loses nothing; the next one replays the journal.
-    if error.type != "ok" and error.fatal and not ctx.cancelled:
-        kind = "render.stalled" if error.type == "stall" else "render.crashed"
-        ctx.incidents.emit(kind, ctx.info(frame=error.frame, log_tail=list(proc.tail), crash_file=st.crash_file,
-                                          message=error.summary,
-                                          frame_log=ctx.logs.frame_tail(error.frame) if ctx.logs else None), error)
-    ctx.record_warnings(error)
-    led.save()
-    ctx.update_metrics()
-    if ctx.metrics:
-        ctx.metrics.attempts.labels(error.type).inc()
-    return error
-
-
-def tell_agent_verified(ctx: JobContext, led: Ledger, att: Attempt, last: int | None,
-                        exit_code: int | None, exit_signal: int | None) -> None:
-    """Blender died (not a clean exit) on frame `last` (its last frame_start): if that frame is verified on disk,
-    the hooks may have been killed between the file's write and their render_write handler, so the
-    agent never heard of it. Say so (frame_verified); the agent counts it only if no frame_end does."""
-    if last is None or last not in led.frames or last not in att.frames_rendered:
-        return
-    if exit_code == 0 and exit_signal is None:
-        return                              # a clean exit ran every handler
-    if ctx.agent is not None:
-        ctx.agent.send("frame_verified", job=led.job, frame=last, output_path=led.frames[last].path,
-                       attempt=att.attempt)
+    started = st.frame_started_at
+    return AttemptResult(
+        classified=classified, exit_code=exit_code, exit_signal=exit_signal, frames_saved=saved,
+        on_disk=tuple(on_disk), verified_after=frozenset(f for f in (*frames, in_flight) if f in led.frames),
+        frame_in_flight=in_flight, frame_age_s=round(ended - started, 3) if started is not None else None,
+        last_started=st.current_frame, stalled=st.stalled, disk_full=st.disk_full, cancelled=ctx.cancelled,
+        crash_file=st.crash_file, log_tail=tuple(proc.tail))
 
 
 def _new_scanner() -> LogScanner:

@@ -48,8 +48,9 @@ from healer.supervising.endings import (
     finish_failed,
     tell_agent,
 )
-from healer.supervising.launch import Launched, ProcessLauncher, launch_attempt
+from healer.supervising.launch import Launched, ProcessLauncher, Started, attempt_argv, start_attempt
 from healer.supervising.ledger import Attempt, JobLocked, Ledger, SupervisorLock, job_dir
+from healer.supervising.outcome import AttemptResult, settle
 from healer.supervising.outputs import remove_partial
 from healer.supervising.policy import Action, JobState, Outcome, Policy, plan
 from healer.supervising.preflight import EarlyFailure, Prepared, RequestError, judge_assets, prepare
@@ -85,6 +86,7 @@ class Supervisor:
             probe_interval_s=probe_interval_s, clock=clock, wall=wall, job=request.job, started_at=wall(),
             echo=echo, openjd=OpenJDLines(sys.stdout) if request.farm and request.farm.engine == "openjd" else None)
         self._session_first_attempt = 0
+        self._history: list[Outcome] = []                    # this run's attempts that ran a Blender, as the policy sees them
         self._lock: SupervisorLock | None = None
         self._kick_task: asyncio.Task | None = None
         self._begun = False
@@ -321,7 +323,57 @@ class Supervisor:
                 self.ctx.say(f"{len(gone)} file(s) of frames to render removed first ({gone[0]}"
                              f"{', ...' if len(gone) > 1 else ''}): the scene skips existing files (Output > "
                              "Overwrite is off), so Blender would keep them")
-        return launch_attempt(self.ctx, led, frames, action)
+        return self._start(led, frames, action)
+
+    def _start(self, led: Ledger, frames: list[int], action: Action) -> Launched | RenderError:
+        """A new attempt in the ledger and its Blender started; the ledger names its pid (fsynced: a
+        healer that dies now leaves its successor what to stop) before it is let go to render."""
+        ctx = self.ctx
+        att = led.new_attempt(frames, action.reason)
+        att.device, att.threads = action.device, action.threads
+        att.argv = attempt_argv(ctx, led.scene, frames, action)
+        started = start_attempt(ctx, led.job, att.attempt, att.argv, os.path.dirname(os.path.abspath(led.path)))
+        if not isinstance(started, Started):
+            att.ended_at = ctx.wall()
+            att.error_type, att.error_summary = started.type, started.summary
+            led.save()
+            return started
+        att.pid = started.spawned.pid
+        att.pid_create_time = started.pid_create_time
+        att.started_at = ctx.wall()
+        led.status = "running"
+        led.save()
+        ctx.launcher.release(started.spawned, started.gate_env)      # the ledger names it: it may render now
+        return Launched(att, list(frames), started.spawned, started.started_at, started.oom_kills_before,
+                        started.heartbeat)
+
+    def _record(self, led: Ledger, att: Attempt, result: AttemptResult) -> RenderError:
+        """The attempt's outcome settled (outcome.settle) and written into the ledger, its one writer."""
+        ctx = self.ctx
+        out = settle(result)
+        _set_frames(att.frames_rendered, out.frames_rendered)
+        _tell_agent_verified(ctx, led, att, result.last_started, result.exit_code, result.exit_signal)
+        att.frame_in_flight = out.frame_in_flight
+        if out.frame_age_s is not None:
+            att.frame_age_s = out.frame_age_s
+        att.exit_code, att.exit_signal = result.exit_code, result.exit_signal
+        error = out.error
+        att.error_type = error.type
+        att.error_summary = error.summary or None
+        att.ended_at = ctx.wall()
+        # The incident is on disk (the incident journal) before the ledger records the crash and the
+        # healer acts on it: a healer killed in between loses nothing; the next one replays the journal.
+        if out.incident is not None:
+            ctx.incidents.emit(out.incident, ctx.info(
+                frame=error.frame, log_tail=list(result.log_tail), crash_file=result.crash_file,
+                message=error.summary, frame_log=ctx.logs.frame_tail(error.frame) if ctx.logs else None), error)
+        ctx.record_warnings(error)
+        led.save()
+        ctx.update_metrics()
+        if ctx.metrics:
+            ctx.metrics.attempts.labels(error.type).inc()
+        self._history.append(_outcome(att))
+        return error
 
     def _tell_failure(self, led: Ledger, error) -> None:
         """Say at once why the attempt ended, with its evidence (not only when the job gives up)."""
@@ -385,15 +437,17 @@ class Supervisor:
                     except TimeoutError:
                         pass
                 launched = self._launch(led, action)
-            error = launched if not isinstance(launched, Launched) else await run_attempt(ctx, led, launched)
+            if isinstance(launched, Launched):
+                error = self._record(led, launched.attempt, await run_attempt(ctx, led, launched))
+            else:
+                error = launched
             launched = None
             if ctx.cancelled:
                 return finish_cancelled(ctx, led)
             if error.type != "ok" and (error.fatal or error.type not in REPORT_TYPES):
                 self._tell_failure(led, error)
             _tell_agent_attempt(ctx, led, error)
-            history = [_outcome(a) for a in led.attempts[self._session_first_attempt:]
-                       if a.pid is not None and a.ended_at is not None]
+            history = self._history
             earlier = [_outcome(a) for a in led.attempts[:self._session_first_attempt]
                        if a.pid is not None and a.ended_at is not None]
             action = plan(JobState(tuple(led.missing()), ctx.warning_types()), error, self.policy, history,
@@ -426,10 +480,34 @@ def _tell_agent_attempt(ctx: JobContext, led: Ledger, error) -> None:
     ctx.agent.send("attempt_end", job=led.job, spool_only=True, **fields)
 
 
+def _tell_agent_verified(ctx: JobContext, led: Ledger, att: Attempt, last: int | None,
+                         exit_code: int | None, exit_signal: int | None) -> None:
+    """Blender died (not a clean exit) on frame `last` (its last frame_start): if that frame is verified on disk,
+    the hooks may have been killed between the file's write and their render_write handler, so the
+    agent never heard of it. Say so (frame_verified); the agent counts it only if no frame_end does."""
+    if last is None or last not in led.frames or last not in att.frames_rendered:
+        return
+    if exit_code == 0 and exit_signal is None:
+        return                              # a clean exit ran every handler
+    if ctx.agent is not None:
+        ctx.agent.send("frame_verified", job=led.job, frame=last, output_path=led.frames[last].path,
+                       attempt=att.attempt)
+
+
 def _evidence(error) -> str:
     """The first line of the output that shows what happened (the farm log's reader starts there)."""
     f = next((f for f in error.findings if f.line > 0), None)
     return f" [line {f.line}: {f.text[:200]}]" if f is not None else ""
+
+
+def _set_frames(frames: list[int], settled: tuple[int, ...]) -> None:
+    """The attempt's rendered frames as settled: appended to where only added (the journal then writes
+    the new tail), else rewritten."""
+    n = len(frames)
+    if tuple(frames) == settled[:n]:
+        frames.extend(settled[n:])
+    else:
+        frames[:] = settled
 
 
 def _outcome(a) -> Outcome:
