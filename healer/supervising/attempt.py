@@ -42,7 +42,7 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> Attem
     def on_line(line: str, now: float) -> None:
         _on_line(ctx, scanner, led, att, line, now)
 
-    proc = await ctx.launcher.attach(launched.spawned, on_line)
+    proc = await ctx.parts.launcher.attach(launched.spawned, on_line)
     ctx.proc = proc
     watcher = asyncio.create_task(_watch(ctx, led, proc, st, launched.heartbeat))
     try:
@@ -55,10 +55,10 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> Attem
                 os.unlink(launched.heartbeat)
             except OSError:
                 pass
-    ended = ctx.clock()
+    ended = ctx.parts.clock()
     exit_code, exit_signal = exit_status(rc)
     in_flight = att.frame_in_flight
-    oom_after = ctx.probes.oom_kills()
+    oom_after = ctx.parts.probes.oom_kills()
     crash_file = st.crash_file or scanner.crash_file
     from healer.diagnosis.crashfile import read_crash_file
 
@@ -103,10 +103,10 @@ def _new_scanner() -> LogScanner:
 
 def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, line: str, now: float) -> None:
     ev = parse_line(line)
-    if ctx.echo is not None:
+    if ctx.parts.echo is not None:
         own = own_line(line, ev)
         if own is None:
-            ctx.echo(line)              # Blender's stdout stays Blender's
+            ctx.parts.echo(line)              # Blender's stdout stays Blender's
         elif own:
             ctx.say(own)
     scanner.feed(line)
@@ -123,8 +123,8 @@ def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, li
         st.current_frame, st.frame_started_at, st.last_progress_at = ev.frame, now, now
         if ev.path:
             led.expected_paths[ev.frame] = ev.path
-        if ev.frame in led.frame_render_counts and ctx.metrics:
-            ctx.metrics.frames_rerendered.labels(led.job).inc()
+        if ev.frame in led.frame_render_counts and ctx.parts.metrics:
+            ctx.parts.metrics.frames_rerendered.labels(led.job).inc()
         led.frame_started(ev.frame, att)
         led.save()
         ctx.show()
@@ -135,7 +135,7 @@ def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, li
             return
         v = verify_image(ev.path)
         if not v.ok:
-            full = ctx.probes.full_disk(ev.path)
+            full = ctx.parts.probes.full_disk(ev.path)
             if full:
                 st.disk_full = full
             return
@@ -190,31 +190,31 @@ async def _watch(ctx: JobContext, led: Ledger, proc: RunningBlender, st: Attempt
     last_sample, res = 0.0, {}
     life = SignsOfLife()
     while proc.returncode() is None:
-        await asyncio.sleep(ctx.probe_interval_s)
+        await asyncio.sleep(ctx.parts.probe_interval_s)
         if ctx.cancelled:
-            await proc.stop(ctx.kill_grace_s)
+            await proc.stop(ctx.parts.kill_grace_s)
             return
-        now = ctx.clock()
+        now = ctx.parts.clock()
         if now - last_sample >= 1.0:
-            res, last_sample = dict(ctx.probes.resources(proc.pid)), now
+            res, last_sample = dict(ctx.parts.probes.resources(proc.pid)), now
             life.observe(now, cpu_seconds=res.pop("cpu_seconds", None), gpu_busy=res.pop("gpu_busy", None),
                          heartbeat_mtime_ns=_mtime_ns(heartbeat))
-        snap = ProbeSnapshot(now=now, started_at=st.last_progress_at, status=ctx.probes.process_status(proc.pid),
+        snap = ProbeSnapshot(now=now, started_at=st.last_progress_at, status=ctx.parts.probes.process_status(proc.pid),
                              last_output_at=proc.last_output_at, last_progress_at=st.last_progress_at,
                              last_event_at=life.last_event_at, last_cpu_at=life.last_cpu_at,
                              last_gpu_at=life.last_gpu_at, frame_times=ctx.frame_times,
-                             stall_timeout=ctx.req.stall_timeout, **res)
+                             stall_timeout=ctx.parts.req.stall_timeout, **res)
         findings = evaluate(snap)
-        if ctx.metrics:
+        if ctx.parts.metrics:
             for f in findings:
-                ctx.metrics.probe_healthy.labels(led.job, f.probe).set(1 if f.healthy else 0)
+                ctx.parts.metrics.probe_healthy.labels(led.job, f.probe).set(1 if f.healthy else 0)
         stall = next((f for f in findings if f.action == "kill_stall"), None)
         if stall is not None and proc.returncode() is None and not st.stalled:
             frame = st.current_frame
             st.stalled = f"{stall.detail}" + (f" at frame {frame}" if frame is not None else "")
-            if ctx.metrics:   # how late the probe loop noticed, past the timeout itself
-                late = now - last_sign_of_life(snap) - stall_timeout(ctx.req.stall_timeout, ctx.frame_times)
-                ctx.metrics.stall_detect.observe(max(0.0, late))
+            if ctx.parts.metrics:   # how late the probe loop noticed, past the timeout itself
+                late = now - last_sign_of_life(snap) - stall_timeout(ctx.parts.req.stall_timeout, ctx.frame_times)
+                ctx.parts.metrics.stall_detect.observe(max(0.0, late))
             ctx.say(f"stall: {st.stalled}: stopping Blender (pid {proc.pid})")
-            await proc.stop(ctx.kill_grace_s)
+            await proc.stop(ctx.parts.kill_grace_s)
             return

@@ -13,7 +13,7 @@ Usage::
     argv = attempt_argv(ctx, scene, frames=[1, 2, 3], action=action)
     started = start_attempt(ctx, job, attempt=1, argv=argv, state_dir=job_folder)   # held at its gate
     ...                                                    # the supervisor records started.spawned.pid
-    ctx.launcher.release(started.spawned, started.gate_env)                     # Blender renders
+    ctx.parts.launcher.release(started.spawned, started.gate_env)                     # Blender renders
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class Started:
 
 def attempt_argv(ctx: JobContext, scene: str, frames: list[int], action: Action) -> list[str]:
     """Blender's command line for one attempt: the request's, the frames, the policy's device and threads."""
-    req = ctx.req
+    req = ctx.parts.req
     return build_argv(LaunchSpec(blender=req.blender, scene=scene, frames=frames, output=output_arg(req.output),
                                  user_args=req.blender_args, device=action.device, threads=action.threads,
                                  after_render=req.after_args, gpu=ctx.gpu if action.device != "CPU" else None))
@@ -150,14 +150,14 @@ def attempt_argv(ctx: JobContext, scene: str, frames: list[int], action: Action)
 def start_attempt(ctx: JobContext, job: str, attempt: int, argv: list[str],
                   state_dir: str) -> Started | errors.RenderError:
     """Start the attempt's Blender, held at its gate. An engine that cannot start is the error returned."""
-    oom_before = ctx.probes.oom_kills()
-    started_at = ctx.clock()
-    start_env, gate_env = split_gate_env(attempt_env(job, attempt, ctx.env, ctx.gpu))
+    oom_before = ctx.parts.probes.oom_kills()
+    started_at = ctx.parts.clock()
+    start_env, gate_env = split_gate_env(attempt_env(job, attempt, ctx.parts.env, ctx.gpu))
     heartbeat = heartbeat_file(state_dir, attempt)
     if heartbeat is not None:
         gate_env[ENV_HEARTBEAT] = heartbeat
     try:
-        spawned = ctx.launcher.spawn(argv, env=start_env)
+        spawned = ctx.parts.launcher.spawn(argv, env=start_env)
     except OSError as e:
-        return errors.EngineUnavailableError(summary=f"cannot start Blender {ctx.req.blender!r}: {e}")
-    return Started(spawned, gate_env, started_at, oom_before, ctx.probes.process_create_time(spawned.pid), heartbeat)
+        return errors.EngineUnavailableError(summary=f"cannot start Blender {ctx.parts.req.blender!r}: {e}")
+    return Started(spawned, gate_env, started_at, oom_before, ctx.parts.probes.process_create_time(spawned.pid), heartbeat)

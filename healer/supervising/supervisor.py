@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from blender_hooks.farm import OpenJDLines
 from healer.diagnosis.catalog import EXIT_STRICT, REPORT_TYPES, TYPES, exit_status
-from healer.supervising.context import JobContext, RenderRequest
+from healer.supervising.context import JobContext, JobParts, RenderRequest
 from healer.supervising.endings import (
     RenderResult,
     fail_early,
@@ -79,12 +79,13 @@ class Supervisor:
                  echo: Callable[[str], None] | None = None):
         self.req = request
         self.policy = (policy or Policy.default()).with_overrides(strict=request.strict)
-        self.ctx = JobContext(
+        self.ctx = JobContext(JobParts(
             req=request, launcher=launcher or ProcessLauncher(), probes=probes or SystemProbes(sampler),
             incidents=incidents if incidents is not None else NoIncidents(), metrics=metrics, display=display,
             env=dict(os.environ if env is None else env), kill_grace_s=kill_grace_s,
-            probe_interval_s=probe_interval_s, clock=clock, wall=wall, job=request.job, started_at=wall(),
-            echo=echo, openjd=OpenJDLines(sys.stdout) if request.farm and request.farm.engine == "openjd" else None)
+            probe_interval_s=probe_interval_s, clock=clock, wall=wall, echo=echo,
+            openjd=OpenJDLines(sys.stdout) if request.farm and request.farm.engine == "openjd" else None),
+            job=request.job, started_at=wall())
         self._session_first_attempt = 0
         self._history: list[Outcome] = []                    # this run's attempts that ran a Blender, as the policy sees them
         self._lock: SupervisorLock | None = None
@@ -127,7 +128,7 @@ class Supervisor:
         ctx.say(f"stall: {reason}: stopping Blender (pid {ctx.proc.pid})")
         import asyncio
 
-        self._kick_task = asyncio.get_running_loop().create_task(ctx.proc.stop(ctx.kill_grace_s))
+        self._kick_task = asyncio.get_running_loop().create_task(ctx.proc.stop(ctx.parts.kill_grace_s))
         return True
 
     @property
@@ -154,11 +155,11 @@ class Supervisor:
             ctx.wake = asyncio.Event()
             if ctx.cancelled:
                 ctx.wake.set()
-            ctx.agent = AgentEvents(ctx.env)
+            ctx.agent = AgentEvents(ctx.parts.env)
             if ctx.job:
                 from healer.supervising.logcapture import LogCapture
 
-                ctx.logs = LogCapture(ctx.job, ctx.env)
+                ctx.logs = LogCapture(ctx.job, ctx.parts.env)
             if self._orphan is not None:
                 await self._stop_orphan(self._orphan)
                 self._settle()
@@ -204,14 +205,14 @@ class Supervisor:
     def _open(self) -> Ledger | None:
         """The scene read, the job locked, its ledger opened; a dead healer's attempt looked at."""
         ctx, req = self.ctx, self.req
-        prepared = prepare(req, home(ctx.env) / "healer" / "scenes")
+        prepared = prepare(req, home(ctx.parts.env) / "healer" / "scenes")
         if isinstance(prepared, EarlyFailure):
             self._ended = fail_early(ctx, prepared)
             return None
         self._prepared = prepared
         ctx.job = prepared.job
-        prune_at_start(ctx.env, prepared.job)      # job folders and scene cache past retention
-        directory = job_dir(prepared.job, ctx.env)
+        prune_at_start(ctx.parts.env, prepared.job)      # job folders and scene cache past retention
+        directory = job_dir(prepared.job, ctx.parts.env)
         self._lock = SupervisorLock(directory)
         try:
             self._lock.acquire()
@@ -223,20 +224,20 @@ class Supervisor:
                 output=prepared.pattern,
                 spec={"blender": req.blender, "output": req.output, "blender_args": list(req.blender_args),
                       "strict": req.strict, "stall_timeout": req.stall_timeout, "origin": req.origin},
-                wall=ctx.wall)
+                wall=ctx.parts.wall)
         except ValueError as e:
             raise RequestError(str(e)) from e
         led.when_unwritable(self._ledger_unwritable)
         self._session_first_attempt = len(led.attempts)
         # A job an earlier healer already completed (and announced) is not announced again.
         ctx.announced_complete = led.status == "complete"
-        if ctx.display:
-            ctx.display.total = len(prepared.frames)
-        if ctx.metrics:
-            ctx.metrics.frames_requested.labels(prepared.job).set(len(prepared.frames))
+        if ctx.parts.display:
+            ctx.parts.display.total = len(prepared.frames)
+        if ctx.parts.metrics:
+            ctx.parts.metrics.frames_requested.labels(prepared.job).set(len(prepared.frames))
         att = led.running_attempt()
         if att is not None:
-            if att.pid and ctx.launcher.alive(att.pid, att.pid_create_time):
+            if att.pid and ctx.parts.launcher.alive(att.pid, att.pid_create_time):
                 self._orphan = att          # stopped on the event loop (run), before anything else
             else:
                 self._credit_orphan(att, "healer restarted: Blender had already exited (status not seen)")
@@ -257,7 +258,7 @@ class Supervisor:
             self._reuse_from_disk(led, prepared)
         led.save()
         ctx.update_metrics()
-        ctx.incidents.job_started(ctx.info())
+        ctx.parts.incidents.job_started(ctx.info())
 
         action = Action("launch", frames=tuple(led.missing()), reason="resume" if led.attempts else "initial")
         verdict = judge_assets(prepared.assets, strict=req.strict,     # before any Blender (or GPU) time
@@ -271,7 +272,7 @@ class Supervisor:
             self._ended = finish_failed(ctx, led, f.type, f.message, f.exit_code)
             return
         if not led.missing():
-            action = plan(JobState((), ctx.warning_types()), None, self.policy, [], now=ctx.wall())
+            action = plan(JobState((), ctx.warning_types()), None, self.policy, [], now=ctx.parts.wall())
         self._first = action
         if action.kind == "launch" and not action.delay_s and not ctx.cancelled:
             self._launched = self._launch(led, action)
@@ -334,16 +335,16 @@ class Supervisor:
         att.argv = attempt_argv(ctx, led.scene, frames, action)
         started = start_attempt(ctx, led.job, att.attempt, att.argv, os.path.dirname(os.path.abspath(led.path)))
         if not isinstance(started, Started):
-            att.ended_at = ctx.wall()
+            att.ended_at = ctx.parts.wall()
             att.error_type, att.error_summary = started.type, started.summary
             led.save()
             return started
         att.pid = started.spawned.pid
         att.pid_create_time = started.pid_create_time
-        att.started_at = ctx.wall()
+        att.started_at = ctx.parts.wall()
         led.status = "running"
         led.save()
-        ctx.launcher.release(started.spawned, started.gate_env)      # the ledger names it: it may render now
+        ctx.parts.launcher.release(started.spawned, started.gate_env)      # the ledger names it: it may render now
         return Launched(att, list(frames), started.spawned, started.started_at, started.oom_kills_before,
                         started.heartbeat)
 
@@ -360,18 +361,18 @@ class Supervisor:
         error = out.error
         att.error_type = error.type
         att.error_summary = error.summary or None
-        att.ended_at = ctx.wall()
+        att.ended_at = ctx.parts.wall()
         # The incident is on disk (the incident journal) before the ledger records the crash and the
         # healer acts on it: a healer killed in between loses nothing; the next one replays the journal.
         if out.incident is not None:
-            ctx.incidents.emit(out.incident, ctx.info(
+            ctx.parts.incidents.emit(out.incident, ctx.info(
                 frame=error.frame, log_tail=list(result.log_tail), crash_file=result.crash_file,
                 message=error.summary, frame_log=ctx.logs.frame_tail(error.frame) if ctx.logs else None), error)
         ctx.record_warnings(error)
         led.save()
         ctx.update_metrics()
-        if ctx.metrics:
-            ctx.metrics.attempts.labels(error.type).inc()
+        if ctx.parts.metrics:
+            ctx.parts.metrics.attempts.labels(error.type).inc()
         self._history.append(_outcome(att))
         return error
 
@@ -385,7 +386,7 @@ class Supervisor:
         ctx = self.ctx
         assert att.pid
         ctx.say(f"stopping Blender pid {att.pid}, left running unsupervised by a healer that died")
-        await ctx.launcher.stop_orphan(att.pid, att.pid_create_time, ctx.kill_grace_s)
+        await ctx.parts.launcher.stop_orphan(att.pid, att.pid_create_time, ctx.parts.kill_grace_s)
         self._credit_orphan(att, f"healer restarted: stopped its orphaned Blender (pid {att.pid})")
         self._orphan = None
 
@@ -395,7 +396,7 @@ class Supervisor:
         assert led is not None
         att.error_summary = summary
         att.error_type = "interrupted"
-        att.ended_at = self.ctx.wall()
+        att.ended_at = self.ctx.parts.wall()
         for f in att.frames_planned:
             ok, _ = led.verify_frame(f)
             if ok and f not in att.frames_rendered:
@@ -417,18 +418,18 @@ class Supervisor:
                     return finish_complete(ctx, led)
                 if action.kind == "give_up":
                     etype = action.error_type or "unknown"
-                    if ctx.openjd:
-                        ctx.openjd.fail(f"renderwatch gave up: {action.reason}")
+                    if ctx.parts.openjd:
+                        ctx.parts.openjd.fail(f"renderwatch gave up: {action.reason}")
                     code = EXIT_STRICT if action.strict else exit_status(etype)
                     return finish_failed(ctx, led, etype, action.reason, code)
                 if action.restart:
                     # on disk (the incident journal) before the restart is announced or made
-                    ctx.incidents.emit("render.restarted", ctx.info(message=action.reason))
+                    ctx.parts.incidents.emit("render.restarted", ctx.info(message=action.reason))
                     ctx.say(f"restart: {action.reason}" + (f" (in {action.delay_s:.1f} s)" if action.delay_s else ""))
-                    if ctx.openjd:
-                        ctx.openjd.status(f"renderwatch restart {led.restarts + 1}: {action.reason}")
-                    if ctx.metrics:
-                        ctx.metrics.restarts.labels(led.job, action.error_type or "unknown").inc()
+                    if ctx.parts.openjd:
+                        ctx.parts.openjd.status(f"renderwatch restart {led.restarts + 1}: {action.reason}")
+                    if ctx.parts.metrics:
+                        ctx.parts.metrics.restarts.labels(led.job, action.error_type or "unknown").inc()
                 if action.delay_s > 0:
                     assert ctx.wake is not None
                     try:
@@ -451,9 +452,9 @@ class Supervisor:
             earlier = [_outcome(a) for a in led.attempts[:self._session_first_attempt]
                        if a.pid is not None and a.ended_at is not None]
             action = plan(JobState(tuple(led.missing()), ctx.warning_types()), error, self.policy, history,
-                          now=ctx.wall(), cpu_count=os.cpu_count() or 1, earlier=earlier)
+                          now=ctx.parts.wall(), cpu_count=os.cpu_count() or 1, earlier=earlier)
             if action.kind == "complete" and any(o.error_type not in (None, "ok") for o in history):
-                ctx.incidents.emit("render.recovered", ctx.info(message="every frame rendered after restarts"))
+                ctx.parts.incidents.emit("render.recovered", ctx.info(message="every frame rendered after restarts"))
 
 
 def _tell_agent_attempt(ctx: JobContext, led: Ledger, error) -> None:
