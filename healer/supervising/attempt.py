@@ -24,8 +24,8 @@ from healer.supervising.ledger import Attempt, Ledger
 from healer.supervising.outcome import AttemptResult, FrameOnDisk
 from healer.supervising.outputs import verify_image
 from healer.supervising.probes import ProbeSnapshot, SignsOfLife, evaluate, last_sign_of_life, stall_timeout
-from healer.supervising.progress import own_line, parse_line
 from healer.supervising.seams import RunningBlender
+from healer.supervising.watch import OutputWatch
 
 if TYPE_CHECKING:
     from healer.diagnosis.classify import LogScanner
@@ -37,10 +37,10 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> Attem
     att, frames = launched.attempt, launched.frames
     ctx.attempt = st = AttemptState(last_progress_at=launched.started_at)
     oom_before = launched.oom_kills_before
-    scanner = _new_scanner()
+    out = OutputWatch(_new_scanner(), echo=ctx.parts.echo, say=ctx.say)
 
     def on_line(line: str, now: float) -> None:
-        _on_line(ctx, scanner, led, att, line, now)
+        _on_line(ctx, out, led, att, line, now)
 
     proc = await ctx.parts.launcher.attach(launched.spawned, on_line)
     ctx.proc = proc
@@ -59,13 +59,8 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> Attem
     exit_code, exit_signal = exit_status(rc)
     in_flight = att.frame_in_flight
     oom_after = ctx.parts.probes.oom_kills()
-    crash_file = st.crash_file or scanner.crash_file
-    from healer.diagnosis.crashfile import read_crash_file
-
-    crash_text = read_crash_file(crash_file) if crash_file else None
-    classified = scanner.finish(exit_code, exit_signal, crash_file=crash_file, crash_text=crash_text,
-                                stalled=bool(st.stalled), frame=in_flight,
-                                oom_killed=exit_signal == 9 and oom_before is not None and (oom_after or 0) > oom_before)
+    classified = out.classify(rc, st.crash_file, stalled=bool(st.stalled), frame=in_flight,
+                              oom_killed=exit_signal == 9 and oom_before is not None and (oom_after or 0) > oom_before)
     # Frames Blender saved but whose line we missed, and partial files left by the crash. A frame
     # verified from its `Saved:` line in this attempt is not read again (each frame once), except the
     # last one: a crash while it was being written, or a render_write handler that cut it short, comes
@@ -101,18 +96,11 @@ def _new_scanner() -> LogScanner:
     return LogScanner()
 
 
-def _on_line(ctx: JobContext, scanner: LogScanner, led: Ledger, att: Attempt, line: str, now: float) -> None:
-    ev = parse_line(line)
-    if ctx.parts.echo is not None:
-        own = own_line(line, ev)
-        if own is None:
-            ctx.parts.echo(line)              # Blender's stdout stays Blender's
-        elif own:
-            ctx.say(own)
-    scanner.feed(line)
+def _on_line(ctx: JobContext, out: OutputWatch, led: Ledger, att: Attempt, line: str, now: float) -> None:
+    ev = out.feed(line)
     st = ctx.attempt
     if ctx.logs is not None and ev.kind != "frame_start" and ev.kind != "settings":    # the frame's log
-        ctx.logs.feed(line, scanner.line_level, st.current_frame, att.attempt, st.frame_started_at is not None)
+        ctx.logs.feed(line, out.scanner.line_level, st.current_frame, att.attempt, st.frame_started_at is not None)
     if ev.kind == "progress":
         if ev.text != st.last_progress_text or ev.frame != st.current_frame:
             st.last_progress_at = now
