@@ -1,15 +1,15 @@
 """One attempt: one Blender for the frames still missing, watched line by line until it exits.
 
-Every output line feeds the classifier's scanner and the progress parser; a `Saved:` line verifies
-that frame on disk and records it in the ledger (fsynced), so nothing verified is rendered again. A
-probe loop stops Blender on a stall or a cancel. When Blender exits the attempt is classified and its
-frames checked on disk; what it did is returned as a value, which the supervisor settles
-(outcome.settle) and records in the ledger.
+Every output line feeds the classifier's scanner and the progress parser (watch.py); a `Saved:` line
+verifies that frame on disk and reports it to the listener (the supervisor records it in the ledger,
+fsynced, so nothing verified is rendered again). A probe loop stops Blender on a stall or a cancel.
+When Blender exits the attempt is classified; what it did is returned as a value, which the
+supervisor settles (outcome.settle) and records. Nothing here writes the ledger.
 
 Usage::
 
     launched = supervisor._start(ledger, frames=[3, 4], action=action)      # Blender runs
-    result = await run_attempt(ctx, ledger, launched)                       # an AttemptResult
+    result = await run_attempt(ctx, ledger, launched, listener)             # an AttemptResult
 """
 
 from __future__ import annotations
@@ -21,26 +21,28 @@ from typing import TYPE_CHECKING
 from healer.supervising.context import AttemptState, JobContext
 from healer.supervising.launch import Launched, exit_status
 from healer.supervising.ledger import Attempt, Ledger
-from healer.supervising.outcome import AttemptResult, FrameOnDisk
+from healer.supervising.outcome import AttemptResult
 from healer.supervising.outputs import verify_image
 from healer.supervising.probes import ProbeSnapshot, SignsOfLife, evaluate, last_sign_of_life, stall_timeout
-from healer.supervising.seams import RunningBlender
+from healer.supervising.seams import AttemptListener, RunningBlender
 from healer.supervising.watch import OutputWatch
 
 if TYPE_CHECKING:
     from healer.diagnosis.classify import LogScanner
 
 
-async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> AttemptResult:
-    """Watch the attempt `launch.start_attempt` started until its Blender exits: what it did, as a value
-    (the supervisor settles it and records it: outcome.settle)."""
-    att, frames = launched.attempt, launched.frames
+async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched, listener: AttemptListener) -> AttemptResult:
+    """Watch the attempt `launch.start_attempt` started until its Blender exits: each frame started and
+    saved is reported to `listener` as it comes, and what the attempt did is returned as a value (the
+    supervisor checks its frames on disk, settles it and records it: outcome.settle). The ledger is
+    only read here."""
+    att = launched.attempt
     ctx.attempt = st = AttemptState(last_progress_at=launched.started_at)
     oom_before = launched.oom_kills_before
     out = OutputWatch(_new_scanner(), echo=ctx.parts.echo, say=ctx.say)
 
     def on_line(line: str, now: float) -> None:
-        _on_line(ctx, out, led, att, line, now)
+        _on_line(ctx, out, led, att, listener, line, now)
 
     proc = await ctx.parts.launcher.attach(launched.spawned, on_line)
     ctx.proc = proc
@@ -61,27 +63,9 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched) -> Attem
     oom_after = ctx.parts.probes.oom_kills()
     classified = out.classify(rc, st.crash_file, stalled=bool(st.stalled), frame=in_flight,
                               oom_killed=exit_signal == 9 and oom_before is not None and (oom_after or 0) > oom_before)
-    # Frames Blender saved but whose line we missed, and partial files left by the crash. A frame
-    # verified from its `Saved:` line in this attempt is not read again (each frame once), except the
-    # last one: a crash while it was being written, or a render_write handler that cut it short, comes
-    # after its `Saved:` line (its check then saw a whole file), and it must not be delivered broken.
-    saved = tuple(att.frames_rendered)
-    last = saved[-1] if saved else None
-    on_disk = []
-    for f in frames:
-        if f in att.frames_rendered and f in led.frames and f != last:
-            continue
-        check = led.check_frame(f)
-        on_disk.append(FrameOnDisk(f, check.ok, check.removed))
-        if check.removed:
-            ctx.say(check.reason)
-    from healer.supervising.suspects import review_frames
-
-    await review_frames(ctx, led, st)       # frames that are whole files but wrong pictures: rendered again
     started = st.frame_started_at
     return AttemptResult(
-        classified=classified, exit_code=exit_code, exit_signal=exit_signal, frames_saved=saved,
-        on_disk=tuple(on_disk), verified_after=frozenset(f for f in (*frames, in_flight) if f in led.frames),
+        classified=classified, exit_code=exit_code, exit_signal=exit_signal, frames_saved=tuple(att.frames_rendered),
         frame_in_flight=in_flight, frame_age_s=round(ended - started, 3) if started is not None else None,
         last_started=st.current_frame, stalled=st.stalled, disk_full=st.disk_full, cancelled=ctx.cancelled,
         crash_file=st.crash_file, log_tail=tuple(proc.tail))
@@ -96,7 +80,8 @@ def _new_scanner() -> LogScanner:
     return LogScanner()
 
 
-def _on_line(ctx: JobContext, out: OutputWatch, led: Ledger, att: Attempt, line: str, now: float) -> None:
+def _on_line(ctx: JobContext, out: OutputWatch, led: Ledger, att: Attempt, listener: AttemptListener, line: str,
+             now: float) -> None:
     ev = out.feed(line)
     st = ctx.attempt
     if ctx.logs is not None and ev.kind != "frame_start" and ev.kind != "settings":    # the frame's log
@@ -109,13 +94,7 @@ def _on_line(ctx: JobContext, out: OutputWatch, led: Ledger, att: Attempt, line:
             st.current_frame = ev.frame
     elif ev.kind == "frame_start" and ev.frame is not None:
         st.current_frame, st.frame_started_at, st.last_progress_at = ev.frame, now, now
-        if ev.path:
-            led.expected_paths[ev.frame] = ev.path
-        if ev.frame in led.frame_render_counts and ctx.parts.metrics:
-            ctx.parts.metrics.frames_rerendered.labels(led.job).inc()
-        led.frame_started(ev.frame, att)
-        led.save()
-        ctx.show()
+        listener.frame_started(ev.frame, ev.path)
     elif ev.kind == "saved" and ev.path:
         st.last_progress_at = now
         frame = _frame_for(led, att, ev.path, st.current_frame)
@@ -127,19 +106,9 @@ def _on_line(ctx: JobContext, out: OutputWatch, led: Ledger, att: Attempt, line:
             if full:
                 st.disk_full = full
             return
-        led.frame_verified(frame, ev.path, v.size, att)
         seconds = now - st.frame_started_at if st.frame_started_at is not None else None
-        if seconds is not None:
-            ctx.frame_times.append(seconds)
-        from healer.supervising import suspects  # imported once Blender runs, as the classifier
-
-        suspects.start_check(ctx, st, frame, ev.path, seconds)
-        if ctx.proc is not None:
-            suspects.check_raster_gl(ctx, st, frame, ctx.proc.pid)
         st.frame_started_at = None
-        led.save()
-        ctx.update_metrics()
-        ctx.show()
+        listener.frame_saved(frame, ev.path, v.size, seconds)
     elif ev.kind == "crash_file":
         st.crash_file = ev.path
     elif ev.kind == "settings":

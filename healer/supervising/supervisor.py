@@ -31,6 +31,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -50,7 +51,7 @@ from healer.supervising.endings import (
 )
 from healer.supervising.launch import Launched, ProcessLauncher, Started, attempt_argv, start_attempt
 from healer.supervising.ledger import Attempt, JobLocked, Ledger, SupervisorLock, job_dir
-from healer.supervising.outcome import AttemptResult, settle
+from healer.supervising.outcome import AttemptResult, FrameOnDisk, settle
 from healer.supervising.outputs import remove_partial
 from healer.supervising.policy import Action, JobState, Outcome, Policy, plan
 from healer.supervising.preflight import EarlyFailure, Prepared, RequestError, judge_assets, prepare
@@ -348,6 +349,33 @@ class Supervisor:
         return Launched(att, list(frames), started.spawned, started.started_at, started.oom_kills_before,
                         started.heartbeat)
 
+    async def _frames_on_disk(self, led: Ledger, launched: Launched, result: AttemptResult) -> AttemptResult:
+        """What the attempt's frames on disk say once its Blender exited, recorded in the ledger: the
+        frames it saved whose line was missed, partial files left by a crash (removed), and the whole
+        files that are wrong pictures (suspects.py: forgotten, to render again)."""
+        from healer.supervising.suspects import review_frames
+
+        ctx, att = self.ctx, launched.attempt
+        # A frame verified from its `Saved:` line in this attempt is not read again (each frame once),
+        # except the last one: a crash while it was being written, or a render_write handler that cut it
+        # short, comes after its `Saved:` line (its check then saw a whole file), and it must not be
+        # delivered broken.
+        saved = result.frames_saved
+        last = saved[-1] if saved else None
+        on_disk = []
+        for f in launched.frames:
+            if f in att.frames_rendered and f in led.frames and f != last:
+                continue
+            check = led.check_frame(f)
+            on_disk.append(FrameOnDisk(f, check.ok, check.removed))
+            if check.removed:
+                ctx.say(check.reason)
+        await review_frames(ctx, led, ctx.attempt)       # whole files but wrong pictures: rendered again
+        verified = frozenset(f for f in (*launched.frames, result.frame_in_flight) if f in led.frames)
+        # a cancel during the review counts too (the user asked before the outcome was settled)
+        return dataclasses.replace(result, on_disk=tuple(on_disk), verified_after=verified,
+                                   cancelled=result.cancelled or ctx.cancelled)
+
     def _record(self, led: Ledger, att: Attempt, result: AttemptResult) -> RenderError:
         """The attempt's outcome settled (outcome.settle) and written into the ledger, its one writer."""
         ctx = self.ctx
@@ -439,7 +467,8 @@ class Supervisor:
                         pass
                 launched = self._launch(led, action)
             if isinstance(launched, Launched):
-                error = self._record(led, launched.attempt, await run_attempt(ctx, led, launched))
+                result = await run_attempt(ctx, led, launched, _AttemptRecorder(ctx, led, launched.attempt))
+                error = self._record(led, launched.attempt, await self._frames_on_disk(led, launched, result))
             else:
                 error = launched
             launched = None
@@ -455,6 +484,39 @@ class Supervisor:
                           now=ctx.parts.wall(), cpu_count=os.cpu_count() or 1, earlier=earlier)
             if action.kind == "complete" and any(o.error_type not in (None, "ok") for o in history):
                 ctx.parts.incidents.emit("render.recovered", ctx.info(message="every frame rendered after restarts"))
+
+
+class _AttemptRecorder:
+    """The supervisor's side of a running attempt (seams.AttemptListener): each frame it reports,
+    recorded in the ledger (saved: fsynced at most once a second, ledger_journal.py) and shown."""
+
+    def __init__(self, ctx: JobContext, led: Ledger, att: Attempt):
+        self.ctx, self.led, self.att = ctx, led, att
+
+    def frame_started(self, frame: int, expected_path: str | None) -> None:
+        ctx, led = self.ctx, self.led
+        if expected_path:
+            led.expected_paths[frame] = expected_path
+        if frame in led.frame_render_counts and ctx.parts.metrics:
+            ctx.parts.metrics.frames_rerendered.labels(led.job).inc()
+        led.frame_started(frame, self.att)
+        led.save()
+        ctx.show()
+
+    def frame_saved(self, frame: int, path: str, size: int, seconds: float | None) -> None:
+        ctx, led = self.ctx, self.led
+        led.frame_verified(frame, path, size, self.att)
+        if seconds is not None:
+            ctx.frame_times.append(seconds)
+        from healer.supervising import suspects  # imported once Blender runs, as the classifier
+
+        st = ctx.attempt
+        suspects.start_check(ctx, st, frame, path, seconds)
+        if ctx.proc is not None:
+            suspects.check_raster_gl(ctx, st, frame, ctx.proc.pid)
+        led.save()
+        ctx.update_metrics()
+        ctx.show()
 
 
 def _tell_agent_attempt(ctx: JobContext, led: Ledger, error) -> None:
