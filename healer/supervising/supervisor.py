@@ -2,9 +2,10 @@
 crashes, kills and stalls, or gives up with a typed reason.
 
 Its parts, one module each: `preflight` (the request checked, the scene read, before any launch),
-`attempt` (one Blender for the missing frames, watched line by line, classified when it exits) and
-`endings` (complete, failed, cancelled). Between attempts `policy.plan` decides the next step; the
-supervisor only executes it. What it is given comes in through `seams`: the launcher (real: a
+`attempt` (one Blender for the missing frames, watched line by line, classified when it exits,
+returned as a value), `outcome` (the pure `settle` of how the attempt ended), `recording` (every
+write of an attempt into the ledger: the supervisor's alone) and `endings` (complete, failed,
+cancelled). Between attempts `policy.plan` decides the next step; the supervisor only executes it. What it is given comes in through `seams`: the launcher (real: a
 child process group; tests: a Blender replaying recorded runs), the host probes, the clock, the
 incident and metric sinks.
 
@@ -31,7 +32,6 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -49,14 +49,14 @@ from healer.supervising.endings import (
     finish_failed,
     tell_agent,
 )
-from healer.supervising.launch import Launched, ProcessLauncher, Started, attempt_argv, start_attempt
+from healer.supervising.launch import Launched, ProcessLauncher
 from healer.supervising.ledger import Attempt, JobLocked, Ledger, SupervisorLock, job_dir
-from healer.supervising.outcome import AttemptResult, FrameOnDisk, settle
 from healer.supervising.outputs import remove_partial
 from healer.supervising.policy import Action, JobState, Outcome, Policy, plan
 from healer.supervising.preflight import EarlyFailure, Prepared, RequestError, judge_assets, prepare
 from healer.supervising.probes import ResourceSampler, SystemProbes
 from healer.supervising.progress import ProgressDisplay
+from healer.supervising.recording import AttemptRecorder, policy_outcome
 from healer.supervising.retention import prune_at_start
 from healer.supervising.reuse import reuse_refusal
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, NoIncidents, SupervisorMetrics
@@ -325,84 +325,7 @@ class Supervisor:
                 self.ctx.say(f"{len(gone)} file(s) of frames to render removed first ({gone[0]}"
                              f"{', ...' if len(gone) > 1 else ''}): the scene skips existing files (Output > "
                              "Overwrite is off), so Blender would keep them")
-        return self._start(led, frames, action)
-
-    def _start(self, led: Ledger, frames: list[int], action: Action) -> Launched | RenderError:
-        """A new attempt in the ledger and its Blender started; the ledger names its pid (fsynced: a
-        healer that dies now leaves its successor what to stop) before it is let go to render."""
-        ctx = self.ctx
-        att = led.new_attempt(frames, action.reason)
-        att.device, att.threads = action.device, action.threads
-        att.argv = attempt_argv(ctx, led.scene, frames, action)
-        started = start_attempt(ctx, led.job, att.attempt, att.argv, os.path.dirname(os.path.abspath(led.path)))
-        if not isinstance(started, Started):
-            att.ended_at = ctx.parts.wall()
-            att.error_type, att.error_summary = started.type, started.summary
-            led.save()
-            return started
-        att.pid = started.spawned.pid
-        att.pid_create_time = started.pid_create_time
-        att.started_at = ctx.parts.wall()
-        led.status = "running"
-        led.save()
-        ctx.parts.launcher.release(started.spawned, started.gate_env)      # the ledger names it: it may render now
-        return Launched(att, list(frames), started.spawned, started.started_at, started.oom_kills_before,
-                        started.heartbeat)
-
-    async def _frames_on_disk(self, led: Ledger, launched: Launched, result: AttemptResult) -> AttemptResult:
-        """What the attempt's frames on disk say once its Blender exited, recorded in the ledger: the
-        frames it saved whose line was missed, partial files left by a crash (removed), and the whole
-        files that are wrong pictures (suspects.py: forgotten, to render again)."""
-        from healer.supervising.suspects import review_frames
-
-        ctx, att = self.ctx, launched.attempt
-        # A frame verified from its `Saved:` line in this attempt is not read again (each frame once),
-        # except the last one: a crash while it was being written, or a render_write handler that cut it
-        # short, comes after its `Saved:` line (its check then saw a whole file), and it must not be
-        # delivered broken.
-        saved = result.frames_saved
-        last = saved[-1] if saved else None
-        on_disk = []
-        for f in launched.frames:
-            if f in att.frames_rendered and f in led.frames and f != last:
-                continue
-            check = led.check_frame(f)
-            on_disk.append(FrameOnDisk(f, check.ok, check.removed))
-            if check.removed:
-                ctx.say(check.reason)
-        await review_frames(ctx, led, ctx.attempt)       # whole files but wrong pictures: rendered again
-        verified = frozenset(f for f in (*launched.frames, result.frame_in_flight) if f in led.frames)
-        # a cancel during the review counts too (the user asked before the outcome was settled)
-        return dataclasses.replace(result, on_disk=tuple(on_disk), verified_after=verified,
-                                   cancelled=result.cancelled or ctx.cancelled)
-
-    def _record(self, led: Ledger, att: Attempt, result: AttemptResult) -> RenderError:
-        """The attempt's outcome settled (outcome.settle) and written into the ledger, its one writer."""
-        ctx = self.ctx
-        out = settle(result)
-        _set_frames(att.frames_rendered, out.frames_rendered)
-        _tell_agent_verified(ctx, led, att, result.last_started, result.exit_code, result.exit_signal)
-        att.frame_in_flight = out.frame_in_flight
-        if out.frame_age_s is not None:
-            att.frame_age_s = out.frame_age_s
-        att.exit_code, att.exit_signal = result.exit_code, result.exit_signal
-        error = out.error
-        att.error_type = error.type
-        att.error_summary = error.summary or None
-        att.ended_at = ctx.parts.wall()
-        # The incident is on disk (the incident journal) before the ledger records the crash and the
-        # healer acts on it: a healer killed in between loses nothing; the next one replays the journal.
-        if out.incident is not None:
-            ctx.parts.incidents.emit(out.incident, ctx.info(
-                frame=error.frame, log_tail=list(result.log_tail), crash_file=result.crash_file,
-                message=error.summary, frame_log=ctx.logs.frame_tail(error.frame) if ctx.logs else None), error)
-        ctx.record_warnings(error)
-        led.save()
-        ctx.update_metrics()
-        if ctx.parts.metrics:
-            ctx.parts.metrics.attempts.labels(error.type).inc()
-        self._history.append(_outcome(att))
-        return error
+        return AttemptRecorder(self.ctx, led).start(frames, action)
 
     def _tell_failure(self, led: Ledger, error) -> None:
         """Say at once why the attempt ended, with its evidence (not only when the job gives up)."""
@@ -467,8 +390,10 @@ class Supervisor:
                         pass
                 launched = self._launch(led, action)
             if isinstance(launched, Launched):
-                result = await run_attempt(ctx, led, launched, _AttemptRecorder(ctx, led, launched.attempt))
-                error = self._record(led, launched.attempt, await self._frames_on_disk(led, launched, result))
+                rec = AttemptRecorder(ctx, led)
+                result = await run_attempt(ctx, led, launched, rec.listener(launched.attempt))
+                error, outcome = await rec.finish(launched, result)
+                self._history.append(outcome)
             else:
                 error = launched
             launched = None
@@ -478,45 +403,12 @@ class Supervisor:
                 self._tell_failure(led, error)
             _tell_agent_attempt(ctx, led, error)
             history = self._history
-            earlier = [_outcome(a) for a in led.attempts[:self._session_first_attempt]
+            earlier = [policy_outcome(a) for a in led.attempts[:self._session_first_attempt]
                        if a.pid is not None and a.ended_at is not None]
             action = plan(JobState(tuple(led.missing()), ctx.warning_types()), error, self.policy, history,
                           now=ctx.parts.wall(), cpu_count=os.cpu_count() or 1, earlier=earlier)
             if action.kind == "complete" and any(o.error_type not in (None, "ok") for o in history):
                 ctx.parts.incidents.emit("render.recovered", ctx.info(message="every frame rendered after restarts"))
-
-
-class _AttemptRecorder:
-    """The supervisor's side of a running attempt (seams.AttemptListener): each frame it reports,
-    recorded in the ledger (saved: fsynced at most once a second, ledger_journal.py) and shown."""
-
-    def __init__(self, ctx: JobContext, led: Ledger, att: Attempt):
-        self.ctx, self.led, self.att = ctx, led, att
-
-    def frame_started(self, frame: int, expected_path: str | None) -> None:
-        ctx, led = self.ctx, self.led
-        if expected_path:
-            led.expected_paths[frame] = expected_path
-        if frame in led.frame_render_counts and ctx.parts.metrics:
-            ctx.parts.metrics.frames_rerendered.labels(led.job).inc()
-        led.frame_started(frame, self.att)
-        led.save()
-        ctx.show()
-
-    def frame_saved(self, frame: int, path: str, size: int, seconds: float | None) -> None:
-        ctx, led = self.ctx, self.led
-        led.frame_verified(frame, path, size, self.att)
-        if seconds is not None:
-            ctx.frame_times.append(seconds)
-        from healer.supervising import suspects  # imported once Blender runs, as the classifier
-
-        st = ctx.attempt
-        suspects.start_check(ctx, st, frame, path, seconds)
-        if ctx.proc is not None:
-            suspects.check_raster_gl(ctx, st, frame, ctx.proc.pid)
-        led.save()
-        ctx.update_metrics()
-        ctx.show()
 
 
 def _tell_agent_attempt(ctx: JobContext, led: Ledger, error) -> None:
@@ -543,39 +435,7 @@ def _tell_agent_attempt(ctx: JobContext, led: Ledger, error) -> None:
     ctx.agent.send("attempt_end", job=led.job, spool_only=True, **fields)
 
 
-def _tell_agent_verified(ctx: JobContext, led: Ledger, att: Attempt, last: int | None,
-                         exit_code: int | None, exit_signal: int | None) -> None:
-    """Blender died (not a clean exit) on frame `last` (its last frame_start): if that frame is verified on disk,
-    the hooks may have been killed between the file's write and their render_write handler, so the
-    agent never heard of it. Say so (frame_verified); the agent counts it only if no frame_end does."""
-    if last is None or last not in led.frames or last not in att.frames_rendered:
-        return
-    if exit_code == 0 and exit_signal is None:
-        return                              # a clean exit ran every handler
-    if ctx.agent is not None:
-        ctx.agent.send("frame_verified", job=led.job, frame=last, output_path=led.frames[last].path,
-                       attempt=att.attempt)
-
-
 def _evidence(error) -> str:
     """The first line of the output that shows what happened (the farm log's reader starts there)."""
     f = next((f for f in error.findings if f.line > 0), None)
     return f" [line {f.line}: {f.text[:200]}]" if f is not None else ""
-
-
-def _set_frames(frames: list[int], settled: tuple[int, ...]) -> None:
-    """The attempt's rendered frames as settled: appended to where only added (the journal then writes
-    the new tail), else rewritten."""
-    n = len(frames)
-    if tuple(frames) == settled[:n]:
-        frames.extend(settled[n:])
-    else:
-        frames[:] = settled
-
-
-def _outcome(a) -> Outcome:
-    return Outcome(ended_at=a.ended_at or 0.0, error_type=None if a.error_type in (None, "ok") else a.error_type,
-                   frame=a.frame_in_flight, frames_planned=tuple(a.frames_planned),
-                   frames_rendered=tuple(a.frames_rendered), device=a.device, threads=a.threads,
-                   frame_age_s=a.frame_age_s)
-
