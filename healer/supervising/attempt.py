@@ -57,16 +57,14 @@ async def run_attempt(ctx: JobContext, led: Ledger, launched: Launched, listener
                 os.unlink(launched.heartbeat)
             except OSError:
                 pass
-    ended = ctx.parts.clock()
     exit_code, exit_signal = exit_status(rc)
     in_flight = att.frame_in_flight
     oom_after = ctx.parts.probes.oom_kills()
     classified = out.classify(rc, st.crash_file, stalled=bool(st.stalled), frame=in_flight,
                               oom_killed=exit_signal == 9 and oom_before is not None and (oom_after or 0) > oom_before)
-    started = st.frame_started_at
     return AttemptResult(
         classified=classified, exit_code=exit_code, exit_signal=exit_signal, frames_saved=tuple(att.frames_rendered),
-        frame_in_flight=in_flight, frame_age_s=round(ended - started, 3) if started is not None else None,
+        frame_in_flight=in_flight, frame_started_at=st.frame_started_at,
         last_started=st.current_frame, stalled=st.stalled, disk_full=st.disk_full, cancelled=ctx.cancelled,
         crash_file=st.crash_file, log_tail=tuple(proc.tail))
 

@@ -41,7 +41,8 @@ class AttemptResult:
     on_disk: tuple[FrameOnDisk, ...] = ()         # the attempt's frames checked on disk once it exited
     verified_after: frozenset[int] = frozenset()  # the ledger's verified frames, after the checks and the review
     frame_in_flight: int | None = None            # the frame it had started and not saved when it ended
-    frame_age_s: float | None = None              # how far into that frame it ended (from its start marker)
+    frame_started_at: float | None = None         # clock time of that frame's start marker
+    frame_age_s: float | None = None              # how far into that frame it ended (the recorder's clock)
     last_started: int | None = None               # the frame of its last start marker (or progress line)
     stalled: str | None = None                    # the probe loop (or a kick) stopped it as stalled: why
     disk_full: str | None = None                  # a save that failed verification found this directory full

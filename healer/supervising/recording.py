@@ -85,8 +85,11 @@ class AttemptRecorder:
                 ctx.say(check.reason)
         await review_frames(ctx, led, ctx.attempt)       # whole files but wrong pictures: rendered again
         verified = frozenset(f for f in (*launched.frames, result.frame_in_flight) if f in led.frames)
-        # a cancel during the review counts too (the user asked before the outcome was settled)
-        return dataclasses.replace(result, on_disk=tuple(on_disk), verified_after=verified,
+        # The frame's age is read now, after the review, as it always was (a review waiting on slow
+        # inspections adds to it); a cancel during the review counts too.
+        started = result.frame_started_at
+        age = round(ctx.parts.clock() - started, 3) if started is not None else None
+        return dataclasses.replace(result, on_disk=tuple(on_disk), verified_after=verified, frame_age_s=age,
                                    cancelled=result.cancelled or ctx.cancelled)
 
     def _record(self, att: Attempt, result: AttemptResult) -> tuple[RenderError, Outcome]:
