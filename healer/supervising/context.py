@@ -1,6 +1,12 @@
-"""The state of one supervised job while it runs, shared by the supervisor's parts (pre-flight, one
-attempt, the endings): the request, the ledger, the collaborators passed in, and the few helpers
+"""One supervised job as the supervisor's parts (pre-flight, one attempt, the endings) share it: what
+it was given (`JobParts`: the request and the collaborators, frozen), the state of its run
+(`JobContext`: the ledger, the running Blender, what its frames showed so far), and the few helpers
 every part needs (say, warn, the incident info, the metrics of the ledger).
+
+Usage::
+
+    ctx = JobContext(JobParts(req=request, launcher=..., probes=..., ...), job=request.job)
+    ctx.parts.launcher.spawn(argv, env=env); ctx.ledger; ctx.say("restart: segfault")
 """
 
 from __future__ import annotations
@@ -65,8 +71,10 @@ class AttemptState:
     checks: list[tuple[int, float | None, asyncio.Future]] = field(default_factory=list)   # frame inspections
 
 
-@dataclass
-class JobContext:
+@dataclass(frozen=True)
+class JobParts:
+    """What the supervisor of one job is given, fixed for its run: the request and the collaborators."""
+
     req: RenderRequest
     launcher: Launcher
     probes: HostProbes
@@ -78,6 +86,16 @@ class JobContext:
     probe_interval_s: float
     clock: Callable[[], float]                 # monotonic seconds: probes, stall detection
     wall: Callable[[], float]                  # epoch seconds: the ledger, the report, the policy window
+    echo: Callable[[str], None] | None = None  # Blender's own lines, passed through as they come
+    openjd: OpenJDLines | None = None          # progress/status/fail lines for Open Job Description
+    check_frames: bool = True                  # inspect each saved frame (suspects.py)
+
+
+@dataclass
+class JobContext:
+    """The run of one job: its collaborators (`parts`) and what changes while it runs."""
+
+    parts: JobParts
     job: str | None = None
     ledger: Ledger | None = None
     frame_times: list[float] = field(default_factory=list)
@@ -88,10 +106,7 @@ class JobContext:
     started_at: float = 0.0
     announced_complete: bool = False           # an earlier healer announced render.completed already
     ledger_save_errors: int = 0                # saves that failed (a full state disk): said once, render goes on
-    echo: Callable[[str], None] | None = None  # Blender's own lines, passed through as they come
-    openjd: OpenJDLines | None = None          # progress/status/fail lines for Open Job Description
     gpu: int | None = None                     # the GPU the healer service placed this job on
-    check_frames: bool = True                  # inspect each saved frame (suspects.py)
     agent: AgentEvents | None = None           # the healer's own events for the host's agent
     logs: LogCapture | None = None             # Blender's lines, kept for the agent (logcapture.py)
     frame_facts: JobFrames | None = None       # this run's inspected frames (made by the first review)
@@ -105,35 +120,35 @@ class JobContext:
 
     # -- telling --------------------------------------------------------------------------------
     def say(self, text: str) -> None:
-        if self.display:
-            self.display.message(text)
+        if self.parts.display:
+            self.parts.display.message(text)
         else:
             log.info("%s: %s", self.job, text)
 
     def show(self) -> None:
         led = self.ledger
-        if self.display and led:
-            self.display.update(led.completed_count(), led.restarts, self.attempt.current_frame)
-        if self.openjd and led:
-            self.openjd.progress(led.completed_count(), len(led.frames_requested))
+        if self.parts.display and led:
+            self.parts.display.update(led.completed_count(), led.restarts, self.attempt.current_frame)
+        if self.parts.openjd and led:
+            self.parts.openjd.progress(led.completed_count(), len(led.frames_requested))
 
     def update_metrics(self) -> None:
         led = self.ledger
-        if self.metrics and led:
-            self.metrics.frames_completed.labels(led.job).set(led.completed_count())
+        if self.parts.metrics and led:
+            self.parts.metrics.frames_completed.labels(led.job).set(led.completed_count())
 
     def info(self, **extra: Any) -> dict:
         """The job as incidents describe it."""
         led = self.ledger
-        info: dict[str, Any] = {"job": self.job, "scene": os.path.abspath(self.req.scene)}
-        if self.req.farm is not None:
-            info["farm"] = self.req.farm.to_dict()
+        info: dict[str, Any] = {"job": self.job, "scene": os.path.abspath(self.parts.req.scene)}
+        if self.parts.req.farm is not None:
+            info["farm"] = self.parts.req.farm.to_dict()
         if led is not None:
             fr = led.frames_requested
             info.update(frames=[fr[0], fr[-1]] if fr else [], frames_total=len(fr),
                         frames_completed=led.completed_count(), restarts=led.restarts,
                         attempt=led.attempts[-1].attempt if led.attempts else 0,
-                        duration_s=self.wall() - self.started_at)
+                        duration_s=self.parts.wall() - self.started_at)
         info.update({k: v for k, v in extra.items() if v is not None})
         return info
 
@@ -157,9 +172,9 @@ class JobContext:
         led = self.ledger
         if led is None or any(w["type"] == etype and w["message"] == message for w in led.warnings):
             return
-        led.warnings.append({"type": etype, "message": message, "at": self.wall()})
+        led.warnings.append({"type": etype, "message": message, "at": self.parts.wall()})
         self.say(f"warning: {etype}: {message}")
         if incident:
             if error is None and etype in errors.ERROR_TYPES:
                 error = errors.error_class(etype)(summary=message, fatal=False)
-            self.incidents.emit(RENDER_WARNING, self.info(message=message, frame=frame), error)
+            self.parts.incidents.emit(RENDER_WARNING, self.info(message=message, frame=frame), error)

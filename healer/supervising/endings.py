@@ -27,7 +27,7 @@ class RenderResult:
 def finish_complete(ctx: JobContext, led: Ledger) -> RenderResult:
     led.status, led.error = "complete", None
     if not ctx.announced_complete:    # on disk (the incident journal) before the ledger says so
-        ctx.incidents.emit(RENDER_COMPLETED, ctx.info(message="every requested frame has a verified output"))
+        ctx.parts.incidents.emit(RENDER_COMPLETED, ctx.info(message="every requested frame has a verified output"))
     led.save()
     ctx.update_metrics()
     return RenderResult("complete", EXIT_OK, led)
@@ -36,11 +36,11 @@ def finish_complete(ctx: JobContext, led: Ledger) -> RenderResult:
 def finish_failed(ctx: JobContext, led: Ledger, etype: str, message: str, code: int) -> RenderResult:
     led.status, led.error = "failed", {"type": etype, "message": message}
     cls = errors.ERROR_TYPES.get(etype, errors.UnknownError)
-    ctx.incidents.emit(RENDER_GAVE_UP, ctx.info(message=message), cls(summary=message))
+    ctx.parts.incidents.emit(RENDER_GAVE_UP, ctx.info(message=message), cls(summary=message))
     led.save()
     ctx.update_metrics()
-    if ctx.metrics:
-        ctx.metrics.gave_up.labels(led.job, etype).inc()
+    if ctx.parts.metrics:
+        ctx.parts.metrics.gave_up.labels(led.job, etype).inc()
     return RenderResult("failed", code, led, led.error)
 
 
@@ -53,14 +53,14 @@ def finish_cancelled(ctx: JobContext, led: Ledger) -> RenderResult:
 
 def fail_early(ctx: JobContext, failure: EarlyFailure) -> RenderResult:
     """A failure before any Blender ran: an unsaved ledger carries it to the report."""
-    req = ctx.req
+    req = ctx.parts.req
     job = ctx.job or job_id_for(req.scene, failure.frames, req.output, req.blender_args, req.farm)
     led = Ledger(job=job, scene=os.path.abspath(req.scene), frames_requested=sorted(failure.frames),
-                 path=job_dir(job, ctx.env) / "ledger.json")
+                 path=job_dir(job, ctx.parts.env) / "ledger.json")
     led.status = "failed"
     led.error = {"type": failure.type, "message": failure.message}
     ctx.ledger = led
-    ctx.incidents.emit(RENDER_GAVE_UP, ctx.info(message=failure.message),
+    ctx.parts.incidents.emit(RENDER_GAVE_UP, ctx.info(message=failure.message),
                        errors.error_class(failure.type)(summary=failure.message))
     return RenderResult("failed", failure.exit_code, led, led.error)
 

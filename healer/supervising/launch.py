@@ -1,5 +1,6 @@
-"""One attempt's Blender: the attempt named in the ledger, its Blender started (spawn.py: the argv,
-the environment, the process, the gate) and let go once the ledger names its pid.
+"""One attempt's Blender started (spawn.py: the argv, the environment, the process, the gate), held at
+its gate until the supervisor has written its pid into the ledger, then let go. Nothing here writes the
+ledger: the supervisor, its one writer, records what `start_attempt` returns.
 
 Nothing here needs an event loop: a farm starts one renderwatch per frame, and the job's first Blender
 is started before the event loop and the supervisor's other parts are even imported (process.py reads
@@ -9,8 +10,10 @@ its argv and environment are exactly the ones it would have started, and discard
 
 Usage::
 
-    launched = launch_attempt(ctx, ledger, frames=[1, 2, 3], action=action)   # Blender runs
-    error = await run_attempt(ctx, ledger, launched)                          # attempt.py
+    argv = attempt_argv(ctx, scene, frames=[1, 2, 3], action=action)
+    started = start_attempt(ctx, job, attempt=1, argv=argv, state_dir=job_folder)   # held at its gate
+    ...                                                    # the supervisor records started.spawned.pid
+    ctx.parts.launcher.release(started.spawned, started.gate_env)                     # Blender renders
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from healer.supervising.spawn import (
 
 if TYPE_CHECKING:
     from healer.supervising.context import JobContext
-    from healer.supervising.ledger import Attempt, Ledger
+    from healer.supervising.ledger import Attempt
     from healer.supervising.policy import Action
     from healer.supervising.process import BlenderProcess
     from healer.supervising.seams import LineHandler, Spawned
@@ -111,10 +114,10 @@ class Launched:
     heartbeat: str | None = None      # the file the hooks touch while it renders (probes.SignsOfLife)
 
 
-def heartbeat_file(led: Ledger, attempt: int) -> str | None:
-    """A fresh, empty file beside the ledger (the job's private directory) for the hooks to touch, its
-    mtime at 0 so that the first touch shows; None if it cannot be made (the other signs remain)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(led.path)), f"heartbeat.{attempt}")
+def heartbeat_file(directory: str, attempt: int) -> str | None:
+    """A fresh, empty file in `directory` (the job's private one, beside the ledger) for the hooks to
+    touch, its mtime at 0 so that the first touch shows; None if it cannot be made (the other signs remain)."""
+    path = os.path.join(directory, f"heartbeat.{attempt}")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         os.close(fd)
@@ -124,33 +127,37 @@ def heartbeat_file(led: Ledger, attempt: int) -> str | None:
     return path
 
 
-def launch_attempt(ctx: JobContext, led: Ledger, frames: list[int], action: Action) -> Launched | errors.RenderError:
-    """A new attempt in the ledger and its Blender started (the ledger names its pid, fsynced: a healer
-    that dies now leaves its successor what to stop). An engine that cannot start is the error returned."""
-    req = ctx.req
-    att = led.new_attempt(frames, action.reason)
-    att.device, att.threads = action.device, action.threads
-    att.argv = build_argv(LaunchSpec(blender=req.blender, scene=led.scene, frames=frames, output=output_arg(req.output),
-                                     user_args=req.blender_args, device=action.device, threads=action.threads,
-                                     after_render=req.after_args, gpu=ctx.gpu if action.device != "CPU" else None))
-    oom_before = ctx.probes.oom_kills()
-    started_at = ctx.clock()
-    start_env, gate_env = split_gate_env(attempt_env(led.job, att.attempt, ctx.env, ctx.gpu))
-    heartbeat = heartbeat_file(led, att.attempt)
+@dataclass(frozen=True)
+class Started:
+    """A Blender started for an attempt, held at its gate: what the supervisor records before `release`."""
+
+    spawned: Spawned
+    gate_env: dict[str, str]          # what `Launcher.release` hands it: the job and the attempt
+    started_at: float                 # clock time
+    oom_kills_before: int | None      # the cgroup's OOM kills before it started
+    pid_create_time: float | None     # with the pid: no pid reuse is taken for it
+    heartbeat: str | None = None
+
+
+def attempt_argv(ctx: JobContext, scene: str, frames: list[int], action: Action) -> list[str]:
+    """Blender's command line for one attempt: the request's, the frames, the policy's device and threads."""
+    req = ctx.parts.req
+    return build_argv(LaunchSpec(blender=req.blender, scene=scene, frames=frames, output=output_arg(req.output),
+                                 user_args=req.blender_args, device=action.device, threads=action.threads,
+                                 after_render=req.after_args, gpu=ctx.gpu if action.device != "CPU" else None))
+
+
+def start_attempt(ctx: JobContext, job: str, attempt: int, argv: list[str],
+                  state_dir: str) -> Started | errors.RenderError:
+    """Start the attempt's Blender, held at its gate. An engine that cannot start is the error returned."""
+    oom_before = ctx.parts.probes.oom_kills()
+    started_at = ctx.parts.clock()
+    start_env, gate_env = split_gate_env(attempt_env(job, attempt, ctx.parts.env, ctx.gpu))
+    heartbeat = heartbeat_file(state_dir, attempt)
     if heartbeat is not None:
         gate_env[ENV_HEARTBEAT] = heartbeat
     try:
-        spawned = ctx.launcher.spawn(att.argv, env=start_env)
+        spawned = ctx.parts.launcher.spawn(argv, env=start_env)
     except OSError as e:
-        att.ended_at = ctx.wall()
-        att.error_type = "engine_unavailable"
-        att.error_summary = f"cannot start Blender {req.blender!r}: {e}"
-        led.save()
-        return errors.EngineUnavailableError(summary=att.error_summary)
-    att.pid = spawned.pid
-    att.pid_create_time = ctx.probes.process_create_time(spawned.pid)
-    att.started_at = ctx.wall()
-    led.status = "running"
-    led.save()
-    ctx.launcher.release(spawned, gate_env)      # the ledger names it: it may render now
-    return Launched(att, list(frames), spawned, started_at, oom_before, heartbeat)
+        return errors.EngineUnavailableError(summary=f"cannot start Blender {ctx.parts.req.blender!r}: {e}")
+    return Started(spawned, gate_env, started_at, oom_before, ctx.parts.probes.process_create_time(spawned.pid), heartbeat)

@@ -117,6 +117,15 @@ class _Journal:
     synced_at: float = 0.0                  # monotonic time of the journal's last fdatasync
 
 
+@dataclass(frozen=True)
+class FrameCheck:
+    """One frame's output checked on disk (Ledger.check_frame)."""
+
+    ok: bool                  # a whole file: recorded as verified
+    reason: str = ""          # why not
+    removed: bool = False     # a partial file, removed: the frame renders again
+
+
 @dataclass
 class FrameRecord:
     path: str
@@ -154,9 +163,12 @@ class Ledger:
     # what a save that fails with OSError (a full or read-only state disk mid-render) does instead of
     # raising: the supervisor's says so once and the render goes on (the next save retries the change)
     _on_save_error: ClassVar[Any]          # Callable[[OSError], None] | None (a ClassVar callable reads as a method)
+    # the wall clock (epoch seconds) of every time the ledger records: the supervisor's injected one (use_clock)
+    _wall: ClassVar[Any]                   # Callable[[], float]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_on_save_error", None)
+        object.__setattr__(self, "_wall", time.time)
         object.__setattr__(self, "_journal", None)
         object.__setattr__(self, "_seen_gen", 0)
         object.__setattr__(self, "_requested", frozenset(self.frames_requested))
@@ -175,12 +187,15 @@ class Ledger:
     # ------------------------------------------------------------------ persistence
     @classmethod
     def open_or_create(cls, directory: Path, *, job: str, scene: str, frames: list[int],
-                       output: OutputPattern | None = None, spec: dict | None = None) -> Ledger:
+                       output: OutputPattern | None = None, spec: dict | None = None,
+                       wall: Callable[[], float] = time.time) -> Ledger:
         """Load the job's ledger if it exists (resume), else create it. A different scene or frame
-        set under the same job id is refused: that is a different job."""
+        set under the same job id is refused: that is a different job. `wall`: the clock of the times
+        it records (epoch seconds)."""
         path = Path(directory) / "ledger.json"
         if path.exists():
             led = cls.load(path)
+            led.use_clock(wall)
             if os.path.abspath(led.scene) != os.path.abspath(scene) or led.frames_requested != sorted(frames):
                 raise ValueError(f"job {job!r} already exists for {led.scene} frames "
                                  f"{led.frames_requested[:3]}...; use another job id or delete {path.parent}")
@@ -188,8 +203,10 @@ class Ledger:
                 led.output = output.to_dict()
             return led
         ensure_private_dir(Path(directory))
+        now = wall()
         led = cls(job=job, scene=os.path.abspath(scene), frames_requested=sorted(frames), path=path,
-                  output=output.to_dict() if output else None, spec=dict(spec or {}))
+                  output=output.to_dict() if output else None, spec=dict(spec or {}), created_at=now, updated_at=now)
+        led.use_clock(wall)
         led.save()
         return led
 
@@ -256,12 +273,16 @@ class Ledger:
                 raise
             handler(e)
 
+    def use_clock(self, wall: Callable[[], float]) -> None:
+        """Record times (updated, verified, attempt started) from this clock (epoch seconds)."""
+        object.__setattr__(self, "_wall", wall)
+
     def when_unwritable(self, handler: Callable[[OSError], None] | None) -> None:
         """What save() does with an OSError instead of raising it (None: raise)."""
         object.__setattr__(self, "_on_save_error", handler)
 
     def _save(self) -> None:
-        self.updated_at = time.time()
+        self.updated_at = self._wall()
         j: _Journal | None = self._journal
         if j is not None:
             rec = self._delta(j)
@@ -417,7 +438,7 @@ class Ledger:
             attempt.frame_in_flight = frame
 
     def frame_verified(self, frame: int, path: str, size: int, attempt: Attempt | None = None) -> None:
-        self.frames[frame] = FrameRecord(path=os.path.abspath(path), size=size, verified_at=time.time())
+        self.frames[frame] = FrameRecord(path=os.path.abspath(path), size=size, verified_at=self._wall())
         if attempt is not None:
             if frame not in attempt.frames_rendered:
                 attempt.frames_rendered.append(frame)
@@ -425,21 +446,26 @@ class Ledger:
                 attempt.frame_in_flight = None
 
     def verify_frame(self, frame: int, path: str | None = None) -> tuple[bool, str]:
+        """Check one frame's output on disk; record it if complete, remove it if partial: (ok, why not)."""
+        c = self.check_frame(frame, path)
+        return c.ok, c.reason
+
+    def check_frame(self, frame: int, path: str | None = None) -> FrameCheck:
         """Check one frame's output on disk; record it if complete, remove it if partial."""
         path = path or self.path_for(frame)
         if not path:
-            return False, "no known output path"
+            return FrameCheck(False, "no known output path")
         v = verify_image(path)
         if v.ok:
             rec = self.frames.get(frame)
             if rec is None or rec.path != os.path.abspath(path) or rec.size != v.size:
-                self.frames[frame] = FrameRecord(path=os.path.abspath(path), size=v.size, verified_at=time.time())
-            return True, ""
+                self.frames[frame] = FrameRecord(path=os.path.abspath(path), size=v.size, verified_at=self._wall())
+            return FrameCheck(True)
         self.frames.pop(frame, None)
         if v.partial:
             remove_partial(path)
-            return False, f"{path}: {v.reason} (removed, will render again)"
-        return False, v.reason
+            return FrameCheck(False, f"{path}: {v.reason} (removed, will render again)", removed=True)
+        return FrameCheck(False, v.reason)
 
     def renew(self, fingerprint: dict, *, fresh: bool = False) -> str | None:
         """Forget the verified frames that may no longer be right; returns why, or None.
@@ -487,7 +513,7 @@ class Ledger:
             v = verify_image(path)
             why = v.reason if not v.ok else refusal(path)
             if why is None:
-                self.frames[frame] = FrameRecord(path=os.path.abspath(path), size=v.size, verified_at=time.time())
+                self.frames[frame] = FrameRecord(path=os.path.abspath(path), size=v.size, verified_at=self._wall())
                 kept.append(frame)
             elif v.partial:
                 remove_partial(path)
@@ -510,15 +536,15 @@ class Ledger:
         """Re-check recorded and expected outputs (at launch and after an exit); returns notes on removals."""
         notes = []
         for frame in (self.frames_requested if frames is None else frames):
-            ok, why = self.verify_frame(frame)
-            if not ok and "removed" in why:
-                notes.append(why)
+            c = self.check_frame(frame)
+            if c.removed:
+                notes.append(c.reason)
         return notes
 
     # ------------------------------------------------------------------ attempts
     def new_attempt(self, frames: list[int], action: str) -> Attempt:
         a = Attempt(attempt=len(self.attempts) + 1, frames_planned=list(frames), action=action,
-                    started_at=time.time())
+                    started_at=self._wall())
         self.attempts.append(a)
         return a
 

@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 from healer.diagnosis.catalog import REPORT_TYPES, TYPES
-from healer.diagnosis.errors import RenderError
+from healer.diagnosis.errors import GpuError, GpuOomError, RenderError
 
 KINDS = ("restart", "retry_gpu_then_cpu", "restart_fewer_threads", "fail_fast", "report_only")
+GPU_FAULTS = (GpuOomError.type, GpuError.type)     # a frame that failed on the GPU this often renders on the CPU
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class Action:
     device: str | None = None          # "CPU": force Cycles onto the CPU for this attempt
     threads: int | None = None         # -t N for this attempt
     restart: bool = False              # counts against max_restarts
+    strict: bool = False               # give_up: only --strict fails it (every frame rendered; exits EXIT_STRICT)
 
 
 # The same type at the same frame this many attempts in a row is not a flake. Two are not enough:
@@ -149,7 +151,7 @@ def plan(state: JobState, error: RenderError | None, policy: Policy, history: Se
         if policy.strict and (state.warnings or etype in REPORT_TYPES):
             seen = sorted(set(state.warnings) | ({etype} if etype in REPORT_TYPES else set()))
             return Action("give_up", reason=f"--strict: every frame rendered but the render reported "
-                          f"{', '.join(seen)}", error_type=seen[0])
+                          f"{', '.join(seen)}", error_type=seen[0], strict=True)
         return Action("complete", reason="every requested frame has a verified output")
 
     last = history[-1] if history else None
@@ -192,7 +194,7 @@ def plan(state: JobState, error: RenderError | None, policy: Policy, history: Se
     frames, device, threads = missing, None, last.threads if last else None
     if rule.kind == "retry_gpu_then_cpu":
         frame = error.frame if error is not None and error.frame is not None else (last.frame if last else None)
-        same = [o for o in history if o.error_type in ("gpu_oom", "gpu_error") and (frame is None or o.frame == frame)]
+        same = [o for o in history if o.error_type in GPU_FAULTS and (frame is None or o.frame == frame)]
         if len(same) >= 2 and (last is None or last.device != "CPU"):
             target = frame if frame is not None and frame in missing else missing[0]
             return Action("launch", frames=(target,), delay_s=0.0, device="CPU", threads=threads, restart=True,

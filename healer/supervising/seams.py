@@ -69,6 +69,14 @@ class HostProbes(Protocol):
     def gl_driver(self, pid: int) -> tuple[str, str] | None: ...  # probes.gl_driver: software or hardware GL
 
 
+class AttemptListener(Protocol):
+    """What a running attempt reports as its Blender goes (as Flamenco's worker reports through a
+    listener rather than editing a shared record): the supervisor, the ledger's one writer, records it."""
+
+    def frame_started(self, frame: int, expected_path: str | None) -> None: ...
+    def frame_saved(self, frame: int, path: str, size: int, seconds: float | None) -> None: ...   # verified whole
+
+
 class IncidentSink(Protocol):
     """Where incidents go (healer.incidents.dispatch.Incidents): never blocks, never raises."""
 

@@ -6,6 +6,7 @@ would break its session. So here renderwatch only watches: the hooks and the fra
 (the agent still counts every frame), Blender's output passes through unchanged (the adaptor reads
 `BlenderClient: Finished Rendering Frame N` from it), the exit is classified and reported, and
 Blender dies with its supervisor. The exit status is Blender's (128+N when a signal N killed it).
+Blender's output is read and its exit classified as under the supervisor (watch.OutputWatch).
 
 Each saved frame is inspected as it is saved, as under `renderwatch exec` (healer.supervising.suspects),
 and judged then against the frames saved before it (FrameWatch): nothing can be rendered again here, so
@@ -32,7 +33,6 @@ from typing import Any
 from blender_hooks.farm import FarmIdentity
 from healer.diagnosis import errors
 from healer.diagnosis.classify import LogScanner
-from healer.diagnosis.crashfile import read_crash_file
 from healer.diagnosis.errors import RenderError
 from healer.images.facts import EmptyCells
 from healer.images.judge import Expected, JobFrames, Suspect
@@ -41,11 +41,11 @@ from healer.incidents.model import RENDER_COMPLETED, RENDER_CRASHED, RENDER_WARN
 from healer.supervising import probes
 from healer.supervising.launch import ProcessLauncher, exit_status
 from healer.supervising.logcapture import LogCapture
-from healer.supervising.progress import own_line, parse_line
 from healer.supervising.seams import IncidentSink, Launcher, NoIncidents
 from healer.supervising.spawn import MARKER_EXPR, attempt_env, hooks_startup
 from healer.supervising.suspects import CHECK_WAIT_S, judge_frames, parse_settings, raster_gl_saved
 from healer.supervising.telemetry import AgentEvents
+from healer.supervising.watch import OutputWatch
 from kernel.files import write_atomic
 
 log = logging.getLogger("healer.supervising.supervise_only")
@@ -66,7 +66,8 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
     blender: Launcher = launcher or ProcessLauncher()
     say = say or (lambda text: print(f"renderwatch: {text}", file=sys.stderr, flush=True))
     job = job or f"supervised-{uuid.uuid4().hex[:12]}"
-    scanner = LogScanner()
+    out = OutputWatch(LogScanner(), echo=echo, say=say)
+    scanner = out.scanner
     saved: list[str] = []
     crash_file: list[str] = []
     current: int | None = None      # the frame Blender renders (its marker or progress lines)
@@ -84,14 +85,7 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
 
     def on_line(line: str, _now: float) -> None:
         nonlocal current
-        ev = parse_line(line)
-        if echo is not None:
-            own = own_line(line, ev)
-            if own is None:
-                echo(line)              # Blender's stdout stays Blender's
-            elif own:
-                say(own)
-        scanner.feed(line)
+        ev = out.feed(line)
         if ev.kind in ("frame_start", "progress") and ev.frame is not None:
             current = ev.frame
         if ev.kind != "frame_start" and ev.kind != "settings":      # the frame's log (logcapture.py)
@@ -112,9 +106,7 @@ async def supervise_only(argv: Sequence[str], *, env: dict[str, str], incidents:
     watch.pid = proc.pid
     rc = await proc.wait()
     code, sig = exit_status(rc)
-    path = crash_file[-1] if crash_file else scanner.crash_file
-    error: RenderError = scanner.finish(code, sig, crash_file=path,
-                                        crash_text=read_crash_file(path) if path else None)
+    error: RenderError = out.classify(rc, crash_file[-1] if crash_file else None)
     info.update(frames_completed=len(saved), duration_s=time.time() - t0, log_tail=list(proc.tail))
     await watch.finish()
     logs.close()

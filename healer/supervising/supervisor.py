@@ -2,9 +2,10 @@
 crashes, kills and stalls, or gives up with a typed reason.
 
 Its parts, one module each: `preflight` (the request checked, the scene read, before any launch),
-`attempt` (one Blender for the missing frames, watched line by line, classified when it exits) and
-`endings` (complete, failed, cancelled). Between attempts `policy.plan` decides the next step; the
-supervisor only executes it. What it is given comes in through `seams`: the launcher (real: a
+`attempt` (one Blender for the missing frames, watched line by line, classified when it exits,
+returned as a value), `outcome` (the pure `settle` of how the attempt ended), `recording` (every
+write of an attempt into the ledger: the supervisor's alone) and `endings` (complete, failed,
+cancelled). Between attempts `policy.plan` decides the next step; the supervisor only executes it. What it is given comes in through `seams`: the launcher (real: a
 child process group; tests: a Blender replaying recorded runs), the host probes, the clock, the
 incident and metric sinks.
 
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from healer.diagnosis.catalog import EXIT_STRICT, REPORT_TYPES, TYPES, exit_status
 from healer.incidents.model import RENDER_RECOVERED, RENDER_RESTARTED
-from healer.supervising.context import JobContext, RenderRequest
+from healer.supervising.context import JobContext, JobParts, RenderRequest
 from healer.supervising.endings import (
     RenderResult,
     fail_early,
@@ -48,7 +49,7 @@ from healer.supervising.endings import (
     finish_failed,
     tell_agent,
 )
-from healer.supervising.launch import Launched, ProcessLauncher, launch_attempt
+from healer.supervising.launch import Launched, ProcessLauncher
 from healer.supervising.ledger import Attempt, JobLocked, Ledger, SupervisorLock, job_dir
 from healer.supervising.openjd import OpenJDLines
 from healer.supervising.outputs import remove_partial
@@ -56,6 +57,7 @@ from healer.supervising.policy import Action, JobState, Outcome, Policy, plan
 from healer.supervising.preflight import EarlyFailure, Prepared, RequestError, judge_assets, prepare
 from healer.supervising.probes import ResourceSampler, SystemProbes
 from healer.supervising.progress import ProgressDisplay
+from healer.supervising.recording import AttemptRecorder, policy_outcome
 from healer.supervising.retention import prune_at_start
 from healer.supervising.reuse import reuse_refusal
 from healer.supervising.seams import HostProbes, IncidentSink, Launcher, NoIncidents, SupervisorMetrics
@@ -79,13 +81,15 @@ class Supervisor:
                  echo: Callable[[str], None] | None = None):
         self.req = request
         self.policy = (policy or Policy.default()).with_overrides(strict=request.strict)
-        self.ctx = JobContext(
+        self.ctx = JobContext(JobParts(
             req=request, launcher=launcher or ProcessLauncher(), probes=probes or SystemProbes(sampler),
             incidents=incidents if incidents is not None else NoIncidents(), metrics=metrics, display=display,
             env=dict(os.environ if env is None else env), kill_grace_s=kill_grace_s,
-            probe_interval_s=probe_interval_s, clock=clock, wall=wall, job=request.job, started_at=wall(),
-            echo=echo, openjd=OpenJDLines(sys.stdout) if request.farm and request.farm.engine == "openjd" else None)
+            probe_interval_s=probe_interval_s, clock=clock, wall=wall, echo=echo,
+            openjd=OpenJDLines(sys.stdout) if request.farm and request.farm.engine == "openjd" else None),
+            job=request.job, started_at=wall())
         self._session_first_attempt = 0
+        self._history: list[Outcome] = []                    # this run's attempts that ran a Blender, as the policy sees them
         self._lock: SupervisorLock | None = None
         self._kick_task: asyncio.Task | None = None
         self._begun = False
@@ -126,7 +130,7 @@ class Supervisor:
         ctx.say(f"stall: {reason}: stopping Blender (pid {ctx.proc.pid})")
         import asyncio
 
-        self._kick_task = asyncio.get_running_loop().create_task(ctx.proc.stop(ctx.kill_grace_s))
+        self._kick_task = asyncio.get_running_loop().create_task(ctx.proc.stop(ctx.parts.kill_grace_s))
         return True
 
     @property
@@ -153,11 +157,11 @@ class Supervisor:
             ctx.wake = asyncio.Event()
             if ctx.cancelled:
                 ctx.wake.set()
-            ctx.agent = AgentEvents(ctx.env)
+            ctx.agent = AgentEvents(ctx.parts.env)
             if ctx.job:
                 from healer.supervising.logcapture import LogCapture
 
-                ctx.logs = LogCapture(ctx.job, ctx.env)
+                ctx.logs = LogCapture(ctx.job, ctx.parts.env)
             if self._orphan is not None:
                 await self._stop_orphan(self._orphan)
                 self._settle()
@@ -203,14 +207,14 @@ class Supervisor:
     def _open(self) -> Ledger | None:
         """The scene read, the job locked, its ledger opened; a dead healer's attempt looked at."""
         ctx, req = self.ctx, self.req
-        prepared = prepare(req, home(ctx.env) / "healer" / "scenes")
+        prepared = prepare(req, home(ctx.parts.env) / "healer" / "scenes")
         if isinstance(prepared, EarlyFailure):
             self._ended = fail_early(ctx, prepared)
             return None
         self._prepared = prepared
         ctx.job = prepared.job
-        prune_at_start(ctx.env, prepared.job)      # job folders and scene cache past retention
-        directory = job_dir(prepared.job, ctx.env)
+        prune_at_start(ctx.parts.env, prepared.job)      # job folders and scene cache past retention
+        directory = job_dir(prepared.job, ctx.parts.env)
         self._lock = SupervisorLock(directory)
         try:
             self._lock.acquire()
@@ -221,20 +225,21 @@ class Supervisor:
                 directory, job=prepared.job, scene=prepared.scene, frames=list(prepared.frames),
                 output=prepared.pattern,
                 spec={"blender": req.blender, "output": req.output, "blender_args": list(req.blender_args),
-                      "strict": req.strict, "stall_timeout": req.stall_timeout, "origin": req.origin})
+                      "strict": req.strict, "stall_timeout": req.stall_timeout, "origin": req.origin},
+                wall=ctx.parts.wall)
         except ValueError as e:
             raise RequestError(str(e)) from e
         led.when_unwritable(self._ledger_unwritable)
         self._session_first_attempt = len(led.attempts)
         # A job an earlier healer already completed (and announced) is not announced again.
         ctx.announced_complete = led.status == "complete"
-        if ctx.display:
-            ctx.display.total = len(prepared.frames)
-        if ctx.metrics:
-            ctx.metrics.frames_requested.labels(prepared.job).set(len(prepared.frames))
+        if ctx.parts.display:
+            ctx.parts.display.total = len(prepared.frames)
+        if ctx.parts.metrics:
+            ctx.parts.metrics.frames_requested.labels(prepared.job).set(len(prepared.frames))
         att = led.running_attempt()
         if att is not None:
-            if att.pid and ctx.launcher.alive(att.pid, att.pid_create_time):
+            if att.pid and ctx.parts.launcher.alive(att.pid, att.pid_create_time):
                 self._orphan = att          # stopped on the event loop (run), before anything else
             else:
                 self._credit_orphan(att, "healer restarted: Blender had already exited (status not seen)")
@@ -255,7 +260,7 @@ class Supervisor:
             self._reuse_from_disk(led, prepared)
         led.save()
         ctx.update_metrics()
-        ctx.incidents.job_started(ctx.info())
+        ctx.parts.incidents.job_started(ctx.info())
 
         action = Action("launch", frames=tuple(led.missing()), reason="resume" if led.attempts else "initial")
         verdict = judge_assets(prepared.assets, strict=req.strict,     # before any Blender (or GPU) time
@@ -269,7 +274,7 @@ class Supervisor:
             self._ended = finish_failed(ctx, led, f.type, f.message, f.exit_code)
             return
         if not led.missing():
-            action = plan(JobState((), ctx.warning_types()), None, self.policy, [], now=ctx.wall())
+            action = plan(JobState((), ctx.warning_types()), None, self.policy, [], now=ctx.parts.wall())
         self._first = action
         if action.kind == "launch" and not action.delay_s and not ctx.cancelled:
             self._launched = self._launch(led, action)
@@ -321,7 +326,7 @@ class Supervisor:
                 self.ctx.say(f"{len(gone)} file(s) of frames to render removed first ({gone[0]}"
                              f"{', ...' if len(gone) > 1 else ''}): the scene skips existing files (Output > "
                              "Overwrite is off), so Blender would keep them")
-        return launch_attempt(self.ctx, led, frames, action)
+        return AttemptRecorder(self.ctx, led).start(frames, action)
 
     def _tell_failure(self, led: Ledger, error) -> None:
         """Say at once why the attempt ended, with its evidence (not only when the job gives up)."""
@@ -333,7 +338,7 @@ class Supervisor:
         ctx = self.ctx
         assert att.pid
         ctx.say(f"stopping Blender pid {att.pid}, left running unsupervised by a healer that died")
-        await ctx.launcher.stop_orphan(att.pid, att.pid_create_time, ctx.kill_grace_s)
+        await ctx.parts.launcher.stop_orphan(att.pid, att.pid_create_time, ctx.parts.kill_grace_s)
         self._credit_orphan(att, f"healer restarted: stopped its orphaned Blender (pid {att.pid})")
         self._orphan = None
 
@@ -343,7 +348,7 @@ class Supervisor:
         assert led is not None
         att.error_summary = summary
         att.error_type = "interrupted"
-        att.ended_at = self.ctx.wall()
+        att.ended_at = self.ctx.parts.wall()
         for f in att.frames_planned:
             ok, _ = led.verify_frame(f)
             if ok and f not in att.frames_rendered:
@@ -365,18 +370,18 @@ class Supervisor:
                     return finish_complete(ctx, led)
                 if action.kind == "give_up":
                     etype = action.error_type or "unknown"
-                    if ctx.openjd:
-                        ctx.openjd.fail(f"renderwatch gave up: {action.reason}")
-                    code = EXIT_STRICT if action.reason.startswith("--strict") else exit_status(etype)
+                    if ctx.parts.openjd:
+                        ctx.parts.openjd.fail(f"renderwatch gave up: {action.reason}")
+                    code = EXIT_STRICT if action.strict else exit_status(etype)
                     return finish_failed(ctx, led, etype, action.reason, code)
                 if action.restart:
                     # on disk (the incident journal) before the restart is announced or made
-                    ctx.incidents.emit(RENDER_RESTARTED, ctx.info(message=action.reason))
+                    ctx.parts.incidents.emit(RENDER_RESTARTED, ctx.info(message=action.reason))
                     ctx.say(f"restart: {action.reason}" + (f" (in {action.delay_s:.1f} s)" if action.delay_s else ""))
-                    if ctx.openjd:
-                        ctx.openjd.status(f"renderwatch restart {led.restarts + 1}: {action.reason}")
-                    if ctx.metrics:
-                        ctx.metrics.restarts.labels(led.job, action.error_type or "unknown").inc()
+                    if ctx.parts.openjd:
+                        ctx.parts.openjd.status(f"renderwatch restart {led.restarts + 1}: {action.reason}")
+                    if ctx.parts.metrics:
+                        ctx.parts.metrics.restarts.labels(led.job, action.error_type or "unknown").inc()
                 if action.delay_s > 0:
                     assert ctx.wake is not None
                     try:
@@ -385,21 +390,26 @@ class Supervisor:
                     except TimeoutError:
                         pass
                 launched = self._launch(led, action)
-            error = launched if not isinstance(launched, Launched) else await run_attempt(ctx, led, launched)
+            if isinstance(launched, Launched):
+                rec = AttemptRecorder(ctx, led)
+                result = await run_attempt(ctx, led, launched, rec.listener(launched.attempt))
+                error, outcome = await rec.finish(launched, result)
+                self._history.append(outcome)
+            else:
+                error = launched
             launched = None
             if ctx.cancelled:
                 return finish_cancelled(ctx, led)
             if error.type != "ok" and (error.fatal or error.type not in REPORT_TYPES):
                 self._tell_failure(led, error)
             _tell_agent_attempt(ctx, led, error)
-            history = [_outcome(a) for a in led.attempts[self._session_first_attempt:]
-                       if a.pid is not None and a.ended_at is not None]
-            earlier = [_outcome(a) for a in led.attempts[:self._session_first_attempt]
+            history = self._history
+            earlier = [policy_outcome(a) for a in led.attempts[:self._session_first_attempt]
                        if a.pid is not None and a.ended_at is not None]
             action = plan(JobState(tuple(led.missing()), ctx.warning_types()), error, self.policy, history,
-                          now=ctx.wall(), cpu_count=os.cpu_count() or 1, earlier=earlier)
+                          now=ctx.parts.wall(), cpu_count=os.cpu_count() or 1, earlier=earlier)
             if action.kind == "complete" and any(o.error_type not in (None, "ok") for o in history):
-                ctx.incidents.emit(RENDER_RECOVERED, ctx.info(message="every frame rendered after restarts"))
+                ctx.parts.incidents.emit(RENDER_RECOVERED, ctx.info(message="every frame rendered after restarts"))
 
 
 def _tell_agent_attempt(ctx: JobContext, led: Ledger, error) -> None:
@@ -430,11 +440,3 @@ def _evidence(error) -> str:
     """The first line of the output that shows what happened (the farm log's reader starts there)."""
     f = next((f for f in error.findings if f.line > 0), None)
     return f" [line {f.line}: {f.text[:200]}]" if f is not None else ""
-
-
-def _outcome(a) -> Outcome:
-    return Outcome(ended_at=a.ended_at or 0.0, error_type=None if a.error_type in (None, "ok") else a.error_type,
-                   frame=a.frame_in_flight, frames_planned=tuple(a.frames_planned),
-                   frames_rendered=tuple(a.frames_rendered), device=a.device, threads=a.threads,
-                   frame_age_s=a.frame_age_s)
-

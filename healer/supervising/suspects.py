@@ -42,7 +42,7 @@ CHECK_WAIT_S = 30.0      # an inspection still running this long after Blender e
 
 def start_check(ctx: JobContext, st: AttemptState, frame: int, path: str, seconds: float | None) -> None:
     """Inspect the saved frame off the event loop and off Blender's critical path."""
-    if not ctx.check_frames:
+    if not ctx.parts.check_frames:
         return
     fut = asyncio.get_running_loop().run_in_executor(None, inspect_frame, path)
     st.checks.append((frame, seconds, fut))
@@ -91,7 +91,7 @@ def check_raster_gl(ctx: JobContext, st: AttemptState, frame: int, pid: int) -> 
                            rendered=1)
 
     ctx.raster_gl = raster_gl_saved(ctx.raster_gl, st.expected.engine if st.expected else None,
-                                    ctx.probes.gl_driver, pid, frame, ctx.warn, send)
+                                    ctx.parts.probes.gl_driver, pid, frame, ctx.warn, send)
 
 
 def raster_gl_saved(known: tuple[str, str] | None, engine: str | None,

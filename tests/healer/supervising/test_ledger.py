@@ -150,6 +150,26 @@ def test_verify_frame_removes_a_partial_file(images, tmp_path):
     (tmp_path / "f_0001.png").write_bytes(images["PNG"].read_bytes())
     assert led.verify_frame(1) == (True, "")
     assert led.completed() == [1]
+    # the check as a value: whether the file was removed is a field, not words in the reason
+    _cut(images["PNG"], tmp_path / "f_0001.png", 0.5)
+    check = led.check_frame(1)
+    assert not check.ok and check.removed and led.completed() == []
+    assert not led.check_frame(1).removed           # nothing left to remove: missing, not partial
+
+
+def test_the_ledger_records_times_from_the_clock_it_is_given(tmp_path):
+    now = [1_000.0]
+    led = Ledger.open_or_create(tmp_path / "job", job="j", scene="/s.blend", frames=[1, 2], wall=lambda: now[0])
+    assert led.created_at == led.updated_at == 1_000.0
+    now[0] = 1_005.0
+    att = led.new_attempt([1, 2], "initial")
+    led.frame_verified(1, str(tmp_path / "f_0001.png"), 10, att)
+    led.save()
+    assert att.started_at == led.frames[1].verified_at == led.updated_at == 1_005.0
+    now[0] = 1_010.0
+    again = Ledger.open_or_create(tmp_path / "job", job="j", scene="/s.blend", frames=[1, 2], wall=lambda: now[0])
+    again.save()
+    assert again.created_at == 1_000.0 and again.updated_at == 1_010.0
 
 
 @pytest.mark.parametrize("bad", ["../etc", "abc\n", "-x", ".hidden", "", "a/b"])

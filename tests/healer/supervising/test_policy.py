@@ -52,8 +52,13 @@ def test_complete_when_nothing_is_missing_even_after_a_warning():
 def test_strict_fails_a_complete_render_with_reported_errors(type_id):
     act = _plan(_err(type_id, fatal=False), [], missing=(), policy=Policy(strict=True))
     assert act.kind == "give_up" and act.reason.startswith("--strict") and act.error_type == type_id
+    assert act.strict       # the exit status (EXIT_STRICT) reads this field, not the reason's text
     warned = plan(JobState((), (type_id,)), None, Policy(strict=True), [], now=NOW)
-    assert warned.kind == "give_up"
+    assert warned.kind == "give_up" and warned.strict
+
+
+def test_a_give_up_for_a_fatal_error_is_not_strict():
+    assert not _plan(_err("missing_file"), [_fail("missing_file")], policy=Policy(strict=True)).strict
 
 
 def test_restart_backoff_grows_and_resets_after_progress():
