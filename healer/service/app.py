@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from healer.config import ConfigError, HealerConfig, check_range
-from healer.diagnosis.catalog import EXIT_CANCELLED, EXIT_OK, EXIT_STRICT, exit_status
+from healer.diagnosis.catalog import EXIT_CANCELLED, EXIT_OK, exit_status
 from healer.service.alerts import ENV_ALERTMANAGER_TOKEN, add_alertmanager_routes
 from healer.service.auth import auth_middleware
 from healer.service.gpus import GpuPlacer
@@ -373,7 +373,8 @@ def ledger_exit_code(led: Ledger) -> int | None:
         return EXIT_CANCELLED
     if led.status == "failed":
         err = led.error or {}
-        return EXIT_STRICT if str(err.get("message", "")).startswith("--strict") else exit_status(err.get("type") or "")
+        code = err.get("exit_code")       # the status the ending gave (a --strict give-up: EXIT_STRICT)
+        return code if isinstance(code, int) and not isinstance(code, bool) else exit_status(err.get("type") or "")
     return None
 
 

@@ -75,7 +75,8 @@ SCHEMAS: dict[str, Any] = {
                 "started_at": nullable({"type": "number"}), "ended_at": nullable({"type": "number"})}}},
             "job": {"type": "string"}, "job_status": {"type": "string"},
             "warnings": {"type": "array", "items": {"type": "object"}}, "ledger": {"type": "string"},
-            "error": {"type": "object", "properties": {"type": {"type": "string"}, "message": {"type": "string"}}},
+            "error": {"type": "object", "properties": {"type": {"type": "string"}, "message": {"type": "string"},
+                                                       "exit_code": {"type": "integer"}}},
             "exit_code": {"type": "integer"}}},
     "AlertmanagerWebhook": {
         "type": "object", "required": ["version", "alerts"],

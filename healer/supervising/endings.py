@@ -34,7 +34,7 @@ def finish_complete(ctx: JobContext, led: Ledger) -> RenderResult:
 
 
 def finish_failed(ctx: JobContext, led: Ledger, etype: str, message: str, code: int) -> RenderResult:
-    led.status, led.error = "failed", {"type": etype, "message": message}
+    led.status, led.error = "failed", {"type": etype, "message": message, "exit_code": code}
     cls = errors.ERROR_TYPES.get(etype, errors.UnknownError)
     ctx.parts.incidents.emit(RENDER_GAVE_UP, ctx.info(message=message), cls(summary=message))
     led.save()
@@ -45,7 +45,7 @@ def finish_failed(ctx: JobContext, led: Ledger, etype: str, message: str, code: 
 
 
 def finish_cancelled(ctx: JobContext, led: Ledger) -> RenderResult:
-    led.status, led.error = "cancelled", {"type": "interrupted", "message": "cancelled"}
+    led.status, led.error = "cancelled", {"type": "interrupted", "message": "cancelled", "exit_code": EXIT_CANCELLED}
     led.save()
     ctx.update_metrics()
     return RenderResult("cancelled", EXIT_CANCELLED, led, led.error)
@@ -58,7 +58,7 @@ def fail_early(ctx: JobContext, failure: EarlyFailure) -> RenderResult:
     led = Ledger(job=job, scene=os.path.abspath(req.scene), frames_requested=sorted(failure.frames),
                  path=job_dir(job, ctx.parts.env) / "ledger.json")
     led.status = "failed"
-    led.error = {"type": failure.type, "message": failure.message}
+    led.error = {"type": failure.type, "message": failure.message, "exit_code": failure.exit_code}
     ctx.ledger = led
     ctx.parts.incidents.emit(RENDER_GAVE_UP, ctx.info(message=failure.message),
                        errors.error_class(failure.type)(summary=failure.message))

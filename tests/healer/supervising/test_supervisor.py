@@ -95,6 +95,15 @@ async def test_a_handler_error_is_a_warning_and_fails_only_under_strict(scene, t
     sup, _l, sink, _m = supervise(scene, tmp_path / "strict", ["pyerr_at_2"], strict=True)
     result = await sup.run()
     assert result.exit_code == EXIT_STRICT and result.error["type"] == "python_error"
+    # the healer service reports a finished job's status from its ledger: the field, not the message
+    from healer.service.app import ledger_exit_code
+
+    assert ledger_exit_code(result.ledger) == EXIT_STRICT
+    result.ledger.error = {**result.ledger.error, "message": "reworded: every frame rendered but ..."}
+    assert ledger_exit_code(result.ledger) == EXIT_STRICT
+    result.ledger.error = {"type": "python_error", "message": "--strict in a message of another ending",
+                           "exit_code": 1}
+    assert ledger_exit_code(result.ledger) == 1
 
 
 async def test_a_kernel_oom_kill_restarts_with_fewer_threads(scene, tmp_path):
