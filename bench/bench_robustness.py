@@ -38,6 +38,7 @@ from pathlib import Path
 
 from blender_hooks.events import encode, make_event
 from fuzz import oracle
+from fuzz.mutations import mutate_bytes
 
 ENV_INPUTS = "RENDERWATCH_BENCH_ROBUSTNESS_INPUTS"
 SEED = 20260101
@@ -104,24 +105,6 @@ def event_input(r: random.Random, i: int) -> bytes:
     return encode(make_event("frame_start", session="abcdef12", seq=i + 1, job="j", host="h", pid=1, frame=1))
 
 
-def mutate_bytes(data: bytes, r: random.Random, n: int) -> bytes:
-    buf = bytearray(data)
-    for _ in range(n):
-        op, i = r.randrange(5), r.randrange(len(buf) + 1)
-        if op == 0 and buf:
-            buf[min(i, len(buf) - 1)] = r.randrange(256)
-        elif op == 1:
-            buf[i:i] = r.randbytes(r.randrange(1, 8))
-        elif op == 2:
-            del buf[i:i + r.randrange(1, 64)]
-        elif op == 3:
-            j = r.randrange(len(buf) + 1)
-            buf[i:i] = buf[min(i, j):max(i, j)][:256]
-        else:
-            buf[i:i] = r.choice([b"\n", b"\r\n", b"\x00", b"Fra:", b"Traceback (most recent call last):\n",
-                                 b'  File "x.py", line 3, in f\n', b"Saved: '", b"Writing: /tmp/x.crash.txt\n",
-                                 b"Error: ", b"00:00.327  render           | ", b"# Python backtrace\n"])
-    return bytes(buf)
 
 
 def _real_lines() -> list[bytes]:

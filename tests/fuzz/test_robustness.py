@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from blender_hooks.events import MAX_EVENT_BYTES, EventError, decode, encode, make_event
 from fuzz import oracle
+from fuzz.mutations import mutate_bytes
 from healer.diagnosis.classify import LogScanner, classify
 from healer.diagnosis.crashfile import parse_crash_file
 from healer.diagnosis.errors import RenderError
@@ -226,26 +227,6 @@ def fixture_logs() -> list[bytes]:
     return logs
 
 
-def byte_mutate(data: bytes, rnd: random.Random, n: int) -> bytes:
-    """Flip, insert, delete and duplicate bytes/lines: what torn writes and odd builds do to a log."""
-    buf = bytearray(data)
-    for _ in range(n):
-        op = rnd.randrange(5)
-        i = rnd.randrange(len(buf) + 1)
-        if op == 0 and buf:
-            buf[min(i, len(buf) - 1)] = rnd.randrange(256)
-        elif op == 1:
-            buf[i:i] = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 8)))
-        elif op == 2:
-            del buf[i:i + rnd.randrange(1, 64)]
-        elif op == 3:
-            j = rnd.randrange(len(buf) + 1)
-            buf[i:i] = buf[min(i, j):max(i, j)][:256]
-        else:
-            buf[i:i] = rnd.choice([b"\n", b"\r\n", b"\x00", b"Fra:", b"Traceback (most recent call last):\n",
-                                   b'  File "x.py", line 3, in f\n', b"Saved: '", b"Writing: /tmp/x.crash.txt\n",
-                                   b"Error: ", b"00:00.327  render           | "])
-    return bytes(buf)
 
 
 def check_classified(err: RenderError) -> None:
@@ -281,7 +262,7 @@ def test_classify_random_bytes(data: bytes, exit_code: int | None) -> None:
 def test_classify_mutated_real_logs(seed: int) -> None:
     rnd = random.Random(seed)
     for log in fixture_logs():
-        data = byte_mutate(log, rnd, rnd.randrange(1, 40))
+        data = mutate_bytes(log, rnd, rnd.randrange(1, 40))
         check_classified(classify(data, exit_code=rnd.choice([None, 0, 1, 134, 137, 139, -9, -11])))
 
 
@@ -310,7 +291,7 @@ def test_crash_file_mutated_real(seed: int) -> None:
     if not real.exists():
         pytest.skip("no real crash file in ../shared")
     rnd = random.Random(seed)
-    oracle.crash_report(parse_crash_file(byte_mutate(real.read_bytes(), rnd, rnd.randrange(1, 30))))
+    oracle.crash_report(parse_crash_file(mutate_bytes(real.read_bytes(), rnd, rnd.randrange(1, 30))))
 
 
 def test_crash_file_real_is_complete() -> None:
