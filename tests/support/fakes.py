@@ -203,6 +203,10 @@ class FakeNvml:
     def nvmlDeviceGetGraphicsRunningProcesses(self, h):
         return []
 
+    def nvmlDeviceGetProcessUtilization(self, h, last_seen):
+        # the recording has no per-process samples (NVML's "not found" for a card without them)
+        raise NVMLError_NotFound()
+
 
 # -- incidents ----------------------------------------------------------------------------------------
 
@@ -266,12 +270,16 @@ if TYPE_CHECKING:
     from healer.incidents.model import IncidentExporter
     from healer.service.alerts import AlertActions
     from healer.supervising.seams import HostProbes, IncidentSink, Launcher, RunningBlender, Spawned
+    from kernel.nvml import NvmlModule
     from tests.support.fake_blender import ReplayedBlender, ReplayLauncher, ReplayProbes, ReplaySpawned
     from tests.support.healer import RecordingActions
 
 
 def _conforms(launcher: ReplayLauncher, probes: ReplayProbes, spawned: ReplaySpawned, blender: ReplayedBlender,
-              sink: IncidentRecorder, exporter: RecordingExporter, actions: RecordingActions) -> None:
+              sink: IncidentRecorder, exporter: RecordingExporter, actions: RecordingActions,
+              nvml: FakeNvml) -> None:
+    # the whole pynvml surface kernel.nvml calls (the other NVML stand-ins make only their consumer's calls)
+    _nvml: NvmlModule = nvml
     _launcher: Launcher = launcher
     _probes: HostProbes = probes
     _spawned: Spawned = spawned
