@@ -279,9 +279,9 @@ def test_the_ingest_collector_reads_the_journal_and_the_span_exporter_it_is_buil
 
 
 async def test_events_the_hooks_spool_evicted_unsent_are_exported(tmp_path):
-    """The hooks' spool adds the events it evicts unsent to spool/evicted_events (blender_hooks.spool);
+    """The hooks' spool adds the events it evicts unsent to spool/evicted_events (blender_hooks.spoolfile);
     /metrics says how many (docs/agent.md promised it, nothing exported it)."""
-    from blender_hooks.spool import EVICTED_FILE
+    from blender_hooks.spoolfile import EVICTED_FILE
 
     cfg = agent_config(tmp_path)
     async with TestClient(TestServer(create_app(cfg, nvml=NoNvml()))) as c:
