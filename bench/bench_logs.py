@@ -162,7 +162,7 @@ def bench_render(work: Path) -> list[dict]:
         c_on, c_off = statistics.median(cpus["on"]), statistics.median(cpus["off"])
         added = (c_on - c_off) / w_off * 100
         how = (f"{n} lines in {w_off:.1f} s, {records} records spooled; replayed Blender 3.4 frames "
-               f"(tests/fake_blender.py), its replay's CPU in both")
+               f"(tests/support/fake_blender.py), its replay's CPU in both")
         rows.append({"name": f"capture: supervisor CPU added at {RATE:,} lines/s, {mix} mix ({how})",
                      "measured": round(added, 2), "unit": "% of a core", "goal": "<= 1",
                      "peer": "logs off, same run: the supervisor's CPU", "peer_measured": round(c_off / w_off * 100, 1),

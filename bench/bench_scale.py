@@ -116,7 +116,7 @@ def run() -> list[dict]:
             _, start = _supervised(scene, home / "one", 1, true, one, ReplayProbes(one))
             launcher = ReplayLauncher([long_run(range(1, n + 1))], speed=0.0)
             wall, cpu = _supervised(scene, home, n, true, launcher, ReplayProbes(launcher))
-            rows.append(_row(n, "replayed by tests/fake_blender.py, its replay's CPU included", None, wall, cpu, start))
+            rows.append(_row(n, "replayed by tests/support/fake_blender.py, its replay's CPU included", None, wall, cpu, start))
     return rows
 
 
